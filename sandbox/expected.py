@@ -1,0 +1,355 @@
+"""The world's expected HUB state: what a correct hubsync run must leave in the sandbox HUB.
+
+This is the mapping of DESIGN.md §5–6 written a second time, in plain Python over the world's
+records, so end-to-end tests have an oracle that does not share code with the pipeline. It sees
+exactly what hubsync's syncs can see:
+
+* **CO**: every student record (active and inactive) with studies and applications.
+* **Stud.IP**: what the crawl reaches: starting from the API account and the seed users, each
+  user's courses in the selected semesters (default: current and next), each course's members,
+  until closure. Study groups (no semester) are never reached.
+* **LMS**: every registration (a full sync reads from the beginning of time).
+
+Identity resolution (the default rules of DESIGN §5, in this order, first match wins):
+
+1. every CO student is a person;
+2. each reached Stud.IP user (by ``user_id`` order) joins the person whose CO ``STUDID`` equals
+   its ``Matrikelnummer`` datafield, else whose CO university e-mail equals its e-mail
+   (case-insensitive); candidates already joined by another Stud.IP user are skipped, the
+   smallest person key wins; no match → a person of its own;
+3. each LMS learner with a registration (by login order) joins the person whose CO ``STUDID``
+   equals its ``StudentId`` profile field, else who has its e-mail in CO or Stud.IP
+   (case-insensitive), else whose Stud.IP username equals its login; persons already joined by
+   another learner are skipped; no match → a person of its own.
+
+Person keys are ``co:<STPERSONNR>``, ``studip:<user_id>``, ``lms:<login>``.
+
+HUB objects (dates ``YYYY-MM-DD``; optional fields are left out when the source has no value):
+
+* ``term`` per Stud.IP semester: ``code`` ``YYYYS``/``YYYYW`` (year the semester begins),
+  ``name`` = title, ``start_date``/``end_date`` = local dates of ``begin``/``end``.
+* ``subject`` per course number of a reached course (the course id when it has no number) and
+  per LMS course with a registration (``CourseCode``): ``code``, ``name`` (course title /
+  ``CourseName``), ``status`` ``active``.
+* ``section`` per reached course: ``code`` = course id, ``name`` = title, `` – subtitle`` when
+  there is one, `` (<semester title>)``; ``sis_id`` = course id; ``term_code`` of its start
+  semester; ``status`` ``active``. Per LMS course with a registration: ``code`` =
+  ``lms-<CourseId>``, ``name`` = ``CourseName``, ``sis_id`` = ``CourseId``, ``term_code`` of the
+  current semester, ``status`` ``active``.
+* ``user`` per person with at least one role: ``aluno`` when it is a CO student, a Stud.IP
+  ``autor``/``user`` member of a reached course, or an LMS learner with a registration;
+  ``professor`` when it is a ``dozent``/``tutor`` member of a reached course. ``code`` = CO
+  ``STUDID`` for CO students, else the Stud.IP username, else the LMS login; ``sis_id`` =
+  STPERSONNR / Stud.IP user id / LMS login; ``name`` "given family"; ``dob`` from CO
+  ``BIRTHDATE`` else the Stud.IP ``Geburtsdatum`` datafield; ``gender`` from CO (M→M, W→F,
+  else O); ``email`` CO university e-mail, else Stud.IP e-mail, else LMS e-mail; ``cpf`` from the
+  Stud.IP ``CPF`` datafield; ``status`` ``arquived`` for an exmatriculated CO student, else
+  ``active``; ``roles`` ``[{"code": "aluno"}, {"code": "professor"}]`` in that order.
+  A person the HUB would reject is **not sent** and listed in ``unsendable`` with the reason:
+  no code (an applicant without STUDID), no ``dob``, or a non-student role without ``cpf`` or
+  ``email``.
+* ``sectionstudent`` per ``autor``/``user`` membership of a reached course and per LMS
+  registration, when the person is sendable: ``section`` / ``student`` codes, ``term_code`` of
+  the section, ``sis_id`` = first 20 hex digits of
+  ``sha1("sectionstudent|<section>|<student>|<term>")``.
+* ``sectionteacher`` per ``dozent`` membership of a reached course with a sendable person:
+  ``section``, ``teacher``, ``subject`` codes, ``term_code``, ``sis_id`` = 20 hex digits of
+  ``sha1("sectionteacher|<section>|<teacher>|<subject>|<term>")``.
+* ``studentparent``: no source has guardians, so always empty.
+
+The result has the format of the sandbox HUB's ``/_sandbox/state``: per type, objects keyed by
+their business key (links by ``|``-joined key fields).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sandbox.world import (
+    BIRTHDATE_FIELD,
+    CPF_FIELD,
+    LMS_STUDENT_ID_FIELD,
+    LOCAL_ZONE,
+    SEED_DOZENT_USERNAME,
+    STUDENT_ID_FIELD,
+    CoStudent,
+    LmsLearner,
+    StudipSemester,
+    StudipUser,
+    World,
+)
+
+HubState = dict[str, dict[str, dict[str, Any]]]
+OBJECT_TYPES = ("term", "subject", "user", "section", "studentparent", "sectionstudent",
+                "sectionteacher")
+STUDENT_STATUSES = ("autor", "user")
+TEACHER_STATUSES = ("dozent",)
+STAFF_STATUSES = ("dozent", "tutor")
+
+
+def link_sis_id(kind: str, *keys: str) -> str:
+    """The deterministic ``sis_id`` of a link: 20 hex digits of sha1 over its key fields."""
+    return hashlib.sha1("|".join((kind, *keys)).encode()).hexdigest()[:20]
+
+
+def local_date(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, LOCAL_ZONE).date().isoformat()
+
+
+@dataclass
+class Person:
+    key: str
+    co: CoStudent | None = None
+    studip: StudipUser | None = None
+    lms: LmsLearner | None = None
+    roles: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Expected:
+    """The expected HUB state plus what was left out and why."""
+
+    state: HubState
+    unsendable: dict[str, str]
+    persons: dict[str, Person]
+    reached_users: set[str]
+    reached_courses: set[str]
+
+
+def crawl_studip(world: World, semester_ids: Iterable[str], seeds: Iterable[str]
+                 ) -> tuple[set[str], set[str]]:
+    """Users and courses a closure crawl reaches from the seed user ids."""
+    wanted = set(semester_ids)
+    users: set[str] = set()
+    courses: set[str] = set()
+    pending = [u for u in seeds if u in world.studip_users]
+    while pending:
+        user_id = pending.pop()
+        if user_id in users:
+            continue
+        users.add(user_id)
+        for course_id in world.user_courses.get(user_id, ()):
+            if course_id in courses or world.studip_courses[course_id].start_semester not in wanted:
+                continue
+            courses.add(course_id)
+            pending.extend(m for m in world.memberships[course_id] if m not in users)
+    return users, courses
+
+
+def default_semester_ids(world: World) -> list[str]:
+    return [world.current_semester.semester_id, world.next_semester.semester_id]
+
+
+def default_seed_ids(world: World) -> list[str]:
+    seed = next(u.user_id for u in world.studip_users.values()
+                if u.username == SEED_DOZENT_USERNAME)
+    return [world.api_account.user_id, seed]
+
+
+def expected_hub_state(world: World, *, semester_ids: Iterable[str] | None = None,
+                       seed_user_ids: Iterable[str] | None = None) -> Expected:
+    """Project the world through the mapping (see the module docstring)."""
+    with world.lock:
+        semesters = list(semester_ids or default_semester_ids(world))
+        users, courses = crawl_studip(world, semesters, seed_user_ids or default_seed_ids(world))
+        persons = _resolve_identities(world, users)
+        _assign_roles(world, persons, courses)
+        state: HubState = {kind: {} for kind in OBJECT_TYPES}
+        unsendable: dict[str, str] = {}
+        codes = _add_users(world, persons, state, unsendable)
+        _add_terms(world, state)
+        _add_courses(world, persons, courses, codes, state)
+        _add_lms(world, persons, codes, state)
+        return Expected(state, unsendable, persons, users, courses)
+
+
+# -- identities ------------------------------------------------------------------------------
+
+
+def _registered_learners(world: World) -> list[LmsLearner]:
+    logins = {r.login for r in world.lms_registrations.values()}
+    return [world.lms_learners[login] for login in sorted(logins)]
+
+
+def _resolve_identities(world: World, reached_users: set[str]) -> dict[str, Person]:
+    persons: dict[str, Person] = {}
+    by_studid: dict[str, str] = {}
+    by_email: dict[str, set[str]] = defaultdict(set)
+    for student in sorted(world.co_students.values(), key=lambda s: s.stpersonnr):
+        key = f"co:{student.stpersonnr}"
+        persons[key] = Person(key, co=student)
+        if student.studid:
+            by_studid[student.studid] = key
+        if student.email_tu:
+            by_email[student.email_tu.lower()].add(key)
+
+    for user_id in sorted(reached_users):
+        user = world.studip_users[user_id]
+        key = _first_free(persons, "studip", [
+            [by_studid[v]] if (v := user.datafields.get(STUDENT_ID_FIELD)) in by_studid else [],
+            sorted(k for k in by_email.get(user.email.lower(), ()) if k.startswith("co:")),
+        ])
+        if key is None:
+            key = f"studip:{user_id}"
+            persons[key] = Person(key)
+        persons[key].studip = user
+        by_email[user.email.lower()].add(key)
+
+    by_login = {p.studip.username: p.key for p in persons.values() if p.studip}
+    for learner in _registered_learners(world):
+        key = _first_free(persons, "lms", [
+            [by_studid[v]] if (v := learner.profile.get(LMS_STUDENT_ID_FIELD)) in by_studid
+            else [],
+            sorted(by_email.get(learner.email.lower(), ())),
+            [by_login[learner.login]] if learner.login in by_login else [],
+        ])
+        if key is None:
+            key = f"lms:{learner.login}"
+            persons[key] = Person(key)
+        persons[key].lms = learner
+    return persons
+
+
+def _first_free(persons: dict[str, Person], system: str, rules: list[list[str]]) -> str | None:
+    """The smallest candidate of the first rule with one not yet joined from ``system``."""
+    for candidates in rules:
+        free = sorted(k for k in candidates if getattr(persons[k], system) is None)
+        if free:
+            return free[0]
+    return None
+
+
+def _assign_roles(world: World, persons: dict[str, Person], courses: set[str]) -> None:
+    person_of_user = {p.studip.user_id: p for p in persons.values() if p.studip}
+    person_of_login = {p.lms.login: p for p in persons.values() if p.lms}
+    for person in persons.values():
+        if person.co:
+            person.roles.add("aluno")
+    for course_id in courses:
+        for user_id, status in world.memberships[course_id].items():
+            if status in STUDENT_STATUSES:
+                person_of_user[user_id].roles.add("aluno")
+            elif status in STAFF_STATUSES:
+                person_of_user[user_id].roles.add("professor")
+    for registration in world.lms_registrations.values():
+        person_of_login[registration.login].roles.add("aluno")
+
+
+# -- objects ---------------------------------------------------------------------------------
+
+
+def _add_users(world: World, persons: dict[str, Person], state: HubState,
+               unsendable: dict[str, str]) -> dict[str, str]:
+    """Add the sendable users; return person key → user code for them."""
+    codes: dict[str, str] = {}
+    for key, person in sorted(persons.items()):
+        if not person.roles:
+            continue
+        user, reason = _user_object(world, person)
+        if user is None:
+            unsendable[key] = reason
+            continue
+        codes[key] = user["code"]
+        state["user"][user["code"]] = user
+    return codes
+
+
+def _user_object(world: World, person: Person) -> tuple[dict[str, Any] | None, str]:
+    co, studip, lms = person.co, person.studip, person.lms
+    human = world.persons[(co or studip or lms).pid]  # type: ignore[union-attr]
+    if co:
+        code, sis_id = co.studid, str(co.stpersonnr)
+    elif studip:
+        code, sis_id = studip.username, studip.user_id
+    else:
+        code, sis_id = lms.login, lms.login  # type: ignore[union-attr]
+    if not code:
+        return None, "no code: a CO student without STUDID"
+    dob = human.birth.isoformat() if co else (studip.datafields.get(BIRTHDATE_FIELD)
+                                              if studip else None)
+    if not dob:
+        return None, "no date of birth"
+    email = (co.email_tu if co else None) or (studip.email if studip else None) or (
+        lms.email if lms else None)
+    cpf = studip.datafields.get(CPF_FIELD) if studip else None
+    roles = [r for r in ("aluno", "professor") if r in person.roles]
+    if any(r != "aluno" for r in roles) and not (cpf and email):
+        return None, "a teacher without cpf or e-mail"
+    user: dict[str, Any] = {"code": code, "sis_id": sis_id, "name": f"{human.given} {human.family}",
+                            "dob": dob}
+    if co:
+        user["gender"] = {"M": "M", "W": "F"}.get(human.gender, "O")
+    if email:
+        user["email"] = email
+    if cpf:
+        user["cpf"] = cpf
+    user["status"] = "arquived" if co and not co.active else "active"
+    user["roles"] = [{"code": role} for role in roles]
+    return user, ""
+
+
+def _add_terms(world: World, state: HubState) -> None:
+    for semester in world.studip_semesters.values():
+        state["term"][semester.code] = {"code": semester.code, "name": semester.title,
+                                        "start_date": local_date(semester.begin),
+                                        "end_date": local_date(semester.end)}
+
+
+def _section_name(title: str, subtitle: str, semester: StudipSemester) -> str:
+    return f"{title}{f' – {subtitle}' if subtitle else ''} ({semester.title})"
+
+
+def _add_courses(world: World, persons: dict[str, Person], courses: set[str],
+                 codes: dict[str, str], state: HubState) -> None:
+    code_of_user = {p.studip.user_id: codes[k] for k, p in persons.items()
+                    if p.studip and k in codes}
+    for course_id in sorted(courses):
+        course = world.studip_courses[course_id]
+        semester = world.studip_semesters[course.start_semester or ""]
+        subject = course.number or course.course_id
+        state["subject"][subject] = {"code": subject, "name": course.title, "status": "active"}
+        state["section"][course_id] = {
+            "code": course_id, "name": _section_name(course.title, course.subtitle, semester),
+            "sis_id": course_id, "term_code": semester.code, "status": "active"}
+        for user_id, status in world.memberships[course_id].items():
+            user_code = code_of_user.get(user_id)
+            if user_code is None:
+                continue
+            if status in STUDENT_STATUSES:
+                _add_section_student(state, course_id, user_code, semester.code)
+            elif status in TEACHER_STATUSES:
+                keys = (course_id, user_code, subject, semester.code)
+                state["sectionteacher"]["|".join(keys)] = {
+                    "sis_id": link_sis_id("sectionteacher", *keys),
+                    "section": {"code": course_id}, "teacher": {"code": user_code},
+                    "subject": {"code": subject}, "term_code": semester.code}
+
+
+def _add_section_student(state: HubState, section: str, student: str, term: str) -> None:
+    keys = (section, student, term)
+    state["sectionstudent"]["|".join(keys)] = {
+        "sis_id": link_sis_id("sectionstudent", *keys), "section": {"code": section},
+        "student": {"code": student}, "term_code": term}
+
+
+def _add_lms(world: World, persons: dict[str, Person], codes: dict[str, str],
+             state: HubState) -> None:
+    term = world.current_semester.code
+    code_of_login = {p.lms.login: codes[k] for k, p in persons.items() if p.lms and k in codes}
+    for registration in sorted(world.lms_registrations.values(),
+                               key=lambda r: r.registration_id):
+        course = world.lms_courses[registration.course_id]
+        section = f"lms-{course.course_id}"
+        state["subject"][course.code] = {"code": course.code, "name": course.name,
+                                         "status": "active"}
+        state["section"][section] = {"code": section, "name": course.name,
+                                     "sis_id": course.course_id, "term_code": term,
+                                     "status": "active"}
+        student = code_of_login.get(registration.login)
+        if student is not None:
+            _add_section_student(state, section, student, term)
