@@ -57,7 +57,9 @@ class Request:
         try:
             return json.loads(self.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HttpError(400, {"Message": f"The request body is not valid JSON: {exc}"}) from None
+            raise HttpError(
+                400, {"Message": f"The request body is not valid JSON: {exc}"}
+            ) from None
 
     def form(self) -> dict[str, str]:
         try:
@@ -82,16 +84,27 @@ class Response:
         return cls(status=status, body=body, **kwargs)
 
     @classmethod
-    def text(cls, text: str, status: int = 200, content_type: str = "text/html; charset=utf-8",
-             **kwargs: Any) -> Response:
+    def text(
+        cls,
+        text: str,
+        status: int = 200,
+        content_type: str = "text/html; charset=utf-8",
+        **kwargs: Any,
+    ) -> Response:
         return cls(status=status, body=text.encode("utf-8"), content_type=content_type, **kwargs)
 
 
 class HttpError(Exception):
     """Raised by a handler to answer with an error response of the real system's shape."""
 
-    def __init__(self, status: int, payload: Any = None, *, content_type: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        payload: Any = None,
+        *,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"HTTP {status}")
         if isinstance(payload, bytes | str) and content_type:
             body = payload.encode("utf-8") if isinstance(payload, str) else payload
@@ -217,9 +230,13 @@ class FaultInjector:
             if self._script:
                 kind = self._script.popleft()
                 return None if kind == "ok" else kind
-            for kind, rate in (("drop", config.drop_rate), ("error", config.error_rate),
-                               ("rate_limit", config.rate_limit_rate),
-                               ("truncate", config.truncate_rate), ("slow", config.slow_rate)):
+            for kind, rate in (
+                ("drop", config.drop_rate),
+                ("error", config.error_rate),
+                ("rate_limit", config.rate_limit_rate),
+                ("truncate", config.truncate_rate),
+                ("slow", config.slow_rate),
+            ):
                 if rate and self._rng.random() < rate:
                     return kind
             return None
@@ -244,8 +261,9 @@ class SandboxServer:
 
     name = "sandbox"
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
-                 faults: FaultConfig | None = None) -> None:
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, faults: FaultConfig | None = None
+    ) -> None:
         self.router = Router()
         self.faults = FaultInjector(faults)
         self.host = host
@@ -277,9 +295,12 @@ class SandboxServer:
     def start(self) -> None:
         handler = type(f"{type(self).__name__}Handler", (_RequestHandler,), {"server_app": self})
         self._httpd = _HTTPServer((self.host, self.requested_port), handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name=f"sandbox-{self.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"sandbox-{self.name}",
+            daemon=True,
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -308,24 +329,43 @@ class SandboxServer:
     def fault_response(self, kind: str, config: FaultConfig) -> Response:
         """The injected ``error`` or ``rate_limit`` answer (servers override with their shape)."""
         if kind == "rate_limit":
-            return Response.json({"Message": "Too many requests"}, 429,
-                                 headers={"Retry-After": str(config.retry_after)})
+            return Response.json(
+                {"Message": "Too many requests"},
+                429,
+                headers={"Retry-After": str(config.retry_after)},
+            )
         return Response.json({"Message": "An error has occurred."}, config.error_status)
 
     def not_found(self, request: Request) -> Response:
         """The system's answer to an unknown route (servers override with their own shape)."""
         return Response.json({"Message": f"No route for {request.method} {request.path}"}, 404)
 
-    def record(self, request: Request, pattern: str, status: int, started: float,
-               fault: str | None) -> None:
+    def record(
+        self, request: Request, pattern: str, status: int, started: float, fault: str | None
+    ) -> None:
         duration = (time.perf_counter() - started) * 1000
         with self._stats_lock:
             self.counts[f"{request.method} {pattern}"] += 1
-            self.recent.append(RequestRecord(request.method, request.path, request.raw_query,
-                                             status, round(duration, 2), fault))
-        log.info("%s %s %s%s %s %.1fms%s", self.name, request.method, request.path,
-                 f"?{request.raw_query}" if request.raw_query else "", status, duration,
-                 f" fault={fault}" if fault else "")
+            self.recent.append(
+                RequestRecord(
+                    request.method,
+                    request.path,
+                    request.raw_query,
+                    status,
+                    round(duration, 2),
+                    fault,
+                )
+            )
+        log.info(
+            "%s %s %s%s %s %.1fms%s",
+            self.name,
+            request.method,
+            request.path,
+            f"?{request.raw_query}" if request.raw_query else "",
+            status,
+            duration,
+            f" fault={fault}" if fault else "",
+        )
 
     def request_count(self, pattern_substring: str = "") -> int:
         with self._stats_lock:
@@ -334,7 +374,9 @@ class SandboxServer:
     # -- admin -------------------------------------------------------------------------------
 
     def _add_admin_routes(self) -> None:
-        self.router.add("GET", "/_sandbox/faults", lambda r: Response.json(asdict(self.faults.config)))
+        self.router.add(
+            "GET", "/_sandbox/faults", lambda r: Response.json(asdict(self.faults.config))
+        )
         self.router.add("POST", "/_sandbox/faults", self._set_faults)
         self.router.add("GET", "/_sandbox/requests", self._requests)
         self.router.add("POST", "/_sandbox/requests/reset", self._reset_requests)
@@ -349,8 +391,12 @@ class SandboxServer:
 
     def _requests(self, request: Request) -> Response:
         with self._stats_lock:
-            return Response.json({"counts": dict(self.counts),
-                                  "recent": [asdict(r) for r in list(self.recent)[-100:]]})
+            return Response.json(
+                {
+                    "counts": dict(self.counts),
+                    "recent": [asdict(r) for r in list(self.recent)[-100:]],
+                }
+            )
 
     def _reset_requests(self, request: Request) -> Response:
         with self._stats_lock:
@@ -368,6 +414,9 @@ class _HTTPServer(ThreadingHTTPServer):
 class _RequestHandler(BaseHTTPRequestHandler):
     server_app: SandboxServer
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, each keep-alive response would
+    # wait ~40 ms for the delayed ACK.
+    disable_nagle_algorithm = True
     server_version = "hubsync-sandbox"
     sys_version = ""
 
@@ -382,9 +431,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         query_list = parse_qsl(parts.query, keep_blank_values=True)
         request = Request(
-            method=self.command, path=parts.path, query=dict(query_list), query_list=query_list,
-            headers={k.lower(): v for k, v in self.headers.items()}, body=body,
-            raw_query=parts.query, client=self.client_address[0])
+            method=self.command,
+            path=parts.path,
+            query=dict(query_list),
+            query_list=query_list,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+            raw_query=parts.query,
+            client=self.client_address[0],
+        )
         admin = request.path.startswith("/_sandbox")
         fault = None if admin else app.faults.draw(request.path)
         config = app.faults.config
@@ -404,12 +459,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
             try:
                 response, pattern = app.dispatch(request)
             except Exception:  # a sandbox bug must not kill the server: answer 500 and log
-                log.exception("%s: unhandled error for %s %s", app.name, request.method,
-                              request.path)
+                log.exception(
+                    "%s: unhandled error for %s %s", app.name, request.method, request.path
+                )
                 response, pattern = Response.text("Internal Server Error", 500), "(crash)"
             if fault == "truncate" and len(response.body) > 1:
-                response = Response(response.status, response.body[: len(response.body) // 2],
-                                    response.content_type, response.headers)
+                response = Response(
+                    response.status,
+                    response.body[: len(response.body) // 2],
+                    response.content_type,
+                    response.headers,
+                )
         if not admin and config.latency_floor_ms:
             remaining = config.latency_floor_ms / 1000 - (time.perf_counter() - started)
             if remaining > 0:
@@ -419,12 +479,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def _send(self, response: Response) -> None:
         try:
-            self.send_response(response.status, HTTPStatus(response.status).phrase
-                               if response.status in HTTPStatus._value2member_map_ else None)
+            self.send_response(
+                response.status,
+                HTTPStatus(response.status).phrase
+                if response.status in HTTPStatus._value2member_map_
+                else None,
+            )
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))
             for name, value in response.headers.items():
                 self.send_header(name, value)
+            if self.close_connection:  # the client asked for it; say so, or it may reuse it
+                self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(response.body)

@@ -244,12 +244,16 @@ PROGRAMS: tuple[Program, ...] = (
     Program("UF 066 876", "Masterstudium", "Masterstudium; Technische Physik", "TPH", 1),
     Program("UF 033 245", "Bachelorstudium", "Bachelorstudium; Maschinenbau", "MB", 2),
     Program("UF 066 445", "Masterstudium", "Masterstudium; Maschinenbau", "MBM", 2),
-    Program("UF 033 235", "Bachelorstudium", "Bachelorstudium; Bauingenieurwissenschaften", "BAU", 3),
+    Program(
+        "UF 033 235", "Bachelorstudium", "Bachelorstudium; Bauingenieurwissenschaften", "BAU", 3
+    ),
     Program("UF 033 661", "Bachelorstudium", "Bachelorstudium; Chemie", "CHE", 4),
     Program("UF 066 862", "Masterstudium", "Masterstudium; Chemie", "CHM", 4),
     Program("UF 033 217", "Bachelorstudium", "Bachelorstudium; Elektrotechnik", "ET", 5),
     Program("UF 066 439", "Masterstudium", "Masterstudium; Elektrotechnik", "ETM", 5),
-    Program("UF 786 600", "Doktoratsstudium", "Doktoratsstudium der Technischen Wissenschaften", "DR", 0),
+    Program(
+        "UF 786 600", "Doktoratsstudium", "Doktoratsstudium der Technischen Wissenschaften", "DR", 0
+    ),
 )
 
 INSTITUTES: tuple[tuple[str, str], ...] = (
@@ -262,10 +266,28 @@ INSTITUTES: tuple[tuple[str, str], ...] = (
 )
 
 TOPICS = (
-    "Grundlagen", "Algorithmen", "Analysis", "Lineare Algebra", "Mechanik", "Thermodynamik",
-    "Werkstoffkunde", "Messtechnik", "Statistik", "Numerik", "Programmierung", "Datenbanken",
-    "Regelungstechnik", "Elektronik", "Optik", "Quantenmechanik", "Festkörperphysik",
-    "Strömungslehre", "Konstruktion", "Signalverarbeitung", "Betriebssysteme", "Netzwerke",
+    "Grundlagen",
+    "Algorithmen",
+    "Analysis",
+    "Lineare Algebra",
+    "Mechanik",
+    "Thermodynamik",
+    "Werkstoffkunde",
+    "Messtechnik",
+    "Statistik",
+    "Numerik",
+    "Programmierung",
+    "Datenbanken",
+    "Regelungstechnik",
+    "Elektronik",
+    "Optik",
+    "Quantenmechanik",
+    "Festkörperphysik",
+    "Strömungslehre",
+    "Konstruktion",
+    "Signalverarbeitung",
+    "Betriebssysteme",
+    "Netzwerke",
 )
 LEVELS = ("1", "2", "3", "für Fortgeschrittene", "Seminar", "Labor", "Projekt")
 
@@ -281,36 +303,142 @@ SEM_TYPES: dict[str, tuple[str, str]] = {
 SEM_CLASSES: dict[str, str] = {"1": "Lehre", "2": "Forschung", "3": "Organisation"}
 INST_TYPES: dict[str, str] = {"1": "Einrichtung", "7": "Fakultät"}
 
-GIVEN_M = ("Max", "Lukas", "Jonas", "Felix", "Paul", "David", "Jakob", "Tobias", "Stefan",
-           "Andreas", "Michael", "Florian", "Matthias", "Sebastian", "Ömer", "Luca", "Elias",
-           "Johannes", "Simon", "Julian", "Noah", "Leon", "Fabian", "Dominik")
-GIVEN_W = ("Anna", "Lena", "Sophie", "Laura", "Julia", "Sarah", "Hannah", "Katharina", "Lisa",
-           "Marie", "Elena", "Johanna", "Theresa", "Valentina", "Zoë", "Leonie", "Emma", "Mia",
-           "Clara", "Magdalena", "Verena", "Nina", "Selina", "Jana")
-FAMILY = ("Müller", "Gruber", "Huber", "Wagner", "Pichler", "Steiner", "Moser", "Mayer",
-          "Hofer", "Leitner", "Berger", "Fuchs", "Eder", "Fischer", "Schmid", "Winkler",
-          "Weber", "Schwarz", "Maier", "Schneider", "Reiter", "Mayr", "Schmidt", "Wimmer",
-          "Egger", "Brunner", "Lang", "Baumgartner", "Auer", "Binder", "Lechner", "Wolf",
-          "Wallner", "Aigner", "Ebner", "Koller", "Lehner", "Haas", "Schuster", "Heilig",
-          "Kovačević", "Yılmaz", "Nguyen", "Öztürk", "Jäger", "Köhler", "Sommer", "Strauß")
+GIVEN_M = (
+    "Max",
+    "Lukas",
+    "Jonas",
+    "Felix",
+    "Paul",
+    "David",
+    "Jakob",
+    "Tobias",
+    "Stefan",
+    "Andreas",
+    "Michael",
+    "Florian",
+    "Matthias",
+    "Sebastian",
+    "Ömer",
+    "Luca",
+    "Elias",
+    "Johannes",
+    "Simon",
+    "Julian",
+    "Noah",
+    "Leon",
+    "Fabian",
+    "Dominik",
+)
+GIVEN_W = (
+    "Anna",
+    "Lena",
+    "Sophie",
+    "Laura",
+    "Julia",
+    "Sarah",
+    "Hannah",
+    "Katharina",
+    "Lisa",
+    "Marie",
+    "Elena",
+    "Johanna",
+    "Theresa",
+    "Valentina",
+    "Zoë",
+    "Leonie",
+    "Emma",
+    "Mia",
+    "Clara",
+    "Magdalena",
+    "Verena",
+    "Nina",
+    "Selina",
+    "Jana",
+)
+FAMILY = (
+    "Müller",
+    "Gruber",
+    "Huber",
+    "Wagner",
+    "Pichler",
+    "Steiner",
+    "Moser",
+    "Mayer",
+    "Hofer",
+    "Leitner",
+    "Berger",
+    "Fuchs",
+    "Eder",
+    "Fischer",
+    "Schmid",
+    "Winkler",
+    "Weber",
+    "Schwarz",
+    "Maier",
+    "Schneider",
+    "Reiter",
+    "Mayr",
+    "Schmidt",
+    "Wimmer",
+    "Egger",
+    "Brunner",
+    "Lang",
+    "Baumgartner",
+    "Auer",
+    "Binder",
+    "Lechner",
+    "Wolf",
+    "Wallner",
+    "Aigner",
+    "Ebner",
+    "Koller",
+    "Lehner",
+    "Haas",
+    "Schuster",
+    "Heilig",
+    "Kovačević",
+    "Yılmaz",
+    "Nguyen",
+    "Öztürk",
+    "Jäger",
+    "Köhler",
+    "Sommer",
+    "Strauß",
+)
 
 NATIONALITIES: tuple[tuple[int, str, float], ...] = (
-    (168, "Österreich", 0.62), (54, "Deutschland", 0.12), (98, "Italien", 0.05),
-    (40, "Bosnien und Herzegowina", 0.05), (197, "Türkei", 0.04), (11, "Ägypten", 0.03),
-    (257, "Kosovo", 0.03), (4242, "Bajor", 0.01), (45, "China", 0.05),
+    (168, "Österreich", 0.62),
+    (54, "Deutschland", 0.12),
+    (98, "Italien", 0.05),
+    (40, "Bosnien und Herzegowina", 0.05),
+    (197, "Türkei", 0.04),
+    (11, "Ägypten", 0.03),
+    (257, "Kosovo", 0.03),
+    (4242, "Bajor", 0.01),
+    (45, "China", 0.05),
 )
 QUALIFICATIONS: tuple[tuple[str, str], ...] = (
-    ("02", "Humanistisches Gymnasium"), ("03", "Realgymnasium"),
-    ("25", "ausländische Reifeprüfung"), ("46", "IB Diploma (Ausland)"),
+    ("02", "Humanistisches Gymnasium"),
+    ("03", "Realgymnasium"),
+    ("25", "ausländische Reifeprüfung"),
+    ("46", "IB Diploma (Ausland)"),
     ("41", "Master-/Diplomst.eigene Univ."),
 )
 GENDER_TEXT = {"M": "Männlich", "W": "Weiblich", "X": "Divers"}
-STUD_STATUS_TEXT = {"O": "ordentlich", "A": "außerordentlich", "E": "nicht zugelassen",
-                    "M": "mitbelegend"}
-STUDY_STATUS_TEXT = {"I": "gemeldet", "B": "beurlaubt", "Z": "abgeschlossen",
-                     "U": "unterbrochen", "X": "storniert"}
-EXMAT_STATUS_TEXT = {"EZ": "ex lege", "A": "auf Antrag", "E": "Studienabschluss",
-                     "U": "unbekannt"}
+STUD_STATUS_TEXT = {
+    "O": "ordentlich",
+    "A": "außerordentlich",
+    "E": "nicht zugelassen",
+    "M": "mitbelegend",
+}
+STUDY_STATUS_TEXT = {
+    "I": "gemeldet",
+    "B": "beurlaubt",
+    "Z": "abgeschlossen",
+    "U": "unterbrochen",
+    "X": "storniert",
+}
+EXMAT_STATUS_TEXT = {"EZ": "ex lege", "A": "auf Antrag", "E": "Studienabschluss", "U": "unbekannt"}
 ADDITIONAL_EXAMS = ("EDG", "EGR", "ELA", "EPH", "ECH", "EBI")
 VESSELS = ("MS Danubia", "MV Alpina", "MS Graz", "MV Tauern", "MS Styria")
 RANKS = ("none", "Cadet", "Officer", "Engineer", "Captain")
@@ -325,8 +453,22 @@ def _hex_id(seed: int, *parts: object) -> str:
 
 
 def _ascii(text: str) -> str:
-    table = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "Ä": "Ae", "Ö": "Oe",
-                           "Ü": "Ue", "č": "c", "ı": "i", "ë": "e", "Ç": "C", "ç": "c"})
+    table = str.maketrans(
+        {
+            "ä": "ae",
+            "ö": "oe",
+            "ü": "ue",
+            "ß": "ss",
+            "Ä": "Ae",
+            "Ö": "Oe",
+            "Ü": "Ue",
+            "č": "c",
+            "ı": "i",
+            "ë": "e",
+            "Ç": "C",
+            "ç": "c",
+        }
+    )
     return "".join(ch for ch in text.translate(table) if ch.isascii() and ch.isalnum())
 
 
@@ -445,6 +587,7 @@ class World:
         self._next_bewerbungnr = 900_000
         self._next_studid = 1_200_000
         self._usernames: set[str] = set()
+        self._username_suffix: dict[str, int] = {}
         self._generate_studip_structure()
         if populate:
             self._generate()
@@ -465,8 +608,9 @@ class World:
 
     def _new_person(self, rng: random.Random, kind: str, age: tuple[int, int]) -> Person:
         gender = rng.choices("MWX", weights=(48, 50, 2))[0]
-        given = rng.choice(GIVEN_M if gender == "M" else GIVEN_W if gender == "W" else
-                           GIVEN_M + GIVEN_W)
+        given = rng.choice(
+            GIVEN_M if gender == "M" else GIVEN_W if gender == "W" else GIVEN_M + GIVEN_W
+        )
         years = rng.randint(*age)
         birth = self.today - timedelta(days=years * 365 + rng.randint(0, 364))
         person = Person(self._next_pid, given, rng.choice(FAMILY), gender, birth, kind)
@@ -476,10 +620,10 @@ class World:
 
     def _username(self, person: Person) -> str:
         base = (_ascii(person.given)[:1] + _ascii(person.family)).lower() or "user"
-        name, n = base, 1
+        name = base
         while name in self._usernames:
-            n += 1
-            name = f"{base}{n}"
+            self._username_suffix[base] = self._username_suffix.get(base, 1) + 1
+            name = f"{base}{self._username_suffix[base]}"
         self._usernames.add(name)
         return name
 
@@ -521,9 +665,17 @@ class World:
         for semester_start in starts:
             semester = make_semester(self.seed, semester_start)
             self.studip_semesters[semester.semester_id] = semester
+        self._fix_semesters()
         self.api_account = StudipUser(
-            _hex_id(self.seed, "user", "api"), API_ACCOUNT_USERNAME, None, "root",
-            "hubsync-api@tu-sandbox.at", {}, [], datetime(2020, 1, 1, tzinfo=UTC))
+            _hex_id(self.seed, "user", "api"),
+            API_ACCOUNT_USERNAME,
+            None,
+            "root",
+            "hubsync-api@tu-sandbox.at",
+            {},
+            [],
+            datetime(2020, 1, 1, tzinfo=UTC),
+        )
         self.studip_users[self.api_account.user_id] = self.api_account
         self._usernames.add(API_ACCOUNT_USERNAME)
 
@@ -538,22 +690,23 @@ class World:
                 return semester
         raise LookupError(f"no semester contains {day}")
 
-    @property
-    def current_semester(self) -> StudipSemester:
-        return self.semester_at(self.today)
-
-    @property
-    def next_semester(self) -> StudipSemester:
+    def _fix_semesters(self) -> None:
+        """The semesters around ``today``, looked up once (they are used on every enrolment)."""
         ordered = self.semesters_in_order
-        return ordered[ordered.index(self.current_semester) + 1]
+        self.current_semester = self.semester_at(self.today)
+        position = ordered.index(self.current_semester)
+        self.previous_semester = ordered[position - 1]
+        self.next_semester = ordered[position + 1]
 
-    @property
-    def previous_semester(self) -> StudipSemester:
-        ordered = self.semesters_in_order
-        return ordered[ordered.index(self.current_semester) - 1]
-
-    def _staff_user(self, rng: random.Random, person: Person, perms: str, created: datetime,
-                    username: str | None = None, with_ids: bool = True) -> StudipUser:
+    def _staff_user(
+        self,
+        rng: random.Random,
+        person: Person,
+        perms: str,
+        created: datetime,
+        username: str | None = None,
+        with_ids: bool = True,
+    ) -> StudipUser:
         if username:
             self._usernames.add(username)
         username = username or self._username(person)
@@ -561,9 +714,16 @@ class World:
         if with_ids:
             datafields = {BIRTHDATE_FIELD: person.birth.isoformat(), CPF_FIELD: _cpf(rng)}
         institute = rng.choice(list(self.studip_institutes))
-        user = StudipUser(_hex_id(self.seed, "user", person.pid), username, person.pid, perms,
-                          f"{self._email_local(person)}@tu-sandbox.at", datafields,
-                          [institute], created)
+        user = StudipUser(
+            _hex_id(self.seed, "user", person.pid),
+            username,
+            person.pid,
+            perms,
+            f"{self._email_local(person)}@tu-sandbox.at",
+            datafields,
+            [institute],
+            created,
+        )
         self.studip_users[user.user_id] = user
         self.studip_user_by_pid[person.pid] = user.user_id
         return user
@@ -573,22 +733,21 @@ class World:
         coordinator = self._new_person(rng, "staff", (40, 60))
         seed_user = self._staff_user(rng, coordinator, "dozent", created, SEED_DOZENT_USERNAME)
         self.seed_dozent_id = seed_user.user_id
-        counts = {"dozent": max(3, self.size // 25), "tutor": max(2, self.size // 60),
-                  "admin": 3}
+        counts = {"dozent": max(3, self.size // 25), "tutor": max(2, self.size // 60), "admin": 3}
         for perms, count in counts.items():
             for _ in range(count):
                 person = self._new_person(rng, "staff", (26, 65))
                 # A few staff lack the identifiers the HUB requires: they cannot be sent.
-                user = self._staff_user(rng, person, perms, created,
-                                        with_ids=rng.random() > 0.03)
+                user = self._staff_user(rng, person, perms, created, with_ids=rng.random() > 0.03)
                 staff[perms].append(user.user_id)
         return staff
 
     def _course_semesters(self) -> list[StudipSemester]:
         return [self.previous_semester, self.current_semester, self.next_semester]
 
-    def _generate_courses(self, rng: random.Random, staff: dict[str, list[str]],
-                          created: datetime) -> None:
+    def _generate_courses(
+        self, rng: random.Random, staff: dict[str, list[str]], created: datetime
+    ) -> None:
         per_program = max(2, round(self.size * 4 / 70 / len(PROGRAMS)))
         self.course_titles: dict[str, str] = {}
         institutes = list(self.studip_institutes)
@@ -608,33 +767,65 @@ class World:
                     groups = 2 if rng.random() < 0.12 else 1
                     for group in range(1, groups + 1):
                         course = self._add_course(
-                            rng, number, self.course_titles[number],
-                            f"Gruppe {group}" if groups > 1 else "", semester,
-                            institutes[program.institute], created)
+                            rng,
+                            number,
+                            self.course_titles[number],
+                            f"Gruppe {group}" if groups > 1 else "",
+                            semester,
+                            institutes[program.institute],
+                            created,
+                        )
                         self.enrol(course.course_id, rng.choice(staff["dozent"]), "dozent")
                         if rng.random() < 0.4:
                             self.enrol(course.course_id, rng.choice(staff["tutor"]), "tutor")
                         self.courses_by_semester_program[(semester.semester_id, p_index)].append(
-                            course.course_id)
+                            course.course_id
+                        )
             number = "RV.001"
             self.course_titles[number] = "Ringvorlesung: Wissenschaft und Gesellschaft"
-            series = self._add_course(rng, number, self.course_titles[number], "", semester,
-                                      institutes[0], created)
+            series = self._add_course(
+                rng, number, self.course_titles[number], "", semester, institutes[0], created
+            )
             self.enrol(series.course_id, self.seed_dozent_id, "dozent")
             self.lecture_series[semester.semester_id] = series.course_id
         # A study group: no semester, type 99 (never a HUB section).
-        group = StudipCourse(_hex_id(self.seed, "course", "studygroup"), "", "Lerngruppe Analysis",
-                             "", "99", None, None, institutes[0], 8, created)
+        group = StudipCourse(
+            _hex_id(self.seed, "course", "studygroup"),
+            "",
+            "Lerngruppe Analysis",
+            "",
+            "99",
+            None,
+            None,
+            institutes[0],
+            8,
+            created,
+        )
         self.studip_courses[group.course_id] = group
         self.enrol(group.course_id, self.seed_dozent_id, "dozent")
 
-    def _add_course(self, rng: random.Random, number: str, title: str, subtitle: str,
-                    semester: StudipSemester, institute_id: str, created: datetime
-                    ) -> StudipCourse:
+    def _add_course(
+        self,
+        rng: random.Random,
+        number: str,
+        title: str,
+        subtitle: str,
+        semester: StudipSemester,
+        institute_id: str,
+        created: datetime,
+    ) -> StudipCourse:
         course = StudipCourse(
-            _hex_id(self.seed, "course", number, subtitle, semester.semester_id), number, title,
-            subtitle, rng.choice(("1", "2", "3", "4", "5")), semester.semester_id,
-            semester.semester_id, institute_id, 5, created)
+            _hex_id(self.seed, "course", number, subtitle, semester.semester_id),
+            number,
+            title,
+            subtitle,
+            rng.choice(("1", "2", "3", "4", "5")),
+            semester.semester_id,
+            semester.semester_id,
+            institute_id,
+            5,
+            created,
+        )
         self.studip_courses[course.course_id] = course
         return course
 
@@ -646,12 +837,14 @@ class World:
         self.memberships[course_id].pop(user_id, None)
         self.user_courses[user_id].discard(course_id)
 
-    def _generate_student(self, rng: random.Random, created: datetime, *, active: bool,
-                          index: int) -> CoStudent:
+    def _generate_student(
+        self, rng: random.Random, created: datetime, *, active: bool, index: int
+    ) -> CoStudent:
         applicant = active and rng.random() < 0.04
         person = self._new_person(rng, "applicant" if applicant else "student", (18, 34))
-        nationality = rng.choices([n[0] for n in NATIONALITIES],
-                                  weights=[n[2] for n in NATIONALITIES])[0]
+        nationality = rng.choices(
+            [n[0] for n in NATIONALITIES], weights=[n[2] for n in NATIONALITIES]
+        )[0]
         immat = self.today - timedelta(days=rng.randint(30, 365 * 6))
         student = CoStudent(
             stpersonnr=self._next_stpersonnr,
@@ -684,32 +877,38 @@ class World:
         programs = self._add_studies(rng, student, created)
         if rng.random() < 0.3:
             study_nr = rng.choice(self.studies_by_person[student.stpersonnr])
-            self._add_application(rng, student, study_nr, self.co_studies[study_nr].program,
-                                  created)
+            self._add_application(
+                rng, student, study_nr, self.co_studies[study_nr].program, created
+            )
         if active and rng.random() < 0.9:
             self._student_account(rng, student, person, programs[0], created)
         elif not active and rng.random() < 0.5:
             self._student_account(rng, student, person, None, created)
         return student
 
-    def _add_studies(self, rng: random.Random, student: CoStudent, created: datetime
-                     ) -> list[int]:
+    def _add_studies(self, rng: random.Random, student: CoStudent, created: datetime) -> list[int]:
         count = rng.choices((1, 2, 3), weights=(70, 24, 6))[0]
         programs = rng.sample(range(len(PROGRAMS)), count)
         for position, program in enumerate(programs):
             study = CoStudy(
-                ststudiumnr=self._next_ststudiumnr, stpersonnr=student.stpersonnr,
-                program=program, semester=rng.randint(1, 12),
-                status_key="I", curriculum_version=f"{2015 + rng.randint(0, 8)}W",
-                immat_date=student.immat_date, immat_semester=semester_token(student.immat_date),
-                additional_certificates=" | ".join(rng.sample(ADDITIONAL_EXAMS,
-                                                              rng.randint(0, 2))) or None,
-                modified_at=created)
+                ststudiumnr=self._next_ststudiumnr,
+                stpersonnr=student.stpersonnr,
+                program=program,
+                semester=rng.randint(1, 12),
+                status_key="I",
+                curriculum_version=f"{2015 + rng.randint(0, 8)}W",
+                immat_date=student.immat_date,
+                immat_semester=semester_token(student.immat_date),
+                additional_certificates=" | ".join(rng.sample(ADDITIONAL_EXAMS, rng.randint(0, 2)))
+                or None,
+                modified_at=created,
+            )
             self._next_ststudiumnr += 1
             closed = not student.active or (position > 0 and rng.random() < 0.4)
             if closed:
                 study.exmat_date = student.exmat_date or (
-                    self.today - timedelta(days=rng.randint(10, 400)))
+                    self.today - timedelta(days=rng.randint(10, 400))
+                )
                 study.exmat_semester = semester_token(study.exmat_date)
                 study.exmat_type_key = rng.choice(("EZ", "A", "E"))
                 study.status_key = "Z"
@@ -717,40 +916,71 @@ class World:
             self.studies_by_person[student.stpersonnr].append(study.ststudiumnr)
         return programs
 
-    def _add_application(self, rng: random.Random, student: CoStudent, study_nr: int | None,
-                         program: int, created: datetime) -> CoApplication:
+    def _add_application(
+        self,
+        rng: random.Random,
+        student: CoStudent,
+        study_nr: int | None,
+        program: int,
+        created: datetime,
+    ) -> CoApplication:
         nr, text = rng.choice(QUALIFICATIONS)
         application = CoApplication(
-            bewerbungnr=self._next_bewerbungnr, stpersonnr=student.stpersonnr,
-            ststudiumnr=study_nr, program=program,
+            bewerbungnr=self._next_bewerbungnr,
+            stpersonnr=student.stpersonnr,
+            ststudiumnr=study_nr,
+            program=program,
             start_semester=semester_token(self.today + timedelta(days=120)),
             qualification=f"{int(nr)} - {text}",
-            qualification_date=(student.immat_date - timedelta(days=rng.randint(30, 400))
-                                if rng.random() < 0.8 else None),
+            qualification_date=(
+                student.immat_date - timedelta(days=rng.randint(30, 400))
+                if rng.random() < 0.8
+                else None
+            ),
             qualification_state_nr=rng.choice((168, 54, 40, None)),
-            modified_at=created)
+            modified_at=created,
+        )
         self._next_bewerbungnr += 1
         self.co_applications[application.bewerbungnr] = application
         self.applications_by_person[student.stpersonnr].append(application.bewerbungnr)
         return application
 
-    def _student_account(self, rng: random.Random, student: CoStudent, person: Person,
-                         program: int | None, created: datetime) -> StudipUser:
+    def _student_account(
+        self,
+        rng: random.Random,
+        student: CoStudent,
+        person: Person,
+        program: int | None,
+        created: datetime,
+    ) -> StudipUser:
         datafields = {}
         if student.studid and rng.random() < 0.5:
             datafields[STUDENT_ID_FIELD] = student.studid
         email = self._vary_case(rng, student.email_tu or f"{self._email_local(person)}@x.at")
         institute = list(self.studip_institutes)[PROGRAMS[program or 0].institute]
-        user = StudipUser(_hex_id(self.seed, "user", person.pid), self._username(person),
-                          person.pid, "autor", email, datafields, [institute], created)
+        user = StudipUser(
+            _hex_id(self.seed, "user", person.pid),
+            self._username(person),
+            person.pid,
+            "autor",
+            email,
+            datafields,
+            [institute],
+            created,
+        )
         self.studip_users[user.user_id] = user
         self.studip_user_by_pid[person.pid] = user.user_id
         if program is not None:
             self._enrol_student_in_semester(rng, user.user_id, program)
         return user
 
-    def _enrol_student_in_semester(self, rng: random.Random, user_id: str, program: int,
-                                   semesters: Iterable[StudipSemester] | None = None) -> None:
+    def _enrol_student_in_semester(
+        self,
+        rng: random.Random,
+        user_id: str,
+        program: int,
+        semesters: Iterable[StudipSemester] | None = None,
+    ) -> None:
         for semester in semesters or self._course_semesters():
             share = 0.3 if semester is self.next_semester else 1.0
             if rng.random() > share:
@@ -764,9 +994,16 @@ class World:
     def _generate_guest(self, rng: random.Random, created: datetime) -> None:
         person = self._new_person(rng, "guest", (20, 70))
         datafields = {BIRTHDATE_FIELD: person.birth.isoformat()} if rng.random() < 0.6 else {}
-        user = StudipUser(_hex_id(self.seed, "user", person.pid), self._username(person),
-                          person.pid, "autor", f"{self._email_local(person)}@gmx.at", datafields,
-                          [], created)
+        user = StudipUser(
+            _hex_id(self.seed, "user", person.pid),
+            self._username(person),
+            person.pid,
+            "autor",
+            f"{self._email_local(person)}@gmx.at",
+            datafields,
+            [],
+            created,
+        )
         self.studip_users[user.user_id] = user
         self.studip_user_by_pid[person.pid] = user.user_id
         series = self.lecture_series[self.current_semester.semester_id]
@@ -774,14 +1011,25 @@ class World:
 
     # -- LMS -----------------------------------------------------------------------------
 
-    def _generate_lms(self, rng: random.Random, staff: dict[str, list[str]],
-                      created: datetime) -> None:
-        names = ("Basic Safety Training", "Laboratory Safety", "Fire Prevention",
-                 "First Aid Refresher", "Radiation Protection", "Data Protection Essentials",
-                 "OSHA 1", "Crane Operation", "Hazardous Materials", "Research Ethics")
+    def _generate_lms(
+        self, rng: random.Random, staff: dict[str, list[str]], created: datetime
+    ) -> None:
+        names = (
+            "Basic Safety Training",
+            "Laboratory Safety",
+            "Fire Prevention",
+            "First Aid Refresher",
+            "Radiation Protection",
+            "Data Protection Essentials",
+            "OSHA 1",
+            "Crane Operation",
+            "Hazardous Materials",
+            "Research Ethics",
+        )
         for index in range(max(3, min(len(names), 3 + self.size // 200))):
-            course = LmsCourse(self._uuid(rng), f"{9_973_400 + index * 7}", names[index],
-                               f"OFF{index + 1:02d}")
+            course = LmsCourse(
+                self._uuid(rng), f"{9_973_400 + index * 7}", names[index], f"OFF{index + 1:02d}"
+            )
             self.lms_courses[course.course_id] = course
         for student in list(self.co_students.values()):
             if student.active and student.studid and rng.random() < 0.45:
@@ -792,14 +1040,21 @@ class World:
         externals = max(2, self.size // 20)
         # A few crew logins equal the Stud.IP username of an unrelated student who has no
         # learner account: the login rule of identity matching will (wrongly) join them.
-        collisions = [u.username for u in self.studip_users.values()
-                      if u.perms == "autor" and u.username not in self.lms_learners][:3]
+        collisions = [
+            u.username
+            for u in self.studip_users.values()
+            if u.perms == "autor" and u.username not in self.lms_learners
+        ][:3]
         for index in range(externals):
             person = self._new_person(rng, "external", (20, 60))
-            login = collisions[index] if index < len(collisions) else (
-                f"crew{person.pid}")
-            self._learner(rng, login, person.pid, f"{login}@crew.marinels.com",
-                          {"Vessel": rng.choice(VESSELS)})
+            login = collisions[index] if index < len(collisions) else (f"crew{person.pid}")
+            self._learner(
+                rng,
+                login,
+                person.pid,
+                f"{login}@crew.marinels.com",
+                {"Vessel": rng.choice(VESSELS)},
+            )
         for learner in list(self.lms_learners.values()):
             for _ in range(rng.choices((1, 2, 3), weights=(60, 30, 10))[0]):
                 self._register(rng, learner.login, created, initial=True)
@@ -814,8 +1069,9 @@ class World:
         email = self._vary_case(rng, student.email_tu or "")
         return self._learner(rng, login, person.pid, email, profile)
 
-    def _learner(self, rng: random.Random, login: str, pid: int, email: str,
-                 profile: dict[str, str]) -> LmsLearner:
+    def _learner(
+        self, rng: random.Random, login: str, pid: int, email: str, profile: dict[str, str]
+    ) -> LmsLearner:
         profile.setdefault("Rank", rng.choice(RANKS))
         if login in self.lms_learners:
             raise ValueError(f"LMS login {login!r} exists already")
@@ -824,8 +1080,15 @@ class World:
         self.lms_learner_by_pid.setdefault(pid, login)
         return learner
 
-    def _register(self, rng: random.Random, login: str, now: datetime, *, initial: bool,
-                  course_id: str | None = None) -> LmsRegistration:
+    def _register(
+        self,
+        rng: random.Random,
+        login: str,
+        now: datetime,
+        *,
+        initial: bool,
+        course_id: str | None = None,
+    ) -> LmsRegistration:
         course_id = course_id or rng.choice(list(self.lms_courses))
         if initial:
             registered = now - timedelta(days=rng.randint(1, 400), seconds=rng.randint(0, 86399))
@@ -834,8 +1097,16 @@ class World:
         else:
             registered, status, modified = now, 1, now
         completion = modified if status == 2 else None
-        registration = LmsRegistration(self._uuid(rng), course_id, login, registered, status,
-                                       rng.choice((2, 3, 4, 5)), completion, modified)
+        registration = LmsRegistration(
+            self._uuid(rng),
+            course_id,
+            login,
+            registered,
+            status,
+            rng.choice((2, 3, 4, 5)),
+            completion,
+            modified,
+        )
         self.lms_registrations[registration.registration_id] = registration
         return registration
 
@@ -857,8 +1128,9 @@ class World:
         if user:
             user.modified_at = now
 
-    def step(self, seed: int | None = None, *, include_deletes: bool = False,
-             scale: float = 1.0) -> StepSummary:
+    def step(
+        self, seed: int | None = None, *, include_deletes: bool = False, scale: float = 1.0
+    ) -> StepSummary:
         """Apply one realistic batch of changes, all stamped with the world clock's now.
 
         Every change is one an incremental sync can see (a CO delta row or an LMS modified
@@ -884,8 +1156,9 @@ class World:
     def _active_students(self) -> list[CoStudent]:
         return [s for s in self.co_students.values() if s.active and s.studid]
 
-    def _step_new_students(self, rng: random.Random, now: datetime, k: int,
-                           summary: StepSummary) -> None:
+    def _step_new_students(
+        self, rng: random.Random, now: datetime, k: int, summary: StepSummary
+    ) -> None:
         for _ in range(k):
             student = self._generate_student(rng, now, active=True, index=-1)
             for study_nr in self.studies_by_person[student.stpersonnr]:
@@ -900,12 +1173,14 @@ class World:
         for _ in range(max(1, k // 2)):
             # An application of an existing active student for another programme.
             student = rng.choice(self._active_students())
-            application = self._add_application(rng, student, None,
-                                                rng.randrange(len(PROGRAMS)), now)
+            application = self._add_application(
+                rng, student, None, rng.randrange(len(PROGRAMS)), now
+            )
             summary.add("new_application", application.bewerbungnr)
 
-    def _step_exmatriculations(self, rng: random.Random, now: datetime, k: int,
-                               summary: StepSummary) -> None:
+    def _step_exmatriculations(
+        self, rng: random.Random, now: datetime, k: int, summary: StepSummary
+    ) -> None:
         for student in rng.sample(self._active_students(), min(k, len(self._active_students()))):
             today = now.astimezone(LOCAL_ZONE).date()
             student.exmat_date = today
@@ -928,11 +1203,15 @@ class World:
 
     def _current_and_next_courses(self, user_id: str) -> list[str]:
         wanted = {self.current_semester.semester_id, self.next_semester.semester_id}
-        return sorted(c for c in self.user_courses.get(user_id, ())
-                      if self.studip_courses[c].start_semester in wanted)
+        return sorted(
+            c
+            for c in self.user_courses.get(user_id, ())
+            if self.studip_courses[c].start_semester in wanted
+        )
 
-    def _step_name_and_email_changes(self, rng: random.Random, now: datetime, k: int,
-                                     summary: StepSummary) -> None:
+    def _step_name_and_email_changes(
+        self, rng: random.Random, now: datetime, k: int, summary: StepSummary
+    ) -> None:
         for student in rng.sample(self._active_students(), min(k, len(self._active_students()))):
             person = self.persons[student.pid]
             person.family = rng.choice([f for f in FAMILY if f != person.family])
@@ -942,25 +1221,31 @@ class World:
             if user and rng.random() < 0.5:
                 # A late enrolment into another course of the current semester.
                 program = self.co_studies[self.studies_by_person[student.stpersonnr][0]].program
-                self._enrol_student_in_semester(rng, user.user_id, program,
-                                                [self.current_semester])
+                self._enrol_student_in_semester(rng, user.user_id, program, [self.current_semester])
                 summary.add("enrolment", student.stpersonnr)
         for student in rng.sample(self._active_students(), min(k, len(self._active_students()))):
             person = self.persons[student.pid]
-            student.email_tu = (f"{_ascii(person.given).lower()}.{_ascii(person.family).lower()}"
-                                f".{student.stpersonnr}@student.tu-sandbox.at")
+            student.email_tu = (
+                f"{_ascii(person.given).lower()}.{_ascii(person.family).lower()}"
+                f".{student.stpersonnr}@student.tu-sandbox.at"
+            )
             user = self.studip_user_of(student.pid)
             if user:
                 user.email = student.email_tu
             self._touch_student(student, now)
             summary.add("email_change", student.stpersonnr)
 
-    def _step_study_status_changes(self, rng: random.Random, now: datetime, k: int,
-                                   summary: StepSummary) -> None:
-        candidates = [s for s in self.co_studies.values()
-                      if s.active and s.status_key == "I"
-                      and self.co_students[s.stpersonnr].active
-                      and self.co_students[s.stpersonnr].studid]
+    def _step_study_status_changes(
+        self, rng: random.Random, now: datetime, k: int, summary: StepSummary
+    ) -> None:
+        candidates = [
+            s
+            for s in self.co_studies.values()
+            if s.active
+            and s.status_key == "I"
+            and self.co_students[s.stpersonnr].active
+            and self.co_students[s.stpersonnr].studid
+        ]
         for study in rng.sample(candidates, min(k, len(candidates))):
             study.status_key = "B"  # on leave: drops the courses of this semester
             study.modified_at = now
@@ -988,12 +1273,14 @@ class World:
                 summary.add("completion", registration.registration_id)
         completed = [r for r in self.lms_registrations.values() if r.status == 2]
         for registration in rng.sample(completed, min(max(1, k // 2), len(completed))):
-            retake = self._register(rng, registration.login, now, initial=False,
-                                    course_id=registration.course_id)
+            retake = self._register(
+                rng, registration.login, now, initial=False, course_id=registration.course_id
+            )
             summary.add("retake", retake.registration_id)
 
-    def _step_deletes(self, rng: random.Random, now: datetime, k: int,
-                      summary: StepSummary) -> None:
+    def _step_deletes(
+        self, rng: random.Random, now: datetime, k: int, summary: StepSummary
+    ) -> None:
         applications = sorted(self.co_applications)
         for nr in rng.sample(applications, min(k, len(applications))):
             application = self.co_applications.pop(nr)
@@ -1016,8 +1303,9 @@ class World:
 
     # -- lookups -----------------------------------------------------------------------------
 
-    def find_student(self, *, stpersonnr: int | None = None, ident: str | None = None
-                     ) -> CoStudent | None:
+    def find_student(
+        self, *, stpersonnr: int | None = None, ident: str | None = None
+    ) -> CoStudent | None:
         if ident is not None:
             nr = self.student_by_ident.get(ident.upper())
             return self.co_students.get(nr) if nr is not None else None
