@@ -85,8 +85,15 @@ from sandbox.world import (
 )
 
 HubState = dict[str, dict[str, dict[str, Any]]]
-OBJECT_TYPES = ("term", "subject", "user", "section", "studentparent", "sectionstudent",
-                "sectionteacher")
+OBJECT_TYPES = (
+    "term",
+    "subject",
+    "user",
+    "section",
+    "studentparent",
+    "sectionstudent",
+    "sectionteacher",
+)
 STUDENT_STATUSES = ("autor", "user")
 TEACHER_STATUSES = ("dozent",)
 STAFF_STATUSES = ("dozent", "tutor")
@@ -121,8 +128,9 @@ class Expected:
     reached_courses: set[str]
 
 
-def crawl_studip(world: World, semester_ids: Iterable[str], seeds: Iterable[str]
-                 ) -> tuple[set[str], set[str]]:
+def crawl_studip(
+    world: World, semester_ids: Iterable[str], seeds: Iterable[str]
+) -> tuple[set[str], set[str]]:
     """Users and courses a closure crawl reaches from the seed user ids."""
     wanted = set(semester_ids)
     users: set[str] = set()
@@ -146,13 +154,18 @@ def default_semester_ids(world: World) -> list[str]:
 
 
 def default_seed_ids(world: World) -> list[str]:
-    seed = next(u.user_id for u in world.studip_users.values()
-                if u.username == SEED_DOZENT_USERNAME)
+    seed = next(
+        u.user_id for u in world.studip_users.values() if u.username == SEED_DOZENT_USERNAME
+    )
     return [world.api_account.user_id, seed]
 
 
-def expected_hub_state(world: World, *, semester_ids: Iterable[str] | None = None,
-                       seed_user_ids: Iterable[str] | None = None) -> Expected:
+def expected_hub_state(
+    world: World,
+    *,
+    semester_ids: Iterable[str] | None = None,
+    seed_user_ids: Iterable[str] | None = None,
+) -> Expected:
     """Project the world through the mapping (see the module docstring)."""
     with world.lock:
         semesters = list(semester_ids or default_semester_ids(world))
@@ -190,10 +203,14 @@ def _resolve_identities(world: World, reached_users: set[str]) -> dict[str, Pers
 
     for user_id in sorted(reached_users):
         user = world.studip_users[user_id]
-        key = _first_free(persons, "studip", [
-            [by_studid[v]] if (v := user.datafields.get(STUDENT_ID_FIELD)) in by_studid else [],
-            sorted(k for k in by_email.get(user.email.lower(), ()) if k.startswith("co:")),
-        ])
+        key = _first_free(
+            persons,
+            "studip",
+            [
+                [by_studid[v]] if (v := user.datafields.get(STUDENT_ID_FIELD)) in by_studid else [],
+                sorted(k for k in by_email.get(user.email.lower(), ()) if k.startswith("co:")),
+            ],
+        )
         if key is None:
             key = f"studip:{user_id}"
             persons[key] = Person(key)
@@ -202,12 +219,17 @@ def _resolve_identities(world: World, reached_users: set[str]) -> dict[str, Pers
 
     by_login = {p.studip.username: p.key for p in persons.values() if p.studip}
     for learner in _registered_learners(world):
-        key = _first_free(persons, "lms", [
-            [by_studid[v]] if (v := learner.profile.get(LMS_STUDENT_ID_FIELD)) in by_studid
-            else [],
-            sorted(by_email.get(learner.email.lower(), ())),
-            [by_login[learner.login]] if learner.login in by_login else [],
-        ])
+        key = _first_free(
+            persons,
+            "lms",
+            [
+                [by_studid[v]]
+                if (v := learner.profile.get(LMS_STUDENT_ID_FIELD)) in by_studid
+                else [],
+                sorted(by_email.get(learner.email.lower(), ())),
+                [by_login[learner.login]] if learner.login in by_login else [],
+            ],
+        )
         if key is None:
             key = f"lms:{learner.login}"
             persons[key] = Person(key)
@@ -243,8 +265,9 @@ def _assign_roles(world: World, persons: dict[str, Person], courses: set[str]) -
 # -- objects ---------------------------------------------------------------------------------
 
 
-def _add_users(world: World, persons: dict[str, Person], state: HubState,
-               unsendable: dict[str, str]) -> dict[str, str]:
+def _add_users(
+    world: World, persons: dict[str, Person], state: HubState, unsendable: dict[str, str]
+) -> dict[str, str]:
     """Add the sendable users; return person key → user code for them."""
     codes: dict[str, str] = {}
     for key, person in sorted(persons.items()):
@@ -270,18 +293,28 @@ def _user_object(world: World, person: Person) -> tuple[dict[str, Any] | None, s
         code, sis_id = lms.login, lms.login  # type: ignore[union-attr]
     if not code:
         return None, "no code: a CO student without STUDID"
-    dob = human.birth.isoformat() if co else (studip.datafields.get(BIRTHDATE_FIELD)
-                                              if studip else None)
+    dob = (
+        human.birth.isoformat()
+        if co
+        else (studip.datafields.get(BIRTHDATE_FIELD) if studip else None)
+    )
     if not dob:
         return None, "no date of birth"
-    email = (co.email_tu if co else None) or (studip.email if studip else None) or (
-        lms.email if lms else None)
+    email = (
+        (co.email_tu if co else None)
+        or (studip.email if studip else None)
+        or (lms.email if lms else None)
+    )
     cpf = studip.datafields.get(CPF_FIELD) if studip else None
     roles = [r for r in ("aluno", "professor") if r in person.roles]
     if any(r != "aluno" for r in roles) and not (cpf and email):
         return None, "a teacher without cpf or e-mail"
-    user: dict[str, Any] = {"code": code, "sis_id": sis_id, "name": f"{human.given} {human.family}",
-                            "dob": dob}
+    user: dict[str, Any] = {
+        "code": code,
+        "sis_id": sis_id,
+        "name": f"{human.given} {human.family}",
+        "dob": dob,
+    }
     if co:
         user["gender"] = {"M": "M", "W": "F"}.get(human.gender, "O")
     if email:
@@ -295,27 +328,40 @@ def _user_object(world: World, person: Person) -> tuple[dict[str, Any] | None, s
 
 def _add_terms(world: World, state: HubState) -> None:
     for semester in world.studip_semesters.values():
-        state["term"][semester.code] = {"code": semester.code, "name": semester.title,
-                                        "start_date": local_date(semester.begin),
-                                        "end_date": local_date(semester.end)}
+        state["term"][semester.code] = {
+            "code": semester.code,
+            "name": semester.title,
+            "start_date": local_date(semester.begin),
+            "end_date": local_date(semester.end),
+        }
 
 
 def _section_name(title: str, subtitle: str, semester: StudipSemester) -> str:
     return f"{title}{f' – {subtitle}' if subtitle else ''} ({semester.title})"
 
 
-def _add_courses(world: World, persons: dict[str, Person], courses: set[str],
-                 codes: dict[str, str], state: HubState) -> None:
-    code_of_user = {p.studip.user_id: codes[k] for k, p in persons.items()
-                    if p.studip and k in codes}
+def _add_courses(
+    world: World,
+    persons: dict[str, Person],
+    courses: set[str],
+    codes: dict[str, str],
+    state: HubState,
+) -> None:
+    code_of_user = {
+        p.studip.user_id: codes[k] for k, p in persons.items() if p.studip and k in codes
+    }
     for course_id in sorted(courses):
         course = world.studip_courses[course_id]
         semester = world.studip_semesters[course.start_semester or ""]
         subject = course.number or course.course_id
         state["subject"][subject] = {"code": subject, "name": course.title, "status": "active"}
         state["section"][course_id] = {
-            "code": course_id, "name": _section_name(course.title, course.subtitle, semester),
-            "sis_id": course_id, "term_code": semester.code, "status": "active"}
+            "code": course_id,
+            "name": _section_name(course.title, course.subtitle, semester),
+            "sis_id": course_id,
+            "term_code": semester.code,
+            "status": "active",
+        }
         for user_id, status in world.memberships[course_id].items():
             user_code = code_of_user.get(user_id)
             if user_code is None:
@@ -326,30 +372,43 @@ def _add_courses(world: World, persons: dict[str, Person], courses: set[str],
                 keys = (course_id, user_code, subject, semester.code)
                 state["sectionteacher"]["|".join(keys)] = {
                     "sis_id": link_sis_id("sectionteacher", *keys),
-                    "section": {"code": course_id}, "teacher": {"code": user_code},
-                    "subject": {"code": subject}, "term_code": semester.code}
+                    "section": {"code": course_id},
+                    "teacher": {"code": user_code},
+                    "subject": {"code": subject},
+                    "term_code": semester.code,
+                }
 
 
 def _add_section_student(state: HubState, section: str, student: str, term: str) -> None:
     keys = (section, student, term)
     state["sectionstudent"]["|".join(keys)] = {
-        "sis_id": link_sis_id("sectionstudent", *keys), "section": {"code": section},
-        "student": {"code": student}, "term_code": term}
+        "sis_id": link_sis_id("sectionstudent", *keys),
+        "section": {"code": section},
+        "student": {"code": student},
+        "term_code": term,
+    }
 
 
-def _add_lms(world: World, persons: dict[str, Person], codes: dict[str, str],
-             state: HubState) -> None:
+def _add_lms(
+    world: World, persons: dict[str, Person], codes: dict[str, str], state: HubState
+) -> None:
     term = world.current_semester.code
     code_of_login = {p.lms.login: codes[k] for k, p in persons.items() if p.lms and k in codes}
-    for registration in sorted(world.lms_registrations.values(),
-                               key=lambda r: r.registration_id):
+    for registration in sorted(world.lms_registrations.values(), key=lambda r: r.registration_id):
         course = world.lms_courses[registration.course_id]
         section = f"lms-{course.course_id}"
-        state["subject"][course.code] = {"code": course.code, "name": course.name,
-                                         "status": "active"}
-        state["section"][section] = {"code": section, "name": course.name,
-                                     "sis_id": course.course_id, "term_code": term,
-                                     "status": "active"}
+        state["subject"][course.code] = {
+            "code": course.code,
+            "name": course.name,
+            "status": "active",
+        }
+        state["section"][section] = {
+            "code": section,
+            "name": course.name,
+            "sis_id": course.course_id,
+            "term_code": term,
+            "status": "active",
+        }
         student = code_of_login.get(registration.login)
         if student is not None:
             _add_section_student(state, section, student, term)

@@ -28,26 +28,57 @@ def _person(world: World, pid: int, given: str, family: str, gender: str, birth:
     return person
 
 
-def _student(world: World, nr: int, pid: int, studid: str | None, email: str | None,
-             exmat: date | None = None) -> CoStudent:
-    student = CoStudent(nr, pid, studid, f"IDENT{nr}", email, "O", "x", 168, "02",
-                        date(2022, 10, 1), "22W", exmat_date=exmat, modified_at=T0)
+def _student(
+    world: World,
+    nr: int,
+    pid: int,
+    studid: str | None,
+    email: str | None,
+    exmat: date | None = None,
+) -> CoStudent:
+    student = CoStudent(
+        nr,
+        pid,
+        studid,
+        f"IDENT{nr}",
+        email,
+        "O",
+        "x",
+        168,
+        "02",
+        date(2022, 10, 1),
+        "22W",
+        exmat_date=exmat,
+        modified_at=T0,
+    )
     world.co_students[nr] = student
     return student
 
 
-def _user(world: World, user_id: str, username: str, pid: int, perms: str, email: str,
-          **datafields: str) -> StudipUser:
+def _user(
+    world: World, user_id: str, username: str, pid: int, perms: str, email: str, **datafields: str
+) -> StudipUser:
     user = StudipUser(user_id, username, pid, perms, email, dict(datafields), [], T0)
     world.studip_users[user_id] = user
     world.studip_user_by_pid[pid] = user_id
     return user
 
 
-def _course(world: World, course_id: str, number: str, title: str, subtitle: str,
-            semester_id: str | None) -> StudipCourse:
-    course = StudipCourse(course_id, number, title, subtitle, "1", semester_id, semester_id,
-                          "inst", 5 if semester_id else 8, T0)
+def _course(
+    world: World, course_id: str, number: str, title: str, subtitle: str, semester_id: str | None
+) -> StudipCourse:
+    course = StudipCourse(
+        course_id,
+        number,
+        title,
+        subtitle,
+        "1",
+        semester_id,
+        semester_id,
+        "inst",
+        5 if semester_id else 8,
+        T0,
+    )
     world.studip_courses[course_id] = course
     return course
 
@@ -61,10 +92,18 @@ def hand_world() -> World:
     # matched by the StudentId profile field.
     _person(world, 1, "Anna", "Gruber", "W", date(2001, 5, 4))
     _student(world, 100, 1, "01234567", "anna.gruber@student.tu.at")
-    _user(world, "u-anna", "agruber", 1, "autor", "anna.gruber@student.tu.at",
-          Matrikelnummer="01234567")
-    world.lms_learners["agruber"] = LmsLearner("agruber", "agruber", 1, "x@y", "x@y",
-                                               {"StudentId": "01234567"})
+    _user(
+        world,
+        "u-anna",
+        "agruber",
+        1,
+        "autor",
+        "anna.gruber@student.tu.at",
+        Matrikelnummer="01234567",
+    )
+    world.lms_learners["agruber"] = LmsLearner(
+        "agruber", "agruber", 1, "x@y", "x@y", {"StudentId": "01234567"}
+    )
     # Bernd: exmatriculated CO student; Stud.IP account matched by e-mail in another case.
     _person(world, 2, "Bernd", "Huber", "M", date(1999, 1, 2))
     _student(world, 101, 2, "01234568", "bernd.huber@student.tu.at", exmat=date(2026, 3, 1))
@@ -74,8 +113,16 @@ def hand_world() -> World:
     _student(world, 102, 3, None, None)
     # Dora: the seed dozent, with the identifiers the HUB requires of teachers.
     _person(world, 4, "Dora", "Lang", "W", date(1970, 2, 3))
-    _user(world, "u-dora", SEED_DOZENT_USERNAME, 4, "dozent", "dora.lang@tu.at",
-          Geburtsdatum="1970-02-03", CPF="52998224725")
+    _user(
+        world,
+        "u-dora",
+        SEED_DOZENT_USERNAME,
+        4,
+        "dozent",
+        "dora.lang@tu.at",
+        Geburtsdatum="1970-02-03",
+        CPF="52998224725",
+    )
     # Theo: a tutor without CPF: not sendable.
     _person(world, 5, "Theo", "Wolf", "M", date(1990, 6, 7))
     _user(world, "u-theo", "twolf", 5, "tutor", "theo.wolf@tu.at", Geburtsdatum="1990-06-07")
@@ -84,12 +131,14 @@ def hand_world() -> World:
     _user(world, "u-gina", "geder", 6, "autor", "gina@gmx.at", Geburtsdatum="1960-01-01")
     # Erik: ship crew whose LMS login collides with Bernd's Stud.IP username.
     _person(world, 7, "Erik", "Sommer", "M", date(1985, 3, 3))
-    world.lms_learners["bhuber"] = LmsLearner("bhuber", "bhuber", 7, "erik@crew.at",
-                                              "erik@crew.at", {"Vessel": "MS Graz"})
+    world.lms_learners["bhuber"] = LmsLearner(
+        "bhuber", "bhuber", 7, "erik@crew.at", "erik@crew.at", {"Vessel": "MS Graz"}
+    )
     # Fritz: ship crew with no match and no birth date.
     _person(world, 8, "Fritz", "Lehner", "M", date(1980, 4, 4))
-    world.lms_learners["crew8"] = LmsLearner("crew8", "crew8", 8, "fritz@crew.at",
-                                             "fritz@crew.at", {})
+    world.lms_learners["crew8"] = LmsLearner(
+        "crew8", "crew8", 8, "fritz@crew.at", "fritz@crew.at", {}
+    )
 
     _course(world, "c-now", "INF.101", "Algorithmen", "Gruppe 1", current.semester_id)
     _course(world, "c-next", "INF.102", "Datenbanken", "", following.semester_id)
@@ -107,8 +156,9 @@ def hand_world() -> World:
 
     world.lms_courses["L1"] = LmsCourse("L1", "9973400", "Basic Safety Training", "OFF01")
     for reg_id, login, status in (("r1", "agruber", 2), ("r2", "bhuber", 1), ("r3", "crew8", 1)):
-        world.lms_registrations[reg_id] = LmsRegistration(reg_id, "L1", login, T0, status, 5,
-                                                          T0 if status == 2 else None, T0)
+        world.lms_registrations[reg_id] = LmsRegistration(
+            reg_id, "L1", login, T0, status, 5, T0 if status == 2 else None, T0
+        )
     return world
 
 
@@ -120,29 +170,59 @@ def test_expected_state_of_a_hand_checked_world(hand_world: World) -> None:
     def student_link(section: str, student: str, term: str) -> tuple[str, dict]:
         return f"{section}|{student}|{term}", {
             "sis_id": link_sis_id("sectionstudent", section, student, term),
-            "section": {"code": section}, "student": {"code": student}, "term_code": term}
+            "section": {"code": section},
+            "student": {"code": student},
+            "term_code": term,
+        }
 
     def teacher_link(section: str, subject: str, term: str) -> tuple[str, dict]:
         keys = (section, SEED_DOZENT_USERNAME, subject, term)
         return "|".join(keys), {
-            "sis_id": link_sis_id("sectionteacher", *keys), "section": {"code": section},
-            "teacher": {"code": SEED_DOZENT_USERNAME}, "subject": {"code": subject},
-            "term_code": term}
+            "sis_id": link_sis_id("sectionteacher", *keys),
+            "section": {"code": section},
+            "teacher": {"code": SEED_DOZENT_USERNAME},
+            "subject": {"code": subject},
+            "term_code": term,
+        }
 
     assert expected.state == {
         "term": {
-            "2024W": {"code": "2024W", "name": "WS 2024/2025", "start_date": "2024-10-01",
-                      "end_date": "2025-03-31"},
-            "2025S": {"code": "2025S", "name": "SS 2025", "start_date": "2025-04-01",
-                      "end_date": "2025-09-30"},
-            "2025W": {"code": "2025W", "name": "WS 2025/2026", "start_date": "2025-10-01",
-                      "end_date": "2026-03-31"},
-            "2026S": {"code": "2026S", "name": "SS 2026", "start_date": "2026-04-01",
-                      "end_date": "2026-09-30"},
-            now: {"code": now, "name": now_name, "start_date": "2026-10-01",
-                  "end_date": "2027-03-31"},
-            nxt: {"code": nxt, "name": next_name, "start_date": "2027-04-01",
-                  "end_date": "2027-09-30"},
+            "2024W": {
+                "code": "2024W",
+                "name": "WS 2024/2025",
+                "start_date": "2024-10-01",
+                "end_date": "2025-03-31",
+            },
+            "2025S": {
+                "code": "2025S",
+                "name": "SS 2025",
+                "start_date": "2025-04-01",
+                "end_date": "2025-09-30",
+            },
+            "2025W": {
+                "code": "2025W",
+                "name": "WS 2025/2026",
+                "start_date": "2025-10-01",
+                "end_date": "2026-03-31",
+            },
+            "2026S": {
+                "code": "2026S",
+                "name": "SS 2026",
+                "start_date": "2026-04-01",
+                "end_date": "2026-09-30",
+            },
+            now: {
+                "code": now,
+                "name": now_name,
+                "start_date": "2026-10-01",
+                "end_date": "2027-03-31",
+            },
+            nxt: {
+                "code": nxt,
+                "name": next_name,
+                "start_date": "2027-04-01",
+                "end_date": "2027-09-30",
+            },
         },
         "subject": {
             "INF.101": {"code": "INF.101", "name": "Algorithmen", "status": "active"},
@@ -150,40 +230,82 @@ def test_expected_state_of_a_hand_checked_world(hand_world: World) -> None:
             "9973400": {"code": "9973400", "name": "Basic Safety Training", "status": "active"},
         },
         "user": {
-            "01234567": {"code": "01234567", "sis_id": "100", "name": "Anna Gruber",
-                         "dob": "2001-05-04", "gender": "F",
-                         "email": "anna.gruber@student.tu.at", "status": "active",
-                         "roles": [{"code": "aluno"}]},
-            "01234568": {"code": "01234568", "sis_id": "101", "name": "Bernd Huber",
-                         "dob": "1999-01-02", "gender": "M",
-                         "email": "bernd.huber@student.tu.at", "status": "arquived",
-                         "roles": [{"code": "aluno"}]},
-            SEED_DOZENT_USERNAME: {"code": SEED_DOZENT_USERNAME, "sis_id": "u-dora",
-                                   "name": "Dora Lang", "dob": "1970-02-03",
-                                   "email": "dora.lang@tu.at", "cpf": "52998224725",
-                                   "status": "active", "roles": [{"code": "professor"}]},
-            "geder": {"code": "geder", "sis_id": "u-gina", "name": "Gina Eder",
-                      "dob": "1960-01-01", "email": "gina@gmx.at", "status": "active",
-                      "roles": [{"code": "aluno"}]},
+            "01234567": {
+                "code": "01234567",
+                "sis_id": "100",
+                "name": "Anna Gruber",
+                "dob": "2001-05-04",
+                "gender": "F",
+                "email": "anna.gruber@student.tu.at",
+                "status": "active",
+                "roles": [{"code": "aluno"}],
+            },
+            "01234568": {
+                "code": "01234568",
+                "sis_id": "101",
+                "name": "Bernd Huber",
+                "dob": "1999-01-02",
+                "gender": "M",
+                "email": "bernd.huber@student.tu.at",
+                "status": "arquived",
+                "roles": [{"code": "aluno"}],
+            },
+            SEED_DOZENT_USERNAME: {
+                "code": SEED_DOZENT_USERNAME,
+                "sis_id": "u-dora",
+                "name": "Dora Lang",
+                "dob": "1970-02-03",
+                "email": "dora.lang@tu.at",
+                "cpf": "52998224725",
+                "status": "active",
+                "roles": [{"code": "professor"}],
+            },
+            "geder": {
+                "code": "geder",
+                "sis_id": "u-gina",
+                "name": "Gina Eder",
+                "dob": "1960-01-01",
+                "email": "gina@gmx.at",
+                "status": "active",
+                "roles": [{"code": "aluno"}],
+            },
         },
         "section": {
-            "c-now": {"code": "c-now", "name": f"Algorithmen – Gruppe 1 ({now_name})",
-                      "sis_id": "c-now", "term_code": now, "status": "active"},
-            "c-next": {"code": "c-next", "name": f"Datenbanken ({next_name})",
-                       "sis_id": "c-next", "term_code": nxt, "status": "active"},
-            "lms-L1": {"code": "lms-L1", "name": "Basic Safety Training", "sis_id": "L1",
-                       "term_code": now, "status": "active"},
+            "c-now": {
+                "code": "c-now",
+                "name": f"Algorithmen – Gruppe 1 ({now_name})",
+                "sis_id": "c-now",
+                "term_code": now,
+                "status": "active",
+            },
+            "c-next": {
+                "code": "c-next",
+                "name": f"Datenbanken ({next_name})",
+                "sis_id": "c-next",
+                "term_code": nxt,
+                "status": "active",
+            },
+            "lms-L1": {
+                "code": "lms-L1",
+                "name": "Basic Safety Training",
+                "sis_id": "L1",
+                "term_code": now,
+                "status": "active",
+            },
         },
         "studentparent": {},
-        "sectionstudent": dict([
-            student_link("c-now", "01234567", now),
-            student_link("c-now", "geder", now),
-            student_link("c-next", "01234568", nxt),
-            student_link("lms-L1", "01234567", now),
-            student_link("lms-L1", "01234568", now),  # crew login joined to Bernd by login
-        ]),
-        "sectionteacher": dict([teacher_link("c-now", "INF.101", now),
-                                teacher_link("c-next", "INF.102", nxt)]),
+        "sectionstudent": dict(
+            [
+                student_link("c-now", "01234567", now),
+                student_link("c-now", "geder", now),
+                student_link("c-next", "01234568", nxt),
+                student_link("lms-L1", "01234567", now),
+                student_link("lms-L1", "01234568", now),  # crew login joined to Bernd by login
+            ]
+        ),
+        "sectionteacher": dict(
+            [teacher_link("c-now", "INF.101", now), teacher_link("c-next", "INF.102", nxt)]
+        ),
     }
     assert expected.unsendable == {
         "co:102": "no code: a CO student without STUDID",

@@ -26,8 +26,10 @@ def world() -> World:
 
 def _fingerprint(world: World) -> tuple:
     return (
-        [(s.stpersonnr, s.studid, s.ident_obf, s.email_tu, s.exmat_date)
-         for s in world.co_students.values()],
+        [
+            (s.stpersonnr, s.studid, s.ident_obf, s.email_tu, s.exmat_date)
+            for s in world.co_students.values()
+        ],
         sorted((u.user_id, u.username, u.email) for u in world.studip_users.values()),
         sorted((c, tuple(sorted(m.items()))) for c, m in world.memberships.items()),
         sorted((r.registration_id, r.login, r.status) for r in world.lms_registrations.values()),
@@ -71,8 +73,10 @@ def test_identities_overlap_like_real_ones(world: World) -> None:
     assert 0.3 < len(in_lms) / len(active) < 0.6
     assert in_all and len(in_studip) < len(active), "some students are only in CO"
     users = [world.studip_users[world.studip_user_by_pid[s.pid]] for s in in_studip]
-    assert any(u.email != s.email_tu and u.email.lower() == s.email_tu
-               for u, s in zip(users, in_studip, strict=True)), "e-mails differ in case"
+    assert any(
+        u.email != s.email_tu and u.email.lower() == s.email_tu
+        for u, s in zip(users, in_studip, strict=True)
+    ), "e-mails differ in case"
     assert any(STUDENT_ID_FIELD in u.datafields for u in users)
     assert any(STUDENT_ID_FIELD not in u.datafields for u in users)
     learners = list(world.lms_learners.values())
@@ -91,8 +95,12 @@ def test_semesters_and_courses(world: World) -> None:
     assert world.current_semester.title == "WS 2026/2027"
     with_members = {c for c, m in world.memberships.items() if m}
     semesters = {world.studip_courses[c].start_semester for c in with_members}
-    assert {world.previous_semester.semester_id, world.current_semester.semester_id,
-            world.next_semester.semester_id, None} == semesters
+    assert {
+        world.previous_semester.semester_id,
+        world.current_semester.semester_id,
+        world.next_semester.semester_id,
+        None,
+    } == semesters
     assert semester_token(date(2026, 11, 23)) == "26W"
     assert semester_token(date(2027, 2, 1)) == "26W"
     assert semester_token(date(2027, 5, 1)) == "27S"
@@ -104,9 +112,17 @@ def test_step_changes_records_with_the_clock_time() -> None:
     world.clock.advance(3600)
     summary = world.step(seed=99)
     counts = summary.counts()
-    for kind in ("new_student", "exmatriculation", "name_change", "email_change",
-                 "study_status_change", "completion", "late_vessel_completion", "retake",
-                 "new_application"):
+    for kind in (
+        "new_student",
+        "exmatriculation",
+        "name_change",
+        "email_change",
+        "study_status_change",
+        "completion",
+        "late_vessel_completion",
+        "retake",
+        "new_application",
+    ):
         assert counts.get(kind, 0) >= 1, kind
     assert "deleted_student" not in counts
     for nr in summary.changes["exmatriculation"]:
@@ -121,8 +137,10 @@ def test_step_changes_records_with_the_clock_time() -> None:
 
 
 def test_step_is_deterministic_for_a_seed() -> None:
-    first, second = World(seed=2, students=200, today=TODAY), World(seed=2, students=200,
-                                                                    today=TODAY)
+    first, second = (
+        World(seed=2, students=200, today=TODAY),
+        World(seed=2, students=200, today=TODAY),
+    )
     assert first.step(seed=5).changes == second.step(seed=5).changes
 
 
@@ -131,8 +149,9 @@ def test_deletes_only_when_asked() -> None:
     summary = world.step(include_deletes=True)
     deleted = [int(nr) for nr in summary.changes["deleted_student"]]
     assert deleted and all(nr not in world.co_students for nr in deleted)
-    assert all(int(nr) not in world.co_applications
-               for nr in summary.changes["deleted_application"])
+    assert all(
+        int(nr) not in world.co_applications for nr in summary.changes["deleted_application"]
+    )
 
 
 def test_clock_only_moves_forward() -> None:

@@ -1,0 +1,1 @@
+"""The ``hubsync`` command line."""

@@ -1,0 +1,267 @@
+"""The ``hubsync`` command line (``python -m cli`` works too).
+
+Commands are a small registry: each ``Command`` names its handler, or — until the part of
+hubsync it needs has landed — what it needs, in which case it exits 2 saying so. A later issue
+that implements a command sets ``run`` (and drops ``needs``); one that lands a source sets the
+source's asset group in ``SOURCES``.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+from cli.home import load_project_dotenv, prepare_dagster_home
+from resources.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
+from resources.warehouse import WarehouseError, WarehouseResource
+
+Handler = Callable[[argparse.Namespace], int]
+
+CAMPUSONLINE = "the CAMPUSonline source (issue #4)"
+UI_HOST = "127.0.0.1"
+DAGSTER_DEV_SHUTDOWN_S = 30
+
+
+@dataclass(frozen=True)
+class Source:
+    asset_group: str  # the Dagster asset group holding the source's assets
+    needs: str | None = None  # set until the source has landed
+
+
+# `sync --source CODE` runs the sync bookkeeping assets plus the named sources' asset groups.
+SOURCES: dict[str, Source] = {
+    "co": Source("campusonline", needs=CAMPUSONLINE),
+    "studip": Source("studip", needs="the Stud.IP source"),
+    "lms": Source("lms", needs="the LMS source"),
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Handler | None = None
+    needs: str | None = None  # set while ``run`` is None: what has to land first
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+
+
+def _not_landed(what: str, needs: str) -> int:
+    print(f"hubsync: {what} needs {needs}, which has not landed yet", file=sys.stderr)
+    return 2
+
+
+def _warehouse(settings: Settings) -> WarehouseResource:
+    return WarehouseResource(path=str(settings.warehouse_path))
+
+
+def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) -> int:
+    """Run one sync in this process and print its progress and summary; 0 when it succeeded."""
+    import dagster as dg
+
+    from assets.sync import has_successful_full_sync
+    from cli.runs import render_summary, run_sync
+    from pipelines.definitions import build_definitions
+    from pipelines.partitions import SyncMode, new_sync_key
+
+    prepare_dagster_home()
+    if not full:
+        with _warehouse(settings).connection() as conn:
+            full = not has_successful_full_sync(conn)
+        if full:
+            print("hubsync: no successful full sync yet, so this one is full")
+    mode: SyncMode = "full" if full else "incremental"
+    defs = build_definitions(settings)
+    selection = None
+    if sources:
+        groups = ["sync", *(SOURCES[code].asset_group for code in sources)]
+        selection = list(dg.AssetSelection.groups(*groups).resolve(defs.resolve_asset_graph()))
+    report = run_sync(defs, mode, new_sync_key(mode), asset_selection=selection)
+    print(render_summary(report))
+    return 0 if report.success else 1
+
+
+def _sync(args: argparse.Namespace) -> int:
+    for code in args.source:
+        needs = SOURCES[code].needs
+        if needs is not None:
+            return _not_landed(f"sync --source {code}", needs)
+    return _run_sync(load_settings(), full=args.full, sources=args.source)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cli.local_sandbox import (
+        environment,
+        sandbox_environment,
+        sandbox_state_dir,
+        started_sandbox,
+    )
+
+    settings = load_settings()
+    with ExitStack() as stack:
+        if settings.uses_sandbox:
+            print("hubsync: starting the sandbox (simulated CAMPUSonline, Stud.IP, LMS and HUB)")
+            sandbox = stack.enter_context(
+                started_sandbox(sandbox_state_dir(settings.warehouse_path))
+            )
+            stack.enter_context(environment(sandbox_environment(sandbox.urls)))
+            settings = load_settings()
+        code = _run_sync(settings, full=True)
+    print(
+        "\nSee the run, its assets and the warehouse tables in the Dagster UI:\n"
+        f"  .venv/bin/hubsync ui   then open http://{UI_HOST}:3000\n"
+        "Query the warehouse: .venv/bin/hubsync export sync_runs"
+    )
+    return code
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from cli.local_sandbox import sandbox_environment, sandbox_state_dir, started_sandbox
+
+    settings = load_settings()
+    prepare_dagster_home()
+    command = [
+        sys.executable, "-m", "dagster", "dev",
+        "-w", str(PROJECT_ROOT / "workspace.yaml"),
+        "--host", UI_HOST, "--port", str(args.port),
+    ]  # fmt: skip
+    with ExitStack() as stack:
+        env = dict(os.environ)
+        if settings.uses_sandbox:
+            sandbox = stack.enter_context(
+                started_sandbox(sandbox_state_dir(settings.warehouse_path))
+            )
+            env.update(sandbox_environment(sandbox.urls))
+            print(
+                "hubsync: sandbox running: "
+                + ", ".join(f"{k} {u}" for k, u in sandbox.urls.items())
+            )
+        print(f"hubsync: Dagster UI on http://{UI_HOST}:{args.port} (Ctrl-C stops it)", flush=True)
+        return _wait_for_dagster_dev(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env))
+
+
+def _wait_for_dagster_dev(process: subprocess.Popen[bytes]) -> int:
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        print("hubsync: stopping the Dagster UI (Ctrl-C again to force)", file=sys.stderr)
+    try:  # dagster dev got the same Ctrl-C and is shutting its services down
+        return process.wait(timeout=DAGSTER_DEV_SHUTDOWN_S)
+    except (KeyboardInterrupt, subprocess.TimeoutExpired):
+        process.terminate()  # its webserver and daemon exit when it does (shutdown pipes)
+        try:
+            return process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from sandbox.server import main as sandbox_main
+
+    return sandbox_main(list(args.args))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cli.export import export_table, warehouse_tables
+
+    settings = load_settings()
+    with _warehouse(settings).connection() as conn:
+        tables = warehouse_tables(conn)
+        if args.table not in tables:
+            print(
+                f"hubsync: the warehouse {settings.warehouse_path} has no table {args.table!r}; "
+                f"available: {', '.join(tables)}",
+                file=sys.stderr,
+            )
+            return 1
+        export_table(conn, args.table, args.format, sys.stdout)
+    return 0
+
+
+def _sync_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--full", action="store_true", help="full sync even if incremental would do"
+    )
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        choices=sorted(SOURCES),
+        help="sync only this source (repeatable)",
+    )
+
+
+def _student_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", help="CAMPUSonline student id (STUDID)")
+
+
+def _ui_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=3000, help="web UI port (default 3000)")
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", help="warehouse table, e.g. sync_runs")
+    parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("demo", "start the sandbox if no real systems are configured, run a full sync", _demo),
+    Command("sandbox", "serve the simulated CO, Stud.IP, LMS and HUB APIs (see --help)", _sandbox),
+    Command("ui", "open the Dagster UI (starts the sandbox unless real URLs are set)", _ui,
+            arguments=_ui_arguments),
+    Command("sync", "run one sync now (full if there is no successful full sync yet)", _sync,
+            arguments=_sync_arguments),
+    Command("sync-one", "sync one student and print them as JSON", needs=CAMPUSONLINE,
+            arguments=_student_id),
+    Command("show-student", "print one student as CAMPUSonline returns them", needs=CAMPUSONLINE,
+            arguments=_student_id),
+    Command("show-studies", "print one student's studies", needs=CAMPUSONLINE,
+            arguments=_student_id),
+    Command("show-applications", "print one student's applications", needs=CAMPUSONLINE,
+            arguments=_student_id),
+    Command("export", "write a warehouse table to stdout", _export, arguments=_export_arguments),
+)  # fmt: skip
+COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
+PASSTHROUGH = "sandbox"  # its arguments, --help included, go to `sandbox.server.main` unparsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubsync",
+        description="Sync CAMPUSonline, Stud.IP and the LMS into the HUB (Dagster pipelines).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name, help=command.help, add_help=command.name != PASSTHROUGH
+        )
+        if command.arguments is not None:
+            command.arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [PASSTHROUGH]:
+        args = argparse.Namespace(command=PASSTHROUGH, args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    command = COMMANDS_BY_NAME[args.command]
+    if command.run is None:
+        assert command.needs is not None, f"{command.name} has neither a handler nor needs"
+        return _not_landed(command.name, command.needs)
+    load_project_dotenv()
+    try:
+        return command.run(args)
+    except ConfigError as exc:
+        print(f"hubsync: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except WarehouseError as exc:
+        print(f"hubsync: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hubsync: interrupted", file=sys.stderr)
+        return 130

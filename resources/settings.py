@@ -1,0 +1,361 @@
+"""hubsync configuration.
+
+Every setting comes from an environment variable; an unset (or empty) variable means the sandbox
+default, so a fresh checkout talks to the simulated systems of ``hubsync sandbox`` out of the box.
+``load_settings`` validates everything at once and raises one ``ConfigError`` listing each bad
+variable; secret values never appear in error messages or reprs.
+"""
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import dagster as dg
+from dagster._utils.schedules import is_valid_cron_string  # the exact rule schedules apply
+from pydantic import SecretStr
+
+# The folder holding workspace.yaml. Relative paths resolve against it, so a code server or run
+# worker started in another working directory still finds the same warehouse.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    default: str | None
+    secret: bool = False
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("HUBSYNC_WAREHOUSE", "data/warehouse.duckdb"),
+    Variable("HUBSYNC_INCREMENTAL_INTERVAL", "900"),
+    Variable("HUBSYNC_FULL_SYNC_CRON", "0 2 * * *"),
+    Variable("HUBSYNC_KEEP_DAYS", "90"),
+    Variable("CO_API_URL", "http://127.0.0.1:8701"),
+    Variable("CO_CLIENT_ID", "hubsync"),
+    Variable("CO_CLIENT_SECRET", "sandbox-co-secret", secret=True),
+    Variable("CO_TIMEZONE", "Europe/Vienna"),
+    Variable("CO_PAGE_SIZE", "20000"),
+    Variable("CO_INCREMENTAL_THRESHOLD", "200"),
+    Variable("STUDIP_API_URL", "http://127.0.0.1:8702/api.php"),
+    Variable("STUDIP_USERNAME", "hubsync-api"),
+    Variable("STUDIP_PASSWORD", "sandbox-studip-password", secret=True),
+    Variable("STUDIP_OAUTH_CONSUMER_KEY", None),
+    Variable("STUDIP_OAUTH_CONSUMER_SECRET", None, secret=True),
+    Variable("STUDIP_OAUTH_TOKEN", None),
+    Variable("STUDIP_OAUTH_TOKEN_SECRET", None, secret=True),
+    # The sandbox's lecture-series coordinator teaches every semester: a crawl from there reaches
+    # the whole course graph. A real installation names a few well-connected users of its own.
+    Variable("STUDIP_SEED_USERS", "lehre.koordination"),
+    Variable("STUDIP_SEMESTERS", "current,next"),
+    Variable("STUDIP_CONCURRENCY", "8"),
+    Variable("LMS_API_URL", "http://127.0.0.1:8703"),
+    Variable("LMS_USERNAME", "hubsync"),
+    Variable("LMS_PASSWORD", "sandbox-lms-password", secret=True),
+    Variable("LMS_ORG_PATH", "/Root/Sandbox"),
+    Variable("LMS_PAGE_SIZE", "10000"),
+    Variable("HUB_API_URL", "http://127.0.0.1:8704/sandbox"),
+    Variable("HUB_API_KEY", "sandbox-hub-key", secret=True),
+    Variable("HUB_ORG_ID", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+    Variable("HUB_WHO", "sis.hubsync"),
+    Variable("HUB_BATCH_SIZE", "500"),
+    Variable("HUB_MAX_DELETE_SHARE", "0.10"),
+)
+VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
+
+# Setting any of these means "talk to real systems": the CLI then does not start the sandbox.
+API_URL_VARIABLES = ("CO_API_URL", "STUDIP_API_URL", "LMS_API_URL", "HUB_API_URL")
+STUDIP_OAUTH_VARIABLES = (
+    "STUDIP_OAUTH_CONSUMER_KEY",
+    "STUDIP_OAUTH_CONSUMER_SECRET",
+    "STUDIP_OAUTH_TOKEN",
+    "STUDIP_OAUTH_TOKEN_SECRET",
+)
+
+
+class ConfigError(ValueError):
+    """One or more environment variables hold unusable values; ``errors`` lists each problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("; ".join(self.errors))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CampusOnlineSettings:
+    api_url: str
+    client_id: str
+    client_secret: SecretStr
+    timezone: ZoneInfo
+    page_size: int
+    incremental_threshold: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudipOAuth1:
+    consumer_key: str
+    consumer_secret: SecretStr
+    token: str
+    token_secret: SecretStr
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudipSettings:
+    api_url: str
+    username: str
+    password: SecretStr
+    oauth1: StudipOAuth1 | None  # when set, requests are OAuth1-signed instead of Basic auth
+    seed_users: tuple[str, ...]
+    semesters: tuple[str, ...]
+    concurrency: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LmsSettings:
+    api_url: str
+    username: str
+    password: SecretStr
+    org_path: str
+    page_size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class HubSettings:
+    api_url: str  # includes the HUB environment segment; clients append /sync/v1 etc.
+    api_key: SecretStr
+    org_id: str
+    who: str
+    batch_size: int
+    max_delete_share: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    warehouse_path: Path
+    incremental_interval_s: int
+    full_sync_cron: str
+    keep_days: int
+    co: CampusOnlineSettings
+    studip: StudipSettings
+    lms: LmsSettings
+    hub: HubSettings
+    uses_sandbox: bool  # no *_API_URL variable is set: everything points at the sandbox
+
+
+def _is_set(env: Mapping[str, str], name: str) -> bool:
+    return bool(env.get(name, "").strip())
+
+
+class _Reader:
+    """Reads typed values from ``env``, recording an error (and returning the default) per bad
+    value so that every problem is reported in one go."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[str] = []
+
+    def _default(self, name: str) -> str:
+        default = VARIABLES_BY_NAME[name].default
+        assert default is not None, f"{name} has no default"
+        return default
+
+    def _value(self, name: str) -> str:
+        if not _is_set(self.env, name):
+            return self._default(name)
+        value = self.env[name]
+        return value if VARIABLES_BY_NAME[name].secret else value.strip()
+
+    def _parse(self, name: str, parse: Callable[[str], T], requirement: str) -> T:
+        value = self._value(name)
+        try:
+            return parse(value)
+        except ValueError:
+            self.errors.append(f"{name} {requirement} (got {_shown(name, value)})")
+            return parse(self._default(name))
+
+    def text(self, name: str) -> str:
+        return self._value(name)
+
+    def secret(self, name: str) -> SecretStr:
+        return SecretStr(self._value(name))
+
+    def integer(self, name: str, minimum: Literal[0, 1], maximum: int | None = None) -> int:
+        if maximum is not None:
+            requirement = f"must be an integer from {minimum} to {maximum}"
+        elif minimum == 1:
+            requirement = "must be a positive integer"
+        else:
+            requirement = "must be a non-negative integer"
+
+        def parse(value: str) -> int:
+            number = int(value)
+            if number < minimum or (maximum is not None and number > maximum):
+                raise ValueError(value)
+            return number
+
+        return self._parse(name, parse, requirement)
+
+    def fraction(self, name: str) -> float:
+        def parse(value: str) -> float:
+            number = float(value)
+            if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+                raise ValueError(value)
+            return number
+
+        return self._parse(name, parse, "must be a number from 0 to 1")
+
+    def url(self, name: str, *, path_suffix: str = "") -> str:
+        def parse(value: str) -> str:
+            url = value.rstrip("/")
+            parts = urlsplit(url)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.port == 0  # .port itself raises ValueError for a malformed port
+                or any(char.isspace() for char in url)
+            ):
+                raise ValueError(value)
+            if path_suffix and not parts.path.endswith(path_suffix):
+                raise ValueError(value)
+            return url
+
+        requirement = "must be an http(s) URL with a host"
+        if path_suffix:
+            requirement = f"must be an http(s) URL ending in {path_suffix}"
+        return self._parse(name, parse, requirement)
+
+    def zone(self, name: str) -> ZoneInfo:
+        def parse(value: str) -> ZoneInfo:
+            try:
+                return ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:  # ValueError: malformed keys
+                raise ValueError(value) from exc
+
+        return self._parse(name, parse, "must be an IANA time zone such as Europe/Vienna")
+
+    def org_path(self, name: str) -> str:
+        def parse(value: str) -> str:
+            path = value.rstrip("/")
+            if path != "/Root" and not path.startswith("/Root/"):
+                raise ValueError(value)
+            return path
+
+        return self._parse(name, parse, "must be an LMS org path starting with /Root")
+
+    def cron(self, name: str) -> str:
+        def parse(value: str) -> str:
+            if not is_valid_cron_string(value):
+                raise ValueError(value)
+            return value
+
+        return self._parse(name, parse, "must be a 5-field cron expression such as '0 2 * * *'")
+
+    def items(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self._value(name).split(",") if item.strip())
+
+    def path(self, name: str) -> Path:
+        path = Path(self._value(name)).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def _shown(name: str, value: str) -> str:
+    """How a bad value appears in an error: secrets never, passwords inside URLs masked."""
+    if VARIABLES_BY_NAME[name].secret:
+        return "a value that is not shown because it is secret"
+    parts = urlsplit(value)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        value = urlunsplit(parts._replace(netloc=netloc))
+    return repr(value)
+
+
+def _studip_oauth1(read: _Reader) -> StudipOAuth1 | None:
+    present = [name for name in STUDIP_OAUTH_VARIABLES if _is_set(read.env, name)]
+    if not present:
+        return None
+    if len(present) < len(STUDIP_OAUTH_VARIABLES):
+        missing = [name for name in STUDIP_OAUTH_VARIABLES if name not in present]
+        read.errors.append(
+            "Stud.IP OAuth1 needs all four STUDIP_OAUTH_* variables or none; "
+            f"set {', '.join(present)} but not {', '.join(missing)}"
+        )
+        return None
+    return StudipOAuth1(
+        consumer_key=read.text("STUDIP_OAUTH_CONSUMER_KEY"),
+        consumer_secret=read.secret("STUDIP_OAUTH_CONSUMER_SECRET"),
+        token=read.text("STUDIP_OAUTH_TOKEN"),
+        token_secret=read.secret("STUDIP_OAUTH_TOKEN_SECRET"),
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate all settings from ``env`` (default: ``os.environ``).
+
+    Raises ``ConfigError`` naming every variable that holds an unusable value.
+    """
+    read = _Reader(os.environ if env is None else env)
+    settings = Settings(
+        warehouse_path=read.path("HUBSYNC_WAREHOUSE"),
+        incremental_interval_s=read.integer("HUBSYNC_INCREMENTAL_INTERVAL", 1),
+        full_sync_cron=read.cron("HUBSYNC_FULL_SYNC_CRON"),
+        keep_days=read.integer("HUBSYNC_KEEP_DAYS", 1),
+        co=CampusOnlineSettings(
+            api_url=read.url("CO_API_URL"),
+            client_id=read.text("CO_CLIENT_ID"),
+            client_secret=read.secret("CO_CLIENT_SECRET"),
+            timezone=read.zone("CO_TIMEZONE"),
+            page_size=read.integer("CO_PAGE_SIZE", 1),
+            incremental_threshold=read.integer("CO_INCREMENTAL_THRESHOLD", 0),
+        ),
+        studip=StudipSettings(
+            api_url=read.url("STUDIP_API_URL", path_suffix="/api.php"),
+            username=read.text("STUDIP_USERNAME"),
+            password=read.secret("STUDIP_PASSWORD"),
+            oauth1=_studip_oauth1(read),
+            seed_users=read.items("STUDIP_SEED_USERS"),
+            semesters=read.items("STUDIP_SEMESTERS"),
+            concurrency=read.integer("STUDIP_CONCURRENCY", 1, 64),
+        ),
+        lms=LmsSettings(
+            api_url=read.url("LMS_API_URL"),
+            username=read.text("LMS_USERNAME"),
+            password=read.secret("LMS_PASSWORD"),
+            org_path=read.org_path("LMS_ORG_PATH"),
+            page_size=read.integer("LMS_PAGE_SIZE", 1),
+        ),
+        hub=HubSettings(
+            api_url=read.url("HUB_API_URL"),
+            api_key=read.secret("HUB_API_KEY"),
+            org_id=read.text("HUB_ORG_ID"),
+            who=read.text("HUB_WHO"),
+            batch_size=read.integer("HUB_BATCH_SIZE", 1),
+            max_delete_share=read.fraction("HUB_MAX_DELETE_SHARE"),
+        ),
+        uses_sandbox=not any(_is_set(read.env, name) for name in API_URL_VARIABLES),
+    )
+    if read.errors:
+        raise ConfigError(read.errors)
+    return settings
+
+
+def secret_config(name: str, env: Mapping[str, str] | None = None) -> str:
+    """The value to put in a resource's config for the secret variable ``name``.
+
+    ``dagster.EnvVar(name)`` when the variable is set, so the real secret is resolved inside the
+    run and never stored in run config, the UI or logs; otherwise the (public) sandbox default.
+    """
+    variable = VARIABLES_BY_NAME.get(name)
+    if variable is None or not variable.secret:
+        raise ValueError(f"{name} is not a secret hubsync setting")
+    if _is_set(os.environ if env is None else env, name):
+        return dg.EnvVar(name)
+    if variable.default is None:
+        raise ValueError(f"{name} is not set and has no sandbox default")
+    return variable.default

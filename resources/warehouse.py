@@ -1,0 +1,303 @@
+"""The DuckDB warehouse: connections, versioned schema migrations and raw page landing.
+
+Nothing here touches the database file at import. ``WarehouseResource.connection()`` opens it on
+use (waiting briefly while another process holds DuckDB's single-writer lock), brings the schema
+up to date and always closes it again, so no process keeps the file locked between steps.
+"""
+
+import json
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+from pydantic import Field
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse cannot be opened or used; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change. ``name`` identifies it for ever (prefix it with the component, e.g.
+    ``"campusonline: raw pages"``), so components can add migrations independently."""
+
+    name: str
+    sql: str
+
+
+_RAW_TABLE = re.compile(r"raw_[a-z0-9_]+")
+
+
+def _check_raw_table_name(name: str) -> None:
+    if not _RAW_TABLE.fullmatch(name):
+        raise ValueError(f"raw page tables are named raw_<lowercase words> (got {name!r})")
+
+
+def raw_page_table_ddl(name: str) -> str:
+    """DDL for a raw page table. Every raw table has this shape, so one writer lands them all.
+
+    ``request_key`` identifies the API call within a sync (one sync makes many calls, e.g. one
+    per endpoint, per student or per semester) and ``page_nr`` the page within that call.
+    """
+    _check_raw_table_name(name)
+    return f"""
+        CREATE TABLE {name} (
+            sync_key VARCHAR NOT NULL,
+            request_key VARCHAR NOT NULL,
+            page_nr INTEGER NOT NULL,
+            request_params JSON NOT NULL,
+            fetched_at TIMESTAMPTZ NOT NULL,
+            record_count INTEGER NOT NULL,
+            body JSON NOT NULL,
+            PRIMARY KEY (sync_key, request_key, page_nr)
+        );
+    """
+
+
+# Applied in list order, each in its own transaction; applied names are recorded in
+# schema_migrations. Append new migrations at the end; never edit or rename an applied one.
+# Columns holding enumerations are plain VARCHAR (no CHECK constraints): DuckDB cannot drop a
+# constraint without rebuilding the table, and later issues add values (e.g. effective_mode
+# 'fallback').
+MIGRATIONS: list[Migration] = [
+    Migration(
+        "core: sync runs and quarantine",
+        """
+        CREATE TABLE sync_runs (
+            key VARCHAR PRIMARY KEY,         -- the sync_runs partition key
+            mode VARCHAR NOT NULL,           -- 'full' | 'incremental', from the key
+            effective_mode VARCHAR NOT NULL, -- what actually ran, e.g. 'fallback' to full
+            status VARCHAR NOT NULL,         -- 'running' | 'success' | 'failed'
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            watermarks JSON,                 -- per-source cursors used/reached by this sync
+            summary JSON,                    -- counts written by sync_summary
+            error VARCHAR
+        );
+        CREATE TABLE quarantine (
+            source VARCHAR NOT NULL,         -- 'co' | 'studip' | 'lms' | 'hub'
+            record_type VARCHAR NOT NULL,
+            record_key VARCHAR,
+            reason VARCHAR NOT NULL,
+            sync_key VARCHAR NOT NULL,
+            raw JSON,
+            quarantined_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        """,
+    ),
+]
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Commit on clean exit, roll back on any exception."""
+    conn.begin()
+    try:
+        yield conn
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def applied_migrations(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """The names of the applied migrations, in the order they were applied."""
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            name VARCHAR PRIMARY KEY,
+            position INTEGER NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL
+        )
+        """
+    )
+    return [
+        row[0]
+        for row in conn.execute("SELECT name FROM schema_migrations ORDER BY position").fetchall()
+    ]
+
+
+def ensure_schema(
+    conn: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] | None = None
+) -> int:
+    """Apply the migrations (default: ``MIGRATIONS``) the warehouse has not seen yet, in order;
+    return how many are applied in all.
+
+    Idempotent and cheap when up to date (one catalog check and one query).
+    """
+    if migrations is None:
+        migrations = MIGRATIONS
+    names = [m.name for m in migrations]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"migration names must be unique (repeated: {', '.join(duplicates)})")
+    applied = applied_migrations(conn)
+    unknown = [name for name in applied if name not in names]
+    if unknown:
+        raise WarehouseError(
+            f"the warehouse has migrations this hubsync does not know "
+            f"({', '.join(unknown)}); it was written by a newer hubsync: upgrade hubsync"
+        )
+    for migration in migrations:
+        if migration.name in applied:
+            continue
+        try:
+            with transaction(conn):
+                conn.execute(migration.sql)
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, now())",
+                    [migration.name, len(applied) + 1],
+                )
+        except duckdb.Error as exc:
+            raise WarehouseError(f"migration {migration.name!r} failed: {exc}") from exc
+        applied.append(migration.name)
+    return len(applied)
+
+
+def _is_lock_conflict(exc: duckdb.Error) -> bool:
+    return "could not set lock" in str(exc).lower()
+
+
+def _duckdb_detail(exc: duckdb.Error) -> str:
+    return str(exc).removeprefix("IO Error: ")
+
+
+def connect(path: Path, lock_timeout_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file, creating its folder, retrying while another process holds the lock."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WarehouseError(
+            f"cannot create the folder of the warehouse {path}: {exc.strerror}"
+        ) from exc
+    deadline = time.monotonic() + lock_timeout_s
+    delay = 0.05
+    while True:
+        try:
+            conn = duckdb.connect(str(path))
+        except duckdb.Error as exc:
+            if not _is_lock_conflict(exc):
+                raise WarehouseError(
+                    f"cannot open the warehouse {path}: {_duckdb_detail(exc)}"
+                ) from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WarehouseError(
+                    f"the warehouse {path} is locked by another process "
+                    f"(waited {lock_timeout_s:g} s): {_duckdb_detail(exc)}"
+                ) from exc
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+        else:
+            # Timestamps come back and render in UTC whatever the machine's zone.
+            conn.execute("SET TimeZone = 'UTC'")
+            return conn
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"request parameter of type {type(value).__name__} is not JSON serializable")
+
+
+class PageWriter:
+    """Lands the pages of one raw table for one sync key inside an open transaction.
+
+    Made by ``WarehouseResource.page_writer``; pages go straight to DuckDB, nothing is buffered.
+    """
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection, table: str, sync_key: str) -> None:
+        self._conn = conn
+        self.table = table
+        self.sync_key = sync_key
+        self.pages = 0
+        self.records = 0
+
+    def add(
+        self,
+        *,
+        request_key: str,
+        page_nr: int,
+        request_params: Mapping[str, Any],
+        body: str | bytes,
+        record_count: int,
+        fetched_at: datetime | None = None,
+    ) -> None:
+        """Insert one page. ``body`` is the response's JSON text; it is validated as JSON."""
+        if fetched_at is None:
+            fetched_at = datetime.now(UTC)
+        elif fetched_at.tzinfo is None:
+            raise ValueError("fetched_at must be timezone-aware")
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        params = json.dumps(request_params, sort_keys=True, default=_json_default)
+        try:
+            self._conn.execute(
+                f"INSERT INTO {self.table} VALUES (?, ?, ?, ?::JSON, ?, ?, ?::JSON)",
+                [self.sync_key, request_key, page_nr, params, fetched_at, record_count, text],
+            )
+        except duckdb.ConversionException as exc:
+            raise WarehouseError(
+                f"{self.table}: page {page_nr} of {request_key!r} is not valid JSON: {exc}"
+            ) from exc
+        self.pages += 1
+        self.records += record_count
+
+    def execute(
+        self, sql: str, parameters: Sequence[object] | Mapping[str, object] | None = None
+    ) -> duckdb.DuckDBPyConnection:
+        """Run another statement in the same transaction as the pages, e.g. a cursor update that
+        must commit (or roll back) together with them."""
+        return self._conn.execute(sql, parameters)
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file. Open it only through ``connection()`` or ``page_writer()``."""
+
+    path: str = Field(description="Absolute path of the DuckDB file (HUBSYNC_WAREHOUSE).")
+    lock_timeout_s: float = Field(
+        default=10.0,
+        description="How long to wait while another process holds the DuckDB lock.",
+    )
+
+    @contextmanager
+    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection with the schema up to date; closed when the block ends."""
+        path = Path(self.path)
+        conn = connect(path, self.lock_timeout_s)
+        try:
+            ensure_schema(conn)
+            yield conn
+        finally:
+            conn.close()
+
+    def ensure_schema(self) -> int:
+        """Bring the schema up to date; return how many migrations are applied."""
+        with self.connection() as conn:
+            return len(applied_migrations(conn))
+
+    @contextmanager
+    def page_writer(self, table: str, sync_key: str) -> Iterator[PageWriter]:
+        """Replace the pages of ``table`` for ``sync_key`` in one transaction.
+
+        The key's existing pages are deleted first; the new pages (and anything run through
+        ``PageWriter.execute``) commit together on clean exit. On an exception everything rolls
+        back, so the previous pages of the key stay intact.
+        """
+        _check_raw_table_name(table)
+        with self.connection() as conn, transaction(conn):
+            try:
+                conn.execute(f"DELETE FROM {table} WHERE sync_key = ?", [sync_key])
+            except duckdb.CatalogException as exc:
+                raise WarehouseError(
+                    f"{table} does not exist in {self.path}; create it in a migration "
+                    f"with raw_page_table_ddl({table!r})"
+                ) from exc
+            yield PageWriter(conn, table, sync_key)

@@ -1,0 +1,354 @@
+import errno
+import json
+import subprocess
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+import pipelines.definitions
+from cli import home
+from cli.local_sandbox import sandbox_environment
+from cli.main import SOURCES, Source, _wait_for_dagster_dev, main
+from resources.settings import PROJECT_ROOT, Settings
+
+SANDBOX_PORTS = {"co": 9001, "studip": 9002, "lms": 9003, "hub": 9004}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def fake_sandbox(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """A stand-in for sandbox.server whose default ports are taken; records what happens."""
+    calls: list[tuple[Any, ...]] = []
+
+    @contextmanager
+    def running_sandbox(*, port_base: int = 8701, **options: Any) -> Iterator[Any]:
+        if port_base != 0:
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        calls.append(("start", port_base))
+        urls = {
+            "co": f"http://127.0.0.1:{SANDBOX_PORTS['co']}",
+            "studip": f"http://127.0.0.1:{SANDBOX_PORTS['studip']}/api.php",
+            "lms": f"http://127.0.0.1:{SANDBOX_PORTS['lms']}",
+            "hub": f"http://127.0.0.1:{SANDBOX_PORTS['hub']}/sandbox",
+        }
+        yield types.SimpleNamespace(urls=urls)
+        calls.append(("stop",))
+
+    def sandbox_main(argv: list[str] | None) -> int:
+        calls.append(("main", argv))
+        return 0
+
+    server = types.ModuleType("sandbox.server")
+    server.running_sandbox = running_sandbox  # type: ignore[attr-defined]
+    server.main = sandbox_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sandbox.server", server)
+    return calls
+
+
+def test_first_sync_is_full_then_incremental(capsys: pytest.CaptureFixture[str]) -> None:
+    with dg.DagsterInstance.get() as instance:
+        earlier_runs = len(instance.get_runs())
+
+    code, out, _ = run(capsys, "sync")
+    assert code == 0
+    assert "no successful full sync yet" in out
+    assert "sync_run: started" in out
+    assert "sync_summary: done in" in out
+    assert "(full) succeeded" in out
+    assert "pages=0 records=0" in out
+
+    code, out, _ = run(capsys, "sync")
+    assert code == 0
+    assert "(incremental) succeeded" in out
+
+    code, out, _ = run(capsys, "sync", "--full")
+    assert code == 0
+    assert "(full) succeeded" in out
+
+    with dg.DagsterInstance.get() as instance:  # the CLI's instance is the UI's instance
+        runs = instance.get_runs(limit=3)
+        assert len(instance.get_runs()) == earlier_runs + 3
+    assert [r.job_name for r in reversed(runs)] == [
+        "full_sync_job",
+        "incremental_sync_job",
+        "full_sync_job",
+    ]
+    assert all(r.tags["dagster/partition"].startswith(("full-", "incr-")) for r in runs)
+
+
+def test_a_failed_run_exits_non_zero_with_the_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_duckdb = tmp_path / "notes.txt"
+    not_duckdb.write_text("not a database\n" * 100)
+    monkeypatch.setenv("HUBSYNC_WAREHOUSE", str(not_duckdb))
+
+    code, out, _ = run(capsys, "sync", "--full")
+    assert code == 1
+    assert "sync_run: FAILED" in out
+    assert f"error: sync_run: WarehouseError: cannot open the warehouse {not_duckdb}" in out
+
+    code, _, err = run(capsys, "sync")  # deciding full vs incremental reads the warehouse
+    assert code == 1
+    assert f"hubsync: cannot open the warehouse {not_duckdb}" in err
+
+
+def test_export_writes_a_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "sync")[0] == 0
+
+    code, out, _ = run(capsys, "export", "sync_runs")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["mode"], r["status"]) for r in rows] == [("full", "success")]
+    assert rows[0]["summary"]["pages"] == 0  # JSON columns stay JSON
+
+    code, out, _ = run(capsys, "export", "sync_runs", "--format", "csv")
+    assert code == 0
+    header, line = out.splitlines()
+    assert header.startswith("key,mode,effective_mode,status,started_at")
+    assert line.startswith(rows[0]["key"] + ",full,full,success,")
+
+
+def test_export_of_an_unknown_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "export", "students")
+    assert code == 1
+    assert out == ""
+    assert "has no table 'students'; available: quarantine, schema_migrations, sync_runs" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sync-one", "12345"],
+        ["show-student", "12345"],
+        ["show-studies", "12345"],
+        ["show-applications", "12345"],
+    ],
+)
+def test_commands_that_have_not_landed(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    expected = f"{argv[0]} needs the CAMPUSonline source (issue #4), which has not landed yet"
+    assert err.strip() == f"hubsync: {expected}"
+
+
+@pytest.mark.parametrize(("source", "label"), [("co", "CAMPUSonline"), ("lms", "LMS")])
+def test_sources_that_have_not_landed(
+    capsys: pytest.CaptureFixture[str], source: str, label: str
+) -> None:
+    code, _, err = run(capsys, "sync", "--source", source)
+    assert code == 2
+    assert f"sync --source {source} needs the {label} source" in err
+
+
+def test_sync_of_a_landed_source_selects_its_group(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(SOURCES, "co", Source(asset_group="sync"))
+    code, out, _ = run(capsys, "sync", "--source", "co")
+    assert code == 0
+    assert "sync_summary  success" in out
+
+
+def test_configuration_errors_exit_2_without_secrets(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CO_TIMEZONE", "Atlantis/Capital")
+    monkeypatch.setenv("STUDIP_OAUTH_CONSUMER_SECRET", "s3cr3t-consumer")
+    for argv in (["sync"], ["export", "sync_runs"], ["demo"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 2
+        assert err.startswith("hubsync: configuration error: ")
+        assert "CO_TIMEZONE must be an IANA time zone such as Europe/Vienna" in err
+        assert "STUDIP_OAUTH_CONSUMER_SECRET" in err
+        assert "s3cr3t-consumer" not in out + err
+
+
+def test_the_project_dotenv_is_read(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("LMS_PAGE_SIZE=huge\nCO_PAGE_SIZE=also-bad\n")
+    monkeypatch.setattr(home, "DOTENV_PATH", dotenv)
+    monkeypatch.setenv("CO_PAGE_SIZE", "100")  # the environment wins over .env
+
+    code, _, err = run(capsys, "export", "sync_runs")
+    assert code == 2
+    assert "LMS_PAGE_SIZE must be a positive integer (got 'huge')" in err
+    assert "CO_PAGE_SIZE" not in err
+
+
+def test_demo_runs_a_full_sync_against_the_sandbox(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_sandbox: list[tuple[Any, ...]],
+) -> None:
+    built_with: list[Settings] = []
+    build = pipelines.definitions.build_definitions
+
+    def recording_build(settings: Settings) -> dg.Definitions:
+        built_with.append(settings)
+        return build(settings)
+
+    monkeypatch.setattr(pipelines.definitions, "build_definitions", recording_build)
+
+    code, out, err = run(capsys, "demo")
+    assert code == 0
+    assert fake_sandbox == [("start", 0), ("stop",)]
+    assert "usual ports are taken; using free ports" in err
+    assert "(full) succeeded" in out
+    assert "hubsync ui" in out and "http://127.0.0.1:3000" in out
+    # the job was built for the sandbox's ports, and the environment is restored afterwards
+    (settings,) = built_with
+    assert settings.co.api_url == "http://127.0.0.1:9001"
+    assert settings.studip.api_url == "http://127.0.0.1:9002/api.php"
+    assert settings.hub.api_url == "http://127.0.0.1:9004/sandbox"
+    assert "CO_API_URL" not in __import__("os").environ
+
+
+def test_demo_against_real_systems_starts_no_sandbox(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_sandbox: list[tuple[Any, ...]],
+) -> None:
+    monkeypatch.setenv("HUB_API_URL", "https://apihub.example.org/qa")
+    code, out, _ = run(capsys, "demo")
+    assert code == 0
+    assert fake_sandbox == []
+    assert "(full) succeeded" in out
+
+
+def test_sandbox_environment_only_overrides_moved_urls() -> None:
+    defaults = {
+        "co": "http://127.0.0.1:8701",
+        "studip": "http://127.0.0.1:8702/api.php",
+        "lms": "http://127.0.0.1:8703/",
+        "hub": "http://127.0.0.1:8704/sandbox",
+    }
+    assert sandbox_environment(defaults) == {}
+    assert sandbox_environment(defaults | {"lms": "http://127.0.0.1:9003"}) == {
+        "LMS_API_URL": "http://127.0.0.1:9003"
+    }
+
+
+def test_sandbox_command_passes_its_arguments_through(
+    capsys: pytest.CaptureFixture[str], fake_sandbox: list[tuple[Any, ...]]
+) -> None:
+    assert run(capsys, "sandbox", "--port-base", "0", "--help")[0] == 0
+    assert fake_sandbox == [("main", ["--port-base", "0", "--help"])]
+
+
+def test_ui_runs_dagster_dev_on_the_shared_instance(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_sandbox: list[tuple[Any, ...]],
+) -> None:
+    launched: list[dict[str, Any]] = []
+
+    class FakeProcess:
+        def __init__(self, command: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+            launched.append({"command": command, "cwd": cwd, "env": env})
+            fake_sandbox.append(("dagster dev",))
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    code, out, _ = run(capsys, "ui", "--port", "3111")
+    assert code == 0
+    assert "http://127.0.0.1:3111" in out
+
+    (process,) = launched
+    assert process["cwd"] == PROJECT_ROOT
+    assert process["command"][1:] == [
+        "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+        "--host", "127.0.0.1", "--port", "3111",
+    ]  # fmt: skip
+    dagster_home = Path(process["env"]["DAGSTER_HOME"])
+    assert process["env"]["CO_API_URL"] == "http://127.0.0.1:9001"
+    assert fake_sandbox == [("start", 0), ("dagster dev",), ("stop",)]
+    assert (dagster_home / "dagster.yaml").read_bytes() == (
+        PROJECT_ROOT / "dagster.yaml"
+    ).read_bytes()
+
+
+class HangingDagsterDev:
+    """A dagster dev that is interrupted by Ctrl-C and then does not stop by itself."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.calls.append(f"wait {timeout}")
+        if "terminate" in self.calls:
+            return -15
+        if timeout is None:
+            raise KeyboardInterrupt
+        raise subprocess.TimeoutExpired("dagster dev", timeout)
+
+    def terminate(self) -> None:
+        self.calls.append("terminate")
+
+
+def test_ui_stops_a_dagster_dev_that_hangs_on_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cli.main.DAGSTER_DEV_SHUTDOWN_S", 0.01)
+    process = HangingDagsterDev()
+    assert _wait_for_dagster_dev(process) == -15  # type: ignore[arg-type]
+    assert process.calls == ["wait None", "wait 0.01", "terminate", "wait 10"]
+
+
+def test_default_dagster_home_always_gets_the_project_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(home, "DEFAULT_DAGSTER_HOME", tmp_path / "default_home")
+    environ: dict[str, str] = {}
+    assert home.prepare_dagster_home(environ) == tmp_path / "default_home"
+    assert environ == {"DAGSTER_HOME": str(tmp_path / "default_home")}
+
+    installed = tmp_path / "default_home" / "dagster.yaml"
+    installed.write_text("telemetry:\n  enabled: true\n")
+    home.prepare_dagster_home({})
+    assert installed.read_bytes() == (PROJECT_ROOT / "dagster.yaml").read_bytes()
+
+
+def test_an_operators_dagster_home_config_is_kept(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    operator_home = tmp_path / "operator"
+    operator_home.mkdir()
+    (operator_home / "dagster.yaml").write_text("storage: {}\n")
+
+    home.prepare_dagster_home({"DAGSTER_HOME": str(operator_home)})
+    assert (operator_home / "dagster.yaml").read_text() == "storage: {}\n"
+    assert "keeping" in capsys.readouterr().err
+
+    fresh_home = tmp_path / "fresh"
+    home.prepare_dagster_home({"DAGSTER_HOME": str(fresh_home)})
+    assert (fresh_home / "dagster.yaml").read_bytes() == (
+        PROJECT_ROOT / "dagster.yaml"
+    ).read_bytes()
+
+
+def test_python_dash_m_cli(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    for command in ("demo", "sandbox", "ui", "sync", "sync-one", "show-student", "export"):
+        assert command in result.stdout

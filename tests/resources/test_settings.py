@@ -1,0 +1,240 @@
+import re
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from resources.settings import (
+    PROJECT_ROOT,
+    VARIABLES,
+    ConfigError,
+    load_settings,
+    secret_config,
+)
+
+SECRET_NAMES = [v.name for v in VARIABLES if v.secret]
+OAUTH = {
+    "STUDIP_OAUTH_CONSUMER_KEY": "consumer-key",
+    "STUDIP_OAUTH_CONSUMER_SECRET": "oauth-consumer-secret-zz1",
+    "STUDIP_OAUTH_TOKEN": "token",
+    "STUDIP_OAUTH_TOKEN_SECRET": "oauth-token-secret-zz2",
+}
+
+
+def config_error(env: dict[str, str]) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    return caught.value
+
+
+def test_defaults_point_at_the_sandbox() -> None:
+    settings = load_settings({})
+
+    assert settings.uses_sandbox
+    assert settings.warehouse_path == PROJECT_ROOT / "data" / "warehouse.duckdb"
+    assert (PROJECT_ROOT / "workspace.yaml").is_file()
+    assert settings.co.api_url == "http://127.0.0.1:8701"
+    assert settings.co.client_secret.get_secret_value() == "sandbox-co-secret"
+    assert settings.co.timezone.key == "Europe/Vienna"
+    assert (settings.co.page_size, settings.co.incremental_threshold) == (20000, 200)
+    assert settings.studip.api_url == "http://127.0.0.1:8702/api.php"
+    assert settings.studip.oauth1 is None
+    assert settings.studip.seed_users == ("lehre.koordination",)
+    assert settings.studip.semesters == ("current", "next")
+    assert settings.studip.concurrency == 8
+    assert settings.lms.org_path == "/Root/Sandbox"
+    assert settings.lms.page_size == 10000
+    assert settings.hub.api_url == "http://127.0.0.1:8704/sandbox"
+    assert settings.hub.org_id == "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    assert settings.hub.who == "sis.hubsync"
+    assert (settings.hub.batch_size, settings.hub.max_delete_share) == (500, 0.10)
+    assert settings.incremental_interval_s == 900
+    assert settings.full_sync_cron == "0 2 * * *"
+    assert settings.keep_days == 90
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CO_PAGE_SIZE", "123")
+    assert load_settings().co.page_size == 123
+
+
+def test_relative_warehouse_resolves_against_the_project_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({"HUBSYNC_WAREHOUSE": "elsewhere/w.duckdb"})
+    assert settings.warehouse_path == PROJECT_ROOT / "elsewhere" / "w.duckdb"
+
+    absolute = tmp_path / "w.duckdb"
+    assert load_settings({"HUBSYNC_WAREHOUSE": str(absolute)}).warehouse_path == absolute
+
+
+def test_values_are_parsed_and_normalised() -> None:
+    settings = load_settings(
+        {
+            "STUDIP_API_URL": "https://studip.example.org/api.php/",
+            "HUB_API_URL": " https://apihub.example.org/prod/ ",
+            "LMS_ORG_PATH": "/Root/Uni/",
+            "STUDIP_SEED_USERS": " alice, bob ,,",
+            "STUDIP_SEMESTERS": "current",
+            "CO_TIMEZONE": "Europe/London",
+            "CO_INCREMENTAL_THRESHOLD": "0",
+            "HUB_MAX_DELETE_SHARE": "1",
+            "STUDIP_CONCURRENCY": "64",
+        }
+    )
+    assert settings.studip.api_url == "https://studip.example.org/api.php"
+    assert settings.hub.api_url == "https://apihub.example.org/prod"
+    assert settings.lms.org_path == "/Root/Uni"
+    assert settings.studip.seed_users == ("alice", "bob")
+    assert settings.studip.semesters == ("current",)
+    assert settings.co.incremental_threshold == 0
+    assert settings.hub.max_delete_share == 1.0
+    assert settings.studip.concurrency == 64
+    # reference/campusonline.md §5 test vector: 13.06.2024T11:52:43 London -> 1718275963
+    stamp = datetime(2024, 6, 13, 11, 52, 43, tzinfo=settings.co.timezone)
+    assert stamp.timestamp() == 1718275963
+
+
+def test_empty_values_mean_the_default() -> None:
+    settings = load_settings({"CO_PAGE_SIZE": "", "CO_API_URL": "  ", "LMS_PASSWORD": ""})
+    assert settings.co.page_size == 20000
+    assert settings.lms.password.get_secret_value() == "sandbox-lms-password"
+    assert settings.uses_sandbox
+
+
+@pytest.mark.parametrize("name", ["CO_API_URL", "STUDIP_API_URL", "LMS_API_URL", "HUB_API_URL"])
+def test_any_api_url_means_real_systems(name: str) -> None:
+    url = "https://x.example.org/api.php"
+    assert not load_settings({name: url}).uses_sandbox
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "requirement"),
+    [
+        ("CO_PAGE_SIZE", "abc", "must be a positive integer"),
+        ("CO_PAGE_SIZE", "0", "must be a positive integer"),
+        ("CO_PAGE_SIZE", "2.5", "must be a positive integer"),
+        ("CO_INCREMENTAL_THRESHOLD", "-1", "must be a non-negative integer"),
+        ("LMS_PAGE_SIZE", "many", "must be a positive integer"),
+        ("HUB_BATCH_SIZE", "0", "must be a positive integer"),
+        ("HUBSYNC_INCREMENTAL_INTERVAL", "15m", "must be a positive integer"),
+        ("HUBSYNC_KEEP_DAYS", "-3", "must be a positive integer"),
+        ("STUDIP_CONCURRENCY", "0", "must be an integer from 1 to 64"),
+        ("STUDIP_CONCURRENCY", "65", "must be an integer from 1 to 64"),
+        ("HUB_MAX_DELETE_SHARE", "1.5", "must be a number from 0 to 1"),
+        ("HUB_MAX_DELETE_SHARE", "-0.1", "must be a number from 0 to 1"),
+        ("HUB_MAX_DELETE_SHARE", "nan", "must be a number from 0 to 1"),
+        ("HUB_MAX_DELETE_SHARE", "ten percent", "must be a number from 0 to 1"),
+        ("CO_TIMEZONE", "Mars/Olympus_Mons", "must be an IANA time zone"),
+        ("CO_TIMEZONE", "../etc/passwd", "must be an IANA time zone"),
+        ("CO_API_URL", "127.0.0.1:8701", "must be an http(s) URL with a host"),
+        ("LMS_API_URL", "ftp://lms.example.org", "must be an http(s) URL with a host"),
+        ("HUB_API_URL", "https://", "must be an http(s) URL with a host"),
+        ("HUB_API_URL", "http://hub:port/x", "must be an http(s) URL with a host"),
+        ("STUDIP_API_URL", "https://studip.example.org/api", "must be an http(s) URL ending in"),
+        ("LMS_ORG_PATH", "/Sandbox", "must be an LMS org path starting with /Root"),
+        ("LMS_ORG_PATH", "/Rooted", "must be an LMS org path starting with /Root"),
+        ("HUBSYNC_FULL_SYNC_CRON", "every night", "must be a 5-field cron expression"),
+        ("HUBSYNC_FULL_SYNC_CRON", "0 2 * *", "must be a 5-field cron expression"),
+    ],
+)
+def test_bad_values_name_the_variable_and_the_value(
+    name: str, value: str, requirement: str
+) -> None:
+    error = config_error({name: value})
+    assert str(error).startswith(f"{name} {requirement}")
+    assert str(error).endswith(f"(got {value.strip()!r})")
+    assert isinstance(error, ValueError)
+
+
+def test_all_errors_are_reported_together() -> None:
+    error = config_error({"CO_PAGE_SIZE": "x", "LMS_PAGE_SIZE": "y", "CO_TIMEZONE": "Nowhere"})
+    names = [e.split()[0] for e in error.errors]
+    assert sorted(names) == ["CO_PAGE_SIZE", "CO_TIMEZONE", "LMS_PAGE_SIZE"]
+    assert all(name in str(error) for name in names)
+
+
+def test_studip_oauth1_needs_all_four_variables() -> None:
+    oauth1 = load_settings(OAUTH).studip.oauth1
+    assert oauth1 is not None
+    assert oauth1.consumer_key == "consumer-key"
+    assert oauth1.token_secret.get_secret_value() == "oauth-token-secret-zz2"
+
+    partial = {k: v for k, v in OAUTH.items() if k != "STUDIP_OAUTH_TOKEN"}
+    partial.pop("STUDIP_OAUTH_TOKEN_SECRET")
+    message = str(config_error(partial))
+    assert "not STUDIP_OAUTH_TOKEN, STUDIP_OAUTH_TOKEN_SECRET" in message
+    assert "oauth-consumer-secret-zz1" not in message
+
+
+def test_url_passwords_are_masked_in_errors() -> None:
+    message = str(config_error({"LMS_API_URL": "ftp://user:hunter2@lms.example.org"}))
+    assert "hunter2" not in message
+    assert "ftp://user:***@lms.example.org" in message
+
+
+def test_secrets_never_show_in_repr_or_str() -> None:
+    secrets = {name: f"very-secret-{i}-value" for i, name in enumerate(SECRET_NAMES)}
+    settings = load_settings(
+        secrets | {"STUDIP_OAUTH_CONSUMER_KEY": "k", "STUDIP_OAUTH_TOKEN": "t"}
+    )
+    for text in (repr(settings), str(settings)):
+        assert not re.search(r"very-secret-\d+-value", text)
+    assert settings.hub.api_key.get_secret_value() == secrets["HUB_API_KEY"]
+
+
+def test_secret_config_uses_envvar_only_when_the_secret_is_set() -> None:
+    configured = secret_config("HUB_API_KEY", {"HUB_API_KEY": "real-key"})
+    assert isinstance(configured, dg.EnvVar)
+    assert configured == "HUB_API_KEY"  # the variable's name, not its value
+
+    assert secret_config("HUB_API_KEY", {}) == "sandbox-hub-key"
+    with pytest.raises(ValueError, match="not set and has no sandbox default"):
+        secret_config("STUDIP_OAUTH_TOKEN_SECRET", {})
+    with pytest.raises(ValueError, match="not a secret"):
+        secret_config("CO_CLIENT_ID", {})
+
+
+def _documented_names(text: str) -> set[str]:
+    return set(re.findall(r"\b(?:HUBSYNC|CO|STUDIP|LMS|HUB)_[A-Z0-9_]+\b", text))
+
+
+def test_every_variable_is_documented_with_its_default() -> None:
+    names = {v.name for v in VARIABLES}
+    env_example = (PROJECT_ROOT / ".env.example").read_text()
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert _documented_names(env_example) == names
+    assert names <= _documented_names(readme)
+    for variable in VARIABLES:
+        # commented out, so that copying the file changes nothing (and sets no secret)
+        line = f"# {variable.name}={variable.default or ''}"
+        assert re.search(rf"^{re.escape(line)}$", env_example, re.M), line
+
+
+def test_defaults_match_what_the_sandbox_serves() -> None:
+    """Unset settings must reach the sandbox: same credentials, seed user and HUB org."""
+    import inspect
+
+    from sandbox.campusonline import CoServer
+    from sandbox.hub import HubServer
+    from sandbox.lms import LmsServer
+    from sandbox.studip import StudipServer
+    from sandbox.world import SEED_DOZENT_USERNAME
+
+    def default(server: type, option: str) -> object:
+        return inspect.signature(server).parameters[option].default
+
+    settings = load_settings({})
+    assert settings.co.client_id == default(CoServer, "client_id")
+    assert settings.co.client_secret.get_secret_value() == default(CoServer, "client_secret")
+    assert settings.studip.username == default(StudipServer, "username")
+    assert settings.studip.password.get_secret_value() == default(StudipServer, "password")
+    assert settings.studip.seed_users == (SEED_DOZENT_USERNAME,)
+    assert settings.lms.username == default(LmsServer, "username")
+    assert settings.lms.password.get_secret_value() == default(LmsServer, "password")
+    assert settings.lms.org_path == default(LmsServer, "org_path")
+    assert settings.hub.api_key.get_secret_value() == default(HubServer, "api_key")
+    assert settings.hub.org_id == default(HubServer, "org_id")
+    assert settings.hub.api_url.endswith("/" + str(default(HubServer, "env")))

@@ -1,0 +1,303 @@
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from resources.warehouse import (
+    MIGRATIONS,
+    Migration,
+    WarehouseError,
+    WarehouseResource,
+    applied_migrations,
+    ensure_schema,
+    raw_page_table_ddl,
+)
+
+FETCHED = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
+
+
+def tables(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    return {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
+@contextmanager
+def locked_by_other_process(path: Path, hold_s: float) -> Iterator[subprocess.Popen[str]]:
+    """Another process opens ``path`` for writing and keeps it open for ``hold_s`` seconds."""
+    script = textwrap.dedent(
+        f"""
+        import sys, time, duckdb
+        conn = duckdb.connect({str(path)!r})
+        print("locked", flush=True)
+        time.sleep({hold_s})
+        conn.close()
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "locked"
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_nothing_is_opened_until_used(warehouse: WarehouseResource, warehouse_path: Path) -> None:
+    assert not warehouse_path.exists()
+    with warehouse.connection():
+        assert warehouse_path.exists()
+
+
+def test_schema_is_created_once_and_recorded(
+    warehouse: WarehouseResource, warehouse_path: Path
+) -> None:
+    assert warehouse.ensure_schema() == len(MIGRATIONS)
+    assert warehouse.ensure_schema() == len(MIGRATIONS)
+    # a new resource on the existing file finds it up to date
+    assert WarehouseResource(path=str(warehouse_path)).ensure_schema() == len(MIGRATIONS)
+
+    with warehouse.connection() as conn:
+        assert {"schema_migrations", "sync_runs", "quarantine"} <= tables(conn)
+        assert applied_migrations(conn) == [m.name for m in MIGRATIONS]
+
+
+def test_only_new_migrations_are_applied(tmp_path: Path) -> None:
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    assert ensure_schema(conn) == 1
+    conn.execute("INSERT INTO sync_runs (key, mode, effective_mode, status, started_at) "
+                 "VALUES ('full-20260101T000000Z', 'full', 'full', 'success', now())")  # fmt: skip
+    later = [*MIGRATIONS, Migration("test: pages", raw_page_table_ddl("raw_test_pages"))]
+
+    assert ensure_schema(conn, later) == 2
+    assert ensure_schema(conn, later) == 2
+    assert "raw_test_pages" in tables(conn)
+    assert conn.execute("SELECT count(*) FROM sync_runs").fetchone() == (1,)  # not re-created
+    assert applied_migrations(conn) == [m.name for m in later]
+
+
+def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    broken = [*MIGRATIONS, Migration("test: broken", "CREATE TABLE half (x INT); SELEC nonsense;")]
+
+    with pytest.raises(WarehouseError, match=r"migration 'test: broken' failed"):
+        ensure_schema(conn, broken)
+    assert applied_migrations(conn) == [m.name for m in MIGRATIONS]
+    assert "half" not in tables(conn)
+
+
+def test_migration_names_must_be_unique(tmp_path: Path) -> None:
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    twice = Migration("test: twice", "SELECT 1")
+    with pytest.raises(ValueError, match="unique.*test: twice"):
+        ensure_schema(conn, [*MIGRATIONS, twice, twice])
+
+
+def test_components_add_migrations_independently(tmp_path: Path) -> None:
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    first = Migration("a: one", raw_page_table_ddl("raw_a_pages"))
+    second = Migration("b: one", raw_page_table_ddl("raw_b_pages"))
+    ensure_schema(conn, [*MIGRATIONS, first])
+    # another component's migration landing before it in the list still gets applied
+    assert ensure_schema(conn, [*MIGRATIONS, second, first]) == len(MIGRATIONS) + 2
+    assert {"raw_a_pages", "raw_b_pages"} <= tables(conn)
+
+
+def test_a_newer_warehouse_is_refused(warehouse: WarehouseResource, warehouse_path: Path) -> None:
+    conn = duckdb.connect(str(warehouse_path))
+    ensure_schema(conn, [*MIGRATIONS, Migration("test: from the future", "SELECT 1")])
+    conn.close()
+    with pytest.raises(WarehouseError, match="does not know.*from the future.*upgrade"):
+        warehouse.ensure_schema()
+
+
+def test_a_file_that_is_not_duckdb_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "notes.duckdb"
+    path.write_text("these are not the tables you are looking for\n" * 200)
+    with pytest.raises(WarehouseError) as caught:
+        WarehouseResource(path=str(path)).ensure_schema()
+    assert str(path) in str(caught.value)
+    assert "not a valid DuckDB database" in str(caught.value)
+
+
+def test_a_directory_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(WarehouseError, match=f"cannot open the warehouse {tmp_path}"):
+        WarehouseResource(path=str(tmp_path)).ensure_schema()
+
+
+def test_the_folder_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "folder" / "w.duckdb"
+    assert WarehouseResource(path=str(path)).ensure_schema() == len(MIGRATIONS)
+
+
+def test_a_lock_held_by_another_process_is_reported(
+    warehouse: WarehouseResource, warehouse_path: Path
+) -> None:
+    impatient = WarehouseResource(path=str(warehouse_path), lock_timeout_s=0.5)
+    with locked_by_other_process(warehouse_path, hold_s=30):
+        started = time.monotonic()
+        with pytest.raises(WarehouseError) as caught:
+            impatient.ensure_schema()
+        waited = time.monotonic() - started
+    message = str(caught.value)
+    assert f"the warehouse {warehouse_path} is locked by another process" in message
+    assert "waited 0.5 s" in message
+    assert 0.5 <= waited < 5
+
+
+def test_the_lock_is_waited_for(warehouse: WarehouseResource, warehouse_path: Path) -> None:
+    with locked_by_other_process(warehouse_path, hold_s=0.5) as other:
+        assert warehouse.ensure_schema() == len(MIGRATIONS)
+        assert other.wait(timeout=5) == 0  # it let go after half a second, then we got in
+
+
+def test_connections_are_closed(warehouse: WarehouseResource, warehouse_path: Path) -> None:
+    with warehouse.connection() as conn:
+        pass
+    with pytest.raises(duckdb.ConnectionException):
+        conn.execute("SELECT 1")
+    # another process can open the file right away
+    check = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
+    subprocess.run([sys.executable, "-c", check, str(warehouse_path)], check=True, timeout=30)
+
+
+# -- raw page landing -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pages_warehouse(warehouse: WarehouseResource) -> WarehouseResource:
+    with warehouse.connection() as conn:
+        conn.execute(raw_page_table_ddl("raw_test_pages"))
+    return warehouse
+
+
+def land(warehouse: WarehouseResource, key: str, bodies: list[str]) -> None:
+    with warehouse.page_writer("raw_test_pages", key) as writer:
+        for page_nr, body in enumerate(bodies):
+            writer.add(
+                request_key="students",
+                page_nr=page_nr,
+                request_params={"offset": page_nr * 2, "since": FETCHED},
+                body=body,
+                record_count=len(json.loads(body)),
+                fetched_at=FETCHED,
+            )
+
+
+def pages(warehouse: WarehouseResource) -> list[tuple[str, int, str]]:
+    with warehouse.connection() as conn:
+        return conn.execute(
+            "SELECT sync_key, page_nr, body::VARCHAR FROM raw_test_pages ORDER BY ALL"
+        ).fetchall()
+
+
+def test_pages_are_landed_with_their_metadata(pages_warehouse: WarehouseResource) -> None:
+    with pages_warehouse.page_writer("raw_test_pages", "full-20261123T101500Z") as writer:
+        writer.add(
+            request_key="students",
+            page_nr=0,
+            request_params={"limit": 2, "since": FETCHED},
+            body=b'[{"id": 1}, {"id": 2}]',
+            record_count=2,
+            fetched_at=FETCHED,
+        )
+        writer.add(request_key="students", page_nr=1, request_params={}, body="[]", record_count=0)
+    assert (writer.pages, writer.records) == (2, 2)
+
+    with pages_warehouse.connection() as conn:
+        row = conn.execute(
+            """
+            SELECT request_key, request_params->>'since', fetched_at, record_count, body->>'$[1].id'
+            FROM raw_test_pages WHERE page_nr = 0
+            """
+        ).fetchone()
+    assert row == ("students", "2026-11-23T10:15:00+00:00", FETCHED, 2, "2")
+
+
+def test_relanding_a_key_replaces_only_its_pages(pages_warehouse: WarehouseResource) -> None:
+    land(pages_warehouse, "full-1", ["[1, 2]", "[3]"])
+    land(pages_warehouse, "incr-2", ["[4]"])
+    land(pages_warehouse, "full-1", ["[5]"])
+
+    assert pages(pages_warehouse) == [("full-1", 0, "[5]"), ("incr-2", 0, "[4]")]
+
+
+def test_a_failure_midway_keeps_the_previous_pages(pages_warehouse: WarehouseResource) -> None:
+    land(pages_warehouse, "full-1", ["[1, 2]", "[3]"])
+    with (
+        pytest.raises(ConnectionError),
+        pages_warehouse.page_writer("raw_test_pages", "full-1") as writer,
+    ):
+        writer.add(request_key="students", page_nr=0, request_params={}, body="[9]", record_count=1)
+        writer.execute("UPDATE sync_runs SET status = 'x'")
+        raise ConnectionError("the API went away after one page")
+
+    assert pages(pages_warehouse) == [("full-1", 0, "[1, 2]"), ("full-1", 1, "[3]")]
+
+
+def test_extra_statements_commit_with_the_pages(pages_warehouse: WarehouseResource) -> None:
+    with pages_warehouse.connection() as conn:
+        conn.execute("INSERT INTO sync_runs (key, mode, effective_mode, status, started_at) "
+                     "VALUES ('full-1', 'full', 'full', 'running', now())")  # fmt: skip
+    with pages_warehouse.page_writer("raw_test_pages", "full-1") as writer:
+        writer.add(request_key="students", page_nr=0, request_params={}, body="[1]", record_count=1)
+        writer.execute(
+            "UPDATE sync_runs SET watermarks = ?::JSON WHERE key = ?",
+            [json.dumps({"co": {"students": "2026-11-23T10:00:00Z"}}), "full-1"],
+        )
+        # the writer's own transaction sees its pages before commit
+        assert writer.execute("SELECT count(*) FROM raw_test_pages").fetchone() == (1,)
+
+    with pages_warehouse.connection() as conn:
+        watermark = conn.execute("SELECT watermarks->>'$.co.students' FROM sync_runs").fetchone()
+    assert watermark == ("2026-11-23T10:00:00Z",)
+
+
+def test_a_body_that_is_not_json_is_refused(pages_warehouse: WarehouseResource) -> None:
+    land(pages_warehouse, "full-1", ["[1]"])
+    with pytest.raises(WarehouseError, match="page 3 of 'students' is not valid JSON"):
+        with pages_warehouse.page_writer("raw_test_pages", "full-1") as writer:
+            truncated = '[{"id": 1}, {"id"'
+            writer.add(
+                request_key="students", page_nr=3, request_params={}, body=truncated, record_count=2
+            )
+    assert pages(pages_warehouse) == [("full-1", 0, "[1]")]
+
+
+def test_a_page_cannot_be_landed_twice(pages_warehouse: WarehouseResource) -> None:
+    with (
+        pytest.raises(duckdb.ConstraintException),
+        pages_warehouse.page_writer("raw_test_pages", "full-1") as writer,
+    ):
+        for _ in range(2):
+            writer.add(request_key="a", page_nr=0, request_params={}, body="[]", record_count=0)
+
+
+def test_naive_fetch_times_are_refused(pages_warehouse: WarehouseResource) -> None:
+    with (
+        pytest.raises(ValueError, match="timezone-aware"),
+        pages_warehouse.page_writer("raw_test_pages", "full-1") as writer,
+    ):
+        writer.add(
+            request_key="x",
+            page_nr=0,
+            request_params={},
+            body="[]",
+            record_count=0,
+            fetched_at=datetime(2026, 1, 1),
+        )
+
+
+def test_raw_table_names_are_checked(pages_warehouse: WarehouseResource) -> None:
+    for bad in ("students", "raw_x; DROP TABLE sync_runs", "RAW_X"):
+        with pytest.raises(ValueError, match="raw_<lowercase words>"):
+            raw_page_table_ddl(bad)
+    with pytest.raises(WarehouseError, match=r"raw_page_table_ddl\('raw_missing'\)"):
+        with pages_warehouse.page_writer("raw_missing", "full-1"):
+            pass

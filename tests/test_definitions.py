@@ -1,0 +1,84 @@
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+import assets
+import cli
+import pipelines
+import resources
+from assets.sync import mark_sync_failed
+from pipelines.definitions import defs
+from pipelines.partitions import sync_runs_partitions
+from resources.settings import PROJECT_ROOT, ConfigError
+
+SYNC_ASSETS = {dg.AssetKey("sync_run"), dg.AssetKey("sync_summary")}
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+
+
+@pytest.mark.parametrize("package", [assets, cli, pipelines, resources])
+def test_top_level_packages_are_ours(package: object) -> None:
+    # `assets`, `resources`, ... are generic names: a stray installed package would shadow them.
+    assert Path(package.__file__).resolve().parent.parent == PROJECT_ROOT  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"), [("full_sync_job", "full"), ("incremental_sync_job", "incremental")]
+)
+def test_sync_jobs(name: str, mode: str) -> None:
+    job = defs.resolve_job_def(name)
+
+    assert job.partitions_def == sync_runs_partitions
+    assert job.tags["hubsync/sync"] == "true"
+    assert job.tags["hubsync/mode"] == mode
+    assert mark_sync_failed in job.hook_defs
+    assert set(job.asset_layer.executable_asset_keys) == SYNC_ASSETS
+
+
+def test_sync_assets_share_the_duckdb_pool() -> None:
+    for key in SYNC_ASSETS:
+        spec = defs.resolve_assets_def(key).get_asset_spec(key)
+        assert spec.group_name == "sync"
+        assert spec.description
+        assert defs.resolve_assets_def(key).op.pool == "duckdb"
+
+
+def test_invalid_configuration_fails_the_code_location(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUB_BATCH_SIZE", "lots")
+    monkeypatch.delitem(sys.modules, "pipelines.definitions")  # restored after the test
+    with pytest.raises(
+        ConfigError, match=r"HUB_BATCH_SIZE must be a positive integer \(got 'lots'\)"
+    ):
+        importlib.import_module("pipelines.definitions")
+
+
+def test_workspace_points_at_the_definitions() -> None:
+    workspace = yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text())
+    assert workspace == {
+        "load_from": [
+            {
+                "python_module": {
+                    "module_name": "pipelines.definitions",
+                    "working_directory": ".",
+                    "location_name": "hubsync",
+                }
+            }
+        ]
+    }
+
+
+def test_instance_config_limits_duckdb_and_sync_runs(tmp_path: Path) -> None:
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.default_pool_limit == 1
+        limits = concurrency.run_queue_config.tag_concurrency_limits
+        assert limits == [{"key": "hubsync/sync", "limit": 1}]
+        assert not instance.telemetry_enabled
