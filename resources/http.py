@@ -1,0 +1,201 @@
+"""HTTP plumbing shared by the API clients: sessions, timeouts, retries, errors, counters.
+
+Each client (CAMPUSonline, Stud.IP, LMS, HUB) owns an :class:`HttpClient`. Retrying is the
+caller's decision per request (``retry=True``), because only requests that are safe to repeat
+may be repeated: reads, and writes that provably did not arrive. A retried request waits the
+server's ``Retry-After`` when it sends one, else an exponential backoff with jitter.
+
+Errors are :class:`ApiError` with a message that names the system, the method, the URL (without
+its query string, which may carry filters or tokens) and the status, never a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+class ApiError(RuntimeError):
+    """A request failed for good. ``status`` is None when no response arrived."""
+
+    def __init__(
+        self,
+        system: str,
+        method: str,
+        url: str,
+        message: str,
+        status: int | None = None,
+        body: str = "",
+    ) -> None:
+        self.system, self.method, self.url = system, method, safe_url(url)
+        self.status, self.body = status, body
+        where = f"{system}: {method} {self.url}"
+        super().__init__(f"{where} -> {status}: {message}" if status else f"{where}: {message}")
+
+
+def safe_url(url: str) -> str:
+    """The URL without query, fragment or user info: safe for logs and error messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def body_excerpt(response: requests.Response, limit: int = 300) -> str:
+    text = response.text if response.content else ""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5  # tries in all, the first included
+    backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    max_retry_after_s: float = 60.0
+
+    def delay(self, attempt: int, response: requests.Response | None) -> float:
+        """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
+        retry_after = response.headers.get("Retry-After") if response is not None else None
+        if retry_after is not None:
+            try:
+                return min(max(float(retry_after), 0.0), self.max_retry_after_s)
+            except ValueError:
+                pass  # an HTTP date: fall back to the backoff
+        backoff = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+        return backoff * (0.5 + random.random() / 2)
+
+
+@dataclass
+class RequestStats:
+    """Counters for a client's materialisation metadata (thread-safe)."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, response: requests.Response | None, seconds: float, retry: bool) -> None:
+        with self._lock:
+            self.requests += 1
+            self.retries += int(retry)
+            self.seconds += seconds
+            if response is not None:
+                self.bytes_received += len(response.content)
+
+    def as_metadata(self) -> dict[str, float]:
+        with self._lock:
+            return {
+                "api_calls": self.requests,
+                "retries": self.retries,
+                "bytes": self.bytes_received,
+                "http_seconds": round(self.seconds, 3),
+            }
+
+
+class HttpClient:
+    """A session with a connection pool, default timeouts and opt-in retries."""
+
+    def __init__(
+        self,
+        system: str,
+        base_url: str,
+        *,
+        timeout: tuple[float, float] = (5, 60),
+        retry_policy: RetryPolicy | None = None,
+        pool_size: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.system = system
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.stats = RequestStats()
+        self._sleep = sleep
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+
+    def request(
+        self, method: str, path: str, *, retry: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        """Send a request; with ``retry``, repeat it on transient failures and 429/5xx.
+
+        Returns the last response whatever its status (callers map statuses to their own
+        errors); raises :class:`ApiError` when no response arrived at all.
+        """
+        url = self.url(path)
+        kwargs.setdefault("timeout", self.timeout)
+        attempts = self.retry_policy.attempts if retry else 1
+        for attempt in range(1, attempts + 1):
+            started = time.perf_counter()
+            try:
+                response = self.session.request(method, url, **kwargs)
+            except TRANSIENT_ERRORS as exc:
+                self.stats.record(None, time.perf_counter() - started, attempt > 1)
+                if attempt == attempts:
+                    raise ApiError(
+                        self.system,
+                        method,
+                        url,
+                        f"no response after {attempt} attempt(s): "
+                        f"{type(exc).__name__}: {_reason(exc)}",
+                    ) from None
+                self._sleep(self.retry_policy.delay(attempt, None))
+                continue
+            self.stats.record(response, time.perf_counter() - started, attempt > 1)
+            if response.status_code in RETRY_STATUSES and attempt < attempts:
+                self._sleep(self.retry_policy.delay(attempt, response))
+                continue
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def error(self, response: requests.Response, message: str) -> ApiError:
+        """An :class:`ApiError` for a response the caller cannot use."""
+        return ApiError(
+            self.system,
+            response.request.method or "?",
+            response.url,
+            message,
+            response.status_code,
+            body_excerpt(response),
+        )
+
+    def json(
+        self, response: requests.Response, *, clean: Callable[[bytes], bytes] | None = None
+    ) -> Any:
+        """The response body as JSON, or an :class:`ApiError` naming the URL."""
+        content = clean(response.content) if clean else response.content
+        try:
+            return json.loads(content)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self.error(response, f"the body is not valid JSON ({exc})") from None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _reason(exc: Exception) -> str:
+    """A short cause without the full URL (which the ApiError names safely already)."""
+    text = str(exc)
+    return text.split("Caused by ")[-1][:200] if "Caused by" in text else text[:200]
