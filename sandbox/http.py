@@ -474,8 +474,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             remaining = config.latency_floor_ms / 1000 - (time.perf_counter() - started)
             if remaining > 0:
                 time.sleep(remaining)
-        self._send(response)
+        # Counted before the response goes out, so a client that has its answer can rely on it.
         app.record(request, pattern, response.status, started, fault)
+        self._send(response)
 
     def _send(self, response: Response) -> None:
         try:
