@@ -121,7 +121,7 @@ def _ui(args: argparse.Namespace) -> int:
     from cli.local_sandbox import sandbox_environment, sandbox_state_dir, started_sandbox
 
     settings = load_settings()
-    prepare_dagster_home()
+    home = prepare_dagster_home()
     command = [
         sys.executable, "-m", "dagster", "dev",
         "-w", str(PROJECT_ROOT / "workspace.yaml"),
@@ -139,7 +139,9 @@ def _ui(args: argparse.Namespace) -> int:
                 + ", ".join(f"{k} {u}" for k, u in sandbox.urls.items())
             )
         print(f"hubsync: Dagster UI on http://{UI_HOST}:{args.port} (Ctrl-C stops it)", flush=True)
-        return _wait_for_dagster_dev(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env))
+        # Started from DAGSTER_HOME: from the project folder dagster would warn that the
+        # project's dagster.yaml is not the instance's (it is copied there).
+        return _wait_for_dagster_dev(subprocess.Popen(command, cwd=home, env=env))
 
 
 def _wait_for_dagster_dev(process: subprocess.Popen[bytes]) -> int:
