@@ -42,9 +42,11 @@ class ApiError(RuntimeError):
         message: str,
         status: int | None = None,
         body: str = "",
+        transport_error: requests.RequestException | None = None,
     ) -> None:
         self.system, self.method, self.url = system, method, safe_url(url)
         self.status, self.body = status, body
+        self.transport_error = transport_error  # why no response arrived, if none did
         where = f"{system}: {method} {self.url}"
         super().__init__(f"{where} -> {status}: {message}" if status else f"{where}: {message}")
 
@@ -160,6 +162,7 @@ class HttpClient:
                         url,
                         f"no response after {attempt} attempt(s): "
                         f"{type(exc).__name__}: {_reason(exc)}",
+                        transport_error=exc,
                     ) from None
                 self._sleep(self.retry_policy.delay(attempt, None))
                 continue

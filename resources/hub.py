@@ -1,0 +1,314 @@
+"""The HUB (Hub Educacional) Sync API: batched events out, asynchronous ``getLog`` results in.
+
+``POST {HUB_API_URL}/sync/v1`` takes an envelope of insert/update/delete events and answers
+``{"messageId"}``; the objects are validated later, and ``GET {HUB_API_URL}/instituicao/getLog/
+<messageId>`` reports per item, in pages (``limit``/``offset``), with an overall status:
+1 processing without errors, 2 processing with errors, 3 finished with errors, 4 finished
+without errors.
+
+A POST is retried only when it provably did not arrive: the connection was refused or timed out
+before it was made, or the HUB answered 429 or 5xx without a ``messageId``. When the request
+went out and no usable answer came back (dropped connection, read timeout, a 2xx without a
+``messageId``) the outcome is *unknown*: the batch may be queued at the HUB, so it is never sent
+blindly again; the next sync re-diffs its objects and a repeated insert comes back as "already
+exists", which the delivery reconciles.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+import dagster as dg
+import requests
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from resources.http import ApiError, HttpClient, RetryPolicy, body_excerpt
+
+# -- the objects the HUB takes (names as the API names them) ----------------------------------
+
+
+class HubModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeRef(HubModel):
+    code: str
+
+
+class Role(HubModel):
+    code: Literal[
+        "aluno",
+        "professor",
+        "responsavel",
+        "diretor",
+        "coordenador",
+        "administrador",
+        "colaborador",
+    ]
+
+
+class Term(HubModel):
+    code: str
+    name: str
+    start_date: str
+    end_date: str
+
+
+class Subject(HubModel):
+    code: str
+    name: str
+    status: str | None = None
+
+
+class Section(HubModel):
+    code: str
+    name: str
+    sis_id: str | None = None
+    term_code: str | None = None
+    status: str | None = None
+
+
+class User(HubModel):
+    code: str
+    sis_id: str | None = None
+    name: str
+    dob: str
+    gender: Literal["M", "F", "O"] | None = None
+    email: str | None = None
+    cpf: str | None = None
+    status: Literal["active", "arquived", "suspended"] | None = None
+    roles: list[Role] = Field(min_length=1)
+
+
+class SectionStudent(HubModel):
+    sis_id: str
+    section: CodeRef
+    student: CodeRef
+    term_code: str
+
+
+class SectionTeacher(HubModel):
+    sis_id: str
+    section: CodeRef
+    teacher: CodeRef
+    subject: CodeRef
+    term_code: str
+
+
+class StudentParent(HubModel):
+    student: CodeRef
+    parent: CodeRef
+
+
+OBJECT_MODELS: dict[str, type[HubModel]] = {
+    "term": Term,
+    "subject": Subject,
+    "user": User,
+    "section": Section,
+    "studentparent": StudentParent,
+    "sectionstudent": SectionStudent,
+    "sectionteacher": SectionTeacher,
+}
+"""Object types in dependency order: inserts go in this order, deletes in reverse."""
+
+
+# -- getLog ---------------------------------------------------------------------------------
+
+
+class LogMessage(BaseModel):
+    dsc_error: str
+    level_Error: Literal["i", "w", "e"]  # noqa: N815 - the API's name
+
+
+class BaseItem(BaseModel):
+    obj: str
+    sis_id: str
+    mensagem: list[LogMessage]
+
+
+class LogEntry(BaseModel):
+    baseItem: BaseItem  # noqa: N815 - the API's name
+
+
+class SyncLogPage(BaseModel):
+    qtdeRegistros: int  # noqa: N815 - the API's name
+    status: int
+    logs: list[LogEntry]
+
+
+PROCESSING_STATUSES = frozenset({1, 2})
+FINISHED_STATUSES = frozenset({3, 4})
+
+
+@dataclass(frozen=True)
+class SyncLog:
+    """A message's whole log, all pages read."""
+
+    message_id: str
+    status: int
+    items: list[BaseItem]
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+# -- posting --------------------------------------------------------------------------------
+
+
+class PostOutcome(StrEnum):
+    ACCEPTED = "accepted"  # the HUB answered with a messageId
+    REJECTED = "rejected"  # the HUB answered 4xx: the envelope is wrong; resending won't help
+    NOT_ARRIVED = "not_arrived"  # retries exhausted, and provably not queued
+    UNKNOWN = "unknown"  # it went out and no usable answer came back: maybe queued
+
+
+@dataclass(frozen=True)
+class PostResult:
+    outcome: PostOutcome
+    message_id: str | None = None
+    status: int | None = None
+    body: str = ""  # the HUB's answer for a rejected or failed post (no secrets in it)
+    attempts: int = 1
+
+
+def _not_sent(exc: requests.RequestException) -> bool:
+    """True when the request provably never reached the HUB (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
+class HubClient:
+    """A typed client of the Sync API; see the module docstring for the retry rules."""
+
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        timeout: tuple[float, float] = (5, 60),
+        retry_policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.http = HttpClient(
+            "HUB", api_url, timeout=timeout, retry_policy=retry_policy, sleep=sleep
+        )
+        self._headers = {"x-api-key": api_key, "Accept": "application/json"}
+        self._sleep = sleep
+
+    def post_batch(self, envelope_json: str) -> PostResult:
+        """POST one envelope (the exact JSON text that was stored before sending)."""
+        policy = self.http.retry_policy
+        headers = {**self._headers, "Content-Type": "application/json"}
+        response: requests.Response | None = None
+        for attempt in range(1, policy.attempts + 1):
+            try:
+                response = self.http.request(
+                    "POST", "/sync/v1", data=envelope_json.encode(), headers=headers
+                )
+            except ApiError as exc:
+                cause = exc.transport_error
+                if cause is None or not _not_sent(cause):
+                    return PostResult(PostOutcome.UNKNOWN, body=str(exc), attempts=attempt)
+                if attempt < policy.attempts:
+                    self._sleep(policy.delay(attempt, None))
+                continue
+            result = self._classify(response, attempt)
+            if result is not None:
+                return result
+            if attempt < policy.attempts:
+                self._sleep(policy.delay(attempt, response))
+        return PostResult(
+            PostOutcome.NOT_ARRIVED,
+            status=response.status_code if response is not None else None,
+            body=body_excerpt(response) if response is not None else "",
+            attempts=policy.attempts,
+        )
+
+    @staticmethod
+    def _classify(response: requests.Response, attempt: int) -> PostResult | None:
+        """The outcome of an answer, or None when it is worth another attempt."""
+        status = response.status_code
+        if 200 <= status < 300:
+            try:
+                message_id = response.json()["messageId"]
+            except (ValueError, KeyError, TypeError):
+                return PostResult(
+                    PostOutcome.UNKNOWN,
+                    status=status,
+                    body=body_excerpt(response),
+                    attempts=attempt,
+                )
+            return PostResult(PostOutcome.ACCEPTED, str(message_id), status, attempts=attempt)
+        if status == 429 or status >= 500:
+            return None
+        return PostResult(
+            PostOutcome.REJECTED, status=status, body=body_excerpt(response), attempts=attempt
+        )
+
+    def log_page(self, message_id: str, *, limit: int = 500, offset: int = 0) -> SyncLogPage:
+        response = self.http.request(
+            "GET",
+            f"/instituicao/getLog/{message_id}",
+            retry=True,
+            headers=self._headers,
+            params={"limit": limit, "offset": offset},
+        )
+        if response.status_code != 200:
+            raise self.http.error(response, "getLog failed")
+        try:
+            return SyncLogPage.model_validate(self.http.json(response))
+        except ValidationError as exc:
+            raise self.http.error(response, f"unexpected getLog answer: {exc}") from None
+
+    def get_log(self, message_id: str, *, page_size: int = 500) -> SyncLog:
+        """Every log item of a message (all pages), with its current status."""
+        first = self.log_page(message_id, limit=page_size)
+        items = [entry.baseItem for entry in first.logs]
+        status, total = first.status, first.qtdeRegistros
+        while len(items) < total:
+            page = self.log_page(message_id, limit=page_size, offset=len(items))
+            if not page.logs:
+                break  # the count moved under us; the next poll reads the rest
+            items.extend(entry.baseItem for entry in page.logs)
+            status, total = page.status, page.qtdeRegistros
+        return SyncLog(message_id, status, items)
+
+    def status(self, message_id: str) -> int:
+        """The message's overall status (one small request; for sensors)."""
+        return self.log_page(message_id, limit=1).status
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class HubResource(dg.ConfigurableResource):
+    """The HUB Sync API (``HUB_API_URL`` includes the environment, e.g. ``…/prod``)."""
+
+    api_url: str = Field(description="HUB_API_URL: base URL including the environment.")
+    api_key: str = Field(description="HUB_API_KEY (secret, via dagster.EnvVar).")
+    org_id: str = Field(description="HUB_ORG_ID: the organisation key sent in every envelope.")
+    who: str = Field(description="HUB_WHO: the source identifier sent in every envelope.")
+    batch_size: int = Field(default=500, description="HUB_BATCH_SIZE: objects per POST.")
+    max_delete_share: float = Field(
+        default=0.10,
+        description="HUB_MAX_DELETE_SHARE: deletes above this share of an object "
+        "type's state block delivery.",
+    )
+
+    def client(self) -> HubClient:
+        return HubClient(self.api_url, self.api_key)
+
+
+def envelope(
+    events: list[dict[str, Any]], *, org_id: str, who: str, doo: str, ver: str = "1.0.0"
+) -> dict[str, Any]:
+    """The Sync API envelope around ``dat`` events (``doo`` ISO-8601 UTC)."""
+    return {"doo": doo, "ver": ver, "who": who, "org_id": org_id, "dat": events}
