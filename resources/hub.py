@@ -117,6 +117,29 @@ OBJECT_MODELS: dict[str, type[HubModel]] = {
 """Object types in dependency order: inserts go in this order, deletes in reverse."""
 
 
+# What the HUB answers for an insert of an existing object and for an update or delete of a
+# missing one, per object type (the texts of the HUB's prototype, reference §A.5). Delivery
+# reconciles these; every other error leaves the object to be sent again.
+ALREADY_EXISTS: dict[str, str] = {
+    "user": "Perfil já cadastrado no HUB",
+    "section": "Turma já cadastrada no HUB",
+    "subject": "Disciplina já cadastrada no HUB",
+    "term": "Período já cadastrado no HUB",
+    "sectionstudent": "Relação Turma x Aluno já cadastrada",
+    "sectionteacher": "Relação Turma x Professor já cadastrada",
+    "studentparent": "Relação Aluno x Responsável já cadastrada",
+}
+NOT_FOUND: dict[str, str] = {
+    "user": "Perfil não cadastrado",
+    "section": "Turma não cadastrada",
+    "subject": "Disciplina não cadastrada",
+    "term": "Período não cadastrado",
+    "sectionstudent": "Relação Turma x Aluno não cadastrada",
+    "sectionteacher": "Relação Turma x Professor não cadastrada",
+    "studentparent": "Relação Aluno x Responsável não cadastrada",
+}
+
+
 # -- getLog ---------------------------------------------------------------------------------
 
 
@@ -301,6 +324,16 @@ class HubResource(dg.ConfigurableResource):
         default=0.10,
         description="HUB_MAX_DELETE_SHARE: deletes above this share of an object "
         "type's state block delivery.",
+    )
+
+    ack_timeout_s: float = Field(
+        default=300.0,
+        description="How long a sync waits for the HUB to finish a phase's "
+        "messages before leaving them to the next run or the log sensor.",
+    )
+
+    poll_interval_s: float = Field(
+        default=1.0, description="First wait between getLog polls; it doubles up to 5 s."
     )
 
     def client(self) -> HubClient:

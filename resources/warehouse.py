@@ -19,6 +19,8 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from resources.hub_schema import HUB_SCHEMA
+
 
 class WarehouseError(RuntimeError):
     """The warehouse cannot be opened or used; the message names the file and the reason."""
@@ -93,6 +95,7 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration("hub: desired and acknowledged state, events, batches, log", HUB_SCHEMA),
 ]
 
 

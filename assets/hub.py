@@ -1,0 +1,880 @@
+"""HUB delivery: diff the desired state against what the HUB acknowledged, send it, record it.
+
+``hub_payload`` turns the difference between ``hub_desired`` and ``hub_state`` into events and
+batches (stored as the exact JSON to post); blocking checks guard it; ``hub_delivery`` posts the
+batches phase by phase, each phase acknowledged through ``getLog`` before the next starts (so a
+section never arrives before its term); ``hub_acknowledgement`` applies whatever finished later.
+
+Nothing is sent twice and nothing is lost:
+
+* Objects of batches still in flight (posted, log not finished) are left out of every diff.
+* A batch is marked ``posting`` before its POST and gets its fate after: a crash in between
+  leaves ``posting``, which the next run treats as *unknown*.
+* When a post's fate is unknown (it went out, no usable answer came back) its objects become
+  *uncertain* in ``hub_state``: the next diff sends an entity again as an ``update`` (harmless if
+  the HUB has it; "not found" clears the row so the sync after inserts it), never as a second
+  insert. Links have no update, so an uncertain link is inserted again and "already exists"
+  reconciles it.
+* "Already exists" on an insert and "not found" on an update or delete are reconciled, other
+  errors leave ``hub_state`` unchanged so the next diff tries again.
+* Entity deletes (users, sections, subjects, terms) only come from full syncs; link deletes also
+  from incremental ones (they come from re-read course memberships).
+"""
+
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+import duckdb
+import pandas as pd
+
+from assets.sync import sync_run
+from pipelines.partitions import parse_sync_key, sync_runs_partitions
+from resources.hub import (
+    ALREADY_EXISTS,
+    NOT_FOUND,
+    OBJECT_MODELS,
+    BaseItem,
+    HubClient,
+    HubResource,
+    PostOutcome,
+    PostResult,
+    SyncLog,
+    envelope,
+)
+from resources.warehouse import WarehouseResource, transaction
+
+OBJECT_TYPES = tuple(OBJECT_MODELS)  # dependency order
+LINK_TYPES = ("studentparent", "sectionstudent", "sectionteacher")
+ENTITY_TYPES = tuple(t for t in OBJECT_TYPES if t not in LINK_TYPES)
+PHASES: tuple[tuple[str, str], ...] = (
+    *(("delete", t) for t in reversed(OBJECT_TYPES)),
+    *(("upsert", t) for t in OBJECT_TYPES),
+)
+MAX_BATCH_BYTES = 1_000_000
+ALLOW_DELETES_TAG = "hubsync/allow-deletes"
+IN_FLIGHT = ("posting", "sent")
+
+
+# -- the diff ---------------------------------------------------------------------------------
+
+DIFF_SQL = """
+WITH in_flight AS (
+    SELECT DISTINCT e.object_type, e.key
+    FROM hub_events e JOIN hub_batches b USING (sync_key, batch_no)
+    WHERE b.status IN ('posting', 'sent')
+),
+desired AS (
+    SELECT * FROM hub_desired d
+    WHERE NOT EXISTS (SELECT 1 FROM in_flight f
+                      WHERE f.object_type = d.object_type AND f.key = d.key)
+),
+state AS (
+    SELECT * FROM hub_state s
+    WHERE NOT EXISTS (SELECT 1 FROM in_flight f
+                      WHERE f.object_type = s.object_type AND f.key = s.key)
+),
+pairs AS (  -- payloads compared minified: the same object in other spacing is no change
+    SELECT coalesce(d.object_type, s.object_type) AS object_type,
+           coalesce(d.key, s.key) AS key,
+           d.sis_id AS desired_sis_id, json(d.payload)::VARCHAR AS desired,
+           s.sis_id AS state_sis_id, json(s.payload)::VARCHAR AS acknowledged, s.certain,
+           coalesce(d.object_type, s.object_type) IN ('studentparent', 'sectionstudent',
+                                                      'sectionteacher') AS is_link
+    FROM desired d FULL OUTER JOIN state s USING (object_type, key)
+)
+SELECT object_type, 'insert' AS action, key, desired_sis_id AS sis_id, desired AS payload
+FROM pairs WHERE desired IS NOT NULL AND (acknowledged IS NULL
+    OR (is_link AND (NOT certain OR acknowledged <> desired)))
+UNION ALL
+SELECT object_type, 'update', key, desired_sis_id, desired
+FROM pairs WHERE desired IS NOT NULL AND acknowledged IS NOT NULL AND NOT is_link
+    AND (NOT certain OR acknowledged <> desired)
+UNION ALL
+SELECT object_type, 'delete', key, state_sis_id, acknowledged
+FROM pairs WHERE acknowledged IS NOT NULL AND (
+    (desired IS NULL AND (is_link OR $full))
+    OR (is_link AND certain AND desired IS NOT NULL AND acknowledged <> desired))
+"""
+
+
+@dataclass(frozen=True)
+class Change:
+    object_type: str
+    action: str  # insert | update | delete
+    key: str
+    payload: dict[str, Any]  # the object, or for a delete its key fields
+
+    @property
+    def log_sis_id(self) -> str:
+        """How getLog will name this item: its sis_id, else its code, else "0"."""
+        return str(self.payload.get("sis_id") or self.payload.get("code") or "0")
+
+    @property
+    def phase(self) -> int:
+        group = "delete" if self.action == "delete" else "upsert"
+        return PHASES.index((group, self.object_type))
+
+
+def delete_payload(object_type: str, key: str, acknowledged: dict[str, Any]) -> dict[str, Any]:
+    """The key fields a delete needs (a user delete names the roles to remove: all of them)."""
+    if object_type == "user":
+        return {"code": key, "roles": acknowledged.get("roles", [])}
+    if object_type in LINK_TYPES:
+        return acknowledged
+    return {"code": key}
+
+
+def diff(conn: duckdb.DuckDBPyConnection, *, full: bool) -> list[Change]:
+    """What the HUB must be sent, in sending order (phase, then action, then key)."""
+    rows = conn.execute(DIFF_SQL, {"full": full}).fetchall()
+    changes = []
+    for object_type, action, key, _sis_id, payload in rows:
+        obj = json.loads(payload)
+        if action == "delete":
+            obj = delete_payload(object_type, key, obj)
+        changes.append(Change(object_type, action, key, obj))
+    order = {"delete": 0, "update": 1, "insert": 2}
+    return sorted(changes, key=lambda c: (c.phase, order[c.action], c.key))
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    batch_no: int
+    phase: int
+    object_type: str
+    action: str
+    changes: list[Change] = field(default_factory=list)
+    size: int = 0
+
+
+def make_batches(
+    changes: list[Change],
+    *,
+    batch_size: int,
+    first_batch_no: int = 1,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> list[Batch]:
+    """Group changes into batches of one object type and action, ≤ batch_size and ≤ max_bytes."""
+    batches: list[Batch] = []
+    for change in changes:
+        size = len(json.dumps(change.payload, ensure_ascii=False)) + 1
+        current = batches[-1] if batches else None
+        if (
+            current is None
+            or current.object_type != change.object_type
+            or current.action != change.action
+            or len(current.changes) >= batch_size
+            or current.size + size > max_bytes - 512
+        ):
+            current = Batch(
+                first_batch_no + len(batches), change.phase, change.object_type, change.action
+            )
+            batches.append(current)
+        current.changes.append(change)
+        current.size += size
+    return batches
+
+
+def envelope_text(batch: Batch, *, org_id: str, who: str, doo: str) -> str:
+    event = {
+        "typ": batch.action,
+        "obj": {batch.object_type: [change.payload for change in batch.changes]},
+    }
+    return json.dumps(envelope([event], org_id=org_id, who=who, doo=doo), ensure_ascii=False)
+
+
+@dataclass
+class PayloadSummary:
+    changes: Counter[str]
+    batches: int
+    bytes: int
+    superseded: int
+    recovered: int
+
+
+def recover_interrupted(conn: duckdb.DuckDBPyConnection) -> int:
+    """Batches left ``posting`` by a crash: their fate is unknown, their objects uncertain."""
+    rows = conn.execute(
+        "SELECT sync_key, batch_no FROM hub_batches WHERE status = 'posting'"
+    ).fetchall()
+    for sync_key, batch_no in rows:
+        with transaction(conn):
+            conn.execute(
+                "UPDATE hub_batches SET status = 'unknown' WHERE sync_key = ? AND batch_no = ?",
+                [sync_key, batch_no],
+            )
+            mark_uncertain(conn, sync_key, batch_no)
+    return len(rows)
+
+
+def build_payload(
+    conn: duckdb.DuckDBPyConnection,
+    sync_key: str,
+    *,
+    full: bool,
+    batch_size: int,
+    org_id: str,
+    who: str,
+    now: datetime | None = None,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> PayloadSummary:
+    """Replace this sync's unsent events and batches with the current diff."""
+    recovered = recover_interrupted(conn)
+    doo = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    with transaction(conn):
+        superseded = _supersede_unsent(conn, sync_key)
+        changes = diff(conn, full=full)
+        row = conn.execute(
+            "SELECT coalesce(max(batch_no), 0), coalesce(max(seq), 0) "
+            "FROM hub_events WHERE sync_key = ?",
+            [sync_key],
+        ).fetchall()[0]
+        last_batch, last_seq = row if row else (0, 0)
+        batches = make_batches(
+            changes, batch_size=batch_size, first_batch_no=last_batch + 1, max_bytes=max_bytes
+        )
+        batch_rows, event_rows = [], []
+        seq = last_seq
+        for batch in batches:
+            text = envelope_text(batch, org_id=org_id, who=who, doo=doo)
+            batch_rows.append(
+                (
+                    sync_key,
+                    batch.batch_no,
+                    batch.phase,
+                    batch.object_type,
+                    batch.action,
+                    len(batch.changes),
+                    text,
+                    len(text.encode()),
+                )
+            )
+            for change in batch.changes:
+                seq += 1
+                event_rows.append(
+                    (
+                        sync_key,
+                        seq,
+                        batch.batch_no,
+                        change.object_type,
+                        change.action,
+                        change.key,
+                        change.log_sis_id,
+                        json.dumps(change.payload),
+                    )
+                )
+        _insert_rows(
+            conn,
+            "hub_batches",
+            BATCH_COLUMNS,
+            batch_rows,
+            "sync_key, batch_no, phase, object_type, action, objects, envelope::JSON, "
+            "bytes, 'pending'",
+        )
+        _insert_rows(
+            conn,
+            "hub_events",
+            EVENT_COLUMNS,
+            event_rows,
+            "sync_key, seq, batch_no, object_type, action, key, log_sis_id, payload::JSON",
+        )
+    total_bytes = sum(row[-1] for row in batch_rows)
+    counts = Counter(f"{c.object_type}_{c.action}" for c in changes)
+    return PayloadSummary(counts, len(batches), total_bytes, superseded, recovered)
+
+
+BATCH_COLUMNS = [
+    "sync_key",
+    "batch_no",
+    "phase",
+    "object_type",
+    "action",
+    "objects",
+    "envelope",
+    "bytes",
+]
+EVENT_COLUMNS = [
+    "sync_key",
+    "seq",
+    "batch_no",
+    "object_type",
+    "action",
+    "key",
+    "log_sis_id",
+    "payload",
+]
+
+
+def _insert_rows(
+    conn: duckdb.DuckDBPyConnection, table: str, columns: list[str], rows: list[tuple], select: str
+) -> None:
+    """Insert many rows in one statement (DuckDB inserts a frame far faster than row by row)."""
+    if not rows:
+        return
+    conn.register("new_rows", pd.DataFrame(rows, columns=columns))
+    try:
+        target = f"{table} ({', '.join(columns)}{', status' if table == 'hub_batches' else ''})"
+        conn.execute(f"INSERT INTO {target} SELECT {select} FROM new_rows")
+    finally:
+        conn.unregister("new_rows")
+
+
+def _supersede_unsent(conn: duckdb.DuckDBPyConnection, sync_key: str) -> int:
+    """Unsent batches are recomputed: this key's are dropped, older keys' marked superseded."""
+    conn.execute(
+        "DELETE FROM hub_events WHERE sync_key = ? AND batch_no IN (SELECT batch_no "
+        "FROM hub_batches WHERE sync_key = ? AND status = 'pending')",
+        [sync_key, sync_key],
+    )
+    conn.execute("DELETE FROM hub_batches WHERE sync_key = ? AND status = 'pending'", [sync_key])
+    row = conn.execute("SELECT count(*) FROM hub_batches WHERE status = 'pending'").fetchall()[0]
+    conn.execute("UPDATE hub_batches SET status = 'superseded' WHERE status = 'pending'")
+    return int(row[0]) if row else 0
+
+
+# -- hub_state changes ------------------------------------------------------------------------
+
+
+def _events(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, batch_no: int
+) -> list[tuple[int, str, str, str, str, str]]:
+    return conn.execute(
+        "SELECT seq, object_type, action, key, log_sis_id, payload::VARCHAR FROM hub_events "
+        "WHERE sync_key = ? AND batch_no = ? ORDER BY seq",
+        [sync_key, batch_no],
+    ).fetchall()
+
+
+# Rows of one batch's events with what to do to hub_state: 'upsert' (certain or not), 'drop',
+# or nothing. Applied set-based: DuckDB is fast at sets and slow at row-by-row upserts.
+STATE_CHANGES_SQL = """
+DELETE FROM hub_state USING changes c
+WHERE hub_state.object_type = c.object_type AND hub_state.key = c.key
+  AND c.state_op IN ('upsert', 'drop');
+INSERT INTO hub_state
+SELECT e.object_type, e.key, e.payload->>'$.sis_id', e.payload, c.certain, e.sync_key,
+       $message_id, now()
+FROM changes c JOIN hub_events e ON e.sync_key = $sync_key AND e.seq = c.seq
+WHERE c.state_op = 'upsert';
+"""
+
+
+def _apply_state_changes(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, message_id: str | None, changes: pd.DataFrame
+) -> None:
+    conn.register("changes", changes)
+    try:
+        delete, insert = filter(str.strip, STATE_CHANGES_SQL.split(";"))
+        conn.execute(delete)
+        conn.execute(insert, {"message_id": message_id, "sync_key": sync_key})
+    finally:
+        conn.unregister("changes")
+
+
+def mark_uncertain(conn: duckdb.DuckDBPyConnection, sync_key: str, batch_no: int) -> None:
+    """A batch whose fate is unknown: its objects may or may not be at the HUB."""
+    conn.execute(
+        "UPDATE hub_state SET certain = false FROM hub_events e WHERE e.sync_key = ? AND "
+        "e.batch_no = ? AND e.action = 'delete' AND hub_state.object_type = e.object_type "
+        "AND hub_state.key = e.key",
+        [sync_key, batch_no],
+    )
+    changes = conn.execute(
+        "SELECT seq, object_type, key, 'upsert' AS state_op, false AS certain FROM hub_events "
+        "WHERE sync_key = ? AND batch_no = ? AND action <> 'delete'",
+        [sync_key, batch_no],
+    ).df()
+    _apply_state_changes(conn, sync_key, None, changes)
+
+
+# -- acknowledgement --------------------------------------------------------------------------
+
+
+@dataclass
+class ItemOutcomes:
+    applied: int = 0
+    reconciled: int = 0
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    first_errors: list[tuple[str, str, str]] = field(default_factory=list)  # type, key, message
+
+    def add(self, other: "ItemOutcomes") -> None:
+        self.applied += other.applied
+        self.reconciled += other.reconciled
+        self.failed += other.failed
+        self.errors.update(other.errors)
+        self.first_errors.extend(other.first_errors[: 20 - len(self.first_errors)])
+
+
+def _worst(item: BaseItem) -> tuple[str, str]:
+    levels = [m.level_Error for m in item.mensagem]
+    level = "e" if "e" in levels else "w" if "w" in levels else "i"
+    return level, "; ".join(m.dsc_error for m in item.mensagem)
+
+
+def _outcome(object_type: str, action: str, item: BaseItem | None) -> tuple[str, str, str]:
+    """(outcome, level, message) of one event's log item."""
+    if item is None:
+        return "failed", "e", "no answer for this item in getLog"
+    level, message = _worst(item)
+    if level != "e":
+        return "applied", level, message
+    texts = {m.dsc_error for m in item.mensagem if m.level_Error == "e"}
+    if action == "insert" and ALREADY_EXISTS[object_type] in texts:
+        return "reconciled", level, message
+    if action in ("update", "delete") and NOT_FOUND[object_type] in texts:
+        return "reconciled", level, message
+    return "failed", level, message
+
+
+def apply_log(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, batch_no: int, log: SyncLog
+) -> ItemOutcomes:
+    """Record a finished message's log and apply what succeeded to ``hub_state``."""
+    items: dict[tuple[str, str], list[BaseItem]] = defaultdict(list)
+    for item in log.items:
+        items[(item.obj, item.sis_id)].append(item)
+    outcomes = ItemOutcomes()
+    rows = []
+    for seq, object_type, action, key, log_sis_id, _payload in _events(conn, sync_key, batch_no):
+        matches = items.get((object_type, log_sis_id))
+        outcome, level, message = _outcome(object_type, action, matches.pop(0) if matches else None)
+        rows.append(
+            (
+                seq,
+                object_type,
+                key,
+                log_sis_id,
+                level,
+                outcome,
+                message,
+                *_state_change(outcome, object_type, action),
+            )
+        )
+        setattr(outcomes, outcome, getattr(outcomes, outcome) + 1)
+        if outcome == "failed":
+            outcomes.errors[message] += 1
+            if len(outcomes.first_errors) < 20:
+                outcomes.first_errors.append((object_type, key, message))
+    for leftover in (i for group in items.values() for i in group):
+        level, message = _worst(leftover)
+        rows.append(
+            (
+                None,
+                leftover.obj,
+                None,
+                leftover.sis_id,
+                level,
+                "failed",
+                f"unmatched log item: {message}",
+                "none",
+                False,
+            )
+        )
+    answers = pd.DataFrame(
+        rows,
+        columns=[
+            "seq",
+            "object_type",
+            "key",
+            "sis_id",
+            "level",
+            "outcome",
+            "message",
+            "state_op",
+            "certain",
+        ],
+    )
+    with transaction(conn):
+        _apply_state_changes(conn, sync_key, log.message_id, answers)
+        conn.register("answers", answers)
+        try:
+            conn.execute(
+                "INSERT INTO hub_log SELECT ?, ?, ?, seq, object_type, sis_id, level, "
+                "outcome, message, now() FROM answers",
+                [sync_key, batch_no, log.message_id],
+            )
+        finally:
+            conn.unregister("answers")
+        conn.execute(
+            "UPDATE hub_batches SET status = 'acknowledged', log_status = ?, "
+            "acknowledged_at = now() WHERE sync_key = ? AND batch_no = ?",
+            [log.status, sync_key, batch_no],
+        )
+    return outcomes
+
+
+def _state_change(outcome: str, object_type: str, action: str) -> tuple[str, bool]:
+    """What an item's outcome does to hub_state: (upsert | drop | none, certain)."""
+    if outcome == "failed":
+        return "none", False
+    if action == "delete" or (outcome == "reconciled" and action == "update"):
+        return "drop", False  # gone, or (not found) to be inserted by the next sync
+    # an applied insert/update is held as sent; an insert that "already exists" is held with
+    # unknown content for an entity (the next diff updates it), exactly as sent for a link
+    return "upsert", outcome == "applied" or object_type in LINK_TYPES
+
+
+def in_flight_batches(
+    conn: duckdb.DuckDBPyConnection, sync_key: str | None = None, phase: int | None = None
+) -> list[tuple[str, int, str]]:
+    """Posted batches whose log has not finished: (sync_key, batch_no, message_id)."""
+    sql = "SELECT sync_key, batch_no, message_id FROM hub_batches WHERE status = 'sent'"
+    params: list[object] = []
+    if sync_key is not None:
+        sql += " AND sync_key = ?"
+        params.append(sync_key)
+    if phase is not None:
+        sql += " AND phase = ?"
+        params.append(phase)
+    return conn.execute(sql + " ORDER BY sync_key, batch_no", params).fetchall()
+
+
+def acknowledge(
+    conn: duckdb.DuckDBPyConnection,
+    client: HubClient,
+    batches: list[tuple[str, int, str]],
+    *,
+    timeout_s: float,
+    poll_s: float = 0.2,
+    sleep: Any = time.sleep,
+) -> tuple[ItemOutcomes, int]:
+    """Poll the batches' logs until finished or the timeout; return outcomes and how many are
+    still unfinished (they stay ``sent`` for the next run or the log sensor)."""
+    outcomes = ItemOutcomes()
+    waiting = list(batches)
+    deadline = time.monotonic() + timeout_s
+    delay = poll_s
+    while waiting:
+        still = []
+        for sync_key, batch_no, message_id in waiting:
+            log = client.get_log(message_id)
+            if log.finished:
+                outcomes.add(apply_log(conn, sync_key, batch_no, log))
+            else:
+                conn.execute(
+                    "UPDATE hub_batches SET log_status = ? WHERE sync_key = ? AND batch_no = ?",
+                    [log.status, sync_key, batch_no],
+                )
+                still.append((sync_key, batch_no, message_id))
+        waiting = still
+        if not waiting or time.monotonic() + delay > deadline:
+            break
+        sleep(delay)
+        delay = min(delay * 2, 5.0)
+    return outcomes, len(waiting)
+
+
+# -- posting ----------------------------------------------------------------------------------
+
+_STATUS_OF = {
+    PostOutcome.ACCEPTED: "sent",
+    PostOutcome.REJECTED: "rejected",
+    PostOutcome.NOT_ARRIVED: "not_arrived",
+    PostOutcome.UNKNOWN: "unknown",
+}
+
+
+def post(
+    conn: duckdb.DuckDBPyConnection, client: HubClient, sync_key: str, batch_no: int, text: str
+) -> PostResult:
+    """Post one stored batch, recording ``posting`` first and the fate after."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE hub_batches SET status = 'posting', posted_at = now() "
+            "WHERE sync_key = ? AND batch_no = ?",
+            [sync_key, batch_no],
+        )
+    result = client.post_batch(text)
+    with transaction(conn):
+        conn.execute(
+            "UPDATE hub_batches SET status = ?, message_id = ?, http_status = ?, "
+            "http_body = ?, attempts = ? WHERE sync_key = ? AND batch_no = ?",
+            [
+                _STATUS_OF[result.outcome],
+                result.message_id,
+                result.status,
+                result.body or None,
+                result.attempts,
+                sync_key,
+                batch_no,
+            ],
+        )
+        if result.outcome is PostOutcome.UNKNOWN:
+            mark_uncertain(conn, sync_key, batch_no)
+    return result
+
+
+@dataclass
+class DeliverySummary:
+    posted: Counter[str] = field(default_factory=Counter)  # by PostOutcome value
+    outcomes: ItemOutcomes = field(default_factory=ItemOutcomes)
+    unfinished: int = 0
+    stopped: str = ""  # why delivery stopped early, if it did
+
+
+def _pending(conn: duckdb.DuckDBPyConnection, sync_key: str) -> Iterator[tuple[int, list]]:
+    rows = conn.execute(
+        "SELECT phase, batch_no, envelope::VARCHAR FROM hub_batches "
+        "WHERE sync_key = ? AND status = 'pending' ORDER BY batch_no",
+        [sync_key],
+    ).fetchall()
+    phases: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for phase, batch_no, text in rows:
+        phases[phase].append((batch_no, text))
+    yield from sorted(phases.items())
+
+
+def deliver(
+    conn: duckdb.DuckDBPyConnection,
+    client: HubClient,
+    sync_key: str,
+    *,
+    ack_timeout_s: float,
+    poll_s: float = 0.2,
+) -> DeliverySummary:
+    """Post this sync's batches phase by phase; see the module docstring."""
+    summary = DeliverySummary()
+    earlier, summary.unfinished = acknowledge(
+        conn, client, in_flight_batches(conn), timeout_s=ack_timeout_s, poll_s=poll_s
+    )
+    summary.outcomes.add(earlier)
+    if summary.unfinished:
+        summary.stopped = "earlier messages are still being processed by the HUB"
+        return summary
+    for phase, batches in _pending(conn, sync_key):
+        for batch_no, text in batches:
+            result = post(conn, client, sync_key, batch_no, text)
+            summary.posted[result.outcome.value] += 1
+            if result.outcome is PostOutcome.NOT_ARRIVED:
+                summary.stopped = f"the HUB did not take batch {batch_no}: {result.body[:200]}"
+                return summary
+        outcomes, summary.unfinished = acknowledge(
+            conn,
+            client,
+            in_flight_batches(conn, sync_key, phase),
+            timeout_s=ack_timeout_s,
+            poll_s=poll_s,
+        )
+        summary.outcomes.add(outcomes)
+        if summary.unfinished:
+            summary.stopped = f"phase {PHASES[phase]} is still being processed by the HUB"
+            return summary
+    return summary
+
+
+# -- assets -----------------------------------------------------------------------------------
+
+HUB_DESIRED = dg.AssetKey("hub_desired")
+
+
+def _errors_table(outcomes: ItemOutcomes) -> str:
+    rows = ["| object | key | message |", "|---|---|---|"]
+    rows += [f"| {t} | {k} | {m} |" for t, k, m in outcomes.first_errors]
+    return "\n".join(rows)
+
+
+@dg.asset(
+    partitions_def=sync_runs_partitions,
+    group_name="hub",
+    kinds={"duckdb"},
+    pool="duckdb",
+    deps=[sync_run, HUB_DESIRED],
+)
+def hub_payload(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, hub: HubResource
+) -> dg.MaterializeResult:
+    """The events this sync sends the HUB: the diff of ``hub_desired`` against ``hub_state``,
+    grouped into batches (one object type and action each, at most HUB_BATCH_SIZE objects and
+    1 MB), stored as the exact JSON to post. Re-running replaces the unsent batches."""
+    full = parse_sync_key(context.partition_key).mode == "full"
+    with warehouse.connection() as conn:
+        summary = build_payload(
+            conn,
+            context.partition_key,
+            full=full,
+            batch_size=hub.batch_size,
+            org_id=hub.org_id,
+            who=hub.who,
+        )
+    metadata: dict[str, Any] = {f"events_{name}": n for name, n in sorted(summary.changes.items())}
+    metadata.update(
+        events=sum(summary.changes.values()),
+        batches=summary.batches,
+        bytes=summary.bytes,
+        superseded_batches=summary.superseded,
+        recovered_batches=summary.recovered,
+    )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    partitions_def=sync_runs_partitions,
+    group_name="hub",
+    kinds={"api", "duckdb"},
+    pool="duckdb",
+    deps=[hub_payload],
+)
+def hub_delivery(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, hub: HubResource
+) -> dg.MaterializeResult:
+    """Posts this sync's batches to the HUB phase by phase (terms, subjects, users, sections,
+    links; deletes first, in reverse), waiting for each phase's getLog before the next, and
+    applies the acknowledged items to ``hub_state``. A POST is repeated only when it provably
+    did not arrive; batches still processing when the wait ends are picked up later."""
+    client = hub.client()
+    with warehouse.connection() as conn:
+        summary = deliver(
+            conn,
+            client,
+            context.partition_key,
+            ack_timeout_s=hub.ack_timeout_s,
+            poll_s=hub.poll_interval_s,
+        )
+    if summary.stopped:
+        context.log.warning("delivery stopped early: %s", summary.stopped)
+    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client))
+
+
+def _delivery_metadata(summary: DeliverySummary, client: HubClient) -> dict[str, Any]:
+    outcomes = summary.outcomes
+    return {
+        **{f"batches_{name}": n for name, n in sorted(summary.posted.items())},
+        "batches_posted": sum(summary.posted.values()),
+        "batches_unfinished": summary.unfinished,
+        "items_applied": outcomes.applied,
+        "items_reconciled": outcomes.reconciled,
+        "items_failed": outcomes.failed,
+        "errors_by_message": dg.MetadataValue.json(dict(outcomes.errors.most_common(20))),
+        "first_errors": dg.MetadataValue.md(_errors_table(outcomes)),
+        "stopped": summary.stopped or "no",
+        **client.http.stats.as_metadata(),
+    }
+
+
+@dg.asset(group_name="hub", kinds={"api", "duckdb"}, pool="duckdb", deps=[hub_delivery])
+def hub_acknowledgement(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, hub: HubResource
+) -> dg.MaterializeResult:
+    """Applies the getLog results of every batch still in flight (from any sync) to
+    ``hub_state``: what a sync's delivery did not wait for, or what the log sensor found
+    finished."""
+    client = hub.client()
+    with warehouse.connection() as conn:
+        outcomes, unfinished = acknowledge(
+            conn,
+            client,
+            in_flight_batches(conn),
+            timeout_s=hub.ack_timeout_s,
+            poll_s=hub.poll_interval_s,
+        )
+    summary = DeliverySummary(outcomes=outcomes, unfinished=unfinished)
+    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client))
+
+
+# -- guards -----------------------------------------------------------------------------------
+
+
+@dg.asset_check(asset=hub_payload, blocking=True, pool="duckdb")
+def hub_deletes_within_limit(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, hub: HubResource
+) -> dg.AssetCheckResult:
+    """Deletes above HUB_MAX_DELETE_SHARE of an object type's acknowledged state block delivery,
+    unless the run carries the tag ``hubsync/allow-deletes=true``."""
+    sync_key = context.run.tags.get("dagster/partition", "")
+    with warehouse.connection() as conn:
+        shares = conn.execute(
+            """
+            SELECT s.object_type, count(*) AS state,
+                   (SELECT count(*) FROM hub_events e JOIN hub_batches b USING (sync_key, batch_no)
+                    WHERE e.sync_key = ? AND e.action = 'delete' AND b.status = 'pending'
+                      AND e.object_type = s.object_type) AS deletes
+            FROM hub_state s GROUP BY s.object_type ORDER BY 1""",
+            [sync_key],
+        ).fetchall()
+    over = {t: d for t, n, d in shares if n and d / n > hub.max_delete_share}
+    allowed = context.run.tags.get(ALLOW_DELETES_TAG) == "true"
+    return dg.AssetCheckResult(
+        passed=not over or allowed,
+        metadata={
+            "deletes_over_limit": dg.MetadataValue.json(over),
+            "max_delete_share": hub.max_delete_share,
+            "override": allowed,
+        },
+        description=(
+            f"deletes above {hub.max_delete_share:.0%} of {', '.join(over)}; launch "
+            f"the run with tag {ALLOW_DELETES_TAG}=true to allow them"
+        )
+        if over
+        else None,
+    )
+
+
+@dg.asset_check(asset=hub_payload, blocking=True, pool="duckdb")
+def hub_desired_codes_unique(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    """Two desired objects of one type with the same business key block delivery."""
+    with warehouse.connection() as conn:
+        rows = conn.execute(
+            "SELECT object_type, key, count(*) FROM hub_desired "
+            "GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 20"
+        ).fetchall()
+    return dg.AssetCheckResult(
+        passed=not rows,
+        metadata={
+            "duplicates": dg.MetadataValue.json(
+                [{"object": t, "key": k, "count": n} for t, k, n in rows]
+            )
+        },
+    )
+
+
+REFERENCES_SQL = """
+WITH known AS (
+    SELECT object_type, key FROM hub_desired UNION SELECT object_type, key FROM hub_state
+),
+refs AS (
+    SELECT object_type, key, 'section' AS ref_type, payload->>'$.section.code' AS ref
+    FROM hub_desired WHERE object_type IN ('sectionstudent', 'sectionteacher')
+    UNION ALL SELECT object_type, key, 'user', payload->>'$.student.code'
+    FROM hub_desired WHERE object_type IN ('sectionstudent', 'studentparent')
+    UNION ALL SELECT object_type, key, 'user', payload->>'$.teacher.code'
+    FROM hub_desired WHERE object_type = 'sectionteacher'
+    UNION ALL SELECT object_type, key, 'user', payload->>'$.parent.code'
+    FROM hub_desired WHERE object_type = 'studentparent'
+    UNION ALL SELECT object_type, key, 'subject', payload->>'$.subject.code'
+    FROM hub_desired WHERE object_type = 'sectionteacher'
+    UNION ALL SELECT object_type, key, 'term', payload->>'$.term_code'
+    FROM hub_desired WHERE payload->>'$.term_code' IS NOT NULL
+)
+SELECT r.object_type, r.key, r.ref_type, r.ref FROM refs r
+WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.object_type = r.ref_type AND k.key = r.ref)
+ORDER BY 1, 2 LIMIT 20
+"""
+
+
+@dg.asset_check(asset=hub_payload, blocking=True, pool="duckdb")
+def hub_links_reference_known_objects(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    """Every link and section references an object the HUB holds or this sync sends."""
+    with warehouse.connection() as conn:
+        rows = conn.execute(REFERENCES_SQL).fetchall()
+    return dg.AssetCheckResult(
+        passed=not rows,
+        metadata={
+            "dangling": dg.MetadataValue.json(
+                [{"object": t, "key": k, "missing": f"{r} {c}"} for t, k, r, c in rows]
+            )
+        },
+    )
+
+
+HUB_ASSETS = [hub_payload, hub_delivery, hub_acknowledgement]
+HUB_CHECKS = [hub_deletes_within_limit, hub_desired_codes_unique, hub_links_reference_known_objects]

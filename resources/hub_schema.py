@@ -1,0 +1,87 @@
+"""DDL of the HUB delivery tables (migration "hub: …" in warehouse.py).
+
+``hub_desired`` is what the HUB should hold (rebuilt from the student graph every sync),
+``hub_state`` what it acknowledged; the diff of the two becomes ``hub_events``, grouped into
+``hub_batches`` (the exact JSON posted, with its messageId and fate), and ``hub_log`` keeps the
+HUB's per-item answers. One physical table per concept with a view per object type
+(``hub_desired_users``, ``hub_state_sections``, …) for people querying the warehouse.
+"""
+
+from resources.hub import OBJECT_MODELS
+
+_TABLES = """
+CREATE TABLE hub_desired (
+    object_type VARCHAR NOT NULL,      -- term | subject | user | section | studentparent | …
+    key VARCHAR NOT NULL,              -- the business key: code, or a link's '|'-joined codes
+    sis_id VARCHAR,
+    payload JSON NOT NULL,             -- the exact object to send
+    origin VARCHAR                     -- the person or course it came from (for tracing)
+);
+CREATE TABLE hub_state (
+    object_type VARCHAR NOT NULL,
+    key VARCHAR NOT NULL,
+    sis_id VARCHAR,
+    payload JSON,                      -- as acknowledged; NULL: the HUB holds it, content unknown
+    certain BOOLEAN NOT NULL,          -- false: a post's fate is unknown, the HUB may hold it
+    acknowledged_in VARCHAR NOT NULL,  -- sync key
+    message_id VARCHAR,
+    acknowledged_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (object_type, key)
+);
+CREATE TABLE hub_events (
+    sync_key VARCHAR NOT NULL,
+    seq INTEGER NOT NULL,              -- order of sending within the sync
+    batch_no INTEGER NOT NULL,
+    object_type VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,           -- insert | update | delete
+    key VARCHAR NOT NULL,
+    log_sis_id VARCHAR NOT NULL,       -- how getLog names the item: sis_id, else code, else '0'
+    payload JSON NOT NULL,             -- the object (insert/update) or its key fields (delete)
+    PRIMARY KEY (sync_key, seq)
+);
+CREATE TABLE hub_batches (
+    sync_key VARCHAR NOT NULL,
+    batch_no INTEGER NOT NULL,
+    phase INTEGER NOT NULL,            -- batches of one phase are acknowledged before the next
+    object_type VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
+    objects INTEGER NOT NULL,
+    envelope JSON NOT NULL,            -- the exact text posted, stored before posting
+    bytes INTEGER NOT NULL,
+    status VARCHAR NOT NULL,           -- pending | posting | sent | acknowledged | unknown |
+                                       -- not_arrived | rejected | superseded
+    message_id VARCHAR,
+    http_status INTEGER,
+    http_body VARCHAR,                 -- the HUB's answer when it refused or failed
+    attempts INTEGER,
+    posted_at TIMESTAMPTZ,
+    log_status INTEGER,                -- getLog status: 1..4
+    acknowledged_at TIMESTAMPTZ,
+    PRIMARY KEY (sync_key, batch_no)
+);
+CREATE TABLE hub_log (
+    sync_key VARCHAR NOT NULL,
+    batch_no INTEGER NOT NULL,
+    message_id VARCHAR NOT NULL,
+    seq INTEGER,                       -- the event answered (NULL: no event matched the item)
+    object_type VARCHAR NOT NULL,
+    sis_id VARCHAR NOT NULL,
+    level VARCHAR NOT NULL,            -- the worst level of the item's messages: i | w | e
+    outcome VARCHAR NOT NULL,          -- applied | reconciled | failed
+    message VARCHAR NOT NULL,
+    logged_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+
+def _plural(object_type: str) -> str:
+    return f"{object_type}s"
+
+
+_VIEWS = "".join(
+    f"CREATE VIEW hub_desired_{_plural(t)} AS SELECT * FROM hub_desired WHERE object_type = '{t}';"
+    f"CREATE VIEW hub_state_{_plural(t)} AS SELECT * FROM hub_state WHERE object_type = '{t}';"
+    for t in OBJECT_MODELS
+)
+
+HUB_SCHEMA = _TABLES + _VIEWS

@@ -1,0 +1,340 @@
+"""HUB delivery end to end against the sandbox HUB, with the world's expected state as desired.
+
+The desired state is loaded straight from ``sandbox.expected`` here; building it from the
+sources is the student graph's job. What is tested is the diff, the batches, the delivery with
+its acknowledgement, and the promises: nothing lost, nothing sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.hub import (
+    HUB_ASSETS,
+    HUB_CHECKS,
+    MAX_BATCH_BYTES,
+    PHASES,
+    Change,
+    envelope_text,
+    make_batches,
+)
+from resources.hub import HubClient, HubResource
+from resources.warehouse import WarehouseResource
+from sandbox.expected import HubState, expected_hub_state
+from sandbox.http import FaultConfig
+from sandbox.server import running_sandbox
+from sandbox.world import World
+
+ENTITY_TYPES = ("term", "subject", "user", "section")
+
+
+@pytest.fixture
+def sandbox():
+    world = World(seed=13, students=120, today=date(2026, 11, 23))
+    with running_sandbox(
+        port_base=0, world=world, options={"hub": {"processing_delay_ms": 5}}
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> WarehouseResource:
+    return WarehouseResource(path=str(tmp_path / "warehouse.duckdb"))
+
+
+def hub_resource(sandbox, **overrides) -> HubResource:
+    options = {
+        "api_url": sandbox.urls["hub"],
+        "api_key": "sandbox-hub-key",
+        "org_id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "who": "sis.hubsync",
+        "batch_size": 40,
+        "ack_timeout_s": 20.0,
+        "poll_interval_s": 0.02,
+        **overrides,
+    }
+    return HubResource(**options)
+
+
+def load_desired(warehouse: WarehouseResource, state: HubState) -> None:
+    rows = [
+        (kind, key, obj.get("sis_id"), json.dumps(obj))
+        for kind, objects in state.items()
+        for key, obj in objects.items()
+    ]
+    with warehouse.connection() as conn:
+        conn.execute("DELETE FROM hub_desired")
+        conn.executemany("INSERT INTO hub_desired VALUES (?, ?, ?, ?::JSON, NULL)", rows)
+
+
+@pytest.fixture
+def sync(sandbox, warehouse: WarehouseResource):
+    """Run the HUB assets for a sync key (one Dagster instance per test)."""
+    with dg.instance_for_test() as instance:
+
+        def run(
+            key: str,
+            *,
+            tags: dict | None = None,
+            hub: HubResource | None = None,
+            raise_on_error: bool = True,
+        ) -> dg.ExecuteInProcessResult:
+            instance.add_dynamic_partitions("sync_runs", [key])
+            return dg.materialize(
+                [*HUB_ASSETS, *HUB_CHECKS],
+                partition_key=key,
+                instance=instance,
+                tags=tags,
+                resources={"warehouse": warehouse, "hub": hub or hub_resource(sandbox)},
+                raise_on_error=raise_on_error,
+            )
+
+        yield run
+
+
+def batches(warehouse: WarehouseResource, key: str) -> list[tuple]:
+    with warehouse.connection() as conn:
+        return conn.execute(
+            "SELECT batch_no, object_type, action, objects, status FROM "
+            "hub_batches WHERE sync_key = ? ORDER BY batch_no",
+            [key],
+        ).fetchall()
+
+
+def duplicate_entity_inserts(warehouse: WarehouseResource) -> int:
+    """Inserts of entities the HUB already held: what nothing-doubled forbids."""
+    with warehouse.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM hub_log l JOIN hub_events e ON "
+            "e.sync_key = l.sync_key AND e.seq = l.seq WHERE e.action = 'insert' "
+            "AND e.object_type IN ('term', 'subject', 'user', 'section') "
+            "AND l.message LIKE '%já cadastrad%'"
+        ).fetchone()
+    return row[0]
+
+
+def test_a_full_sync_from_empty_makes_the_hub_equal_the_world(sandbox, warehouse, sync) -> None:
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    result = sync("full-20261123T100000Z")
+    assert sandbox.hub.state_snapshot() == expected
+    sent = batches(warehouse, "full-20261123T100000Z")
+    assert {status for *_, status in sent} == {"acknowledged"}
+    assert all(objects <= 40 for _, _, _, objects, _ in sent)
+    kinds = [kind for _, kind, _, _, _ in sent]
+    assert (
+        kinds.index("term")
+        < kinds.index("user")
+        < kinds.index("section")
+        < kinds.index("sectionstudent")
+    ), "dependency order"
+    metadata = result.asset_materializations_for_node("hub_delivery")[0].metadata
+    assert metadata["items_applied"].value == sum(len(v) for v in expected.values())
+    assert metadata["items_failed"].value == 0
+    with warehouse.connection() as conn:
+        state = conn.execute(
+            "SELECT object_type, count(*) FROM hub_state WHERE certain GROUP BY ALL"
+        ).fetchall()
+    assert dict(state) == {k: len(v) for k, v in expected.items() if v}
+
+    # an unchanged re-sync sends nothing
+    messages = len(sandbox.hub.messages())
+    sync("full-20261123T110000Z")
+    assert batches(warehouse, "full-20261123T110000Z") == []
+    assert len(sandbox.hub.messages()) == messages
+
+
+def test_changes_send_exactly_the_changed_objects(sandbox, warehouse, sync) -> None:
+    before = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, before)
+    sync("full-20261123T100000Z")
+    sandbox.world.step(seed=4)
+    after = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, after)
+    sync("full-20261123T120000Z")
+    assert sandbox.hub.state_snapshot() == after
+
+    wanted: Counter[str] = Counter()
+    for kind in after:
+        old, new = before[kind], after[kind]
+        wanted[f"{kind}_insert"] += len(new.keys() - old.keys())
+        wanted[f"{kind}_delete"] += len(old.keys() - new.keys())
+        wanted[f"{kind}_update"] += sum(1 for k in new.keys() & old.keys() if new[k] != old[k])
+    with warehouse.connection() as conn:
+        sent = conn.execute(
+            "SELECT object_type || '_' || action, count(*) FROM hub_events "
+            "WHERE sync_key = 'full-20261123T120000Z' GROUP BY ALL"
+        ).fetchall()
+    assert dict(sent) == {k: n for k, n in wanted.items() if n}
+    assert wanted["user_update"] > 0 and wanted["sectionstudent_insert"] > 0
+
+
+def test_incremental_syncs_delete_links_but_not_entities(sandbox, warehouse, sync) -> None:
+    state = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, state)
+    sync("full-20261123T100000Z")
+    link_key = next(iter(state["sectionstudent"]))
+    user_code = next(
+        code
+        for code in state["user"]
+        if not any(
+            code in key.split("|")
+            for kind in ("sectionstudent", "sectionteacher")
+            for key in state[kind]
+        )
+    )
+    smaller = {kind: dict(objects) for kind, objects in state.items()}
+    del smaller["sectionstudent"][link_key]
+    del smaller["user"][user_code]
+    load_desired(warehouse, smaller)
+    sync("incr-20261123T103000Z")
+    hub = sandbox.hub.state_snapshot()
+    assert link_key not in hub["sectionstudent"]
+    assert user_code in hub["user"], "an entity is only deleted after a full sync"
+    sync("full-20261123T110000Z")
+    assert sandbox.hub.state_snapshot() == smaller
+
+
+def test_a_full_sync_after_deletions_sends_the_deletes(sandbox, warehouse, sync) -> None:
+    load_desired(warehouse, expected_hub_state(sandbox.world).state)
+    sync("full-20261123T100000Z")
+    summary = sandbox.world.step(seed=8, include_deletes=True)
+    assert summary.counts()["deleted_student"] >= 1
+    after = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, after)
+    sync("full-20261124T020000Z")
+    assert sandbox.hub.state_snapshot() == after
+    with warehouse.connection() as conn:
+        deletes = conn.execute(
+            "SELECT count(*) FROM hub_events WHERE sync_key = "
+            "'full-20261124T020000Z' AND action = 'delete' AND "
+            "object_type = 'user'"
+        ).fetchone()[0]
+    assert deletes >= 1
+
+
+def test_mass_deletes_are_blocked_until_allowed(sandbox, warehouse, sync) -> None:
+    state = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, state)
+    sync("full-20261123T100000Z")
+    load_desired(warehouse, {**state, "sectionstudent": {}, "sectionteacher": {}})
+    result = sync("full-20261123T110000Z", raise_on_error=False)
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["hub_deletes_within_limit"] is False
+    assert not result.asset_materializations_for_node("hub_delivery")
+    assert sandbox.hub.state_snapshot() == state, "nothing was deleted"
+    sync("full-20261123T120000Z", tags={"hubsync/allow-deletes": "true"})
+    assert sandbox.hub.state_snapshot()["sectionstudent"] == {}
+
+
+def test_guards_block_duplicate_codes_and_dangling_links(sandbox, warehouse, sync) -> None:
+    state = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, state)
+    with warehouse.connection() as conn:
+        conn.execute(
+            "INSERT INTO hub_desired SELECT * FROM hub_desired WHERE object_type = 'user' LIMIT 1"
+        )
+        conn.execute("""INSERT INTO hub_desired VALUES ('sectionstudent', 'nowhere|nobody|2026W',
+                     'x', '{"sis_id": "x", "section": {"code": "nowhere"},
+                     "student": {"code": "nobody"}, "term_code": "2026W"}', NULL)""")
+    result = sync("full-20261123T100000Z", raise_on_error=False)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["hub_desired_codes_unique"].passed is False
+    assert checks["hub_links_reference_known_objects"].passed is False
+    assert "nowhere" in json.dumps(
+        checks["hub_links_reference_known_objects"].metadata["dangling"].value
+    )
+    assert sandbox.hub.messages() == []
+
+
+class KilledAfterPosting(Exception):
+    pass
+
+
+def test_an_interrupted_delivery_resumes_without_duplicates_or_gaps(
+    sandbox, warehouse, sync, monkeypatch
+) -> None:
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    real_post = HubClient.post_batch
+    posts = {"n": 0}
+
+    def post_then_die(self, text):  # the process dies right after its 4th POST went out
+        result = real_post(self, text)
+        posts["n"] += 1
+        if posts["n"] == 4:
+            raise KilledAfterPosting
+        return result
+
+    monkeypatch.setattr(HubClient, "post_batch", post_then_die)
+    failed = sync("full-20261123T100000Z", raise_on_error=False)
+    assert not failed.success
+    assert "posting" in {status for *_, status in batches(warehouse, "full-20261123T100000Z")}
+    monkeypatch.setattr(HubClient, "post_batch", real_post)
+    # a dropped answer (the post may have arrived) and a 503 on the way, for good measure
+    sandbox.hub.faults.configure(FaultConfig(script=["ok", "drop", "error"], path_filter="sync/v1"))
+    sync("full-20261123T110000Z")
+    sandbox.hub.faults.configure(FaultConfig())
+    sync("full-20261123T120000Z")
+    sync("full-20261123T130000Z")
+    assert sandbox.hub.state_snapshot() == expected
+    assert duplicate_entity_inserts(warehouse) == 0
+    with warehouse.connection() as conn:
+        statuses = dict(
+            conn.execute("SELECT status, count(*) FROM hub_batches GROUP BY ALL").fetchall()
+        )
+    assert statuses.get("unknown", 0) >= 2  # the killed one and the dropped one
+    assert "posting" not in statuses and "pending" not in statuses
+
+
+def test_items_the_hub_fails_after_accepting_are_sent_again(sandbox, warehouse, sync) -> None:
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    sandbox.hub.configure(item_error_rate=0.3, item_error_seed=5)
+    result = sync("full-20261123T100000Z")
+    failed = result.asset_materializations_for_node("hub_delivery")[0].metadata
+    assert failed["items_failed"].value > 0
+    assert "Erro interno ao processar o item" in failed["errors_by_message"].value
+    sandbox.hub.configure(item_error_rate=0.0)
+    for hour in (11, 12, 13):
+        sync(f"full-20261123T{hour}0000Z")
+    assert sandbox.hub.state_snapshot() == expected
+    assert duplicate_entity_inserts(warehouse) == 0
+
+
+def test_a_slow_hub_leaves_batches_pending_for_later(sandbox, warehouse, sync) -> None:
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    sandbox.hub.configure(processing_delay_ms=400)
+    result = sync("full-20261123T100000Z", hub=hub_resource(sandbox, ack_timeout_s=0.05))
+    metadata = result.asset_materializations_for_node("hub_delivery")[0].metadata
+    assert metadata["batches_unfinished"].value >= 1
+    assert metadata["stopped"].value != "no"
+    sandbox.hub.configure(processing_delay_ms=5)
+    # the next sync leaves the straggler out of its diff, acknowledges it, then sends the rest
+    sync("full-20261123T110000Z", hub=hub_resource(sandbox, ack_timeout_s=5))
+    assert sandbox.hub.state_snapshot() == expected
+    sync("full-20261123T120000Z")
+    assert batches(warehouse, "full-20261123T120000Z") == []
+    assert duplicate_entity_inserts(warehouse) == 0
+
+
+def test_batches_keep_to_the_object_and_byte_limits() -> None:
+    changes = [
+        Change("user", "insert", f"u{i}", {"code": f"u{i}", "name": "x" * 300}) for i in range(25)
+    ] + [Change("user", "update", "u99", {"code": "u99"})]
+    batches = make_batches(changes, batch_size=10, max_bytes=2_000)
+    for batch in batches:
+        assert len(envelope_text(batch, org_id="o" * 32, who="sis.x", doo="x" * 24)) <= 2_000
+        assert len({(c.object_type, c.action) for c in batch.changes}) == 1
+    assert [len(b.changes) for b in batches] == [4, 4, 4, 4, 4, 4, 1, 1]
+    assert [b.batch_no for b in batches] == list(range(1, 9))
+    big = make_batches(changes, batch_size=10, max_bytes=MAX_BATCH_BYTES)
+    assert [len(b.changes) for b in big] == [10, 10, 5, 1]
+    assert PHASES[0] == ("delete", "sectionteacher") and PHASES[-1] == ("upsert", "sectionteacher")
