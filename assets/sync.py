@@ -149,7 +149,26 @@ def sync_run(
     pool="duckdb",
     group_name="sync",
     kinds={"duckdb"},
-    deps=[sync_run],
+    deps=[
+        sync_run,
+        # HUB delivery, and with it the graph and every source upstream of it
+        "hub_acknowledgement",
+        # Stud.IP (assets/studip.py; its raw pages are upstream of these)
+        "studip_users",
+        "studip_semesters",
+        "studip_courses",
+        "studip_memberships",
+        "studip_institutes",
+        "studip_user_institutes",
+        # CAMPUSonline (assets/campusonline.py; its raw pages are upstream of these)
+        "co_students",
+        "co_studies",
+        "co_applications",
+        # LMS (assets/lms.py; its raw pages are upstream of these)
+        "lms_registrations",
+        "lms_courses",
+        "lms_learners",
+    ],
 )
 def sync_summary(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource

@@ -14,13 +14,13 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from cli import campusonline
 from cli.home import load_project_dotenv, prepare_dagster_home
 from resources.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
 from resources.warehouse import WarehouseError, WarehouseResource
 
 Handler = Callable[[argparse.Namespace], int]
 
-CAMPUSONLINE = "the CAMPUSonline source (issue #4)"
 UI_HOST = "127.0.0.1"
 DAGSTER_DEV_SHUTDOWN_S = 30
 
@@ -33,9 +33,9 @@ class Source:
 
 # `sync --source CODE` runs the sync bookkeeping assets plus the named sources' asset groups.
 SOURCES: dict[str, Source] = {
-    "co": Source("campusonline", needs=CAMPUSONLINE),
-    "studip": Source("studip", needs="the Stud.IP source"),
-    "lms": Source("lms", needs="the LMS source"),
+    "co": Source("campusonline"),
+    "studip": Source("studip"),
+    "lms": Source("lms"),
 }
 
 
@@ -197,7 +197,9 @@ def _sync_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _student_id(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("id", help="CAMPUSonline student id (STUDID)")
+    parser.add_argument(
+        "id", help="CAMPUSonline obfuscated id (IDENTNROBFUSCATED) or person number (STPERSONNR)"
+    )
 
 
 def _ui_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,14 +218,14 @@ COMMANDS: tuple[Command, ...] = (
             arguments=_ui_arguments),
     Command("sync", "run one sync now (full if there is no successful full sync yet)", _sync,
             arguments=_sync_arguments),
-    Command("sync-one", "sync one student and print them as JSON", needs=CAMPUSONLINE,
+    Command("sync-one", "sync one student and print them as JSON", campusonline.sync_one,
             arguments=_student_id),
-    Command("show-student", "print one student as CAMPUSonline returns them", needs=CAMPUSONLINE,
+    Command("show-student", "print one student as CAMPUSonline returns them",
+            campusonline.show_student, arguments=_student_id),
+    Command("show-studies", "print one student's studies", campusonline.show_studies,
             arguments=_student_id),
-    Command("show-studies", "print one student's studies", needs=CAMPUSONLINE,
-            arguments=_student_id),
-    Command("show-applications", "print one student's applications", needs=CAMPUSONLINE,
-            arguments=_student_id),
+    Command("show-applications", "print one student's applications",
+            campusonline.show_applications, arguments=_student_id),
     Command("export", "write a warehouse table to stdout", _export, arguments=_export_arguments),
 )  # fmt: skip
 COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}

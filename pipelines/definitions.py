@@ -6,17 +6,42 @@ Settings are read at import, so an invalid environment fails the code location l
 
 import dagster as dg
 
+from assets.campusonline import CAMPUSONLINE_ASSETS
+from assets.graph import GRAPH_ASSETS, GRAPH_CHECKS, GraphSettings
+from assets.hub import HUB_ASSETS, HUB_CHECKS
+from assets.lms import LMS_ASSETS
+from assets.studip import STUDIP_ASSETS
 from assets.sync import sync_run, sync_summary
 from pipelines.jobs import full_sync_job, incremental_sync_job
+from resources.campusonline import campusonline_resource
+from resources.hub import hub_resource
+from resources.lms import lms_resource
 from resources.settings import Settings, load_settings
+from resources.studip import studip_resource
 from resources.warehouse import WarehouseResource
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=[sync_run, sync_summary],
+        assets=[
+            sync_run,
+            sync_summary,
+            *STUDIP_ASSETS,
+            *CAMPUSONLINE_ASSETS,
+            *LMS_ASSETS,
+            *GRAPH_ASSETS,
+            *HUB_ASSETS,
+        ],
+        asset_checks=[*GRAPH_CHECKS, *HUB_CHECKS],
         jobs=[full_sync_job, incremental_sync_job],
-        resources={"warehouse": WarehouseResource(path=str(settings.warehouse_path))},
+        resources={
+            "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
+            "studip": studip_resource(settings.studip),
+            "campusonline": campusonline_resource(settings.co),
+            "lms": lms_resource(settings.lms),
+            "hub": hub_resource(settings.hub),
+            "graph_settings": GraphSettings(timezone=settings.co.timezone.key),
+        },
     )
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 import requests
@@ -28,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from resources.http import ApiError, HttpClient, RetryPolicy, body_excerpt
+
+if TYPE_CHECKING:
+    from resources.settings import HubSettings
 
 # -- the objects the HUB takes (names as the API names them) ----------------------------------
 
@@ -345,3 +348,19 @@ def envelope(
 ) -> dict[str, Any]:
     """The Sync API envelope around ``dat`` events (``doo`` ISO-8601 UTC)."""
     return {"doo": doo, "ver": ver, "who": who, "org_id": org_id, "dat": events}
+
+
+def hub_resource(settings: HubSettings) -> HubResource:
+    """The resource from settings; the API key goes through ``dagster.EnvVar`` when set."""
+    from resources.settings import secret_config
+
+    return HubResource(
+        api_url=settings.api_url,
+        api_key=secret_config("HUB_API_KEY"),
+        org_id=settings.org_id,
+        who=settings.who,
+        batch_size=settings.batch_size,
+        max_delete_share=settings.max_delete_share,
+        ack_timeout_s=settings.ack_timeout_s,
+        poll_interval_s=settings.poll_interval_s,
+    )

@@ -67,6 +67,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUB_WHO", "sis.hubsync"),
     Variable("HUB_BATCH_SIZE", "500"),
     Variable("HUB_MAX_DELETE_SHARE", "0.10"),
+    Variable("HUB_ACK_TIMEOUT", "300"),
+    Variable("HUB_POLL_INTERVAL", "1.0"),
 )
 VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
 
@@ -134,6 +136,8 @@ class HubSettings:
     who: str
     batch_size: int
     max_delete_share: float
+    ack_timeout_s: float  # how long a sync waits for a phase's getLog before leaving it pending
+    poll_interval_s: float  # first wait between getLog polls (it doubles up to 5 s)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +214,15 @@ class _Reader:
             return number
 
         return self._parse(name, parse, "must be a number from 0 to 1")
+
+    def seconds(self, name: str) -> float:
+        def parse(value: str) -> float:
+            number = float(value)
+            if not (math.isfinite(number) and number > 0):
+                raise ValueError(value)
+            return number
+
+        return self._parse(name, parse, "must be a positive number of seconds")
 
     def url(self, name: str, *, path_suffix: str = "") -> str:
         def parse(value: str) -> str:
@@ -337,6 +350,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             who=read.text("HUB_WHO"),
             batch_size=read.integer("HUB_BATCH_SIZE", 1),
             max_delete_share=read.fraction("HUB_MAX_DELETE_SHARE"),
+            ack_timeout_s=read.seconds("HUB_ACK_TIMEOUT"),
+            poll_interval_s=read.seconds("HUB_POLL_INTERVAL"),
         ),
         uses_sandbox=not any(_is_set(read.env, name) for name in API_URL_VARIABLES),
     )

@@ -19,7 +19,10 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from resources.campusonline_schema import CAMPUSONLINE_SCHEMA
+from resources.graph_schema import GRAPH_SCHEMA
 from resources.hub_schema import HUB_SCHEMA
+from resources.lms_schema import LMS_SCHEMA
 
 
 class WarehouseError(RuntimeError):
@@ -95,7 +98,85 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    # Stud.IP (assets/studip.py): raw pages, the crawl's staged records per sync key, and the
+    # current state merged from them.
+    Migration(
+        "studip: raw pages, staging and current state",
+        raw_page_table_ddl("raw_studip_pages")
+        + """
+        CREATE TABLE studip_staged_users (
+            sync_key VARCHAR NOT NULL, user_id VARCHAR NOT NULL, username VARCHAR NOT NULL,
+            perms VARCHAR NOT NULL, email VARCHAR, given VARCHAR, family VARCHAR,
+            formatted VARCHAR, datafields MAP(VARCHAR, VARCHAR)
+        );
+        CREATE TABLE studip_staged_semesters (
+            sync_key VARCHAR NOT NULL, semester_id VARCHAR NOT NULL, title VARCHAR NOT NULL,
+            token VARCHAR, begin_at TIMESTAMPTZ NOT NULL, end_at TIMESTAMPTZ NOT NULL,
+            seminars_begin_at TIMESTAMPTZ, seminars_end_at TIMESTAMPTZ, visible INTEGER
+        );
+        CREATE TABLE studip_staged_sem_types (
+            sync_key VARCHAR NOT NULL, type VARCHAR NOT NULL, name VARCHAR, class VARCHAR
+        );
+        CREATE TABLE studip_staged_courses (
+            sync_key VARCHAR NOT NULL, course_id VARCHAR NOT NULL, number VARCHAR,
+            title VARCHAR NOT NULL, subtitle VARCHAR, type VARCHAR NOT NULL,
+            start_semester_id VARCHAR, end_semester_id VARCHAR, group_nr INTEGER
+        );
+        CREATE TABLE studip_staged_memberships (
+            sync_key VARCHAR NOT NULL, course_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL,
+            status VARCHAR NOT NULL
+        );
+        CREATE TABLE studip_staged_user_institutes (
+            sync_key VARCHAR NOT NULL, user_id VARCHAR NOT NULL, institute_id VARCHAR NOT NULL,
+            relation VARCHAR NOT NULL, perms VARCHAR, name VARCHAR, faculty_name VARCHAR,
+            city VARCHAR
+        );
+        CREATE TABLE studip_users (
+            user_id VARCHAR NOT NULL, username VARCHAR NOT NULL, perms VARCHAR NOT NULL,
+            email VARCHAR, given VARCHAR, family VARCHAR, formatted VARCHAR,
+            datafields MAP(VARCHAR, VARCHAR), changed_in_sync VARCHAR NOT NULL
+        );
+        CREATE TABLE studip_semesters (
+            semester_id VARCHAR NOT NULL, title VARCHAR NOT NULL, token VARCHAR,
+            begin_at TIMESTAMPTZ NOT NULL, end_at TIMESTAMPTZ NOT NULL,
+            seminars_begin_at TIMESTAMPTZ, seminars_end_at TIMESTAMPTZ, visible INTEGER,
+            changed_in_sync VARCHAR NOT NULL
+        );
+        CREATE TABLE studip_courses (
+            course_id VARCHAR NOT NULL, number VARCHAR, title VARCHAR NOT NULL, subtitle VARCHAR,
+            type VARCHAR NOT NULL, type_name VARCHAR, type_class VARCHAR,
+            start_semester_id VARCHAR, end_semester_id VARCHAR, group_nr INTEGER,
+            changed_in_sync VARCHAR NOT NULL
+        );
+        CREATE TABLE studip_memberships (
+            course_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL, status VARCHAR NOT NULL,
+            changed_in_sync VARCHAR NOT NULL
+        );
+        CREATE TABLE studip_institutes (
+            institute_id VARCHAR NOT NULL, name VARCHAR, faculty_name VARCHAR, city VARCHAR,
+            changed_in_sync VARCHAR NOT NULL
+        );
+        CREATE TABLE studip_user_institutes (
+            user_id VARCHAR NOT NULL, institute_id VARCHAR NOT NULL, relation VARCHAR NOT NULL,
+            perms VARCHAR, changed_in_sync VARCHAR NOT NULL
+        );
+        """,
+    ),
+    Migration(
+        "campusonline: raw pages, staging, current state and cursor",
+        raw_page_table_ddl("raw_co_students")
+        + raw_page_table_ddl("raw_co_studies")
+        + raw_page_table_ddl("raw_co_applications")
+        + CAMPUSONLINE_SCHEMA,
+    ),
+    Migration(
+        "lms: raw registrations, watermarks, staging and current state",
+        raw_page_table_ddl("raw_lms_active_registrations")
+        + raw_page_table_ddl("raw_lms_completed_registrations")
+        + LMS_SCHEMA,
+    ),
     Migration("hub: desired and acknowledged state, events, batches, log", HUB_SCHEMA),
+    Migration("graph: persons and identity links", GRAPH_SCHEMA),
 ]
 
 

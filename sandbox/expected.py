@@ -10,17 +10,19 @@ exactly what hubsync's syncs can see:
   until closure. Study groups (no semester) are never reached.
 * **LMS**: every registration (a full sync reads from the beginning of time).
 
-Identity resolution (the default rules of DESIGN §5, in this order, first match wins):
+Identity resolution (the default rules of DESIGN §5, in this order):
 
 1. every CO student is a person;
-2. each reached Stud.IP user (by ``user_id`` order) joins the person whose CO ``STUDID`` equals
-   its ``Matrikelnummer`` datafield, else whose CO university e-mail equals its e-mail
-   (case-insensitive); candidates already joined by another Stud.IP user are skipped, the
-   smallest person key wins; no match → a person of its own;
-3. each LMS learner with a registration (by login order) joins the person whose CO ``STUDID``
-   equals its ``StudentId`` profile field, else who has its e-mail in CO or Stud.IP
-   (case-insensitive), else whose Stud.IP username equals its login; persons already joined by
-   another learner are skipped; no match → a person of its own.
+2. each reached Stud.IP user matches the person whose CO ``STUDID`` equals its
+   ``Matrikelnummer`` datafield, else whose CO university e-mail equals its e-mail
+   (case-insensitive): the first rule with candidates decides, the smallest person key wins;
+3. each LMS learner with a registration matches the person whose CO ``STUDID`` equals its
+   ``StudentId`` profile field, else who has its e-mail in CO or in the matched Stud.IP user
+   (case-insensitive), else whose matched Stud.IP username equals its login.
+
+When several records of one system match the same person (a conflict), the one with the
+smallest id (Stud.IP ``user_id``, LMS login) joins it and the others stay persons of their own.
+Unmatched records are persons of their own too.
 
 Person keys are ``co:<STPERSONNR>``, ``studip:<user_id>``, ``lms:<login>``.
 
@@ -29,8 +31,8 @@ HUB objects (dates ``YYYY-MM-DD``; optional fields are left out when the source 
 * ``term`` per Stud.IP semester: ``code`` ``YYYYS``/``YYYYW`` (year the semester begins),
   ``name`` = title, ``start_date``/``end_date`` = local dates of ``begin``/``end``.
 * ``subject`` per course number of a reached course (the course id when it has no number) and
-  per LMS course with a registration (``CourseCode``): ``code``, ``name`` (course title /
-  ``CourseName``), ``status`` ``active``.
+  per LMS course with a registration (``CourseCode``): ``code``, ``name`` (course title, of
+  the smallest course id when several share a number / ``CourseName``), ``status`` ``active``.
 * ``section`` per reached course: ``code`` = course id, ``name`` = title, `` – subtitle`` when
   there is one, `` (<semester title>)``; ``sis_id`` = course id; ``term_code`` of its start
   semester; ``status`` ``active``. Per LMS course with a registration: ``code`` =
@@ -201,49 +203,50 @@ def _resolve_identities(world: World, reached_users: set[str]) -> dict[str, Pers
         if student.email_tu:
             by_email[student.email_tu.lower()].add(key)
 
-    for user_id in sorted(reached_users):
-        user = world.studip_users[user_id]
-        key = _first_free(
-            persons,
-            "studip",
-            [
-                [by_studid[v]] if (v := user.datafields.get(STUDENT_ID_FIELD)) in by_studid else [],
-                sorted(k for k in by_email.get(user.email.lower(), ()) if k.startswith("co:")),
-            ],
+    users = [world.studip_users[u] for u in sorted(reached_users)]
+    choices = {
+        u.user_id: _first_rule(
+            [by_studid[v]] if (v := u.datafields.get(STUDENT_ID_FIELD)) in by_studid else [],
+            sorted(by_email.get(u.email.lower(), ())),
         )
-        if key is None:
-            key = f"studip:{user_id}"
-            persons[key] = Person(key)
-        persons[key].studip = user
+        for u in users
+    }
+    joined = _winners(choices)
+    for user in users:
+        key = joined.get(user.user_id) or f"studip:{user.user_id}"
+        persons.setdefault(key, Person(key)).studip = user
         by_email[user.email.lower()].add(key)
 
     by_login = {p.studip.username: p.key for p in persons.values() if p.studip}
-    for learner in _registered_learners(world):
-        key = _first_free(
-            persons,
-            "lms",
-            [
-                [by_studid[v]]
-                if (v := learner.profile.get(LMS_STUDENT_ID_FIELD)) in by_studid
-                else [],
-                sorted(by_email.get(learner.email.lower(), ())),
-                [by_login[learner.login]] if learner.login in by_login else [],
-            ],
+    learners = _registered_learners(world)
+    choices = {
+        lr.login: _first_rule(
+            [by_studid[v]] if (v := lr.profile.get(LMS_STUDENT_ID_FIELD)) in by_studid else [],
+            sorted(by_email.get(lr.email.lower(), ())),
+            [by_login[lr.login]] if lr.login in by_login else [],
         )
-        if key is None:
-            key = f"lms:{learner.login}"
-            persons[key] = Person(key)
-        persons[key].lms = learner
+        for lr in learners
+    }
+    joined = _winners(choices)
+    for learner in learners:
+        key = joined.get(learner.login) or f"lms:{learner.login}"
+        persons.setdefault(key, Person(key)).lms = learner
     return persons
 
 
-def _first_free(persons: dict[str, Person], system: str, rules: list[list[str]]) -> str | None:
-    """The smallest candidate of the first rule with one not yet joined from ``system``."""
-    for candidates in rules:
-        free = sorted(k for k in candidates if getattr(persons[k], system) is None)
-        if free:
-            return free[0]
-    return None
+def _first_rule(*rules: list[str]) -> str | None:
+    """The smallest candidate of the first rule that has any."""
+    return next((min(candidates) for candidates in rules if candidates), None)
+
+
+def _winners(choices: dict[str, str | None]) -> dict[str, str]:
+    """record → the person it joins: per chosen person, the smallest record that chose it."""
+    taken: dict[str, str] = {}
+    for record in sorted(choices):
+        choice = choices[record]
+        if choice is not None:
+            taken.setdefault(choice, record)
+    return {record: person for person, record in taken.items()}
 
 
 def _assign_roles(world: World, persons: dict[str, Person], courses: set[str]) -> None:
@@ -354,7 +357,9 @@ def _add_courses(
         course = world.studip_courses[course_id]
         semester = world.studip_semesters[course.start_semester or ""]
         subject = course.number or course.course_id
-        state["subject"][subject] = {"code": subject, "name": course.title, "status": "active"}
+        state["subject"].setdefault(
+            subject, {"code": subject, "name": course.title, "status": "active"}
+        )
         state["section"][course_id] = {
             "code": course_id,
             "name": _section_name(course.title, course.subtitle, semester),

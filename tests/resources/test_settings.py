@@ -238,3 +238,14 @@ def test_defaults_match_what_the_sandbox_serves() -> None:
     assert settings.hub.api_key.get_secret_value() == default(HubServer, "api_key")
     assert settings.hub.org_id == default(HubServer, "org_id")
     assert settings.hub.api_url.endswith("/" + str(default(HubServer, "env")))
+
+
+def test_hub_waits_are_positive_seconds() -> None:
+    settings = load_settings({"HUB_ACK_TIMEOUT": "12.5", "HUB_POLL_INTERVAL": "0.05"})
+    assert (settings.hub.ack_timeout_s, settings.hub.poll_interval_s) == (12.5, 0.05)
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(
+            ConfigError,
+            match=f"HUB_POLL_INTERVAL must be a positive number of seconds \\(got '{bad}'\\)",
+        ):
+            load_settings({"HUB_POLL_INTERVAL": bad})

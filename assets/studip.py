@@ -1,0 +1,734 @@
+"""Stud.IP: the crawl with its raw landing, and the current state built from it.
+
+``studip_raw_pages`` (partitioned by ``sync_runs``) checks ``/discovery`` for the routes hubsync
+needs, reads the semesters and course types, resolves the semesters to sync, and crawls the
+user–course graph (see ``resources/studip.py``). Every response lands in ``raw_studip_pages`` as
+it arrives; its validated records land in the ``studip_staged_*`` tables of the sync key
+(invalid ones in ``quarantine``), all in one transaction: a failed crawl leaves nothing behind
+and a re-run replaces the key's pages.
+
+* Full sync: the crawl starts from the API account (``/user``), ``STUDIP_SEED_USERS`` and every
+  user already in ``studip_users``, and runs to closure.
+* Incremental sync: it starts from the Stud.IP users of the persons CAMPUSonline or the LMS
+  changed in this sync (``changed_studip_user_ids``, which reads ``co_students``,
+  ``lms_learners`` and ``studip_users``), re-reads their courses (current ones, and the ones
+  they were members of, so ended memberships disappear) and those courses' members, and expands
+  only users not known yet. With no Stud.IP state yet it crawls like a full sync.
+
+``studip_state`` merges the key's staged records into the current-state tables in DuckDB SQL
+(``studip_users``, ``studip_semesters``, ``studip_courses``, ``studip_memberships``,
+``studip_institutes``, ``studip_user_institutes``); ``changed_in_sync`` is the key of the sync
+that last inserted or changed a row. Only a full sync deletes (rows absent from its snapshot);
+an incremental one replaces the memberships of the courses whose members it re-read.
+"""
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import dagster as dg
+import duckdb
+
+from assets.sync import sync_run
+from pipelines.partitions import parse_sync_key, sync_runs_partitions
+from resources.studip import (
+    CRAWL_ROUTES,
+    SEARCH_ROUTE,
+    Rejected,
+    SemesterSelectionError,
+    StudipClient,
+    StudipPage,
+    StudIPResource,
+    StudipRoutesMissing,
+    StudipSemester,
+    is_user_id,
+    select_semesters,
+)
+from resources.warehouse import PageWriter, WarehouseResource, transaction
+
+RAW_TABLE = "raw_studip_pages"
+GROUP = "studip"
+
+STAGED_TABLES = (
+    "studip_staged_users",
+    "studip_staged_semesters",
+    "studip_staged_sem_types",
+    "studip_staged_courses",
+    "studip_staged_memberships",
+    "studip_staged_user_institutes",
+)
+
+
+# -- staging -----------------------------------------------------------------------------------
+
+
+def _insert_columns(
+    writer: PageWriter, table: str, columns: dict[str, tuple[str, list[Any]]]
+) -> None:
+    """Insert rows given column-wise (name -> (DuckDB type, values)) in one statement."""
+    values = list(columns.values())
+    if not values or not values[0][1]:
+        return
+    names = ", ".join(columns)
+    selects = ", ".join(
+        f"unnest(?::{'JSON' if kind.startswith('MAP') else kind}[])"
+        + (f"::{kind}" if kind.startswith("MAP") else "")
+        for kind, _ in values
+    )
+    writer.execute(
+        f"INSERT INTO {table} (sync_key, {names}) SELECT ?, {selects}",
+        [writer.sync_key, *(column for _, column in values)],
+    )
+
+
+@dataclass
+class CrawlCounts:
+    users: int = 0
+    courses: int = 0
+    memberships: int = 0
+    quarantined: int = 0
+
+
+# Pages are written in batches: one INSERT per page and table costs DuckDB a few milliseconds
+# each, which would cap the crawl at about 200 pages a second; a batch is bounded in memory.
+FLUSH_PAGES = 200
+FLUSH_BYTES = 8_000_000
+
+
+class Stager:
+    """Lands pages in the raw table and their records in the staging tables, in batches of at
+    most FLUSH_PAGES pages, inside the PageWriter's transaction (call from one thread; ``flush``
+    before the transaction ends)."""
+
+    def __init__(self, writer: PageWriter, semester_ids: Sequence[str] = ()) -> None:
+        self.writer = writer
+        self.semester_ids = set(semester_ids)
+        self.counts = CrawlCounts()
+        self.pages = 0
+        self.records = 0
+        self._users: set[str] = set()
+        self._courses: set[str] = set()
+        self._raw: dict[str, tuple[str, list[Any]]] = {}
+        self._staged: dict[str, dict[str, tuple[str, list[Any]]]] = {}
+        self._buffered_pages = 0
+        self._buffered_bytes = 0
+
+    def _buffer(self, table: str, columns: dict[str, tuple[str, list[Any]]]) -> None:
+        buffered = self._staged.setdefault(
+            table, {n: (kind, []) for n, (kind, _) in columns.items()}
+        )
+        for name, (_, values) in columns.items():
+            buffered[name][1].extend(values)
+
+    def flush(self) -> None:
+        """Write the buffered pages and records."""
+        if self._raw:
+            self.writer.execute(
+                f"""
+                INSERT INTO {RAW_TABLE} SELECT $sync_key, r.request_key, r.page_nr,
+                    r.request_params::JSON, r.fetched_at, r.record_count, r.body::JSON
+                FROM (SELECT unnest($request_key) AS request_key, unnest($page_nr) AS page_nr,
+                    unnest($request_params) AS request_params,
+                    unnest($fetched_at::TIMESTAMPTZ[]) AS fetched_at,
+                    unnest($record_count) AS record_count, unnest($body) AS body) AS r
+                """,
+                {"sync_key": self.writer.sync_key, **{k: v for k, (_, v) in self._raw.items()}},
+            )
+        for table, columns in self._staged.items():
+            _insert_columns(self.writer, table, columns)
+        self._raw, self._staged = {}, {}
+        self._buffered_pages = self._buffered_bytes = 0
+
+    def clear(self) -> None:
+        for table in STAGED_TABLES:
+            self.writer.execute(f"DELETE FROM {table} WHERE sync_key = ?", [self.writer.sync_key])
+        self.writer.execute(
+            "DELETE FROM quarantine WHERE source = 'studip' AND sync_key = ?",
+            [self.writer.sync_key],
+        )
+
+    def land(self, page: StudipPage) -> None:
+        record_count = len(page.records) + len(page.rejected)
+        row = {
+            "request_key": page.request_key,
+            "page_nr": page.page_nr,
+            "request_params": json.dumps({"route": page.route, **page.params}, sort_keys=True),
+            "fetched_at": page.fetched_at,
+            "record_count": record_count,
+            "body": page.body.decode("utf-8"),
+        }
+        for name, value in row.items():
+            self._raw.setdefault(name, ("", []))[1].append(value)
+        self.pages += 1
+        self.records += record_count
+        self._buffered_pages += 1
+        self._buffered_bytes += len(page.body)
+        self._quarantine(page.rejected)
+        stage = {
+            "/user": self._users_page,
+            "/user/:user_id": self._users_page,
+            SEARCH_ROUTE: self._users_page,
+            "/semesters": self._semesters_page,
+            "/studip/settings": self._settings_page,
+            "/user/:user_id/courses": self._courses_page,
+            "/course/:course_id/members": self._members_page,
+            "/user/:user_id/institutes": self._institutes_page,
+        }.get(page.route)
+        if stage is not None:
+            stage(page)
+        if self._buffered_pages >= FLUSH_PAGES or self._buffered_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def stage_users(self, users: Iterable[Any]) -> None:
+        new = [u for u in users if u.user_id not in self._users]
+        self._users.update(u.user_id for u in new)
+        self.counts.users += len(new)
+        self._buffer(
+            "studip_staged_users",
+            {
+                "user_id": ("VARCHAR", [u.user_id for u in new]),
+                "username": ("VARCHAR", [u.username for u in new]),
+                "perms": ("VARCHAR", [u.perms for u in new]),
+                "email": ("VARCHAR", [u.email for u in new]),
+                "given": ("VARCHAR", [u.name.given for u in new]),
+                "family": ("VARCHAR", [u.name.family for u in new]),
+                "formatted": ("VARCHAR", [u.name.formatted for u in new]),
+                "datafields": (
+                    "MAP(VARCHAR, VARCHAR)",
+                    [json.dumps(u.datafield_map) for u in new],
+                ),
+            },
+        )
+
+    def _users_page(self, page: StudipPage) -> None:
+        if page.route != SEARCH_ROUTE:  # search results are staged once chosen as seeds
+            self.stage_users(page.records)
+
+    def _semesters_page(self, page: StudipPage) -> None:
+        semesters: list[StudipSemester] = page.records
+        self._buffer(
+            "studip_staged_semesters",
+            {
+                "semester_id": ("VARCHAR", [s.id for s in semesters]),
+                "title": ("VARCHAR", [s.title for s in semesters]),
+                "token": ("VARCHAR", [s.token for s in semesters]),
+                "begin_at": ("TIMESTAMPTZ", [_utc(s.begin) for s in semesters]),
+                "end_at": ("TIMESTAMPTZ", [_utc(s.end) for s in semesters]),
+                "seminars_begin_at": ("TIMESTAMPTZ", [_utc(s.seminars_begin) for s in semesters]),
+                "seminars_end_at": ("TIMESTAMPTZ", [_utc(s.seminars_end) for s in semesters]),
+                "visible": ("INTEGER", [s.visible for s in semesters]),
+            },
+        )
+
+    def _settings_page(self, page: StudipPage) -> None:
+        self._buffer(
+            "studip_staged_sem_types",
+            {
+                "type": ("VARCHAR", [key for key, _ in page.records]),
+                "name": ("VARCHAR", [t.name for _, t in page.records]),
+                "class": ("VARCHAR", [t.class_ for _, t in page.records]),
+            },
+        )
+
+    def _courses_page(self, page: StudipPage) -> None:
+        new = [
+            c
+            for c in page.records
+            if c.course_id not in self._courses and c.start_semester_id in self.semester_ids
+        ]
+        self._courses.update(c.course_id for c in new)
+        self.counts.courses += len(new)
+        self._buffer(
+            "studip_staged_courses",
+            {
+                "course_id": ("VARCHAR", [c.course_id for c in new]),
+                "number": ("VARCHAR", [c.number for c in new]),
+                "title": ("VARCHAR", [c.title for c in new]),
+                "subtitle": ("VARCHAR", [c.subtitle for c in new]),
+                "type": ("VARCHAR", [c.type for c in new]),
+                "start_semester_id": ("VARCHAR", [c.start_semester_id for c in new]),
+                "end_semester_id": ("VARCHAR", [c.end_semester_id for c in new]),
+                "group_nr": ("INTEGER", [c.group for c in new]),
+            },
+        )
+
+    def _members_page(self, page: StudipPage) -> None:
+        self.counts.memberships += len(page.records)
+        self._buffer(
+            "studip_staged_memberships",
+            {
+                "course_id": ("VARCHAR", [page.subject] * len(page.records)),
+                "user_id": ("VARCHAR", [m.member.id for m in page.records]),
+                "status": ("VARCHAR", [m.status for m in page.records]),
+            },
+        )
+
+    def _institutes_page(self, page: StudipPage) -> None:
+        rows = page.records
+        self._buffer(
+            "studip_staged_user_institutes",
+            {
+                "user_id": ("VARCHAR", [page.subject] * len(rows)),
+                "institute_id": ("VARCHAR", [i.institute_id for _, i in rows]),
+                "relation": ("VARCHAR", [relation for relation, _ in rows]),
+                "perms": ("VARCHAR", [i.perms for _, i in rows]),
+                "name": ("VARCHAR", [i.name for _, i in rows]),
+                "faculty_name": ("VARCHAR", [i.faculty_name for _, i in rows]),
+                "city": ("VARCHAR", [i.city for _, i in rows]),
+            },
+        )
+
+    def _quarantine(self, rejected: Sequence[Rejected]) -> None:
+        for record in rejected:
+            self.writer.execute(
+                """
+                INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw)
+                VALUES ('studip', ?, ?, ?, ?, ?::JSON)
+                """,
+                [
+                    record.record_type,
+                    record.record_key,
+                    record.reason,
+                    self.writer.sync_key,
+                    json.dumps(record.raw, default=str),
+                ],
+            )
+        self.counts.quarantined += len(rejected)
+
+
+def _utc(timestamp: int | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+# -- who to crawl ------------------------------------------------------------------------------
+
+
+class Sql(Protocol):
+    """A DuckDB connection, or a PageWriter (which runs SQL in its open transaction)."""
+
+    def execute(self, sql: str, parameters: Any = None, /) -> duckdb.DuckDBPyConnection: ...
+
+
+def _columns(conn: Sql, table: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT lower(column_name) FROM duckdb_columns() "
+        "WHERE schema_name = 'main' AND table_name = ?",
+        [table],
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
+def changed_studip_user_ids(conn: Sql, sync_key: str) -> list[str]:
+    """Stud.IP user ids of the persons CAMPUSonline or the LMS changed in sync ``sync_key``.
+
+    Reads ``co_students`` (STUDID, EMAILADDRESSTU; also of students whose ``co_studies`` or
+    ``co_applications`` rows changed) and ``lms_learners`` (StudentId,
+    EmailAddress, OrganizationLoginId) rows whose ``changed_in_sync`` is the key, and matches
+    them to ``studip_users`` by the DESIGN §5 rules: the ``Matrikelnummer`` datafield = STUDID,
+    the e-mail (case-insensitive), the login = username. Every rule's matches count (re-reading
+    one user too many is harmless; missing one is not). A source whose table does not exist yet
+    has no changes. The person graph will replace this mapping.
+    """
+    matches: list[str] = []
+    co = _columns(conn, "co_students")
+    if {"studid", "emailaddresstu", "changed_in_sync"} <= co:
+        # a study or application change changes the person's courses too (e.g. a leave)
+        related = [
+            f"SELECT STPERSONNR FROM {table} WHERE changed_in_sync = $sync_key"
+            for table in ("co_studies", "co_applications")
+            if {"stpersonnr", "changed_in_sync"} <= _columns(conn, table)
+        ]
+        also = f" OR s.STPERSONNR IN ({' UNION '.join(related)})" if related else ""
+        matches.append(
+            f"""
+            SELECT u.user_id FROM co_students s JOIN studip_users u
+              ON u.datafields['Matrikelnummer'] = CAST(s.STUDID AS VARCHAR)
+              OR lower(u.email) = lower(s.EMAILADDRESSTU)
+            WHERE s.changed_in_sync = $sync_key{also}
+            """
+        )
+    lms = _columns(conn, "lms_learners")
+    if {"studentid", "emailaddress", "organizationloginid", "changed_in_sync"} <= lms:
+        matches.append(
+            """
+            SELECT u.user_id FROM lms_learners l JOIN studip_users u
+              ON u.datafields['Matrikelnummer'] = CAST(l.StudentId AS VARCHAR)
+              OR lower(u.email) = lower(l.EmailAddress)
+              OR u.username = l.OrganizationLoginId
+            WHERE l.changed_in_sync = $sync_key
+            """
+        )
+    if not matches:
+        return []
+    sql = " UNION ".join(matches)
+    rows = conn.execute(f"SELECT DISTINCT user_id FROM ({sql}) ORDER BY 1", {"sync_key": sync_key})
+    return [user_id for (user_id,) in rows.fetchall()]
+
+
+def known_studip_user_ids(conn: Sql) -> list[str]:
+    """The Stud.IP users of earlier syncs."""
+    return [u for (u,) in conn.execute("SELECT user_id FROM studip_users ORDER BY 1").fetchall()]
+
+
+@dataclass(frozen=True)
+class CrawlPlan:
+    mode: str  # what the crawl does: 'full' | 'incremental'
+    seeds: list[str]
+    fetched_users: list[str]  # their record came from /user or /users?q= already
+    known_users: list[str]  # reached only as seeds (incremental)
+    seed_courses: list[str]  # courses whose members are re-read whoever reaches them
+
+
+def previous_courses(conn: Sql, user_ids: Sequence[str], semester_ids: Sequence[str]) -> list[str]:
+    """The courses of the selected semesters the users were members of at the last sync: an
+    incremental sync re-reads them too, so a membership that ended disappears."""
+    if not user_ids or not semester_ids:
+        return []
+    rows = conn.execute(
+        """
+        SELECT DISTINCT m.course_id FROM studip_memberships m
+        JOIN studip_courses c USING (course_id)
+        WHERE list_contains($users, m.user_id) AND list_contains($semesters, c.start_semester_id)
+        ORDER BY 1
+        """,
+        {"users": list(user_ids), "semesters": list(semester_ids)},
+    )
+    return [course_id for (course_id,) in rows.fetchall()]
+
+
+def plan_crawl(
+    client: StudipClient,
+    stager: Stager,
+    seed_users: Sequence[str],
+    semester_ids: Sequence[str],
+    *,
+    incremental: bool,
+) -> CrawlPlan:
+    """The seeds of this sync's crawl (landing the /user and /users?q= pages it reads).
+
+    An incremental sync with no Stud.IP state yet crawls like a full one.
+    """
+    known = known_studip_user_ids(stager.writer)
+    if incremental and known:
+        changed = changed_studip_user_ids(stager.writer, stager.writer.sync_key)
+        courses = previous_courses(stager.writer, changed, semester_ids)
+        return CrawlPlan("incremental", changed, [], known, courses)
+    me = client.user_page()
+    stager.land(me)
+    seeds = [u.user_id for u in me.records]
+    fetched = list(seeds)
+    for entry in seed_users:
+        if is_user_id(entry):
+            seeds.append(entry)
+            continue
+        exact = []
+        for found in client.search_users(entry):
+            stager.land(found)
+            exact = [u for u in found.records if u.username.lower() == entry.lower()]
+            if exact:
+                break
+        if not exact:
+            raise dg.Failure(f"STUDIP_SEED_USERS: Stud.IP has no user with the username {entry!r}")
+        stager.stage_users(exact[:1])
+        seeds.append(exact[0].user_id)
+        fetched.append(exact[0].user_id)
+    return CrawlPlan("full", [*seeds, *known], fetched, [], [])
+
+
+# -- raw landing -------------------------------------------------------------------------------
+
+
+def _needed_routes(seed_users: Sequence[str]) -> tuple[str, ...]:
+    by_username = any(not is_user_id(entry) for entry in seed_users)
+    return CRAWL_ROUTES + ((SEARCH_ROUTE,) if by_username else ())
+
+
+@dg.asset(
+    partitions_def=sync_runs_partitions,
+    pool="duckdb",
+    group_name=GROUP,
+    kinds={"api", "duckdb"},
+    # an incremental crawl re-reads the persons the other sources changed in this sync
+    deps=[sync_run, "co_students", "lms_learners"],
+)
+def studip_raw_pages(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, studip: StudIPResource
+) -> dg.MaterializeResult:
+    """Stud.IP crawl of this sync: every response as received in raw_studip_pages, its
+    validated records in the studip_staged_* tables (invalid ones quarantined).
+
+    First checks /discovery for the routes hubsync needs (fails naming the missing ones, before
+    any crawling). Then semesters, course types (/studip/settings) and the user–course crawl:
+    full syncs from the API account, STUDIP_SEED_USERS and the known users, to closure;
+    incremental syncs from the Stud.IP users of the persons CO or the LMS changed in this sync.
+    Semesters: STUDIP_SEMESTERS (default current and next, as of the sync key's time).
+    """
+    key = parse_sync_key(context.partition_key)
+    client = studip.client()
+    started = time.perf_counter()
+    try:
+        try:
+            client.check_routes(_needed_routes(studip.seed_users))
+        except StudipRoutesMissing as exc:
+            raise dg.Failure(str(exc)) from exc
+        with warehouse.page_writer(RAW_TABLE, context.partition_key) as writer:
+            stager = Stager(writer)
+            stager.clear()
+            semesters: list[StudipSemester] = []
+            for page in client.semesters():
+                stager.land(page)
+                semesters.extend(page.records)
+            try:
+                semester_ids = select_semesters(semesters, studip.semesters, key.started_at)
+            except SemesterSelectionError as exc:
+                raise dg.Failure(str(exc)) from exc
+            stager.semester_ids = set(semester_ids)
+            stager.land(client.settings())
+            plan = plan_crawl(
+                client,
+                stager,
+                studip.seed_users,
+                semester_ids,
+                incremental=key.mode == "incremental",
+            )
+            context.log.info(
+                f"Stud.IP {plan.mode} crawl from {len(plan.seeds)} seed users over "
+                f"{len(semester_ids)} semesters, {studip.concurrency} requests at a time"
+            )
+            for page in client.crawl(
+                plan.seeds,
+                semester_ids,
+                fetched_users=plan.fetched_users,
+                known_users=plan.known_users,
+                seed_courses=plan.seed_courses,
+            ):
+                stager.land(page)
+            stager.flush()
+            pages, records = stager.pages, stager.records
+    finally:
+        client.http.close()
+    duration = time.perf_counter() - started
+    stats = client.http.stats.as_metadata()
+    counts = stager.counts
+    return dg.MaterializeResult(
+        metadata={
+            "crawl": plan.mode,
+            "semesters": len(semester_ids),
+            "seed_users": len(plan.seeds),
+            "requests": int(stats["api_calls"]),
+            "retries": int(stats["retries"]),
+            "bytes": int(stats["bytes"]),
+            "pages": pages,
+            "records": records,
+            "users": counts.users,
+            "courses": counts.courses,
+            "memberships": counts.memberships,
+            "quarantined": counts.quarantined,
+            "concurrency": studip.concurrency,
+            "duration_s": round(duration, 3),
+            "requests_per_s": round(stats["api_calls"] / duration, 1) if duration else 0.0,
+        }
+    )
+
+
+# -- current state -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateTable:
+    name: str
+    keys: tuple[str, ...]
+    values: tuple[str, ...]
+    incoming: str  # the sync's rows: SELECT keys + values ... WHERE sync_key = $sync_key
+    incremental_scope: str | None  # rows an incremental sync replaces (None: it only upserts)
+    description: str
+
+
+STATE_TABLES = (
+    StateTable(
+        "studip_users",
+        ("user_id",),
+        ("username", "perms", "email", "given", "family", "formatted", "datafields"),
+        """SELECT DISTINCT ON (user_id) user_id, username, perms, email, given, family,
+               formatted, datafields
+           FROM studip_staged_users WHERE sync_key = $sync_key""",
+        None,
+        "Stud.IP users the crawl reached: username, perms, e-mail, name and datafields "
+        "(a map name -> value: Matrikelnummer, Geburtsdatum, CPF, ...).",
+    ),
+    StateTable(
+        "studip_semesters",
+        ("semester_id",),
+        (
+            "title",
+            "token",
+            "begin_at",
+            "end_at",
+            "seminars_begin_at",
+            "seminars_end_at",
+            "visible",
+        ),
+        """SELECT DISTINCT ON (semester_id) semester_id, title, token, begin_at, end_at,
+               seminars_begin_at, seminars_end_at, visible
+           FROM studip_staged_semesters WHERE sync_key = $sync_key""",
+        None,
+        "Stud.IP semesters (all of them, from /semesters).",
+    ),
+    StateTable(
+        "studip_courses",
+        ("course_id",),
+        (
+            "number",
+            "title",
+            "subtitle",
+            "type",
+            "type_name",
+            "type_class",
+            "start_semester_id",
+            "end_semester_id",
+            "group_nr",
+        ),
+        """SELECT DISTINCT ON (c.course_id) c.course_id, c.number, c.title, c.subtitle, c.type,
+               t.name AS type_name, t.class AS type_class, c.start_semester_id,
+               c.end_semester_id, c.group_nr
+           FROM studip_staged_courses c
+           LEFT JOIN studip_staged_sem_types t ON t.sync_key = c.sync_key AND t.type = c.type
+           WHERE c.sync_key = $sync_key""",
+        None,
+        "Stud.IP courses of the synced semesters the crawl reached, with the course type's "
+        "name and class from /studip/settings SEM_TYPE.",
+    ),
+    StateTable(
+        "studip_memberships",
+        ("course_id", "user_id"),
+        ("status",),
+        """SELECT DISTINCT ON (course_id, user_id) course_id, user_id, status
+           FROM studip_staged_memberships WHERE sync_key = $sync_key""",
+        # the courses whose members this sync read (their /course/<id>/members pages)
+        f"""course_id IN (
+            SELECT regexp_extract(request_key, '^/course/([0-9a-f]{{32}})/members$', 1)
+            FROM {RAW_TABLE}
+            WHERE sync_key = $sync_key AND request_key LIKE '/course/%/members')""",
+        "Course members with their status (dozent, tutor, autor, user).",
+    ),
+    StateTable(
+        "studip_institutes",
+        ("institute_id",),
+        ("name", "faculty_name", "city"),
+        """SELECT DISTINCT ON (institute_id) institute_id, name, faculty_name, city
+           FROM studip_staged_user_institutes WHERE sync_key = $sync_key""",
+        None,
+        "Stud.IP institutes (Einrichtungen) of the reached users.",
+    ),
+    StateTable(
+        "studip_user_institutes",
+        ("user_id", "institute_id", "relation"),
+        ("perms",),
+        """SELECT DISTINCT ON (user_id, institute_id, relation) user_id, institute_id,
+               relation, perms
+           FROM studip_staged_user_institutes WHERE sync_key = $sync_key""",
+        "user_id IN (SELECT user_id FROM studip_staged_users WHERE sync_key = $sync_key)",
+        "Which users belong to which institute: relation work (staff) or study, with perms.",
+    ),
+)
+
+
+def merge_state(conn: Sql, table: StateTable, sync_key: str, *, full: bool) -> dict[str, int]:
+    """Bring ``table`` up to the sync's staged rows; return inserted/updated/deleted counts.
+
+    Changed and new rows get ``changed_in_sync = sync_key``. A full sync deletes the rows it did
+    not see; an incremental one only those in the table's ``incremental_scope``.
+    """
+    params = {"sync_key": sync_key}
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE studip_incoming AS {table.incoming}", params)
+    match = " AND ".join(f"t.{k} = i.{k}" for k in table.keys)
+    columns = ", ".join((*table.keys, *table.values))
+    differs = " OR ".join(f"t.{v} IS DISTINCT FROM i.{v}" for v in table.values)
+    assignments = ", ".join(f"{v} = i.{v}" for v in table.values)
+
+    def count(sql: str) -> int:
+        row = conn.execute(sql, params if "$sync_key" in sql else None).fetchone()
+        return int(row[0]) if row else 0
+
+    updated = count(
+        f"UPDATE {table.name} AS t SET {assignments}, changed_in_sync = $sync_key "
+        f"FROM studip_incoming AS i WHERE {match} AND ({differs})"
+    )
+    inserted = count(
+        f"INSERT INTO {table.name} ({columns}, changed_in_sync) "
+        f"SELECT {columns}, $sync_key FROM studip_incoming AS i "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table.name} AS t WHERE {match})"
+    )
+    scope = "TRUE" if full else table.incremental_scope
+    deleted = 0
+    if scope is not None:
+        deleted = count(
+            f"DELETE FROM {table.name} AS t WHERE ({scope}) "
+            f"AND NOT EXISTS (SELECT 1 FROM studip_incoming AS i WHERE {match})"
+        )
+    conn.execute("DROP TABLE studip_incoming")
+    return {"inserted": inserted, "updated": updated, "deleted": deleted}
+
+
+def _column_schema(conn: Sql, table: str) -> dg.TableSchema:
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() "
+        "WHERE schema_name = 'main' AND table_name = ? ORDER BY column_index",
+        [table],
+    ).fetchall()
+    return dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in rows])
+
+
+@dg.multi_asset(
+    name="studip_state",
+    specs=[
+        dg.AssetSpec(
+            table.name,
+            deps=[studip_raw_pages],
+            group_name=GROUP,
+            kinds={"duckdb"},
+            description=table.description,
+        )
+        for table in STATE_TABLES
+    ],
+    partitions_def=sync_runs_partitions,
+    pool="duckdb",
+)
+def studip_state(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+) -> Iterator[dg.MaterializeResult]:
+    """Merges the sync's staged Stud.IP records into the current-state tables, in one
+    transaction: a full sync makes them its snapshot (absent rows deleted), an incremental one
+    upserts what it re-read and replaces the memberships of the courses whose members it
+    re-read."""
+    sync_key = context.partition_key
+    full = parse_sync_key(sync_key).mode == "full"
+    results = []
+    with warehouse.connection() as conn, transaction(conn):
+        (pages,) = conn.execute(
+            f"SELECT count(*) FROM {RAW_TABLE} WHERE sync_key = ?", [sync_key]
+        ).fetchone() or (0,)
+        if not pages:
+            raise dg.Failure(
+                f"no Stud.IP pages landed for {sync_key}; materialize studip_raw_pages first"
+            )
+        for table in STATE_TABLES:
+            changes = merge_state(conn, table, sync_key, full=full)
+            (rows,) = conn.execute(f"SELECT count(*) FROM {table.name}").fetchone() or (0,)
+            results.append(
+                dg.MaterializeResult(
+                    asset_key=table.name,
+                    metadata={
+                        "dagster/row_count": int(rows),
+                        **changes,
+                        "dagster/column_schema": _column_schema(conn, table.name),
+                    },
+                )
+            )
+    yield from results
+
+
+STUDIP_ASSETS = [studip_raw_pages, studip_state]

@@ -1,0 +1,118 @@
+"""A CAMPUSonline full sync and one incremental sync against a sandbox in another process.
+
+    .venv/bin/python bench/co_sync.py --students 20000
+    .venv/bin/python bench/co_sync.py --students 20000 --page-size 2000
+
+The sandbox runs as a subprocess (``hubsync sandbox``), so the peak RSS reported is the sync's
+own. Prints one JSON object and writes it to bench/results/co_sync-<N>-<page size>.json.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+import requests
+
+from assets.campusonline import co_current_state, co_raw_pages
+from assets.sync import sync_run, sync_summary
+from resources.campusonline import CampusOnlineResource
+from resources.warehouse import WarehouseResource
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PORT_BASE = 18701
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def wait_for(url: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=2)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def run_sync(
+    instance: dg.DagsterInstance, resources: dict, key: str
+) -> tuple[float, dict[str, float]]:
+    instance.add_dynamic_partitions("sync_runs", [key])
+    started = time.perf_counter()
+    result = dg.materialize(
+        [sync_run, co_raw_pages, co_current_state, sync_summary],
+        partition_key=key,
+        instance=instance,
+        resources=resources,
+    )
+    elapsed = round(time.perf_counter() - started, 2)
+    raw = result.asset_materializations_for_node("co_raw_pages")[0].metadata
+    numbers = {
+        name: raw[name].value
+        for name in ("pages", "records", "api_calls", "bytes", "duration_s", "changed_students")
+    }
+    return elapsed, numbers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--students", type=int, default=20000)
+    parser.add_argument("--page-size", type=int, default=20000)
+    args = parser.parse_args()
+
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.server", "--students", str(args.students),
+         "--port-base", str(PORT_BASE)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{PORT_BASE}"
+    try:
+        wait_for(f"{base}/_sandbox/co/state")
+        with tempfile.TemporaryDirectory() as folder:
+            os.environ["DAGSTER_HOME"] = folder
+            resources = {
+                "warehouse": WarehouseResource(path=f"{folder}/warehouse.duckdb"),
+                "campusonline": CampusOnlineResource(
+                    api_url=base,
+                    client_id="hubsync",
+                    client_secret="sandbox-co-secret",
+                    page_size=args.page_size,
+                    incremental_threshold=10**9,
+                ),
+            }
+            with dg.instance_for_test(temp_dir=folder) as instance:
+                full_s, full = run_sync(instance, resources, "full-20261123T020000Z")
+                requests.post(f"{base}/_sandbox/world/step", json={}, timeout=60)
+                incr_s, incremental = run_sync(instance, resources, "incr-20261123T021500Z")
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=30)
+    result = {
+        "benchmark": "co_sync",
+        "students": args.students,
+        "page_size": args.page_size,
+        "full_sync_s": full_s,
+        "full": full,
+        "incremental_sync_s": incr_s,
+        "incremental": incremental,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"co_sync-{args.students}-{args.page_size}.json").write_text(
+        json.dumps(result, indent=2) + "\n"
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

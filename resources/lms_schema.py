@@ -1,0 +1,77 @@
+"""DDL of the LMS tables besides its raw page tables (migration "lms: …" in warehouse.py).
+
+Column names of LMS data are the API's (``RegistrationId``, ``OrgProfileFieldValues`` …).
+"""
+
+LMS_SCHEMA = """
+CREATE TABLE lms_watermarks (            -- one row per landed endpoint of a sync
+    sync_key VARCHAR NOT NULL,
+    endpoint VARCHAR NOT NULL,           -- 'active' | 'completed'
+    mode VARCHAR NOT NULL,               -- the sync's mode ('full' reads from the beginning)
+    sync_started_at TIMESTAMPTZ NOT NULL,-- from the key: orders the landings
+    from_date TIMESTAMPTZ,               -- the fromDate sent; NULL: from the beginning of time
+    next_from_date TIMESTAMPTZ NOT NULL, -- now, taken just before the endpoint's first call
+    landed_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (sync_key, endpoint)
+);
+CREATE TABLE lms_registration_items (    -- validated items of each sync's pages, duplicates kept
+    sync_key VARCHAR NOT NULL,
+    endpoint VARCHAR NOT NULL,
+    page_nr INTEGER NOT NULL,
+    item_nr INTEGER NOT NULL,            -- position in the page's Items
+    RegistrationId VARCHAR NOT NULL,
+    RegistrationStatus INTEGER NOT NULL,
+    RegistrationDate TIMESTAMPTZ NOT NULL,
+    CompletionDate TIMESTAMPTZ,
+    CompletionLocation VARCHAR,
+    CourseId VARCHAR NOT NULL,
+    CourseCode VARCHAR NOT NULL,
+    CourseName VARCHAR NOT NULL,
+    OfferingShortId VARCHAR NOT NULL,
+    OrganizationLoginId VARCHAR NOT NULL,
+    UniqueLoginId VARCHAR NOT NULL,
+    EmailAddress VARCHAR NOT NULL,
+    ContactEmail VARCHAR,
+    FirstName VARCHAR NOT NULL,
+    LastName VARCHAR NOT NULL,
+    OrgProfileFieldValues MAP(VARCHAR, VARCHAR) NOT NULL
+);
+CREATE TABLE lms_registrations (
+    RegistrationId VARCHAR PRIMARY KEY,
+    RegistrationStatus INTEGER NOT NULL,
+    RegistrationStatusName VARCHAR NOT NULL, -- Pending | Active | Completed (the seed's mapping)
+    RegistrationDate TIMESTAMPTZ NOT NULL,
+    CompletionDate TIMESTAMPTZ,
+    CompletionLocation VARCHAR,
+    CourseId VARCHAR NOT NULL,
+    CourseCode VARCHAR NOT NULL,
+    OfferingShortId VARCHAR NOT NULL,
+    OrganizationLoginId VARCHAR NOT NULL,
+    UniqueLoginId VARCHAR NOT NULL,
+    EmailAddress VARCHAR NOT NULL,
+    OrgProfileFieldValues MAP(VARCHAR, VARCHAR) NOT NULL,
+    fetched_in_sync VARCHAR NOT NULL,    -- the sync whose page holds this version
+    row_hash VARCHAR NOT NULL,
+    changed_in_sync VARCHAR NOT NULL     -- the sync that last changed the row
+);
+CREATE TABLE lms_courses (
+    CourseId VARCHAR PRIMARY KEY,
+    CourseCode VARCHAR NOT NULL,
+    CourseName VARCHAR NOT NULL,
+    OfferingShortIds VARCHAR[] NOT NULL,
+    row_hash VARCHAR NOT NULL,
+    changed_in_sync VARCHAR NOT NULL
+);
+CREATE TABLE lms_learners (
+    OrganizationLoginId VARCHAR PRIMARY KEY,
+    UniqueLoginId VARCHAR NOT NULL,
+    EmailAddress VARCHAR NOT NULL,
+    ContactEmail VARCHAR,
+    FirstName VARCHAR NOT NULL,
+    LastName VARCHAR NOT NULL,
+    StudentId VARCHAR,                   -- the StudentId profile field; NULL when absent
+    OrgProfileFieldValues MAP(VARCHAR, VARCHAR) NOT NULL,
+    row_hash VARCHAR NOT NULL,
+    changed_in_sync VARCHAR NOT NULL
+);
+"""

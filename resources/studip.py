@@ -1,0 +1,813 @@
+"""The Stud.IP REST API (``<studip>/api.php``): a typed client and the user–course crawl.
+
+Stud.IP has no route listing all courses or users, so the client enumerates them by a crawl over
+the user–course graph (``/work/shared/reference/studip.md``): from seed users, each user's courses
+(per selected semester), each course's members, each new member's courses, until closure. Requests
+run on a bounded thread pool; each page is handed to the caller as it arrives, in the caller's
+thread, so the DuckDB writes stay in one thread.
+
+The API's quirks handled here: collections read by value (the keys are ``/api.php/...`` paths) and
+``[]`` for an empty one; paging with ``offset``/``limit`` that stops on ``offset + items >=
+total`` (the reported offset is rounded down and ``next`` is clamped, so the links are never
+followed); the institutes' ``{"work": [...], "study": [...]}`` collection; ids and course types as
+strings, ``group`` and semester times as ints; errors as HTML pages, JSON strings or JSON objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import dagster as dg
+import requests
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+from requests.auth import HTTPBasicAuth
+from requests_oauthlib import OAuth1
+
+from resources.http import ApiError, HttpClient, RetryPolicy
+from resources.settings import StudipSettings, secret_config
+
+SYSTEM = "Stud.IP"
+
+# The routes hubsync reads, as /discovery names them. /users (the search) is only needed to
+# resolve seed users given by username.
+CRAWL_ROUTES = (
+    "/user",
+    "/user/:user_id",
+    "/user/:user_id/courses",
+    "/user/:user_id/institutes",
+    "/course/:course_id/members",
+    "/semesters",
+    "/studip/settings",
+)
+SEARCH_ROUTE = "/users"
+
+MEMBER_STATUSES = ("user", "autor", "tutor", "dozent")
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
+_SEMESTER_PATH = re.compile(r"(?:/api\.php)?/semester/([0-9a-f]{32})")
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class StudipError(ApiError):
+    """A Stud.IP request failed for good."""
+
+
+class StudipAuthError(StudipError):
+    """401, or a rejected OAuth1 signature: the credentials are wrong or lack the rights."""
+
+
+class StudipRouteNotActivated(StudipError):
+    """403 ``Route not activated``: an administrator has to enable ``route`` for the REST API."""
+
+    def __init__(self, route: str, *args: Any, **kwargs: Any) -> None:
+        self.route = route
+        super().__init__(*args, **kwargs)
+
+
+class StudipNotFound(StudipError):
+    """404: the object does not exist (any more). Callers treat this as data, not a crash."""
+
+
+class StudipRoutesMissing(RuntimeError):
+    """``/discovery`` does not list routes hubsync needs."""
+
+    def __init__(self, missing: Sequence[str]) -> None:
+        self.missing = tuple(missing)
+        super().__init__(
+            "Stud.IP does not offer these REST routes hubsync needs: "
+            + ", ".join(f"GET {route}" for route in self.missing)
+            + ". Ask a Stud.IP administrator to activate them for the REST API "
+            "(Admin > System > API), then sync again."
+        )
+
+
+# -- records (named as the API names them) -----------------------------------------------------
+
+HexId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+MemberStatus = Literal["user", "autor", "tutor", "dozent"]
+
+
+class StudipModel(BaseModel):
+    # Stud.IP mixes strings and ints for the same kind of value: numbers become strings where
+    # the model says str, numeric strings ints where it says int.
+    model_config = ConfigDict(extra="ignore", frozen=True, coerce_numbers_to_str=True)
+
+
+class StudipName(StudipModel):
+    username: str
+    formatted: str = ""
+    family: str = ""
+    given: str = ""
+    prefix: str = ""
+    suffix: str = ""
+
+
+class StudipDatafield(StudipModel):
+    id: str
+    name: str
+    type: str = ""
+    value: str | None = None
+
+
+class StudipUser(StudipModel):
+    user_id: HexId
+    username: Annotated[str, StringConstraints(min_length=1)]
+    name: StudipName
+    perms: Literal["user", "autor", "tutor", "dozent", "admin", "root"]
+    email: str = ""
+    datafields: list[StudipDatafield] = Field(default_factory=list)
+
+    @field_validator("datafields", mode="before")
+    @classmethod
+    def _datafields_by_value(cls, value: Any) -> Any:
+        return list(value.values()) if isinstance(value, dict) else value
+
+    @property
+    def datafield_map(self) -> dict[str, str]:
+        return {f.name: f.value for f in self.datafields if f.value is not None}
+
+
+class StudipSemester(StudipModel):
+    id: HexId
+    title: str
+    token: str = ""
+    begin: int
+    end: int
+    seminars_begin: int | None = None
+    seminars_end: int | None = None
+    visible: int = 1
+
+
+def semester_id_of(path: str | None) -> str | None:
+    """The semester id in a ``/api.php/semester/<id>`` link (None for a study group)."""
+    if path is None:
+        return None
+    match = _SEMESTER_PATH.fullmatch(path)
+    if match is None:
+        raise ValueError(f"not a semester link: {path!r}")
+    return match.group(1)
+
+
+class StudipCourse(StudipModel):
+    course_id: HexId
+    number: str = ""
+    title: str
+    subtitle: str = ""
+    type: str
+    start_semester: str | None
+    end_semester: str | None
+    group: int
+
+    @field_validator("start_semester", "end_semester")
+    @classmethod
+    def _semester_link(cls, value: str | None) -> str | None:
+        semester_id_of(value)
+        return value
+
+    @property
+    def start_semester_id(self) -> str | None:
+        return semester_id_of(self.start_semester)
+
+    @property
+    def end_semester_id(self) -> str | None:
+        return semester_id_of(self.end_semester)
+
+
+class StudipMemberRef(StudipModel):
+    id: HexId
+    name: StudipName | None = None
+
+
+class StudipMember(StudipModel):
+    member: StudipMemberRef
+    status: MemberStatus
+
+
+class StudipInstitute(StudipModel):
+    institute_id: HexId
+    name: str
+    perms: str = ""
+    faculty_name: str = ""
+    city: str = ""
+
+
+class StudipSemType(StudipModel):
+    name: str
+    class_: str = Field(alias="class")
+
+
+# -- pages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that failed validation, for the quarantine."""
+
+    record_type: str
+    record_key: str | None
+    reason: str
+    raw: Any
+
+
+@dataclass(frozen=True)
+class StudipPage:
+    """One response as received, with the records it holds (valid ones and rejected ones)."""
+
+    route: str  # the /discovery template, e.g. /user/:user_id/courses
+    request_key: str  # path plus its filter parameters: identifies the call within a sync
+    params: Mapping[str, Any]  # every query parameter sent, paging included
+    page_nr: int
+    body: bytes
+    total: int
+    records: list[Any]
+    rejected: list[Rejected]
+    fetched_at: datetime
+    subject: str = ""  # the user or course the call was about
+    found: bool = True  # False when the object answered 404 (the body is then "null")
+
+
+def collection_values(collection: Any) -> list[Any]:
+    """The items of a ``collection``: the values of an object (keys are API paths), ``[]``
+    when empty (PHP writes an empty array so)."""
+    if isinstance(collection, dict):
+        return list(collection.values())
+    if isinstance(collection, list):
+        return collection
+    raise ValueError(f"collection is neither an object nor a list: {type(collection).__name__}")
+
+
+def institute_entries(collection: Any) -> list[tuple[str, Any]]:
+    """``(relation, entry)`` pairs of a ``/user/:id/institutes`` collection
+    (``{"work": [...], "study": [...]}``, or ``[]`` when both are empty)."""
+    if isinstance(collection, list) and not collection:
+        return []
+    if not isinstance(collection, dict):
+        raise ValueError("institutes collection is not a {work, study} object")
+    return [
+        (relation, entry)
+        for relation in ("work", "study")
+        for entry in collection_values(collection.get(relation) or [])
+    ]
+
+
+def _validate(
+    model: type[BaseModel], raw: Any, record_type: str, key_field: str
+) -> tuple[Any | None, Rejected | None]:
+    try:
+        return model.model_validate(raw), None
+    except ValidationError as exc:
+        key = raw.get(key_field) if isinstance(raw, dict) else None
+        reason = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'record'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        return None, Rejected(record_type, key if isinstance(key, str) else None, reason, raw)
+
+
+def _member_key(raw: Any) -> str | None:
+    member = raw.get("member") if isinstance(raw, dict) else None
+    key = member.get("id") if isinstance(member, dict) else None
+    return key if isinstance(key, str) else None
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+class StudipClient:
+    """Typed access to the Stud.IP REST API (thread-safe: the crawl calls it from a pool)."""
+
+    def __init__(self, http: HttpClient, *, page_size: int = 100, concurrency: int = 8) -> None:
+        self.http = http
+        self.page_size = page_size
+        self.concurrency = concurrency
+
+    # -- low level -----------------------------------------------------------------------------
+
+    def get(self, route: str, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET ``path`` (under /api.php) and return its JSON; errors mapped to StudipError."""
+        return self.http.json(self._get(route, path, params))
+
+    def _get(
+        self, route: str, path: str, params: Mapping[str, Any] | None = None
+    ) -> requests.Response:
+        try:
+            response = self.http.request("GET", path, retry=True, params=dict(params or {}))
+        except ApiError as exc:
+            raise StudipError(SYSTEM, "GET", exc.url, f"{route}: {exc}") from None
+        if response.status_code == 200:
+            return response
+        raise self._error(route, response)
+
+    def _error(self, route: str, response: requests.Response) -> StudipError:
+        status = response.status_code
+        text = response.text.strip() if response.content else ""
+        detail = _error_detail(response)
+        args = (SYSTEM, "GET", response.url)
+        if status == 401:
+            return StudipAuthError(
+                *args,
+                f"not authorised for {route}: check STUDIP_USERNAME/STUDIP_PASSWORD or the "
+                "STUDIP_OAUTH_* credentials; the account must be root or admin to read other "
+                "users' courses",
+                status,
+            )
+        if status == 403 and text.startswith("Route not activated"):
+            return StudipRouteNotActivated(
+                route,
+                *args,
+                f"the REST route GET {route} is not activated; ask a Stud.IP administrator to "
+                "activate it (Admin > System > API)",
+                status,
+            )
+        if status == 404 and "json" not in response.headers.get("Content-Type", ""):
+            # Stud.IP answers an unknown route with text/html, a missing object with JSON.
+            return StudipError(
+                *args, f"no such route {route}: is STUDIP_API_URL the .../api.php URL?", status
+            )
+        if status == 404:
+            return StudipNotFound(*args, f"{route}: {detail or 'not found'}", status)
+        if status == 500 and "signature" in detail.lower():
+            return StudipAuthError(
+                *args, f"the OAuth1 signature was rejected; check STUDIP_OAUTH_*: {detail}", status
+            )
+        if status >= 500:
+            return StudipError(
+                *args, f"{route} failed with a server error after retries: {detail}", status
+            )
+        return StudipError(*args, f"{route}: {detail or 'unexpected status'}", status)
+
+    def pages(
+        self,
+        route: str,
+        path: str,
+        filters: Mapping[str, str] | None = None,
+        *,
+        parse: Callable[[Any], tuple[list[Any], list[Rejected]]],
+        limit: int | None = None,
+        subject: str = "",
+    ) -> Iterator[StudipPage]:
+        """The pages of a collection route, first to last.
+
+        Stops when ``offset + items >= total`` (offset = the one sent; the reported one is
+        rounded down) or a page is empty; ``links`` are ignored. A 404 yields one empty page
+        with ``found=False`` (the object is gone: data, not a crash).
+        """
+        filters = dict(filters or {})
+        limit = limit or self.page_size
+        request_key = path + (
+            "?" + "&".join(f"{k}={v}" for k, v in filters.items()) if filters else ""
+        )
+        offset = 0
+        page_nr = 0
+        while True:
+            params = {**filters, "offset": offset, "limit": limit}
+            fetched_at = datetime.now(UTC)
+            try:
+                response = self._get(route, path, params)
+            except StudipNotFound:
+                yield StudipPage(
+                    route, request_key, params, page_nr, b"null", 0, [], [], fetched_at,
+                    subject=subject, found=False,
+                )  # fmt: skip
+                return
+            body = self.http.json(response)
+            try:
+                collection = body["collection"]
+                total = int(body["pagination"]["total"])
+                records, rejected = parse(collection)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise self.http.error(
+                    response, f"{route}: not a Stud.IP collection ({exc})"
+                ) from None
+            count = len(records) + len(rejected)
+            yield StudipPage(
+                route, request_key, params, page_nr, response.content, total, records,
+                rejected, fetched_at, subject=subject,
+            )  # fmt: skip
+            offset += count
+            page_nr += 1
+            if count == 0 or offset >= total:
+                return
+
+    # -- routes --------------------------------------------------------------------------------
+
+    def discovery(self) -> dict[str, Any]:
+        body = self.get("/discovery", "/discovery")
+        if isinstance(body, list) and not body:
+            return {}
+        if not isinstance(body, dict):
+            raise StudipError(SYSTEM, "GET", self.http.url("/discovery"), "not a route map")
+        return body
+
+    def missing_routes(self, needed: Iterable[str]) -> list[str]:
+        """The routes of ``needed`` that /discovery does not offer for GET."""
+        offered = self.discovery()
+        return [
+            route
+            for route in needed
+            if not (isinstance(offered.get(route), dict) and "get" in offered[route])
+        ]
+
+    def check_routes(self, needed: Iterable[str]) -> None:
+        missing = self.missing_routes(needed)
+        if missing:
+            raise StudipRoutesMissing(missing)
+
+    def user_page(self, user_id: str | None = None) -> StudipPage:
+        """``/user`` (the API account) or ``/user/:id``; a 404 gives a page with no record."""
+        route, path = (
+            ("/user", "/user") if user_id is None else ("/user/:user_id", f"/user/{user_id}")
+        )
+        fetched_at = datetime.now(UTC)
+        try:
+            response = self._get(route, path)
+        except StudipNotFound:
+            return StudipPage(
+                route, path, {}, 0, b"null", 0, [], [], fetched_at,
+                subject=user_id or "", found=False,
+            )  # fmt: skip
+        raw = self.http.json(response)
+        user, rejected = _validate(StudipUser, raw, "user", "user_id")
+        return StudipPage(
+            route, path, {}, 0, response.content, 1, [user] if user else [],
+            [rejected] if rejected else [], fetched_at, subject=user_id or "",
+        )  # fmt: skip
+
+    def search_users(self, text: str) -> Iterator[StudipPage]:
+        """``/users?q=``: matching users as a plain JSON list (no pagination object), paged
+        until a page comes back short."""
+        offset = 0
+        for page_nr in itertools.count():
+            params = {"q": text, "offset": offset, "limit": self.page_size}
+            fetched_at = datetime.now(UTC)
+            response = self._get(SEARCH_ROUTE, "/users", params)
+            body = self.http.json(response)
+            if not isinstance(body, list):
+                raise self.http.error(response, "/users: expected a JSON list")
+            records, rejected = _parse_all(body, StudipUser, "user", "user_id")
+            yield StudipPage(
+                SEARCH_ROUTE, f"/users?q={text}", params, page_nr, response.content, len(body),
+                records, rejected, fetched_at, subject=text,
+            )  # fmt: skip
+            offset += len(body)
+            if len(body) < self.page_size:
+                return
+
+    def semesters(self) -> Iterator[StudipPage]:
+        return self.pages(
+            "/semesters",
+            "/semesters",
+            parse=lambda c: _parse_all(collection_values(c), StudipSemester, "semester", "id"),
+        )
+
+    def settings(self) -> StudipPage:
+        """``/studip/settings``; ``records`` holds ``(type key, StudipSemType)`` pairs."""
+        fetched_at = datetime.now(UTC)
+        response = self._get("/studip/settings", "/studip/settings")
+        body = self.http.json(response)
+        sem_types = body.get("SEM_TYPE") if isinstance(body, dict) else None
+        records: list[tuple[str, StudipSemType]] = []
+        rejected: list[Rejected] = []
+        for key, raw in sem_types.items() if isinstance(sem_types, dict) else []:
+            sem_type, problem = _validate(StudipSemType, raw, "sem_type", "name")
+            if sem_type is not None:
+                records.append((str(key), sem_type))
+            elif problem is not None:
+                rejected.append(Rejected("sem_type", str(key), problem.reason, raw))
+        return StudipPage(
+            "/studip/settings", "/studip/settings", {}, 0, response.content, len(records),
+            records, rejected, fetched_at,
+        )  # fmt: skip
+
+    def user_courses(self, user_id: str, semester_id: str | None = None) -> Iterator[StudipPage]:
+        filters = {"semester": semester_id} if semester_id else {}
+        return self.pages(
+            "/user/:user_id/courses",
+            f"/user/{user_id}/courses",
+            filters,
+            parse=lambda c: _parse_all(collection_values(c), StudipCourse, "course", "course_id"),
+            subject=user_id,
+        )
+
+    def course_members(self, course_id: str) -> Iterator[StudipPage]:
+        return self.pages(
+            "/course/:course_id/members",
+            f"/course/{course_id}/members",
+            parse=_parse_members,
+            subject=course_id,
+        )
+
+    def user_institutes(self, user_id: str) -> Iterator[StudipPage]:
+        """Records are ``(relation, StudipInstitute)`` with relation ``work`` or ``study``."""
+        return self.pages(
+            "/user/:user_id/institutes",
+            f"/user/{user_id}/institutes",
+            parse=_parse_institutes,
+            subject=user_id,
+        )
+
+    # -- the crawl -----------------------------------------------------------------------------
+
+    def crawl(
+        self,
+        seed_ids: Iterable[str],
+        semester_ids: Sequence[str],
+        *,
+        fetched_users: Iterable[str] = (),
+        known_users: Iterable[str] = (),
+        seed_courses: Iterable[str] = (),
+    ) -> Iterator[StudipPage]:
+        """Every page of the closure crawl from ``seed_ids``, in the caller's thread as they arrive.
+
+        For each reached user: ``/user/:id`` (unless in ``fetched_users``: its record came from
+        ``/user`` or ``/users?q=`` already), its courses for each of ``semester_ids`` and its
+        institutes; for each new course (and each of ``seed_courses``): its members; each member
+        not reached yet and not in ``known_users`` is reached in turn. Seeds are always reached.
+        Each user and course is requested once. At most ``concurrency`` requests are in flight.
+        """
+        crawl = _Crawl(self, semester_ids, set(fetched_users), set(known_users))
+        yield from crawl.run(seed_ids, seed_courses)
+
+
+def _parse_all(
+    items: list[Any], model: type[BaseModel], record_type: str, key_field: str
+) -> tuple[list[Any], list[Rejected]]:
+    records, rejected = [], []
+    for raw in items:
+        record, problem = _validate(model, raw, record_type, key_field)
+        if record is not None:
+            records.append(record)
+        elif problem is not None:
+            rejected.append(problem)
+    return records, rejected
+
+
+def _parse_members(collection: Any) -> tuple[list[Any], list[Rejected]]:
+    records, rejected = [], []
+    for raw in collection_values(collection):
+        record, problem = _validate(StudipMember, raw, "membership", "")
+        if record is not None:
+            records.append(record)
+        elif problem is not None:
+            rejected.append(Rejected(problem.record_type, _member_key(raw), problem.reason, raw))
+    return records, rejected
+
+
+def _parse_institutes(collection: Any) -> tuple[list[Any], list[Rejected]]:
+    records, rejected = [], []
+    for relation, raw in institute_entries(collection):
+        record, problem = _validate(StudipInstitute, raw, "institute", "institute_id")
+        if record is not None:
+            records.append((relation, record))
+        elif problem is not None:
+            rejected.append(problem)
+    return records, rejected
+
+
+def _error_detail(response: requests.Response) -> str:
+    """A short reason from an error body: a JSON string, a JSON object's message, or a note
+    that the server sent an HTML page."""
+    if not response.content:
+        return ""
+    content_type = response.headers.get("Content-Type", "")
+    text = response.text.strip()
+    if "html" in content_type or text.startswith("<"):
+        return "the server sent an HTML error page" if text.startswith("<") else text[:200]
+    try:
+        body = response.json()
+    except ValueError:
+        return text[:200]
+    if isinstance(body, dict) and "message" in body:
+        return str(body["message"])[:300]
+    return str(body)[:200]
+
+
+class _Crawl:
+    """One closure crawl: a thread pool fetches, the calling thread consumes and expands."""
+
+    def __init__(
+        self,
+        client: StudipClient,
+        semester_ids: Sequence[str],
+        fetched_users: set[str],
+        known_users: set[str],
+    ) -> None:
+        self.client = client
+        self.semester_ids = list(semester_ids)
+        self.fetched_users = fetched_users
+        self.known_users = known_users
+        self.users: set[str] = set()
+        self.courses: set[str] = set()
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._outstanding = 0
+        self._stop = threading.Event()
+
+    def run(self, seed_ids: Iterable[str], seed_courses: Iterable[str]) -> Iterator[StudipPage]:
+        with ThreadPoolExecutor(
+            max_workers=self.client.concurrency, thread_name_prefix="studip-crawl"
+        ) as self._pool:
+            try:
+                for user_id in seed_ids:
+                    self._reach_user(user_id)
+                for course_id in seed_courses:
+                    self._read_members(course_id)
+                while self._outstanding:
+                    kind, value = self._events.get()
+                    if kind == "done":
+                        self._outstanding -= 1
+                    elif kind == "error":
+                        raise value
+                    else:
+                        yield value
+                        self._expand(value)
+            finally:
+                self._stop.set()
+
+    def _submit(self, fetch: Callable[[], Iterator[StudipPage] | StudipPage]) -> None:
+        self._outstanding += 1
+        self._pool.submit(self._work, fetch)
+
+    def _work(self, fetch: Callable[[], Iterator[StudipPage] | StudipPage]) -> None:
+        try:
+            if self._stop.is_set():
+                return
+            result = fetch()
+            for page in [result] if isinstance(result, StudipPage) else result:
+                self._events.put(("page", page))
+                if self._stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consuming thread, which raises it
+            self._events.put(("error", exc))
+        finally:
+            self._events.put(("done", None))
+
+    def _reach_user(self, user_id: str) -> None:
+        if user_id in self.users:
+            return
+        self.users.add(user_id)
+        client = self.client
+        if user_id not in self.fetched_users:
+            self._submit(lambda: client.user_page(user_id))
+        for semester_id in self.semester_ids:
+            self._submit(lambda s=semester_id: client.user_courses(user_id, s))
+        self._submit(lambda: client.user_institutes(user_id))
+
+    def _read_members(self, course_id: str) -> None:
+        if course_id not in self.courses:
+            self.courses.add(course_id)
+            self._submit(lambda: self.client.course_members(course_id))
+
+    def _expand(self, page: StudipPage) -> None:
+        if page.route == "/user/:user_id/courses":
+            for course in page.records:
+                if course.start_semester_id in self.semester_ids:
+                    self._read_members(course.course_id)
+        elif page.route == "/course/:course_id/members":
+            for member in page.records:
+                user_id = member.member.id
+                if user_id not in self.users and user_id not in self.known_users:
+                    self._reach_user(user_id)
+
+
+# -- the resource ------------------------------------------------------------------------------
+
+
+class StudIPResource(dg.ConfigurableResource):
+    """The Stud.IP REST API (``STUDIP_*`` settings): HTTP Basic, or OAuth1 when its four
+    values are set."""
+
+    api_url: str = Field(description="Base URL ending in /api.php (STUDIP_API_URL).")
+    username: str = Field(description="API account, root or admin (STUDIP_USERNAME).")
+    password: str = Field(description="Its password (STUDIP_PASSWORD).")
+    oauth_consumer_key: str | None = Field(default=None, description="OAuth1 consumer key.")
+    oauth_consumer_secret: str | None = Field(default=None, description="OAuth1 secret.")
+    oauth_token: str | None = Field(default=None, description="OAuth1 access token.")
+    oauth_token_secret: str | None = Field(default=None, description="OAuth1 token secret.")
+    seed_users: list[str] = Field(
+        default_factory=list,
+        description="Usernames or user ids the crawl starts from (STUDIP_SEED_USERS).",
+    )
+    semesters: list[str] = Field(
+        default_factory=lambda: ["current", "next"],
+        description="current, next, semester ids or titles (STUDIP_SEMESTERS).",
+    )
+    concurrency: int = Field(default=8, ge=1, le=64, description="STUDIP_CONCURRENCY.")
+    page_size: int = Field(default=100, ge=1, description="Items requested per page.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Read timeout per request.")
+    retry_attempts: int = Field(
+        default=5, ge=1, description="Tries per request on 429, 5xx and dropped connections."
+    )
+    retry_backoff_s: float = Field(default=0.5, ge=0, description="First retry delay.")
+
+    @property
+    def uses_oauth1(self) -> bool:
+        return bool(self.oauth_consumer_key)
+
+    def client(self, *, retry_policy: RetryPolicy | None = None) -> StudipClient:
+        http = HttpClient(
+            SYSTEM,
+            self.api_url,
+            timeout=(10, self.timeout_s),
+            retry_policy=retry_policy
+            or RetryPolicy(attempts=self.retry_attempts, backoff_s=self.retry_backoff_s),
+            pool_size=self.concurrency,
+        )
+        if self.uses_oauth1:
+            http.session.auth = OAuth1(
+                self.oauth_consumer_key,
+                client_secret=self.oauth_consumer_secret,
+                resource_owner_key=self.oauth_token,
+                resource_owner_secret=self.oauth_token_secret,
+                signature_method="HMAC-SHA1",
+            )
+        else:
+            http.session.auth = HTTPBasicAuth(self.username, self.password)
+        return StudipClient(http, page_size=self.page_size, concurrency=self.concurrency)
+
+
+def is_user_id(text: str) -> bool:
+    return bool(_HEX_ID.fullmatch(text))
+
+
+class SemesterSelectionError(ValueError):
+    """``STUDIP_SEMESTERS`` names a semester Stud.IP does not have."""
+
+
+def select_semesters(
+    semesters: Sequence[StudipSemester], wanted: Sequence[str], now: datetime
+) -> list[str]:
+    """The ids of the semesters ``wanted`` names, in the order of their begin.
+
+    ``current`` is the semester with ``begin <= now <= end``, ``next`` the one after it; other
+    entries are semester ids or titles (``WS 2026/2027``).
+    """
+    ordered = sorted(semesters, key=lambda s: s.begin)
+    moment = int(now.timestamp())
+    current = next((i for i, s in enumerate(ordered) if s.begin <= moment <= s.end), None)
+    chosen: set[str] = set()
+    problems: list[str] = []
+    for entry in wanted:
+        if entry.lower() in ("current", "next"):
+            position = None if current is None else current + (entry.lower() == "next")
+            if position is None or position >= len(ordered):
+                problems.append(
+                    f"{entry} (Stud.IP has no {entry.lower()} semester on {now:%Y-%m-%d})"
+                )
+                continue
+            chosen.add(ordered[position].id)
+            continue
+        match = [s.id for s in ordered if entry in (s.id, s.title)]
+        if not match:
+            problems.append(repr(entry))
+        chosen.update(match)
+    if problems:
+        titles = ", ".join(s.title for s in ordered) or "none"
+        raise SemesterSelectionError(
+            f"STUDIP_SEMESTERS names semesters Stud.IP does not have: {', '.join(problems)}; "
+            f"its semesters are: {titles}"
+        )
+    return [s.id for s in ordered if s.id in chosen]
+
+
+def studip_resource(settings: StudipSettings) -> StudIPResource:
+    """The resource for the ``STUDIP_*`` settings; secrets set in the environment reach the run
+    as ``EnvVar``s (``secret_config``), never as run config."""
+
+    def secret(name: str, value: SecretStr) -> str:
+        return secret_config(name) if os.environ.get(name, "").strip() else value.get_secret_value()
+
+    oauth = settings.oauth1
+    return StudIPResource(
+        api_url=settings.api_url,
+        username=settings.username,
+        password=secret("STUDIP_PASSWORD", settings.password),
+        oauth_consumer_key=oauth.consumer_key if oauth else None,
+        oauth_consumer_secret=(
+            secret("STUDIP_OAUTH_CONSUMER_SECRET", oauth.consumer_secret) if oauth else None
+        ),
+        oauth_token=oauth.token if oauth else None,
+        oauth_token_secret=(
+            secret("STUDIP_OAUTH_TOKEN_SECRET", oauth.token_secret) if oauth else None
+        ),
+        seed_users=list(settings.seed_users),
+        semesters=list(settings.semesters),
+        concurrency=settings.concurrency,
+    )

@@ -1,0 +1,278 @@
+"""The student graph and the HUB desired state equal the world's independent projection.
+
+The source tables are filled straight from the world here, as the source assets land them
+(Stud.IP limited to what the crawl reaches), so these tests pin the identity rules and the
+mapping; the end-to-end tests run the real sources.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import duckdb
+import pytest
+
+from assets.graph import build_hub_desired, resolve_identities, term_code
+from resources.warehouse import WarehouseResource
+from sandbox.expected import (
+    OBJECT_TYPES,
+    crawl_studip,
+    default_seed_ids,
+    default_semester_ids,
+    expected_hub_state,
+)
+from sandbox.world import (
+    LMS_STUDENT_ID_FIELD,
+    CoStudent,
+    LmsLearner,
+    World,
+)
+
+VIENNA = ZoneInfo("Europe/Vienna")
+TODAY = date(2026, 11, 23)
+KEY = "full-20261123T100000Z"
+
+
+def _ts(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def load_sources(conn: duckdb.DuckDBPyConnection, world: World) -> None:
+    """Write the world's current records into the sources' current-state tables."""
+    for table in (
+        "co_students",
+        "studip_users",
+        "studip_semesters",
+        "studip_courses",
+        "studip_memberships",
+        "lms_learners",
+        "lms_registrations",
+        "lms_courses",
+    ):
+        conn.execute(f"DELETE FROM {table}")
+    for s in world.co_students.values():
+        _co_student(conn, world, s)
+    users, courses = crawl_studip(world, default_semester_ids(world), default_seed_ids(world))
+    for user_id in users:
+        u = world.studip_users[user_id]
+        person = world.persons.get(u.pid) if u.pid else None
+        given, family = (person.given, person.family) if person else ("Hubsync", "API")
+        conn.execute(
+            "INSERT INTO studip_users BY NAME SELECT ? AS user_id, ? AS username, ? AS perms, "
+            "? AS email, ? AS given, ? AS family, ? AS formatted, "
+            "map(?::VARCHAR[], ?::VARCHAR[]) AS datafields, ? AS changed_in_sync",
+            [
+                u.user_id,
+                u.username,
+                u.perms,
+                u.email,
+                given,
+                family,
+                f"{given} {family}",
+                list(u.datafields),
+                list(u.datafields.values()),
+                KEY,
+            ],
+        )
+    for m in world.studip_semesters.values():
+        conn.execute(
+            "INSERT INTO studip_semesters BY NAME SELECT ? AS semester_id, ? AS title, "
+            "? AS begin_at, ? AS end_at, ? AS changed_in_sync",
+            [m.semester_id, m.title, _ts(m.begin), _ts(m.end), KEY],
+        )
+    for course_id in courses:
+        c = world.studip_courses[course_id]
+        conn.execute(
+            "INSERT INTO studip_courses BY NAME SELECT ? AS course_id, ? AS number, ? AS title, "
+            "? AS subtitle, ? AS type, ? AS start_semester_id, ? AS end_semester_id, "
+            "? AS group_nr, ? AS changed_in_sync",
+            [
+                c.course_id,
+                c.number,
+                c.title,
+                c.subtitle,
+                c.sem_type,
+                c.start_semester,
+                c.end_semester,
+                c.group,
+                KEY,
+            ],
+        )
+        for user_id, status in world.memberships[course_id].items():
+            conn.execute(
+                "INSERT INTO studip_memberships VALUES (?, ?, ?, ?)",
+                [course_id, user_id, status, KEY],
+            )
+    logins = {r.login for r in world.lms_registrations.values()}
+    for login in logins:
+        _lms_learner(conn, world, world.lms_learners[login])
+    for r in world.lms_registrations.values():
+        learner = world.lms_learners[r.login]
+        course = world.lms_courses[r.course_id]
+        conn.execute(
+            "INSERT INTO lms_registrations BY NAME SELECT ? AS RegistrationId, "
+            "? AS RegistrationStatus, 'x' AS RegistrationStatusName, ? AS RegistrationDate, "
+            "? AS CourseId, ? AS CourseCode, ? AS OfferingShortId, ? AS OrganizationLoginId, "
+            "? AS UniqueLoginId, ? AS EmailAddress, map([], []) AS OrgProfileFieldValues, "
+            "? AS fetched_in_sync, 'h' AS row_hash, ? AS changed_in_sync",
+            [
+                r.registration_id,
+                r.status,
+                r.registration_date,
+                course.course_id,
+                course.code,
+                course.offering_short_id,
+                learner.login,
+                learner.unique_login,
+                learner.email,
+                KEY,
+                KEY,
+            ],
+        )
+    for course in world.lms_courses.values():
+        conn.execute(
+            "INSERT INTO lms_courses VALUES (?, ?, ?, [?], 'h', ?)",
+            [course.course_id, course.code, course.name, course.offering_short_id, KEY],
+        )
+
+
+def _co_student(conn: duckdb.DuckDBPyConnection, world: World, s: CoStudent) -> None:
+    person = world.persons[s.pid]
+    conn.execute(
+        "INSERT INTO co_students BY NAME SELECT 'DMSView' AS SOURCE, now() AS \"TIMESTAMP\", "
+        "? AS STPERSONNR, ? AS STUDID, ? AS GIVENNAME, ? AS FAMILYNAME, ? AS BIRTHDATE, "
+        "? AS IDENTNROBFUSCATED, ? AS NATIONALITYNR, ? AS ADMISSIONQUALIFICATIONTYPENR, "
+        "? AS EMAILADDRESSTU, ? AS PERSSTATUS, ? AS STUDSTATUSKEY, ? AS EXMATRICULATIONDATE, "
+        "? AS GENDERKEY, 'h' AS row_hash, ? AS changed_in_sync",
+        [
+            s.stpersonnr,
+            s.studid,
+            person.given,
+            person.family,
+            person.birth,
+            s.ident_obf,
+            s.nationality_nr,
+            s.qualification_type_nr,
+            s.email_tu,
+            s.personal_status,
+            s.status_key,
+            s.exmat_date,
+            person.gender,
+            KEY,
+        ],
+    )
+
+
+def _lms_learner(conn: duckdb.DuckDBPyConnection, world: World, learner: LmsLearner) -> None:
+    person = world.persons[learner.pid]
+    conn.execute(
+        "INSERT INTO lms_learners VALUES (?, ?, ?, ?, ?, ?, ?, "
+        "map(?::VARCHAR[], ?::VARCHAR[]), 'h', ?)",
+        [
+            learner.login,
+            learner.unique_login,
+            learner.email,
+            learner.contact_email,
+            person.given,
+            person.family,
+            learner.profile.get(LMS_STUDENT_ID_FIELD),
+            list(learner.profile),
+            list(learner.profile.values()),
+            KEY,
+        ],
+    )
+
+
+def desired_state(conn: duckdb.DuckDBPyConnection) -> dict[str, dict[str, dict]]:
+    state: dict[str, dict[str, dict]] = {kind: {} for kind in OBJECT_TYPES}
+    for kind, key, payload in conn.execute(
+        "SELECT object_type, key, payload::VARCHAR FROM hub_desired"
+    ).fetchall():
+        assert key not in state[kind], f"duplicate {kind} {key}"
+        state[kind][key] = json.loads(payload)
+    return state
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> WarehouseResource:
+    return WarehouseResource(path=str(tmp_path / "warehouse.duckdb"))
+
+
+@pytest.mark.parametrize("seed", [13, 14])
+def test_desired_state_equals_the_worlds_projection(
+    warehouse: WarehouseResource, seed: int
+) -> None:
+    world = World(seed=seed, students=250, today=TODAY)
+    expected = expected_hub_state(world)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        rules = resolve_identities(conn)
+        summary = build_hub_desired(conn, VIENNA, TODAY)
+        assert desired_state(conn) == expected.state
+        assert summary.unsendable == expected.unsendable
+        persons = dict(
+            conn.execute(
+                "SELECT person_key, coalesce(studip_user_id, '') || '/' || coalesce(lms_login, '') "
+                "FROM persons"
+            ).fetchall()
+        )
+    assert set(persons) == set(expected.persons)
+    for key, person in expected.persons.items():
+        assert persons[key] == (
+            f"{person.studip.user_id if person.studip else ''}/"
+            f"{person.lms.login if person.lms else ''}"
+        ), key
+    assert rules["studip:studid"] and rules["studip:email"] and rules["lms:login"]
+
+
+def test_a_changed_world_changes_the_desired_state_the_same_way(
+    warehouse: WarehouseResource,
+) -> None:
+    world = World(seed=15, students=200, today=TODAY)
+    world.step(seed=1)
+    world.step(seed=2, include_deletes=True)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        assert desired_state(conn) == expected_hub_state(world).state
+
+
+def test_term_codes_come_from_the_local_begin() -> None:
+    # WS 2026/27 begins at local midnight on 1 October: still 30 September in UTC
+    assert term_code(datetime(2026, 9, 30, 22, tzinfo=UTC), VIENNA) == "2026W"
+    assert term_code(datetime(2027, 3, 31, 22, tzinfo=UTC), VIENNA) == "2027S"
+
+
+def test_conflicts_resolve_the_same_way_in_both(warehouse: WarehouseResource) -> None:
+    world = World(seed=16, students=200, today=TODAY)
+    reached, _ = crawl_studip(world, default_semester_ids(world), default_seed_ids(world))
+    claimed = next(s for s in world.co_students.values() if s.studid and s.active)
+    first, second = sorted(
+        (
+            world.studip_users[u]
+            for u in reached
+            if world.studip_users[u].perms == "autor" and world.studip_users[u].pid != claimed.pid
+        ),
+        key=lambda u: u.user_id,
+    )[:2]
+    for account in (first, second):  # two accounts carry the same matriculation number
+        account.datafields["Matrikelnummer"] = claimed.studid
+    expected = expected_hub_state(world)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        rules = resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        assert desired_state(conn) == expected.state
+        links = dict(
+            conn.execute(
+                "SELECT source_id, rule FROM person_links WHERE system = 'studip'"
+            ).fetchall()
+        )
+    assert rules["studip:conflict"] >= 1
+    assert links[first.user_id] == "studid" and links[second.user_id] == "conflict"
+    assert expected.persons[f"co:{claimed.stpersonnr}"].studip.user_id == first.user_id
+    assert expected.persons[f"studip:{second.user_id}"].studip.user_id == second.user_id
