@@ -156,6 +156,30 @@ def _format_number(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# The numbers the summary shows (all of them are in the UI): what came in, what went out, what
+# went wrong. Multi-assets prefix them with the table, e.g. "raw_co_students.pages".
+HEADLINE_NUMBERS = frozenset(
+    {
+        "pages",
+        "records",
+        "items",
+        "requests",
+        "quarantined",
+        "persons",
+        "unsendable_persons",
+        "events",
+        "batches_posted",
+        "items_applied",
+        "items_reconciled",
+        "items_failed",
+    }
+)
+
+
+def _headline(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in HEADLINE_NUMBERS
+
+
 def render_summary(report: SyncReport) -> str:
     """One screen: key, mode, outcome, then a line per step with duration and numbers."""
     outcome = "succeeded" if report.success else "FAILED"
@@ -171,6 +195,8 @@ def render_summary(report: SyncReport) -> str:
     for step, step_report in report.steps.items():
         duration = step_report.duration_s
         shown = f"{duration:.1f} s" if duration is not None else "-"
-        numbers = " ".join(f"{k}={_format_number(v)}" for k, v in step_report.numbers.items())
+        numbers = " ".join(
+            f"{k}={_format_number(v)}" for k, v in step_report.numbers.items() if _headline(k)
+        )
         lines.append(f"  {step:<{width}}  {step_report.status:<8}  {shown:>7}  {numbers}".rstrip())
     return "\n".join(lines)
