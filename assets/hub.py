@@ -51,14 +51,12 @@ from resources.warehouse import WarehouseResource, transaction
 
 OBJECT_TYPES = tuple(OBJECT_MODELS)  # dependency order
 LINK_TYPES = ("studentparent", "sectionstudent", "sectionteacher")
-ENTITY_TYPES = tuple(t for t in OBJECT_TYPES if t not in LINK_TYPES)
 PHASES: tuple[tuple[str, str], ...] = (
     *(("delete", t) for t in reversed(OBJECT_TYPES)),
     *(("upsert", t) for t in OBJECT_TYPES),
 )
 MAX_BATCH_BYTES = 1_000_000
 ALLOW_DELETES_TAG = "hubsync/allow-deletes"
-IN_FLIGHT = ("posting", "sent")
 
 
 # -- the diff ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
-from assets.graph import build_hub_desired, resolve_identities, term_code
+from assets.graph import SOURCE_TABLES, build_hub_desired, resolve_identities, term_code
 from resources.warehouse import WarehouseResource
 from sandbox.expected import (
     OBJECT_TYPES,
@@ -42,16 +42,7 @@ def _ts(epoch: int) -> datetime:
 
 def load_sources(conn: duckdb.DuckDBPyConnection, world: World) -> None:
     """Write the world's current records into the sources' current-state tables."""
-    for table in (
-        "co_students",
-        "studip_users",
-        "studip_semesters",
-        "studip_courses",
-        "studip_memberships",
-        "lms_learners",
-        "lms_registrations",
-        "lms_courses",
-    ):
+    for table in SOURCE_TABLES:
         conn.execute(f"DELETE FROM {table}")
     for s in world.co_students.values():
         _co_student(conn, world, s)

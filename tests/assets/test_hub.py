@@ -31,8 +31,6 @@ from sandbox.http import FaultConfig
 from sandbox.server import running_sandbox
 from sandbox.world import World
 
-ENTITY_TYPES = ("term", "subject", "user", "section")
-
 
 @pytest.fixture
 def sandbox():
