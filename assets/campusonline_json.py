@@ -9,11 +9,14 @@ sandbox emits and the reference's test vectors, not CO's full catalogues.
 """
 
 import re
-from datetime import UTC
-from typing import Any
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from resources.campusonline import CoApplication, CoDate, CoStudent, CoStudy
+from resources.campusonline import CoApplication, CoDate, CoRow, CoStudent, CoStudy
+
+Row = TypeVar("Row", bound=CoRow)
 
 Translations = dict[str, dict[str, str]]
 
@@ -85,6 +88,61 @@ COUNTRIES: dict[int, tuple[str | None, str, str]] = {
     257: (None, "Kosovo", "Kosovo"),  # no ISO code; translated by hand like the connector
 }
 
+# The keys of student_json, in its order (a test keeps the two in step).
+STUDENT_KEYS: tuple[str, ...] = (
+    "id",
+    "identNumberObfuscated",
+    "webUrl",
+    "syncDateTime",
+    "studentId",
+    "givenName",
+    "familyName",
+    "birthDate",
+    "studies",
+    "applications",
+    "nationality",
+    "nationalitySecondary",
+    "admissionQualificationType",
+    "admissionQualificationState",
+    "telephoneNumber",
+    "schoolCertificateDate",
+    "homeAddressNote",
+    "homeAddressStreet",
+    "homeAddressRegion",
+    "homeAddressPlace",
+    "homeAddressPostCode",
+    "homeAddressCountry",
+    "homeAddressTelephoneNumber",
+    "studyAddressNote",
+    "studyAddressStreet",
+    "studyAddressRegion",
+    "studyAddressPlace",
+    "studyAddressPostCode",
+    "studyAddressCountry",
+    "studyAddressTelephoneNumber",
+    "emailAddressUniversity",
+    "emailAddressConfirmed",
+    "emailAddressTemporary",
+    "personalStatus",
+    "studentStatus",
+    "tuitionStatus",
+    "tuitionExemptionType",
+    "immatriculationDate",
+    "exmatriculationStatus",
+    "immatriculationSemester",
+    "exmatriculationDate",
+    "exmatriculationSemester",
+    "studyLimitStartSemester",
+    "studyLimitEndSemester",
+    "academicTitlePreceding",
+    "academicTitleFollowing",
+    "formerFamilyName",
+    "socialSecurityNumber",
+    "sectorSpecificPersonalIdentifier",
+    "gender",
+    "note",
+)
+
 _DISPLAY_TEXT = re.compile(r"^(\d+) - (.*)", re.DOTALL)
 
 
@@ -130,6 +188,21 @@ def additional_exams(text: str | None) -> list[dict]:
     if text is None:
         return []
     return [enum(ADDITIONAL_EXAMS, item.strip()) for item in text.split(" | ") if item.strip()]
+
+
+def co_model_from_row(model: type[Row], row: Mapping[str, Any], zone: ZoneInfo) -> Row:
+    """A warehouse row of ``co_*`` back as the CO API row it was staged from: dates wrapped
+    in ``{"value": …}`` again and TIMESTAMP as CO's local wall time (``DD.MM.YYYYTHH:MI:SS``)."""
+    values: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        value = row.get(name)
+        if field.annotation is CoDate:
+            values[name] = {"value": value.isoformat() if isinstance(value, date) else None}
+        else:
+            values[name] = value
+    stamp: datetime = row["TIMESTAMP"]
+    values["TIMESTAMP"] = stamp.astimezone(zone).strftime("%d.%m.%YT%H:%M:%S")
+    return model.model_validate(values)
 
 
 def _date(value: CoDate) -> str | None:

@@ -456,7 +456,10 @@ def persons(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """One person per human across CAMPUSonline, Stud.IP and the LMS (``persons``), with the
-    links that joined them and the rule that matched (``person_links``)."""
+    links that joined them and the rule that matched (``person_links``). Views join each person
+    to their records: ``person_co_students|studies|applications``, ``person_studip_users``,
+    ``person_studip_courses`` and ``person_lms_registrations``; ``hubsync export students``
+    prints them per person."""
     with warehouse.connection() as conn:
         rules = resolve_identities(conn)
         total = conn.execute("SELECT count(*) FROM persons").fetchall()[0][0]

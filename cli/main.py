@@ -167,10 +167,15 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cli.export import export_table, warehouse_tables
+    from cli.export import export_students, export_table, warehouse_tables
 
     settings = load_settings()
     with _warehouse(settings).connection() as conn:
+        if args.table == "students":
+            export_students(
+                conn, sys.stdout, co_base_url=settings.co.api_url, zone=settings.co.timezone
+            )
+            return 0
         tables = warehouse_tables(conn)
         if args.table not in tables:
             print(
@@ -207,7 +212,11 @@ def _ui_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("table", help="warehouse table, e.g. sync_runs")
+    parser.add_argument(
+        "table",
+        help="warehouse table or view, e.g. sync_runs; or students: every person as the "
+        "connector's student JSON with their studies, applications, courses and registrations",
+    )
     parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
 
 
@@ -226,7 +235,8 @@ COMMANDS: tuple[Command, ...] = (
             arguments=_student_id),
     Command("show-applications", "print one student's applications",
             campusonline.show_applications, arguments=_student_id),
-    Command("export", "write a warehouse table to stdout", _export, arguments=_export_arguments),
+    Command("export", "write a warehouse table, or the students, to stdout", _export,
+            arguments=_export_arguments),
 )  # fmt: skip
 COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
 PASSTHROUGH = "sandbox"  # its arguments, --help included, go to `sandbox.server.main` unparsed

@@ -17,3 +17,43 @@ CREATE TABLE person_links (
     rule VARCHAR NOT NULL              -- anchor | studid | email | login | own | conflict
 );
 """
+
+# Each person joined to the records of every source that belong to them (one row per record).
+GRAPH_VIEWS = """
+CREATE VIEW person_co_students AS
+SELECT p.person_key, c.* EXCLUDE (row_hash, changed_in_sync)
+FROM persons p JOIN co_students c ON c.STPERSONNR = p.co_stpersonnr;
+
+CREATE VIEW person_co_studies AS
+SELECT p.person_key, s.* EXCLUDE (row_hash, changed_in_sync)
+FROM persons p JOIN co_studies s ON s.STPERSONNR = p.co_stpersonnr;
+
+CREATE VIEW person_co_applications AS
+SELECT p.person_key, a.* EXCLUDE (row_hash, changed_in_sync)
+FROM persons p JOIN co_applications a ON a.STPERSONNR = p.co_stpersonnr;
+
+CREATE VIEW person_studip_users AS
+SELECT p.person_key, u.* EXCLUDE (changed_in_sync)
+FROM persons p JOIN studip_users u ON u.user_id = p.studip_user_id;
+
+CREATE VIEW person_studip_courses AS
+SELECT p.person_key, m.status AS membership_status, c.* EXCLUDE (changed_in_sync),
+       s.title AS start_semester
+FROM persons p
+JOIN studip_memberships m ON m.user_id = p.studip_user_id
+JOIN studip_courses c ON c.course_id = m.course_id
+LEFT JOIN studip_semesters s ON s.semester_id = c.start_semester_id;
+
+CREATE VIEW person_lms_registrations AS
+SELECT p.person_key, r.* EXCLUDE (row_hash, changed_in_sync, fetched_in_sync)
+FROM persons p JOIN lms_registrations r ON r.OrganizationLoginId = p.lms_login;
+"""
+
+GRAPH_VIEW_NAMES = [
+    "person_co_students",
+    "person_co_studies",
+    "person_co_applications",
+    "person_studip_users",
+    "person_studip_courses",
+    "person_lms_registrations",
+]

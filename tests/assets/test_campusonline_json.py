@@ -3,12 +3,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import assets.campusonline_json
+from assets.campusonline import typed_row
 from assets.campusonline_json import (
     EXMATRICULATION_STATUSES,
     GENDERS,
     STUDENT_STATUSES,
     STUDY_STATUSES,
     additional_exams,
+    co_model_from_row,
     country,
     enum,
     qualification_from_display_text,
@@ -59,6 +62,7 @@ def converted() -> dict:
 def test_key_order_and_id_types_match_the_connector() -> None:
     document = converted()
     assert list(document) == STUDENT_KEYS
+    assert list(assets.campusonline_json.STUDENT_KEYS) == STUDENT_KEYS  # export's null shape
     assert list(document["studies"][0]) == STUDY_KEYS
     assert list(document["applications"][0]) == APPLICATION_KEYS
     assert document["id"] == "123123"
@@ -181,3 +185,15 @@ def test_qualifications_and_additional_exams() -> None:
     foo, edg = additional_exams("FOO | EDG")
     assert foo["translations"]["en"] == "unknown value (FOO)"
     assert edg["translations"]["en"] == "suppl.exam. - Descriptive Geometry"
+
+
+@pytest.mark.parametrize("stamp", ["13.06.2024T14:00:34", "27.10.2024T02:30:00"])  # incl. DST end
+def test_a_warehouse_row_converts_back_to_the_api_row(stamp: str) -> None:
+    zone = ZoneInfo("Europe/Vienna")
+    for model, row in (
+        (CoStudent, FULL_STUDENT),
+        (CoStudy, FULL_STUDY),
+        (CoApplication, FULL_APPLICATION),
+    ):
+        original = model.model_validate({**row, "TIMESTAMP": stamp})
+        assert co_model_from_row(model, typed_row(original, zone), zone) == original

@@ -133,10 +133,10 @@ def test_export_writes_a_table(capsys: pytest.CaptureFixture[str], live_sandbox:
 
 
 def test_export_of_an_unknown_table(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "export", "students")
+    code, out, err = run(capsys, "export", "no_such_table")
     assert code == 1
     assert out == ""
-    assert "has no table 'students'; available: " in err
+    assert "has no table 'no_such_table'; available: " in err
     available = err.split("available: ", 1)[1].strip().split(", ")
     assert {"quarantine", "schema_migrations", "sync_runs"} <= set(available)
     assert available == sorted(available)
