@@ -12,9 +12,9 @@ Nothing is sent twice and nothing is lost:
   leaves ``posting``, which the next run treats as *unknown*.
 * When a post's fate is unknown (it went out, no usable answer came back) its objects become
   *uncertain* in ``hub_state``: the next diff sends an entity again as an ``update`` (harmless if
-  the HUB has it; "not found" clears the row so the sync after inserts it), never as a second
-  insert. Links have no update, so an uncertain link is inserted again and "already exists"
-  reconciles it.
+  the HUB has it; on "not found" a follow-up batch of the same phase inserts it, before the
+  links that name it), never as a second insert. Links have no update, so an uncertain link is
+  inserted again and "already exists" reconciles it.
 * "Already exists" on an insert and "not found" on an update or delete are reconciled, other
   errors leave ``hub_state`` unchanged so the next diff tries again.
 * Entity deletes (users, sections, subjects, terms) only come from full syncs; link deletes also
@@ -24,7 +24,6 @@ Nothing is sent twice and nothing is lost:
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -214,6 +213,20 @@ def recover_interrupted(conn: duckdb.DuckDBPyConnection) -> int:
     return len(rows)
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """What every stored batch carries besides its events (from the HUB resource)."""
+
+    org_id: str
+    who: str
+    batch_size: int
+    max_bytes: int = MAX_BATCH_BYTES
+
+
+def _doo(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def build_payload(
     conn: duckdb.DuckDBPyConnection,
     sync_key: str,
@@ -227,67 +240,82 @@ def build_payload(
 ) -> PayloadSummary:
     """Replace this sync's unsent events and batches with the current diff."""
     recovered = recover_interrupted(conn)
-    doo = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     with transaction(conn):
         superseded = _supersede_unsent(conn, sync_key)
         changes = diff(conn, full=full)
-        row = conn.execute(
-            "SELECT coalesce(max(batch_no), 0), coalesce(max(seq), 0) "
-            "FROM hub_events WHERE sync_key = ?",
-            [sync_key],
-        ).fetchall()[0]
-        last_batch, last_seq = row if row else (0, 0)
-        batches = make_batches(
-            changes, batch_size=batch_size, first_batch_no=last_batch + 1, max_bytes=max_bytes
+        batches, total_bytes = store_batches(
+            conn, sync_key, changes, Envelope(org_id, who, batch_size, max_bytes), _doo(now)
         )
-        batch_rows, event_rows = [], []
-        seq = last_seq
-        for batch in batches:
-            text = envelope_text(batch, org_id=org_id, who=who, doo=doo)
-            batch_rows.append(
+    counts = Counter(f"{c.object_type}_{c.action}" for c in changes)
+    return PayloadSummary(counts, batches, total_bytes, superseded, recovered)
+
+
+def store_batches(
+    conn: duckdb.DuckDBPyConnection,
+    sync_key: str,
+    changes: list[Change],
+    envelope: Envelope,
+    doo: str,
+) -> tuple[int, int]:
+    """Store ``changes`` as this sync's next pending batches, each with the exact JSON to post;
+    return (batches, bytes)."""
+    row = conn.execute(
+        "SELECT coalesce(max(batch_no), 0), coalesce(max(seq), 0) "
+        "FROM hub_events WHERE sync_key = ?",
+        [sync_key],
+    ).fetchall()[0]
+    last_batch, last_seq = row if row else (0, 0)
+    batches = make_batches(
+        changes,
+        batch_size=envelope.batch_size,
+        first_batch_no=last_batch + 1,
+        max_bytes=envelope.max_bytes,
+    )
+    batch_rows, event_rows = [], []
+    seq = last_seq
+    for batch in batches:
+        text = envelope_text(batch, org_id=envelope.org_id, who=envelope.who, doo=doo)
+        batch_rows.append(
+            (
+                sync_key,
+                batch.batch_no,
+                batch.phase,
+                batch.object_type,
+                batch.action,
+                len(batch.changes),
+                text,
+                len(text.encode()),
+            )
+        )
+        for change in batch.changes:
+            seq += 1
+            event_rows.append(
                 (
                     sync_key,
+                    seq,
                     batch.batch_no,
-                    batch.phase,
-                    batch.object_type,
-                    batch.action,
-                    len(batch.changes),
-                    text,
-                    len(text.encode()),
+                    change.object_type,
+                    change.action,
+                    change.key,
+                    change.log_sis_id,
+                    json.dumps(change.payload),
                 )
             )
-            for change in batch.changes:
-                seq += 1
-                event_rows.append(
-                    (
-                        sync_key,
-                        seq,
-                        batch.batch_no,
-                        change.object_type,
-                        change.action,
-                        change.key,
-                        change.log_sis_id,
-                        json.dumps(change.payload),
-                    )
-                )
-        _insert_rows(
-            conn,
-            "hub_batches",
-            BATCH_COLUMNS,
-            batch_rows,
-            "sync_key, batch_no, phase, object_type, action, objects, envelope::JSON, "
-            "bytes, 'pending'",
-        )
-        _insert_rows(
-            conn,
-            "hub_events",
-            EVENT_COLUMNS,
-            event_rows,
-            "sync_key, seq, batch_no, object_type, action, key, log_sis_id, payload::JSON",
-        )
-    total_bytes = sum(row[-1] for row in batch_rows)
-    counts = Counter(f"{c.object_type}_{c.action}" for c in changes)
-    return PayloadSummary(counts, len(batches), total_bytes, superseded, recovered)
+    _insert_rows(
+        conn,
+        "hub_batches",
+        BATCH_COLUMNS,
+        batch_rows,
+        "sync_key, batch_no, phase, object_type, action, objects, envelope::JSON, bytes, 'pending'",
+    )
+    _insert_rows(
+        conn,
+        "hub_events",
+        EVENT_COLUMNS,
+        event_rows,
+        "sync_key, seq, batch_no, object_type, action, key, log_sis_id, payload::JSON",
+    )
+    return len(batches), sum(row[-1] for row in batch_rows)
 
 
 BATCH_COLUMNS = [
@@ -620,16 +648,51 @@ class DeliverySummary:
     stopped: str = ""  # why delivery stopped early, if it did
 
 
-def _pending(conn: duckdb.DuckDBPyConnection, sync_key: str) -> Iterator[tuple[int, list]]:
+def _pending(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, phase: int | None = None
+) -> list[tuple[int, list[tuple[int, str]]]]:
+    """This sync's unsent batches by phase, in sending order: [(phase, [(batch_no, json)])]."""
     rows = conn.execute(
         "SELECT phase, batch_no, envelope::VARCHAR FROM hub_batches "
-        "WHERE sync_key = ? AND status = 'pending' ORDER BY batch_no",
-        [sync_key],
+        "WHERE sync_key = ? AND status = 'pending' AND (phase = ? OR ? IS NULL) ORDER BY batch_no",
+        [sync_key, phase, phase],
     ).fetchall()
     phases: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for phase, batch_no, text in rows:
-        phases[phase].append((batch_no, text))
-    yield from sorted(phases.items())
+    for batch_phase, batch_no, text in rows:
+        phases[batch_phase].append((batch_no, text))
+    return sorted(phases.items())
+
+
+# Entities of this sync's phase that an update found missing at the HUB (an uncertain object
+# whose post never arrived), still desired, not held, and not inserted since: insert them now.
+MISSING_AFTER_UPDATE_SQL = """
+SELECT DISTINCT d.object_type, d.key, d.payload::VARCHAR
+FROM hub_log l
+JOIN hub_events e ON e.sync_key = l.sync_key AND e.seq = l.seq
+JOIN hub_batches b ON b.sync_key = e.sync_key AND b.batch_no = e.batch_no
+JOIN hub_desired d ON d.object_type = e.object_type AND d.key = e.key
+WHERE l.sync_key = $sync_key AND b.phase = $phase AND e.action = 'update'
+  AND l.outcome = 'reconciled'
+  AND NOT EXISTS (SELECT 1 FROM hub_state s WHERE s.object_type = d.object_type AND s.key = d.key)
+  AND NOT EXISTS (SELECT 1 FROM hub_events i WHERE i.sync_key = e.sync_key
+                  AND i.action = 'insert' AND i.object_type = e.object_type AND i.key = e.key
+                  AND i.seq > e.seq)
+ORDER BY 1, 2
+"""
+
+
+def queue_missing_inserts(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, phase: int, envelope: Envelope
+) -> int:
+    """Store inserts for this phase's entities that their update found missing, so they reach
+    the HUB in this run (before the links that name them) rather than the next."""
+    rows = conn.execute(MISSING_AFTER_UPDATE_SQL, {"sync_key": sync_key, "phase": phase})
+    changes = [Change(kind, "insert", key, json.loads(obj)) for kind, key, obj in rows.fetchall()]
+    if not changes:
+        return 0
+    with transaction(conn):
+        store_batches(conn, sync_key, changes, envelope, _doo())
+    return len(changes)
 
 
 def deliver(
@@ -639,8 +702,10 @@ def deliver(
     *,
     ack_timeout_s: float,
     poll_s: float = 0.2,
+    envelope: Envelope | None = None,
 ) -> DeliverySummary:
-    """Post this sync's batches phase by phase; see the module docstring."""
+    """Post this sync's batches phase by phase; see the module docstring. With ``envelope``,
+    entities an update found missing are inserted in a follow-up batch of the same phase."""
     summary = DeliverySummary()
     earlier, summary.unfinished = acknowledge(
         conn, client, in_flight_batches(conn), timeout_s=ack_timeout_s, poll_s=poll_s
@@ -650,24 +715,48 @@ def deliver(
         summary.stopped = "earlier messages are still being processed by the HUB"
         return summary
     for phase, batches in _pending(conn, sync_key):
-        for batch_no, text in batches:
-            result = post(conn, client, sync_key, batch_no, text)
-            summary.posted[result.outcome.value] += 1
-            if result.outcome is PostOutcome.NOT_ARRIVED:
-                summary.stopped = f"the HUB did not take batch {batch_no}: {result.body[:200]}"
-                return summary
-        outcomes, summary.unfinished = acknowledge(
-            conn,
-            client,
-            in_flight_batches(conn, sync_key, phase),
-            timeout_s=ack_timeout_s,
-            poll_s=poll_s,
-        )
-        summary.outcomes.add(outcomes)
-        if summary.unfinished:
-            summary.stopped = f"phase {PHASES[phase]} is still being processed by the HUB"
+        if not _deliver_phase(
+            conn, client, sync_key, phase, batches, summary, ack_timeout_s, poll_s
+        ):
             return summary
+        if envelope is not None and queue_missing_inserts(conn, sync_key, phase, envelope):
+            for _, follow_ups in _pending(conn, sync_key, phase):
+                if not _deliver_phase(
+                    conn, client, sync_key, phase, follow_ups, summary, ack_timeout_s, poll_s
+                ):
+                    return summary
     return summary
+
+
+def _deliver_phase(
+    conn: duckdb.DuckDBPyConnection,
+    client: HubClient,
+    sync_key: str,
+    phase: int,
+    batches: list[tuple[int, str]],
+    summary: DeliverySummary,
+    ack_timeout_s: float,
+    poll_s: float,
+) -> bool:
+    """Post one phase's batches and wait for their logs; False when delivery must stop."""
+    for batch_no, text in batches:
+        result = post(conn, client, sync_key, batch_no, text)
+        summary.posted[result.outcome.value] += 1
+        if result.outcome is PostOutcome.NOT_ARRIVED:
+            summary.stopped = f"the HUB did not take batch {batch_no}: {result.body[:200]}"
+            return False
+    outcomes, summary.unfinished = acknowledge(
+        conn,
+        client,
+        in_flight_batches(conn, sync_key, phase),
+        timeout_s=ack_timeout_s,
+        poll_s=poll_s,
+    )
+    summary.outcomes.add(outcomes)
+    if summary.unfinished:
+        summary.stopped = f"phase {PHASES[phase]} is still being processed by the HUB"
+        return False
+    return True
 
 
 # -- assets -----------------------------------------------------------------------------------
@@ -737,6 +826,7 @@ def hub_delivery(
             context.partition_key,
             ack_timeout_s=hub.ack_timeout_s,
             poll_s=hub.poll_interval_s,
+            envelope=Envelope(hub.org_id, hub.who, hub.batch_size),
         )
     if summary.stopped:
         context.log.warning("delivery stopped early: %s", summary.stopped)

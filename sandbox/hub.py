@@ -824,6 +824,18 @@ class HubServer(SandboxServer):
         with self._lock:
             return [message.summary() for message in self._messages.values()]
 
+    def duplicate_inserts(self) -> list[tuple[str, Any]]:
+        """(object type, sis_id) of every insert refused because the object already existed:
+        what "nothing doubled" forbids, counted from the HUB's side of the wire."""
+        exists = {kind: texts["exists"] for kind, texts in MESSAGES.items() if "exists" in texts}
+        with self._lock:
+            return [
+                (item["obj"], item["sis_id"])
+                for message in self._messages.values()
+                for item in (log["baseItem"] for log in message.logs)
+                if any(m["dsc_error"] == exists.get(item["obj"]) for m in item["mensagem"])
+            ]
+
     def reset(self) -> None:
         """Empty state and log; messages still queued are dropped."""
         with self._lock:

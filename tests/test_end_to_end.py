@@ -9,8 +9,10 @@ import dagster as dg
 import pytest
 
 from pipelines.definitions import build_definitions
+from resources.hub import HubClient
 from resources.settings import load_settings
 from sandbox.expected import expected_hub_state
+from sandbox.http import FaultConfig
 from sandbox.server import running_sandbox
 from sandbox.world import World
 
@@ -31,21 +33,31 @@ def run_sync(sandbox, tmp_path: Path):
             **sandbox.env,
             "HUBSYNC_WAREHOUSE": str(tmp_path / "w.duckdb"),
             "HUB_POLL_INTERVAL": "0.02",
+            "HUB_BATCH_SIZE": "60",  # several batches per object type, so deaths are mid-delivery
         }
     )
     defs = build_definitions(settings)
     with dg.instance_for_test() as instance:
 
-        def run(key: str) -> dg.ExecuteInProcessResult:
+        def run(key: str, *, succeed: bool = True) -> dg.ExecuteInProcessResult:
             instance.add_dynamic_partitions("sync_runs", [key])
             job = defs.resolve_job_def(
                 "full_sync_job" if key.startswith("full") else "incremental_sync_job"
             )
-            result = job.execute_in_process(instance=instance, partition_key=key)
-            assert result.success
+            result = job.execute_in_process(
+                instance=instance, partition_key=key, raise_on_error=False
+            )
+            assert result.success is succeed
             return result
 
         yield run
+
+
+ENTITIES = ("term", "subject", "user", "section")
+
+
+def _entity_duplicates(sandbox) -> list[tuple[str, object]]:
+    return [d for d in sandbox.hub.duplicate_inserts() if d[0] in ENTITIES]
 
 
 def _hub_messages(sandbox) -> int:
@@ -74,3 +86,40 @@ def test_full_then_incremental_then_deletes(sandbox, run_sync) -> None:
     sandbox.world.clock.advance(900)
     run_sync("full-20261124T020000Z")
     assert sandbox.hub.state_snapshot() == expected_hub_state(sandbox.world).state
+
+    assert _entity_duplicates(sandbox) == []
+
+
+class ProcessDied(Exception):
+    """Stands for the sync process dying right after a POST went out (the answer is lost)."""
+
+
+def test_an_interrupted_delivery_is_resumed_by_the_next_run(
+    sandbox, run_sync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_post = HubClient.post_batch
+    posts = {"n": 0}
+
+    def post_then_die(self, text):  # dies right after its 3rd POST reached the HUB
+        result = real_post(self, text)
+        posts["n"] += 1
+        if posts["n"] == 3:
+            raise ProcessDied
+        return result
+
+    monkeypatch.setattr(HubClient, "post_batch", post_then_die)
+    failed = run_sync("full-20261123T020000Z", succeed=False)
+    assert "hub_delivery" in {e.step_key for e in failed.all_events if e.is_step_failure}
+    assert sandbox.hub.state_snapshot() != expected_hub_state(sandbox.world).state
+    monkeypatch.setattr(HubClient, "post_batch", real_post)
+
+    # the next runs resume: the lost answer's objects go again, as updates or reconciled links
+    sandbox.hub.faults.configure(FaultConfig(script=["ok", "drop"], path_filter="sync/v1"))
+    run_sync("full-20261123T030000Z")
+    sandbox.hub.faults.configure(FaultConfig())
+    run_sync("full-20261123T040000Z")
+    assert sandbox.hub.state_snapshot() == expected_hub_state(sandbox.world).state
+    assert _entity_duplicates(sandbox) == []
+    before = _hub_messages(sandbox)
+    run_sync("full-20261123T050000Z")  # and nothing is left to send
+    assert _hub_messages(sandbox) == before

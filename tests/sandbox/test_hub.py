@@ -764,6 +764,7 @@ def test_duplicate_insert_is_an_error(
     changed = {**obj, "sis_id": "other"}
     one_error(run(server, event("insert", **{kind: [changed]})), message)
     assert server.state_snapshot() == before
+    assert server.duplicate_inserts() == [(kind, "other")]
 
 
 def test_duplicate_inside_one_batch(server: HubServer) -> None:
