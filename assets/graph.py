@@ -2,7 +2,9 @@
 
 ``persons`` resolves identities across CAMPUSonline, Stud.IP and the LMS (DESIGN §5) into
 ``persons`` and ``person_links`` (system, source id, person, rule used); ``hub_desired`` maps
-the graph onto HUB objects (DESIGN §6). The rules, in order, first match wins:
+the graph onto HUB objects (DESIGN §6). The rules, in their default order (HUBSYNC_MATCH_RULES
+reorders them or leaves some out; the fields are STUDIP_STUDENT_ID_FIELD and
+LMS_STUDENT_ID_FIELD), first match wins:
 
 1. every CO student is a person (``co:<STPERSONNR>``);
 2. a Stud.IP user joins the person whose CO ``STUDID`` equals its ``Matrikelnummer``
@@ -23,6 +25,7 @@ with a teacher role but no CPF or e-mail is not sent; ``persons.unsendable_reaso
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -31,15 +34,26 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import duckdb
 import pandas as pd
+from pydantic import Field
 
 from resources.warehouse import WarehouseResource, transaction
 
+MATCH_RULES = ("studid", "email", "login")  # the default order (DESIGN §5)
+
 
 class GraphSettings(dg.ConfigurableResource):
-    """How the graph maps onto the HUB: the university's time zone (CO_TIMEZONE) for semester
-    dates and term codes."""
+    """How identities match (HUBSYNC_MATCH_RULES, STUDIP_STUDENT_ID_FIELD) and how the graph
+    maps onto the HUB: the university's time zone (CO_TIMEZONE) for semester dates and term
+    codes."""
 
     timezone: str = "Europe/Vienna"
+    match_rules: list[str] = Field(
+        default_factory=lambda: list(MATCH_RULES),
+        description="Identity rules in priority order: studid, email, login.",
+    )
+    studip_student_id_field: str = Field(
+        default="Matrikelnummer", description="Stud.IP datafield with the matriculation number."
+    )
 
 
 STUDENT_ID_FIELD = "Matrikelnummer"
@@ -49,26 +63,55 @@ LMS_STUDENT_ID_FIELD = "StudentId"
 STUDENT_STATUSES = ("autor", "user")
 STAFF_STATUSES = ("dozent", "tutor")
 
-IDENTITY_SQL = f"""
+# Per system, the rules that can match its records: (id, choice) pairs, choice a person key.
+STUDIP_CANDIDATES = {
+    "studid": """SELECT u.user_id AS id, min(c.person_key) AS choice FROM studip_users u
+        JOIN g_co c ON c.STUDID = u.datafields[{field}] GROUP BY 1""",
+    "email": """SELECT u.user_id AS id, min(c.person_key) AS choice FROM studip_users u
+        JOIN g_co c ON c.email = lower(u.email) GROUP BY 1""",
+}
+LMS_CANDIDATES = {
+    "studid": """SELECT l.OrganizationLoginId AS id, min(c.person_key) AS choice FROM learners l
+        JOIN g_co c ON c.STUDID = l.StudentId GROUP BY 1""",
+    "email": """SELECT l.OrganizationLoginId AS id, min(e.person_key) AS choice FROM learners l
+        JOIN emails e ON e.email = lower(l.EmailAddress) GROUP BY 1""",
+    "login": """SELECT l.OrganizationLoginId AS id, min(s.person_key) AS choice FROM learners l
+        JOIN g_studip s ON s.username = l.OrganizationLoginId GROUP BY 1""",
+}
+
+
+def _choices_sql(candidates: dict[str, str], rules: Sequence[str], field: str) -> str:
+    """CTEs ``rule_<name>`` in priority order (each leaving out what an earlier one matched),
+    then ``choices`` (id, choice, rule)."""
+    ctes, earlier = [], []
+    for rule in (r for r in rules if r in candidates):
+        sql = candidates[rule].format(field=field)
+        taken = " UNION ".join(f"SELECT id FROM rule_{e}" for e in earlier)
+        ctes.append(
+            f"rule_{rule} AS (SELECT * FROM ({sql})"
+            + (f" WHERE id NOT IN ({taken}))" if earlier else ")")
+        )
+        earlier.append(rule)
+    union = " UNION ALL ".join(f"SELECT id, choice, '{r}' AS rule FROM rule_{r}" for r in earlier)
+    empty = "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS choice, NULL::VARCHAR AS rule LIMIT 0"
+    return ", ".join([*ctes, f"choices AS ({union or empty})"])
+
+
+def identity_sql(rules: Sequence[str] = MATCH_RULES, studip_field: str = STUDENT_ID_FIELD) -> str:
+    """Temp tables ``g_co``, ``g_studip``, ``g_lms`` (each record with its person and rule)
+    and ``person_links``, matching by ``rules`` in priority order."""
+    field = "'" + studip_field.replace("'", "''") + "'"
+    return f"""
 CREATE OR REPLACE TEMP TABLE g_co AS
 SELECT 'co:' || STPERSONNR AS person_key, STPERSONNR, STUDID, lower(EMAILADDRESSTU) AS email
 FROM co_students;
 
 CREATE OR REPLACE TEMP TABLE g_studip AS
-WITH by_studid AS (
-    SELECT u.user_id, min(c.person_key) AS choice FROM studip_users u
-    JOIN g_co c ON c.STUDID = u.datafields['{STUDENT_ID_FIELD}'] GROUP BY u.user_id
-), by_email AS (
-    SELECT u.user_id, min(c.person_key) AS choice FROM studip_users u
-    JOIN g_co c ON c.email = lower(u.email)
-    WHERE u.user_id NOT IN (SELECT user_id FROM by_studid) GROUP BY u.user_id
-), choices AS (
-    SELECT user_id, choice, 'studid' AS rule FROM by_studid
-    UNION ALL SELECT user_id, choice, 'email' FROM by_email
-), ranked AS (
+WITH {_choices_sql(STUDIP_CANDIDATES, rules, field)},
+ranked AS (
     SELECT u.user_id, u.username, lower(u.email) AS email, c.choice, c.rule,
            row_number() OVER (PARTITION BY c.choice ORDER BY u.user_id) AS rank
-    FROM studip_users u LEFT JOIN choices c USING (user_id)
+    FROM studip_users u LEFT JOIN choices c ON c.id = u.user_id
 )
 SELECT user_id, username, email,
        CASE WHEN choice IS NOT NULL AND rank = 1 THEN choice ELSE 'studip:' || user_id END
@@ -83,26 +126,11 @@ WITH learners AS (
 ), emails AS (
     SELECT email, person_key FROM g_co WHERE email IS NOT NULL
     UNION SELECT email, person_key FROM g_studip WHERE email IS NOT NULL
-), by_studid AS (
-    SELECT l.OrganizationLoginId AS login, min(c.person_key) AS choice FROM learners l
-    JOIN g_co c ON c.STUDID = l.StudentId GROUP BY 1
-), by_email AS (
-    SELECT l.OrganizationLoginId AS login, min(e.person_key) AS choice FROM learners l
-    JOIN emails e ON e.email = lower(l.EmailAddress)
-    WHERE l.OrganizationLoginId NOT IN (SELECT login FROM by_studid) GROUP BY 1
-), by_login AS (
-    SELECT l.OrganizationLoginId AS login, min(s.person_key) AS choice FROM learners l
-    JOIN g_studip s ON s.username = l.OrganizationLoginId
-    WHERE l.OrganizationLoginId NOT IN (SELECT login FROM by_studid UNION
-                                        SELECT login FROM by_email) GROUP BY 1
-), choices AS (
-    SELECT login, choice, 'studid' AS rule FROM by_studid
-    UNION ALL SELECT login, choice, 'email' FROM by_email
-    UNION ALL SELECT login, choice, 'login' FROM by_login
-), ranked AS (
+), {_choices_sql(LMS_CANDIDATES, rules, field)},
+ranked AS (
     SELECT l.OrganizationLoginId AS login, c.choice, c.rule,
            row_number() OVER (PARTITION BY c.choice ORDER BY l.OrganizationLoginId) AS rank
-    FROM learners l LEFT JOIN choices c ON c.login = l.OrganizationLoginId
+    FROM learners l LEFT JOIN choices c ON c.id = l.OrganizationLoginId
 )
 SELECT login,
        CASE WHEN choice IS NOT NULL AND rank = 1 THEN choice ELSE 'lms:' || login END
@@ -116,6 +144,7 @@ SELECT 'co', STPERSONNR::VARCHAR, person_key, 'anchor' FROM g_co
 UNION ALL SELECT 'studip', user_id, person_key, rule FROM g_studip
 UNION ALL SELECT 'lms', login, person_key, rule FROM g_lms;
 """
+
 
 PERSONS_SQL = f"""
 DELETE FROM persons;
@@ -173,10 +202,16 @@ class DesiredRow:
     origin: str
 
 
-def resolve_identities(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Fill ``person_links`` and ``persons``; return links per rule (``system:rule``)."""
+def resolve_identities(
+    conn: duckdb.DuckDBPyConnection,
+    rules: Sequence[str] = MATCH_RULES,
+    studip_field: str = STUDENT_ID_FIELD,
+) -> dict[str, int]:
+    """Fill ``person_links`` and ``persons``, matching by ``rules`` in priority order (a
+    Stud.IP user's matriculation number in its datafield ``studip_field``); return links per
+    rule (``system:rule``)."""
     with transaction(conn):
-        conn.execute(IDENTITY_SQL)
+        conn.execute(identity_sql(rules, studip_field))
         conn.execute(PERSONS_SQL)
     rows = conn.execute("SELECT system || ':' || rule, count(*) FROM person_links GROUP BY 1")
     return dict(rows.fetchall())
@@ -453,7 +488,7 @@ SOURCE_TABLES = [
 
 @dg.asset(group_name="graph", kinds={"duckdb"}, pool="duckdb", deps=SOURCE_TABLES)
 def persons(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, graph_settings: GraphSettings
 ) -> dg.MaterializeResult:
     """One person per human across CAMPUSonline, Stud.IP and the LMS (``persons``), with the
     links that joined them and the rule that matched (``person_links``). Views join each person
@@ -461,7 +496,9 @@ def persons(
     ``person_studip_courses`` and ``person_lms_registrations``; ``hubsync export students``
     prints them per person."""
     with warehouse.connection() as conn:
-        rules = resolve_identities(conn)
+        rules = resolve_identities(
+            conn, graph_settings.match_rules, graph_settings.studip_student_id_field
+        )
         total = conn.execute("SELECT count(*) FROM persons").fetchall()[0][0]
     return dg.MaterializeResult(
         metadata={

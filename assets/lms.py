@@ -425,9 +425,13 @@ def build_current_items(conn: duckdb.DuckDBPyConnection, as_of: datetime) -> Non
     )
 
 
-def build_new_state(conn: duckdb.DuckDBPyConnection) -> None:
+def build_new_state(
+    conn: duckdb.DuckDBPyConnection, student_id_field: str = STUDENT_ID_FIELD
+) -> None:
     """Temp tables ``new_lms_registrations|courses|learners`` from ``lms_current_items``,
-    with each table's columns in order except ``changed_in_sync``."""
+    with each table's columns in order except ``changed_in_sync``; a learner's ``StudentId``
+    is the profile field ``student_id_field``."""
+    field = student_id_field.replace("'", "''")
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE new_lms_registrations AS
@@ -460,7 +464,7 @@ def build_new_state(conn: duckdb.DuckDBPyConnection) -> None:
         CREATE OR REPLACE TEMP TABLE new_lms_learners AS
         WITH learners AS (
             SELECT OrganizationLoginId, UniqueLoginId, EmailAddress, ContactEmail, FirstName,
-                LastName, nullif(trim(OrgProfileFieldValues['{STUDENT_ID_FIELD}']), '')
+                LastName, nullif(trim(OrgProfileFieldValues['{field}']), '')
                     AS StudentId,
                 OrgProfileFieldValues
             FROM lms_current_items
@@ -522,12 +526,12 @@ def sync_numbers(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, int]:
 
 
 def update_current_state(
-    conn: duckdb.DuckDBPyConnection, key: str
+    conn: duckdb.DuckDBPyConnection, key: str, student_id_field: str = STUDENT_ID_FIELD
 ) -> tuple[dict[str, StateChange], dict[str, int]]:
     as_of = parse_sync_key(key).started_at
     with transaction(conn):
         build_current_items(conn, as_of)
-        build_new_state(conn)
+        build_new_state(conn, student_id_field)
         (resent,) = conn.execute(
             """
             SELECT count(*) FROM new_lms_registrations n JOIN lms_registrations o
@@ -581,7 +585,7 @@ def update_current_state(
     pool="duckdb",
 )
 def lms_current_state(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, lms: LmsResource
 ) -> Iterator[dg.MaterializeResult]:
     """Rebuilds lms_registrations, lms_courses and lms_learners as of this sync: the latest full
     sync overlaid with the later ones, deduplicated by RegistrationId (the latest fetched wins).
@@ -589,7 +593,7 @@ def lms_current_state(
     key = context.partition_key
     started = time.perf_counter()
     with warehouse.connection() as conn:
-        changes, numbers = update_current_state(conn, key)
+        changes, numbers = update_current_state(conn, key, lms.student_id_field)
     seconds = round(time.perf_counter() - started, 3)
     for table, change in changes.items():
         metadata: dict[str, Any] = {

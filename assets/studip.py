@@ -321,13 +321,15 @@ def _columns(conn: Sql, table: str) -> set[str]:
     return {name for (name,) in rows}
 
 
-def changed_studip_user_ids(conn: Sql, sync_key: str) -> list[str]:
+def changed_studip_user_ids(
+    conn: Sql, sync_key: str, student_id_field: str = "Matrikelnummer"
+) -> list[str]:
     """Stud.IP user ids of the persons CAMPUSonline or the LMS changed in sync ``sync_key``.
 
     Reads ``co_students`` (STUDID, EMAILADDRESSTU; also of students whose ``co_studies`` or
     ``co_applications`` rows changed) and ``lms_learners`` (StudentId,
     EmailAddress, OrganizationLoginId) rows whose ``changed_in_sync`` is the key, and matches
-    them to ``studip_users`` by the DESIGN §5 rules: the ``Matrikelnummer`` datafield = STUDID,
+    them to ``studip_users`` by the DESIGN §5 rules: the ``student_id_field`` datafield = STUDID,
     the e-mail (case-insensitive), the login = username. Every rule's matches count (re-reading
     one user too many is harmless; missing one is not). A source whose table does not exist yet
     has no changes. The person graph will replace this mapping.
@@ -345,7 +347,7 @@ def changed_studip_user_ids(conn: Sql, sync_key: str) -> list[str]:
         matches.append(
             f"""
             SELECT u.user_id FROM co_students s JOIN studip_users u
-              ON u.datafields['Matrikelnummer'] = CAST(s.STUDID AS VARCHAR)
+              ON u.datafields[$field] = CAST(s.STUDID AS VARCHAR)
               OR lower(u.email) = lower(s.EMAILADDRESSTU)
             WHERE s.changed_in_sync = $sync_key{also}
             """
@@ -355,7 +357,7 @@ def changed_studip_user_ids(conn: Sql, sync_key: str) -> list[str]:
         matches.append(
             """
             SELECT u.user_id FROM lms_learners l JOIN studip_users u
-              ON u.datafields['Matrikelnummer'] = CAST(l.StudentId AS VARCHAR)
+              ON u.datafields[$field] = CAST(l.StudentId AS VARCHAR)
               OR lower(u.email) = lower(l.EmailAddress)
               OR u.username = l.OrganizationLoginId
             WHERE l.changed_in_sync = $sync_key
@@ -364,7 +366,10 @@ def changed_studip_user_ids(conn: Sql, sync_key: str) -> list[str]:
     if not matches:
         return []
     sql = " UNION ".join(matches)
-    rows = conn.execute(f"SELECT DISTINCT user_id FROM ({sql}) ORDER BY 1", {"sync_key": sync_key})
+    rows = conn.execute(
+        f"SELECT DISTINCT user_id FROM ({sql}) ORDER BY 1",
+        {"sync_key": sync_key, "field": student_id_field},
+    )
     return [user_id for (user_id,) in rows.fetchall()]
 
 
@@ -406,6 +411,7 @@ def plan_crawl(
     semester_ids: Sequence[str],
     *,
     incremental: bool,
+    student_id_field: str = "Matrikelnummer",
 ) -> CrawlPlan:
     """The seeds of this sync's crawl (landing the /user and /users?q= pages it reads).
 
@@ -413,7 +419,7 @@ def plan_crawl(
     """
     known = known_studip_user_ids(stager.writer)
     if incremental and known:
-        changed = changed_studip_user_ids(stager.writer, stager.writer.sync_key)
+        changed = changed_studip_user_ids(stager.writer, stager.writer.sync_key, student_id_field)
         courses = previous_courses(stager.writer, changed, semester_ids)
         return CrawlPlan("incremental", changed, [], known, courses)
     me = client.user_page()
@@ -493,6 +499,7 @@ def studip_raw_pages(
                 studip.seed_users,
                 semester_ids,
                 incremental=key.mode == "incremental",
+                student_id_field=studip.student_id_field,
             )
             context.log.info(
                 f"Stud.IP {plan.mode} crawl from {len(plan.seeds)} seed users over "

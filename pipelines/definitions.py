@@ -40,7 +40,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "campusonline": campusonline_resource(settings.co),
             "lms": lms_resource(settings.lms),
             "hub": hub_resource(settings.hub),
-            "graph_settings": GraphSettings(timezone=settings.co.timezone.key),
+            "graph_settings": GraphSettings(
+                timezone=settings.co.timezone.key,
+                match_rules=list(settings.match_rules),
+                studip_student_id_field=settings.studip.student_id_field,
+            ),
         },
     )
 

@@ -461,6 +461,11 @@ class LmsResource(dg.ConfigurableResource):
     password: str = Field(description="Its password (LMS_PASSWORD, secret).")
     org_path: str = Field(description="Org path, the token scope and orgPath (LMS_ORG_PATH).")
     page_size: int = Field(default=10_000, ge=1, description="Registrations per page.")
+    student_id_field: str = Field(
+        default=STUDENT_ID_FIELD,
+        description="The OrgProfileFieldValue holding the matriculation number "
+        "(LMS_STUDENT_ID_FIELD).",
+    )
     timeout_s: float = Field(default=120.0, gt=0, description="Read timeout per request.")
     retry_attempts: int = Field(default=5, ge=1, description="Tries per request on 429/5xx.")
     retry_backoff_s: float = Field(default=0.5, ge=0, description="First retry delay.")
@@ -489,4 +494,5 @@ def lms_resource(settings: LmsSettings) -> LmsResource:
         password=secret_config("LMS_PASSWORD"),
         org_path=settings.org_path,
         page_size=settings.page_size,
+        student_id_field=settings.student_id_field,
     )

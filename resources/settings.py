@@ -38,6 +38,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUBSYNC_INCREMENTAL_INTERVAL", "900"),
     Variable("HUBSYNC_FULL_SYNC_CRON", "0 2 * * *"),
     Variable("HUBSYNC_KEEP_DAYS", "90"),
+    # Identity matching (DESIGN §5): the rules in priority order, and where the matriculation
+    # number (CO STUDID) sits in Stud.IP and in the LMS.
+    Variable("HUBSYNC_MATCH_RULES", "studid,email,login"),
+    Variable("STUDIP_STUDENT_ID_FIELD", "Matrikelnummer"),
+    Variable("LMS_STUDENT_ID_FIELD", "StudentId"),
     Variable("CO_API_URL", "http://127.0.0.1:8701"),
     Variable("CO_CLIENT_ID", "hubsync"),
     Variable("CO_CLIENT_SECRET", "sandbox-co-secret", secret=True),
@@ -73,6 +78,9 @@ VARIABLES: tuple[Variable, ...] = (
 VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
 
 # Setting any of these means "talk to real systems": the CLI then does not start the sandbox.
+# studid: matriculation number (CO STUDID = Stud.IP datafield / LMS profile field); email:
+# university e-mail, case-insensitive; login: LMS login = Stud.IP username.
+MATCH_RULES = ("studid", "email", "login")
 API_URL_VARIABLES = ("CO_API_URL", "STUDIP_API_URL", "LMS_API_URL", "HUB_API_URL")
 STUDIP_OAUTH_VARIABLES = (
     "STUDIP_OAUTH_CONSUMER_KEY",
@@ -117,6 +125,7 @@ class StudipSettings:
     seed_users: tuple[str, ...]
     semesters: tuple[str, ...]
     concurrency: int
+    student_id_field: str  # the user datafield holding the matriculation number
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +135,7 @@ class LmsSettings:
     password: SecretStr
     org_path: str
     page_size: int
+    student_id_field: str  # the OrgProfileFieldValue holding the matriculation number
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,6 +156,7 @@ class Settings:
     incremental_interval_s: int
     full_sync_cron: str
     keep_days: int
+    match_rules: tuple[str, ...]  # identity rules in priority order: studid, email, login
     co: CampusOnlineSettings
     studip: StudipSettings
     lms: LmsSettings
@@ -270,6 +281,18 @@ class _Reader:
 
         return self._parse(name, parse, "must be a 5-field cron expression such as '0 2 * * *'")
 
+    def rules(self, name: str) -> tuple[str, ...]:
+        def parse(value: str) -> tuple[str, ...]:
+            rules = tuple(item.strip() for item in value.split(",") if item.strip())
+            if not rules or len(set(rules)) < len(rules) or set(rules) - set(MATCH_RULES):
+                raise ValueError(value)
+            return rules
+
+        requirement = (
+            f"must list identity rules in priority order, each once, from {', '.join(MATCH_RULES)}"
+        )
+        return self._parse(name, parse, requirement)
+
     def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self._value(name).split(",") if item.strip())
 
@@ -319,6 +342,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         incremental_interval_s=read.integer("HUBSYNC_INCREMENTAL_INTERVAL", 1),
         full_sync_cron=read.cron("HUBSYNC_FULL_SYNC_CRON"),
         keep_days=read.integer("HUBSYNC_KEEP_DAYS", 1),
+        match_rules=read.rules("HUBSYNC_MATCH_RULES"),
         co=CampusOnlineSettings(
             api_url=read.url("CO_API_URL"),
             client_id=read.text("CO_CLIENT_ID"),
@@ -335,6 +359,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             seed_users=read.items("STUDIP_SEED_USERS"),
             semesters=read.items("STUDIP_SEMESTERS"),
             concurrency=read.integer("STUDIP_CONCURRENCY", 1, 64),
+            student_id_field=read.text("STUDIP_STUDENT_ID_FIELD"),
         ),
         lms=LmsSettings(
             api_url=read.url("LMS_API_URL"),
@@ -342,6 +367,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             password=read.secret("LMS_PASSWORD"),
             org_path=read.org_path("LMS_ORG_PATH"),
             page_size=read.integer("LMS_PAGE_SIZE", 1),
+            student_id_field=read.text("LMS_STUDENT_ID_FIELD"),
         ),
         hub=HubSettings(
             api_url=read.url("HUB_API_URL"),

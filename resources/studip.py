@@ -710,6 +710,11 @@ class StudIPResource(dg.ConfigurableResource):
         description="current, next, semester ids or titles (STUDIP_SEMESTERS).",
     )
     concurrency: int = Field(default=8, ge=1, le=64, description="STUDIP_CONCURRENCY.")
+    student_id_field: str = Field(
+        default="Matrikelnummer",
+        description="The user datafield holding the matriculation number "
+        "(STUDIP_STUDENT_ID_FIELD).",
+    )
     page_size: int = Field(default=100, ge=1, description="Items requested per page.")
     timeout_s: float = Field(default=60.0, gt=0, description="Read timeout per request.")
     retry_attempts: int = Field(
@@ -810,4 +815,5 @@ def studip_resource(settings: StudipSettings) -> StudIPResource:
         seed_users=list(settings.seed_users),
         semesters=list(settings.semesters),
         concurrency=settings.concurrency,
+        student_id_field=settings.student_id_field,
     )

@@ -267,3 +267,50 @@ def test_conflicts_resolve_the_same_way_in_both(warehouse: WarehouseResource) ->
     assert links[first.user_id] == "studid" and links[second.user_id] == "conflict"
     assert expected.persons[f"co:{claimed.stpersonnr}"].studip.user_id == first.user_id
     assert expected.persons[f"studip:{second.user_id}"].studip.user_id == second.user_id
+
+
+def _studip_links(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT source_id, person_key, rule FROM person_links WHERE system = 'studip'"
+    ).fetchall()
+    return {source: (person, rule) for source, person, rule in rows}
+
+
+def test_the_match_rules_apply_in_the_configured_order(warehouse: WarehouseResource) -> None:
+    world = World(seed=17, students=120, today=TODAY)
+    reached, _ = crawl_studip(world, default_semester_ids(world), default_seed_ids(world))
+    students = [s for s in world.co_students.values() if s.studid and s.email_tu]
+    by_studid = {s.studid: s for s in students}
+    account = next(
+        world.studip_users[u]
+        for u in sorted(reached)
+        if world.studip_users[u].datafields.get("Matrikelnummer") in by_studid
+    )
+    own = by_studid[account.datafields["Matrikelnummer"]]
+    other = next(s for s in students if s.stpersonnr != own.stpersonnr)
+    account.email = other.email_tu.upper()  # its e-mail names another student
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        assert _studip_links(conn)[account.user_id] == (f"co:{own.stpersonnr}", "studid")
+        resolve_identities(conn, ["email", "studid"])
+        assert _studip_links(conn)[account.user_id] == (f"co:{other.stpersonnr}", "email")
+        resolve_identities(conn, ["login"])  # no rule for Stud.IP users: all their own
+        assert {rule for _, rule in _studip_links(conn).values()} == {"own"}
+        lms_rules = conn.execute(
+            "SELECT DISTINCT rule FROM person_links WHERE system = 'lms'"
+        ).fetchall()
+        assert {rule for (rule,) in lms_rules} <= {"login", "own", "conflict"}
+
+
+def test_the_matriculation_datafield_is_configurable(warehouse: WarehouseResource) -> None:
+    world = World(seed=18, students=120, today=TODAY)
+    for user in world.studip_users.values():
+        if "Matrikelnummer" in user.datafields:
+            user.datafields["MatrNr"] = user.datafields.pop("Matrikelnummer")
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        renamed = resolve_identities(conn, studip_field="MatrNr")
+        assert renamed["studip:studid"] > 0
+        missed = resolve_identities(conn)  # still looking in Matrikelnummer: no studid matches
+        assert "studip:studid" not in missed

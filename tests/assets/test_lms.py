@@ -221,6 +221,15 @@ def test_learners_and_courses_follow_the_registrations(sync: Syncer) -> None:
     assert {cid: (code, offerings) for cid, code, offerings in got} == expected
 
 
+def test_the_student_id_profile_field_is_configurable(sync: Syncer) -> None:
+    sync.direct(FULL)
+    with sync.warehouse.connection() as conn:
+        update_current_state(conn, FULL, student_id_field="UniqueLoginId_is_not_a_field")
+        assert conn.execute("SELECT count(StudentId) FROM lms_learners").fetchall()[0][0] == 0
+        update_current_state(conn, FULL, student_id_field="StudentId")
+        assert conn.execute("SELECT count(StudentId) FROM lms_learners").fetchall()[0][0] > 0
+
+
 # -- incremental syncs and the watermark -----------------------------------------------------
 
 

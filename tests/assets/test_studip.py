@@ -248,7 +248,9 @@ def test_an_incremental_sync_rereads_only_the_changed_persons_courses(
         with world.lock:
             world.enrol(new_course, student, "autor")
             world.drop(left_course, student)
-        monkeypatch.setattr(studip_assets, "changed_studip_user_ids", lambda conn, key: [student])
+        monkeypatch.setattr(
+            studip_assets, "changed_studip_user_ids", lambda conn, key, field: [student]
+        )
         sb.studip.counts.clear()  # type: ignore[attr-defined]
 
         result = materialize(instance, warehouse, studip, INCR)

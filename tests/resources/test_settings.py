@@ -121,6 +121,9 @@ def test_any_api_url_means_real_systems(name: str) -> None:
         ("HUB_BATCH_SIZE", "0", "must be a positive integer"),
         ("HUBSYNC_INCREMENTAL_INTERVAL", "15m", "must be a positive integer"),
         ("HUBSYNC_KEEP_DAYS", "-3", "must be a positive integer"),
+        ("HUBSYNC_MATCH_RULES", "studid,name", "must list identity rules in priority order"),
+        ("HUBSYNC_MATCH_RULES", "email,email", "must list identity rules in priority order"),
+        ("HUBSYNC_MATCH_RULES", " , ", "must list identity rules in priority order"),
         ("STUDIP_CONCURRENCY", "0", "must be an integer from 1 to 64"),
         ("STUDIP_CONCURRENCY", "65", "must be an integer from 1 to 64"),
         ("HUB_MAX_DELETE_SHARE", "1.5", "must be a number from 0 to 1"),
@@ -147,6 +150,14 @@ def test_bad_values_name_the_variable_and_the_value(
     assert str(error).startswith(f"{name} {requirement}")
     assert str(error).endswith(f"(got {value.strip()!r})")
     assert isinstance(error, ValueError)
+
+
+def test_match_rules_keep_their_order_and_may_leave_rules_out() -> None:
+    assert load_settings({}).match_rules == ("studid", "email", "login")
+    assert load_settings({"HUBSYNC_MATCH_RULES": " email , studid"}).match_rules == (
+        "email",
+        "studid",
+    )
 
 
 def test_all_errors_are_reported_together() -> None:
