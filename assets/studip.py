@@ -334,6 +334,8 @@ def changed_studip_user_ids(
     one user too many is harmless; missing one is not). A source whose table does not exist yet
     has no changes. The person graph will replace this mapping.
     """
+    # The changed records first, then one equi-join per rule: an OR of join conditions (or an
+    # OR-ed IN filter) makes DuckDB compare every student with every user, O(N²) per sync.
     matches: list[str] = []
     co = _columns(conn, "co_students")
     if {"studid", "emailaddresstu", "changed_in_sync"} <= co:
@@ -343,26 +345,30 @@ def changed_studip_user_ids(
             for table in ("co_studies", "co_applications")
             if {"stpersonnr", "changed_in_sync"} <= _columns(conn, table)
         ]
-        also = f" OR s.STPERSONNR IN ({' UNION '.join(related)})" if related else ""
-        matches.append(
-            f"""
-            SELECT u.user_id FROM co_students s JOIN studip_users u
-              ON u.datafields[$field] = CAST(s.STUDID AS VARCHAR)
-              OR lower(u.email) = lower(s.EMAILADDRESSTU)
-            WHERE s.changed_in_sync = $sync_key{also}
-            """
+        persons = " UNION ".join(
+            ["SELECT STPERSONNR FROM co_students WHERE changed_in_sync = $sync_key", *related]
         )
+        changed = (
+            "(SELECT CAST(STUDID AS VARCHAR) AS studid, lower(EMAILADDRESSTU) AS email "
+            f"FROM co_students WHERE STPERSONNR IN ({persons}))"
+        )
+        matches += [
+            f"SELECT u.user_id FROM {changed} c JOIN studip_users u "
+            "ON u.datafields[$field] = c.studid",
+            f"SELECT u.user_id FROM {changed} c JOIN studip_users u ON lower(u.email) = c.email",
+        ]
     lms = _columns(conn, "lms_learners")
     if {"studentid", "emailaddress", "organizationloginid", "changed_in_sync"} <= lms:
-        matches.append(
-            """
-            SELECT u.user_id FROM lms_learners l JOIN studip_users u
-              ON u.datafields[$field] = CAST(l.StudentId AS VARCHAR)
-              OR lower(u.email) = lower(l.EmailAddress)
-              OR u.username = l.OrganizationLoginId
-            WHERE l.changed_in_sync = $sync_key
-            """
+        changed = (
+            "(SELECT CAST(StudentId AS VARCHAR) AS studid, lower(EmailAddress) AS email, "
+            "OrganizationLoginId AS login FROM lms_learners WHERE changed_in_sync = $sync_key)"
         )
+        matches += [
+            f"SELECT u.user_id FROM {changed} l JOIN studip_users u "
+            "ON u.datafields[$field] = l.studid",
+            f"SELECT u.user_id FROM {changed} l JOIN studip_users u ON lower(u.email) = l.email",
+            f"SELECT u.user_id FROM {changed} l JOIN studip_users u ON u.username = l.login",
+        ]
     if not matches:
         return []
     sql = " UNION ".join(matches)
