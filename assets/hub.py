@@ -57,6 +57,8 @@ PHASES: tuple[tuple[str, str], ...] = (
 )
 MAX_BATCH_BYTES = 1_000_000
 ALLOW_DELETES_TAG = "hubsync/allow-deletes"
+# Delivery and acknowledgement list the messageIds left processing; hub_log_sensor polls them.
+PENDING_MESSAGES_METADATA = "pending_message_ids"
 
 
 # -- the diff ---------------------------------------------------------------------------------
@@ -537,6 +539,10 @@ def in_flight_batches(
     return conn.execute(sql + " ORDER BY sync_key, batch_no", params).fetchall()
 
 
+def pending_message_ids(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    return [message_id for _, _, message_id in in_flight_batches(conn)]
+
+
 def acknowledge(
     conn: duckdb.DuckDBPyConnection,
     client: HubClient,
@@ -738,12 +744,15 @@ def hub_delivery(
             ack_timeout_s=hub.ack_timeout_s,
             poll_s=hub.poll_interval_s,
         )
+        pending = pending_message_ids(conn)
     if summary.stopped:
         context.log.warning("delivery stopped early: %s", summary.stopped)
-    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client))
+    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client, pending))
 
 
-def _delivery_metadata(summary: DeliverySummary, client: HubClient) -> dict[str, Any]:
+def _delivery_metadata(
+    summary: DeliverySummary, client: HubClient, pending: list[str]
+) -> dict[str, Any]:
     outcomes = summary.outcomes
     return {
         **{f"batches_{name}": n for name, n in sorted(summary.posted.items())},
@@ -755,6 +764,7 @@ def _delivery_metadata(summary: DeliverySummary, client: HubClient) -> dict[str,
         "errors_by_message": dg.MetadataValue.json(dict(outcomes.errors.most_common(20))),
         "first_errors": dg.MetadataValue.md(_errors_table(outcomes)),
         "stopped": summary.stopped or "no",
+        PENDING_MESSAGES_METADATA: dg.MetadataValue.json(pending),
         **client.http.stats.as_metadata(),
     }
 
@@ -775,8 +785,9 @@ def hub_acknowledgement(
             timeout_s=hub.ack_timeout_s,
             poll_s=hub.poll_interval_s,
         )
+        pending = pending_message_ids(conn)
     summary = DeliverySummary(outcomes=outcomes, unfinished=unfinished)
-    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client))
+    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client, pending))
 
 
 # -- guards -----------------------------------------------------------------------------------

@@ -10,9 +10,18 @@ from assets.campusonline import CAMPUSONLINE_ASSETS
 from assets.graph import GRAPH_ASSETS, GRAPH_CHECKS, GraphSettings
 from assets.hub import HUB_ASSETS, HUB_CHECKS
 from assets.lms import LMS_ASSETS
+from assets.maintenance import RetentionSettings, sync_retention
 from assets.studip import STUDIP_ASSETS
 from assets.sync import sync_run, sync_summary
-from pipelines.jobs import full_sync_job, incremental_sync_job
+from pipelines.jobs import (
+    full_sync_job,
+    hub_acknowledgement_job,
+    incremental_sync_job,
+    prune_sync_runs_job,
+    record_sync_failure_job,
+)
+from pipelines.schedules import build_schedules
+from pipelines.sensors import build_sensors
 from resources.campusonline import campusonline_resource
 from resources.hub import hub_resource
 from resources.lms import lms_resource
@@ -31,9 +40,25 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *LMS_ASSETS,
             *GRAPH_ASSETS,
             *HUB_ASSETS,
+            sync_retention,
         ],
         asset_checks=[*GRAPH_CHECKS, *HUB_CHECKS],
-        jobs=[full_sync_job, incremental_sync_job],
+        jobs=[
+            full_sync_job,
+            incremental_sync_job,
+            hub_acknowledgement_job,
+            prune_sync_runs_job,
+            record_sync_failure_job,
+        ],
+        sensors=build_sensors(
+            incremental_interval_s=settings.incremental_interval_s,
+            automation=settings.automation,
+        ),
+        schedules=build_schedules(
+            full_sync_cron=settings.full_sync_cron,
+            timezone=settings.co.timezone.key,
+            automation=settings.automation,
+        ),
         resources={
             "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
             "studip": studip_resource(settings.studip),
@@ -41,6 +66,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "lms": lms_resource(settings.lms),
             "hub": hub_resource(settings.hub),
             "graph_settings": GraphSettings(timezone=settings.co.timezone.key),
+            "retention": RetentionSettings(keep_days=settings.keep_days),
         },
     )
 

@@ -38,6 +38,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUBSYNC_INCREMENTAL_INTERVAL", "900"),
     Variable("HUBSYNC_FULL_SYNC_CRON", "0 2 * * *"),
     Variable("HUBSYNC_KEEP_DAYS", "90"),
+    Variable("HUBSYNC_AUTOMATION", "on"),
     Variable("CO_API_URL", "http://127.0.0.1:8701"),
     Variable("CO_CLIENT_ID", "hubsync"),
     Variable("CO_CLIENT_SECRET", "sandbox-co-secret", secret=True),
@@ -146,6 +147,7 @@ class Settings:
     incremental_interval_s: int
     full_sync_cron: str
     keep_days: int
+    automation: bool  # sensors and schedules start running (on) or stopped (off)
     co: CampusOnlineSettings
     studip: StudipSettings
     lms: LmsSettings
@@ -270,6 +272,14 @@ class _Reader:
 
         return self._parse(name, parse, "must be a 5-field cron expression such as '0 2 * * *'")
 
+    def switch(self, name: str) -> bool:
+        def parse(value: str) -> bool:
+            if value.lower() not in ("on", "off"):
+                raise ValueError(value)
+            return value.lower() == "on"
+
+        return self._parse(name, parse, "must be on or off")
+
     def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self._value(name).split(",") if item.strip())
 
@@ -319,6 +329,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         incremental_interval_s=read.integer("HUBSYNC_INCREMENTAL_INTERVAL", 1),
         full_sync_cron=read.cron("HUBSYNC_FULL_SYNC_CRON"),
         keep_days=read.integer("HUBSYNC_KEEP_DAYS", 1),
+        automation=read.switch("HUBSYNC_AUTOMATION"),
         co=CampusOnlineSettings(
             api_url=read.url("CO_API_URL"),
             client_id=read.text("CO_CLIENT_ID"),
