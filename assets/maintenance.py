@@ -159,7 +159,9 @@ def sync_retention(
     for key in result.keys:
         if key in instance_keys:
             context.instance.delete_dynamic_partition(sync_runs_partitions.name, key)
-    context.log.info("pruned %d sync keys older than %d days", len(result.keys), retention.keep_days)
+    context.log.info(
+        "pruned %d sync keys older than %d days", len(result.keys), retention.keep_days
+    )
     return dg.MaterializeResult(
         metadata={
             "keys_pruned": len(result.keys),

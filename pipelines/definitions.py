@@ -43,6 +43,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             sync_retention,
         ],
         asset_checks=[*GRAPH_CHECKS, *HUB_CHECKS],
+        # Every step opens DuckDB and is in pool "duckdb" (limit 1), so steps run one at a time
+        # anyway: a process per step (the multiprocess default) would only add its start-up
+        # (seconds per step on a busy host). Runs from the daemon and the UI then execute like
+        # the CLI's, in the run worker's process; pools still apply.
+        executor=dg.in_process_executor,
         jobs=[
             full_sync_job,
             incremental_sync_job,

@@ -28,8 +28,8 @@ from pipelines.jobs import (
     record_sync_failure_job,
 )
 from pipelines.partitions import new_sync_key, sync_runs_partitions
-from resources.hub import FINISHED_STATUSES, HubResource
 from resources.http import ApiError
+from resources.hub import FINISHED_STATUSES, HubResource
 
 # Runs that hold or will take the sync lane.
 ACTIVE_STATUSES = [
@@ -69,9 +69,7 @@ def describe_run(run: dg.DagsterRun) -> str:
 
 def has_successful_full_sync(instance: dg.DagsterInstance) -> bool:
     runs = instance.get_runs(
-        filters=dg.RunsFilter(
-            tags={SYNC_MODE_TAG: "full"}, statuses=[dg.DagsterRunStatus.SUCCESS]
-        ),
+        filters=dg.RunsFilter(tags={SYNC_MODE_TAG: "full"}, statuses=[dg.DagsterRunStatus.SUCCESS]),
         limit=1,
     )
     return bool(runs)
@@ -242,9 +240,7 @@ def build_sync_failure_sensors() -> list[dg.SensorDefinition]:
     return [sync_failure_sensor, sync_canceled_sensor]
 
 
-def build_sensors(
-    *, incremental_interval_s: int, automation: bool
-) -> list[dg.SensorDefinition]:
+def build_sensors(*, incremental_interval_s: int, automation: bool) -> list[dg.SensorDefinition]:
     """All sensors; ``automation`` (HUBSYNC_AUTOMATION) decides whether the ones that start
     syncs and acknowledgements run by default. The failure recorders always do."""
     return [

@@ -9,7 +9,6 @@ import dagster as dg
 import duckdb
 import pytest
 import responses
-
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 from dagster._core.remote_origin import (
     GrpcServerCodeLocationOrigin,
@@ -63,9 +62,7 @@ def add_run(
         location = GrpcServerCodeLocationOrigin(host="localhost", port=4000, location_name="hs")
         origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job_name)
     return instance.add_run(
-        dg.DagsterRun(
-            job_name=job_name, status=status, tags=tags or {}, remote_job_origin=origin
-        )
+        dg.DagsterRun(job_name=job_name, status=status, tags=tags or {}, remote_job_origin=origin)
     )
 
 
@@ -77,9 +74,7 @@ def add_sync_run(
     return add_run(instance, job, status, tags)
 
 
-def evaluate(
-    defs: dg.Definitions, name: str, instance: dg.DagsterInstance
-) -> SensorExecutionData:
+def evaluate(defs: dg.Definitions, name: str, instance: dg.DagsterInstance) -> SensorExecutionData:
     sensor = defs.resolve_sensor_def(name)
     context = dg.build_sensor_context(
         instance=instance,
