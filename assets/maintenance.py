@@ -45,7 +45,7 @@ PROTECTED_KEYS_SQL = """
 WITH anchor AS (
     SELECT max(started_at) AS started_at FROM sync_runs WHERE mode = 'full' AND status = 'success'
 )
-SELECT key FROM sync_runs, anchor WHERE started_at >= anchor.started_at OR status = 'running'
+SELECT r.key FROM sync_runs r, anchor a WHERE r.started_at >= a.started_at OR r.status = 'running'
 UNION
 SELECT sync_key FROM hub_batches WHERE status IN ('pending', 'posting', 'sent')
 """
