@@ -700,6 +700,7 @@ def hub_payload(
     """The events this sync sends the HUB: the diff of ``hub_desired`` against ``hub_state``,
     grouped into batches (one object type and action each, at most HUB_BATCH_SIZE objects and
     1 MB), stored as the exact JSON to post. Re-running replaces the unsent batches."""
+    started = time.monotonic()
     full = parse_sync_key(context.partition_key).mode == "full"
     with warehouse.connection() as conn:
         summary = build_payload(
@@ -717,6 +718,7 @@ def hub_payload(
         bytes=summary.bytes,
         superseded_batches=summary.superseded,
         recovered_batches=summary.recovered,
+        duration_s=round(time.monotonic() - started, 3),
     )
     return dg.MaterializeResult(metadata=metadata)
 
@@ -735,6 +737,7 @@ def hub_delivery(
     links; deletes first, in reverse), waiting for each phase's getLog before the next, and
     applies the acknowledged items to ``hub_state``. A POST is repeated only when it provably
     did not arrive; batches still processing when the wait ends are picked up later."""
+    started = time.monotonic()
     client = hub.client()
     with warehouse.connection() as conn:
         summary = deliver(
@@ -747,7 +750,12 @@ def hub_delivery(
         pending = pending_message_ids(conn)
     if summary.stopped:
         context.log.warning("delivery stopped early: %s", summary.stopped)
-    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client, pending))
+    metadata = _delivery_metadata(summary, client, pending)
+    return dg.MaterializeResult(metadata={**metadata, "duration_s": _since(started)})
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
 
 
 def _delivery_metadata(
@@ -776,6 +784,7 @@ def hub_acknowledgement(
     """Applies the getLog results of every batch still in flight (from any sync) to
     ``hub_state``: what a sync's delivery did not wait for, or what the log sensor found
     finished."""
+    started = time.monotonic()
     client = hub.client()
     with warehouse.connection() as conn:
         outcomes, unfinished = acknowledge(
@@ -787,7 +796,8 @@ def hub_acknowledgement(
         )
         pending = pending_message_ids(conn)
     summary = DeliverySummary(outcomes=outcomes, unfinished=unfinished)
-    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client, pending))
+    metadata = _delivery_metadata(summary, client, pending)
+    return dg.MaterializeResult(metadata={**metadata, "duration_s": _since(started)})
 
 
 # -- guards -----------------------------------------------------------------------------------

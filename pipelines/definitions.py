@@ -27,21 +27,47 @@ from resources.hub import hub_resource
 from resources.lms import lms_resource
 from resources.settings import Settings, load_settings
 from resources.studip import studip_resource
+from resources.table_schemas import table_columns
 from resources.warehouse import WarehouseResource
+
+# The warehouse table each asset writes, where it is not the asset's own name; the UI shows its
+# columns (dagster/column_schema, from the migrations' DDL).
+ASSET_TABLES = {
+    "sync_run": "sync_runs",
+    "sync_summary": "sync_runs",
+    "sync_retention": "sync_runs",
+    "studip_raw_pages": "raw_studip_pages",
+    "hub_payload": "hub_events",
+    "hub_delivery": "hub_batches",
+    "hub_acknowledgement": "hub_state",
+}
+COLUMN_SCHEMA = "dagster/column_schema"
+
+
+def with_table_schema(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """The spec with the column schema of the table it writes, unless it declares its own."""
+    table = ASSET_TABLES.get(spec.key.to_user_string(), spec.key.to_user_string())
+    columns = table_columns().get(table)
+    if COLUMN_SCHEMA in spec.metadata or columns is None:
+        return spec
+    return spec.merge_attributes(
+        metadata={COLUMN_SCHEMA: dg.TableSchema(columns=columns), "dagster/table_name": table}
+    )
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    assets = [
+        sync_run,
+        sync_summary,
+        *STUDIP_ASSETS,
+        *CAMPUSONLINE_ASSETS,
+        *LMS_ASSETS,
+        *GRAPH_ASSETS,
+        *HUB_ASSETS,
+        sync_retention,
+    ]
     return dg.Definitions(
-        assets=[
-            sync_run,
-            sync_summary,
-            *STUDIP_ASSETS,
-            *CAMPUSONLINE_ASSETS,
-            *LMS_ASSETS,
-            *GRAPH_ASSETS,
-            *HUB_ASSETS,
-            sync_retention,
-        ],
+        assets=dg.map_asset_specs(with_table_schema, assets),
         asset_checks=[*GRAPH_CHECKS, *HUB_CHECKS],
         # Every step opens DuckDB and is in pool "duckdb" (limit 1), so steps run one at a time
         # anyway: a process per step (the multiprocess default) would only add its start-up
