@@ -67,7 +67,7 @@ def describe_run(run: dg.DagsterRun) -> str:
     return f"{run.job_name} {key} is {run.status.value.lower()}"
 
 
-def has_successful_full_sync(instance: dg.DagsterInstance) -> bool:
+def full_sync_run_succeeded(instance: dg.DagsterInstance) -> bool:
     runs = instance.get_runs(
         filters=dg.RunsFilter(tags={SYNC_MODE_TAG: "full"}, statuses=[dg.DagsterRunStatus.SUCCESS]),
         limit=1,
@@ -85,7 +85,7 @@ def plan_incremental_sync(
     running = active_sync(instance)
     if running is not None:
         return dg.SkipReason(f"{describe_run(running)}; the next incremental sync waits for it")
-    if not has_successful_full_sync(instance):
+    if not full_sync_run_succeeded(instance):
         return dg.SkipReason(
             "no full sync has succeeded yet; start one (hubsync demo, or full_sync_job in the UI)"
         )
