@@ -718,7 +718,7 @@ def hub_payload(
         bytes=summary.bytes,
         superseded_batches=summary.superseded,
         recovered_batches=summary.recovered,
-        duration_s=round(time.monotonic() - started, 3),
+        duration_s=_since(started),
     )
     return dg.MaterializeResult(metadata=metadata)
 

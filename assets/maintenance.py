@@ -138,8 +138,9 @@ def _delete(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
     return int(deleted[0][0]) if deleted else 0
 
 
+# Its own group: "sync" is what `hubsync sync --source …` selects, and pruning is no part of a sync.
 @dg.asset(
-    group_name="sync",
+    group_name="maintenance",
     kinds={"duckdb"},
     pool="duckdb",
 )

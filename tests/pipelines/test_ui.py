@@ -5,7 +5,7 @@ import pytest
 
 from pipelines.definitions import defs
 
-GROUPS = {"sync", "studip", "campusonline", "lms", "graph", "hub"}
+GROUPS = {"sync", "studip", "campusonline", "lms", "graph", "hub", "maintenance"}
 SPECS = [spec for assets_def in defs.assets for spec in assets_def.specs]  # type: ignore[union-attr]
 
 
@@ -22,6 +22,7 @@ def test_groups_per_source_and_for_graph_and_hub() -> None:
     assert {spec.group_name for spec in SPECS} == GROUPS
     by_key = {spec.key.to_user_string(): spec for spec in SPECS}
     assert by_key["raw_co_students"].group_name == "campusonline"
+    assert by_key["sync_retention"].group_name == "maintenance"  # not selected with "sync"
     assert by_key["hub_delivery"].kinds >= {"api", "duckdb"}
     assert by_key["hub_delivery"].metadata["dagster/table_name"] == "hub_batches"
 
