@@ -27,7 +27,7 @@ from resources.hub import hub_resource
 from resources.lms import lms_resource
 from resources.settings import Settings, load_settings
 from resources.studip import studip_resource
-from resources.table_schemas import table_columns
+from resources.table_schemas import migrated_table_columns
 from resources.warehouse import WarehouseResource
 
 # The warehouse table each asset writes, where it is not the asset's own name; the UI shows its
@@ -47,7 +47,7 @@ COLUMN_SCHEMA = "dagster/column_schema"
 def with_table_schema(spec: dg.AssetSpec) -> dg.AssetSpec:
     """The spec with the column schema of the table it writes, unless it declares its own."""
     table = ASSET_TABLES.get(spec.key.to_user_string(), spec.key.to_user_string())
-    columns = table_columns().get(table)
+    columns = migrated_table_columns().get(table)
     if COLUMN_SCHEMA in spec.metadata or columns is None:
         return spec
     return spec.merge_attributes(

@@ -8,6 +8,7 @@ the DDL's ``--`` comments as column descriptions. Only the shapes the migrations
 
 import re
 from collections.abc import Iterable, Iterator
+from functools import cache
 
 import dagster as dg
 
@@ -90,6 +91,12 @@ def table_columns(migrations: Iterable[Migration] = MIGRATIONS) -> dict[str, lis
     return tables
 
 
+@cache
+def migrated_table_columns() -> dict[str, list[dg.TableColumn]]:
+    """``table_columns()`` of ``MIGRATIONS``, parsed once per process."""
+    return table_columns()
+
+
 def table_schema(table: str) -> dg.TableSchema:
     """The column schema of a warehouse table; ``KeyError`` if no migration creates it."""
-    return dg.TableSchema(columns=table_columns()[table])
+    return dg.TableSchema(columns=migrated_table_columns()[table])

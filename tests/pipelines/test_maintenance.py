@@ -151,26 +151,25 @@ def test_prune_without_a_successful_full_sync_removes_nothing(conn) -> None:
     assert len(keys_in(conn, "sync_runs", "key")) == 2
 
 
-def test_the_retention_asset_deletes_the_partitions_too(warehouse, conn) -> None:
+def test_the_retention_asset_deletes_the_partitions_too(warehouse, conn, instance) -> None:
     old, latest = key("incremental", 100), key("full", 95)
     never_run = key("incremental", 98)  # a partition added but never synced
     add_sync(conn, old)
     add_sync(conn, latest)
     conn.close()
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("sync_runs", [old, never_run, latest])
+    instance.add_dynamic_partitions("sync_runs", [old, never_run, latest])
 
-        result = dg.materialize(
-            [sync_retention],
-            instance=instance,
-            resources={"warehouse": warehouse, "retention": RetentionSettings(keep_days=90)},
-        )
+    result = dg.materialize(
+        [sync_retention],
+        instance=instance,
+        resources={"warehouse": warehouse, "retention": RetentionSettings(keep_days=90)},
+    )
 
-        assert result.success
-        assert instance.get_dynamic_partitions("sync_runs") == [latest]
-        [materialization] = result.asset_materializations_for_node("sync_retention")
-        assert materialization.metadata["keys_pruned"] == dg.IntMetadataValue(2)
-        assert materialization.metadata["keys_kept"] == dg.IntMetadataValue(1)
+    assert result.success
+    assert instance.get_dynamic_partitions("sync_runs") == [latest]
+    [materialization] = result.asset_materializations_for_node("sync_retention")
+    assert materialization.metadata["keys_pruned"] == dg.IntMetadataValue(2)
+    assert materialization.metadata["keys_kept"] == dg.IntMetadataValue(1)
     with warehouse.connection() as check:
         assert keys_in(check, "sync_runs", "key") == {latest}
 

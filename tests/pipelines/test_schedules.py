@@ -1,6 +1,5 @@
 """The schedules, evaluated against a test instance; neither may open DuckDB."""
 
-from collections.abc import Iterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -23,15 +22,9 @@ def no_duckdb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(duckdb, "connect", refuse)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def defs() -> dg.Definitions:
     return build_definitions(load_settings({"HUBSYNC_WAREHOUSE": "/proc/hubsync/no.duckdb"}))
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def tick(

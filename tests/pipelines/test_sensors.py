@@ -2,7 +2,6 @@
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -32,8 +31,8 @@ def no_duckdb(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(duckdb, "connect", refuse)
 
 
-@pytest.fixture
-def defs(tmp_path) -> dg.Definitions:
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
     settings = load_settings(
         {
             # a warehouse that cannot even be created: any access would fail loudly
@@ -43,12 +42,6 @@ def defs(tmp_path) -> dg.Definitions:
         }
     )
     return build_definitions(settings)
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def add_run(
