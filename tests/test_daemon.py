@@ -1,7 +1,8 @@
 """The Dagster daemon runs hubsync by itself: after a full sync, incremental_sync_sensor launches
 an incremental sync against the sandbox, and it succeeds.
 
-The slowest test of the suite (a real daemon, code server and run worker): about a minute.
+One of the slowest tests (a real daemon, code server and run worker): about a minute, most of it
+Dagster starting processes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sandbox.server import running_sandbox
 from sandbox.world import World
 
 TIMEOUT_S = 180
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 DAEMON = Path(sys.executable).with_name("dagster-daemon")
 
 
@@ -129,7 +131,7 @@ def test_the_daemon_launches_incremental_syncs_that_succeed(
     key = "full-20261123T020000Z"
     instance.add_dynamic_partitions("sync_runs", [key])
     full = defs.resolve_job_def("full_sync_job").execute_in_process(
-        instance=instance, partition_key=key
+        instance=instance, partition_key=key, run_config=QUIET_CONSOLE
     )
     assert full.success
     sandbox.world.step(seed=5)  # type: ignore[attr-defined]
