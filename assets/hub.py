@@ -56,6 +56,8 @@ PHASES: tuple[tuple[str, str], ...] = (
 )
 MAX_BATCH_BYTES = 1_000_000
 ALLOW_DELETES_TAG = "hubsync/allow-deletes"
+# Delivery and acknowledgement list the messageIds left processing; hub_log_sensor polls them.
+PENDING_MESSAGES_METADATA = "pending_message_ids"
 
 
 # -- the diff ---------------------------------------------------------------------------------
@@ -565,6 +567,10 @@ def in_flight_batches(
     return conn.execute(sql + " ORDER BY sync_key, batch_no", params).fetchall()
 
 
+def pending_message_ids(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    return [message_id for _, _, message_id in in_flight_batches(conn)]
+
+
 def acknowledge(
     conn: duckdb.DuckDBPyConnection,
     client: HubClient,
@@ -783,6 +789,7 @@ def hub_payload(
     """The events this sync sends the HUB: the diff of ``hub_desired`` against ``hub_state``,
     grouped into batches (one object type and action each, at most HUB_BATCH_SIZE objects and
     1 MB), stored as the exact JSON to post. Re-running replaces the unsent batches."""
+    started = time.monotonic()
     full = parse_sync_key(context.partition_key).mode == "full"
     with warehouse.connection() as conn:
         summary = build_payload(
@@ -800,6 +807,7 @@ def hub_payload(
         bytes=summary.bytes,
         superseded_batches=summary.superseded,
         recovered_batches=summary.recovered,
+        duration_s=_since(started),
     )
     return dg.MaterializeResult(metadata=metadata)
 
@@ -818,6 +826,7 @@ def hub_delivery(
     links; deletes first, in reverse), waiting for each phase's getLog before the next, and
     applies the acknowledged items to ``hub_state``. A POST is repeated only when it provably
     did not arrive; batches still processing when the wait ends are picked up later."""
+    started = time.monotonic()
     client = hub.client()
     with warehouse.connection() as conn:
         summary = deliver(
@@ -828,12 +837,20 @@ def hub_delivery(
             poll_s=hub.poll_interval_s,
             envelope=Envelope(hub.org_id, hub.who, hub.batch_size),
         )
+        pending = pending_message_ids(conn)
     if summary.stopped:
         context.log.warning("delivery stopped early: %s", summary.stopped)
-    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client))
+    metadata = _delivery_metadata(summary, client, pending)
+    return dg.MaterializeResult(metadata={**metadata, "duration_s": _since(started)})
 
 
-def _delivery_metadata(summary: DeliverySummary, client: HubClient) -> dict[str, Any]:
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
+
+
+def _delivery_metadata(
+    summary: DeliverySummary, client: HubClient, pending: list[str]
+) -> dict[str, Any]:
     outcomes = summary.outcomes
     return {
         **{f"batches_{name}": n for name, n in sorted(summary.posted.items())},
@@ -845,6 +862,7 @@ def _delivery_metadata(summary: DeliverySummary, client: HubClient) -> dict[str,
         "errors_by_message": dg.MetadataValue.json(dict(outcomes.errors.most_common(20))),
         "first_errors": dg.MetadataValue.md(_errors_table(outcomes)),
         "stopped": summary.stopped or "no",
+        PENDING_MESSAGES_METADATA: dg.MetadataValue.json(pending),
         **client.http.stats.as_metadata(),
     }
 
@@ -856,6 +874,7 @@ def hub_acknowledgement(
     """Applies the getLog results of every batch still in flight (from any sync) to
     ``hub_state``: what a sync's delivery did not wait for, or what the log sensor found
     finished."""
+    started = time.monotonic()
     client = hub.client()
     with warehouse.connection() as conn:
         outcomes, unfinished = acknowledge(
@@ -865,8 +884,10 @@ def hub_acknowledgement(
             timeout_s=hub.ack_timeout_s,
             poll_s=hub.poll_interval_s,
         )
+        pending = pending_message_ids(conn)
     summary = DeliverySummary(outcomes=outcomes, unfinished=unfinished)
-    return dg.MaterializeResult(metadata=_delivery_metadata(summary, client))
+    metadata = _delivery_metadata(summary, client, pending)
+    return dg.MaterializeResult(metadata={**metadata, "duration_s": _since(started)})
 
 
 # -- guards -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The two sync jobs.
+"""The two sync jobs, and the small housekeeping jobs the sensors and schedules start.
 
 Both select the same assets; a run is one sync, i.e. one ``sync_runs`` partition (Dagster infers
 the partitioning from the selected assets). What a run does, full or incremental, comes from its
@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from assets.hub import hub_acknowledgement
+from assets.maintenance import record_sync_failure, sync_retention
 from assets.sync import SYNC_MODE_TAG, SYNC_TAG, mark_sync_failed, sync_summary
 from pipelines.partitions import SyncMode
 
@@ -43,3 +45,28 @@ incremental_sync_job = _sync_job(
     "incremental",
     "Incremental sync of what changed since the last sync. Run it for an incr-… key.",
 )
+
+
+# -- housekeeping jobs, started by the sensors and schedules in pipelines/ -------------------------
+
+hub_acknowledgement_job = dg.define_asset_job(
+    "hub_acknowledgement_job",
+    selection=dg.AssetSelection.assets(hub_acknowledgement),
+    description="Applies the getLog results of HUB batches that finished after their sync "
+    "stopped waiting. Started by hub_log_sensor.",
+)
+
+prune_sync_runs_job = dg.define_asset_job(
+    "prune_sync_runs_job",
+    selection=dg.AssetSelection.assets(sync_retention),
+    description="Removes sync keys older than HUBSYNC_KEEP_DAYS with their warehouse rows, "
+    "keeping the latest full sync and what the current state builds on. Daily schedule.",
+)
+
+
+@dg.job(
+    description="Marks a sync failed in sync_runs when its run failed or was canceled outside a "
+    "step (the failure hook records step failures). Started by the sync run-status sensors."
+)
+def record_sync_failure_job() -> None:
+    record_sync_failure()

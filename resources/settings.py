@@ -43,6 +43,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUBSYNC_MATCH_RULES", "studid,email,login"),
     Variable("STUDIP_STUDENT_ID_FIELD", "Matrikelnummer"),
     Variable("LMS_STUDENT_ID_FIELD", "StudentId"),
+    Variable("HUBSYNC_AUTOMATION", "on"),
     Variable("CO_API_URL", "http://127.0.0.1:8701"),
     Variable("CO_CLIENT_ID", "hubsync"),
     Variable("CO_CLIENT_SECRET", "sandbox-co-secret", secret=True),
@@ -157,6 +158,7 @@ class Settings:
     full_sync_cron: str
     keep_days: int
     match_rules: tuple[str, ...]  # identity rules in priority order: studid, email, login
+    automation: bool  # sensors and schedules start running (on) or stopped (off)
     co: CampusOnlineSettings
     studip: StudipSettings
     lms: LmsSettings
@@ -293,6 +295,14 @@ class _Reader:
         )
         return self._parse(name, parse, requirement)
 
+    def switch(self, name: str) -> bool:
+        def parse(value: str) -> bool:
+            if value.lower() not in ("on", "off"):
+                raise ValueError(value)
+            return value.lower() == "on"
+
+        return self._parse(name, parse, "must be on or off")
+
     def items(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self._value(name).split(",") if item.strip())
 
@@ -343,6 +353,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         full_sync_cron=read.cron("HUBSYNC_FULL_SYNC_CRON"),
         keep_days=read.integer("HUBSYNC_KEEP_DAYS", 1),
         match_rules=read.rules("HUBSYNC_MATCH_RULES"),
+        automation=read.switch("HUBSYNC_AUTOMATION"),
         co=CampusOnlineSettings(
             api_url=read.url("CO_API_URL"),
             client_id=read.text("CO_CLIENT_ID"),

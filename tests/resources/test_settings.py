@@ -124,6 +124,9 @@ def test_any_api_url_means_real_systems(name: str) -> None:
         ("HUBSYNC_MATCH_RULES", "studid,name", "must list identity rules in priority order"),
         ("HUBSYNC_MATCH_RULES", "email,email", "must list identity rules in priority order"),
         ("HUBSYNC_MATCH_RULES", " , ", "must list identity rules in priority order"),
+        ("HUBSYNC_KEEP_DAYS", "0", "must be a positive integer"),
+        ("HUBSYNC_INCREMENTAL_INTERVAL", "0", "must be a positive integer"),
+        ("HUBSYNC_AUTOMATION", "yes", "must be on or off"),
         ("STUDIP_CONCURRENCY", "0", "must be an integer from 1 to 64"),
         ("STUDIP_CONCURRENCY", "65", "must be an integer from 1 to 64"),
         ("HUB_MAX_DELETE_SHARE", "1.5", "must be a number from 0 to 1"),
@@ -249,6 +252,12 @@ def test_defaults_match_what_the_sandbox_serves() -> None:
     assert settings.hub.api_key.get_secret_value() == default(HubServer, "api_key")
     assert settings.hub.org_id == default(HubServer, "org_id")
     assert settings.hub.api_url.endswith("/" + str(default(HubServer, "env")))
+
+
+def test_automation_switch() -> None:
+    assert load_settings({}).automation
+    assert not load_settings({"HUBSYNC_AUTOMATION": "OFF"}).automation
+    assert load_settings({"HUBSYNC_AUTOMATION": " on "}).automation
 
 
 def test_hub_waits_are_positive_seconds() -> None:

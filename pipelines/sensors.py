@@ -1,0 +1,250 @@
+"""Sensors: what makes hubsync run itself between the nightly full syncs.
+
+* ``incremental_sync_sensor`` adds an ``incr-…`` key every HUBSYNC_INCREMENTAL_INTERVAL seconds
+  and requests ``incremental_sync_job`` for it, unless a sync is queued or running, or no full
+  sync has succeeded yet (an incremental sync overlays the latest full one).
+* ``hub_log_sensor`` polls getLog for the HUB batches the last sync left unfinished and requests
+  ``hub_acknowledgement_job`` when one finished. Between syncs only: a sync's own
+  acknowledgement step picks up everything in flight.
+* ``sync_failure_sensor`` / ``sync_canceled_sensor`` request ``record_sync_failure_job`` for a
+  sync run that failed or was canceled, so its sync_runs row says why even when no step hook ran.
+
+Sensors never open the warehouse (DuckDB allows one writer, and a sensor tick must not wait for
+a sync): they read the Dagster instance and, for the HUB log, make HTTP calls only.
+"""
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import dagster as dg
+import requests
+
+from assets.hub import PENDING_MESSAGES_METADATA, hub_acknowledgement, hub_delivery
+from assets.sync import SYNC_MODE_TAG, SYNC_TAG
+from pipelines.jobs import (
+    full_sync_job,
+    hub_acknowledgement_job,
+    incremental_sync_job,
+    record_sync_failure_job,
+)
+from pipelines.partitions import new_sync_key, sync_runs_partitions
+from resources.http import ApiError
+from resources.hub import FINISHED_STATUSES, HubResource
+
+# Runs that hold or will take the sync lane.
+ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+HUB_LOG_INTERVAL_S = 30
+_PARTITION_TAG = "dagster/partition"
+_MAX_ERROR_CHARS = 2000
+
+
+def _default_status(running: bool) -> dg.DefaultSensorStatus:
+    return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+
+
+def active_runs(
+    instance: dg.DagsterInstance, *, tags: dict[str, str] | None = None, job_name: str | None = None
+) -> Sequence[dg.DagsterRun]:
+    return instance.get_runs(
+        filters=dg.RunsFilter(tags=tags, job_name=job_name, statuses=ACTIVE_STATUSES), limit=5
+    )
+
+
+def active_sync(instance: dg.DagsterInstance) -> dg.DagsterRun | None:
+    """A sync run that is queued or running, if any."""
+    runs = active_runs(instance, tags={SYNC_TAG: "true"})
+    return runs[0] if runs else None
+
+
+def describe_run(run: dg.DagsterRun) -> str:
+    key = run.tags.get(_PARTITION_TAG, "without a key")
+    return f"{run.job_name} {key} is {run.status.value.lower()}"
+
+
+def full_sync_run_succeeded(instance: dg.DagsterInstance) -> bool:
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(tags={SYNC_MODE_TAG: "full"}, statuses=[dg.DagsterRunStatus.SUCCESS]),
+        limit=1,
+    )
+    return bool(runs)
+
+
+# -- incremental syncs ----------------------------------------------------------------------------
+
+
+def plan_incremental_sync(
+    instance: dg.DagsterInstance, now: datetime
+) -> dg.SensorResult | dg.SkipReason:
+    """The tick's decision: a new ``incr-…`` key and a run for it, or why not."""
+    running = active_sync(instance)
+    if running is not None:
+        return dg.SkipReason(f"{describe_run(running)}; the next incremental sync waits for it")
+    if not full_sync_run_succeeded(instance):
+        return dg.SkipReason(
+            "no full sync has succeeded yet; start one (hubsync demo, or full_sync_job in the UI)"
+        )
+    key = new_sync_key("incremental", now)
+    if instance.has_dynamic_partition(sync_runs_partitions.name, key):
+        return dg.SkipReason(f"{key} exists already")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=key, run_key=key)],
+        dynamic_partitions_requests=[sync_runs_partitions.build_add_request([key])],
+    )
+
+
+def build_incremental_sync_sensor(interval_s: int, running: bool) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="incremental_sync_sensor",
+        job=incremental_sync_job,
+        minimum_interval_seconds=interval_s,
+        default_status=_default_status(running),
+        description=f"Every {interval_s} s (HUBSYNC_INCREMENTAL_INTERVAL) adds an incr-… key "
+        "and requests incremental_sync_job for it; skips while a sync is queued or running and "
+        "until a full sync has succeeded.",
+    )
+    def incremental_sync_sensor(
+        context: dg.SensorEvaluationContext,
+    ) -> dg.SensorResult | dg.SkipReason:
+        return plan_incremental_sync(context.instance, datetime.now(UTC))
+
+    return incremental_sync_sensor
+
+
+# -- HUB log --------------------------------------------------------------------------------------
+
+
+def latest_pending_messages(instance: dg.DagsterInstance) -> tuple[str, list[str]]:
+    """The run id of the newest hub_delivery/hub_acknowledgement materialization and the
+    messageIds it left processing at the HUB (``("", [])`` before any)."""
+    entries = [
+        instance.get_latest_materialization_event(asset.key)
+        for asset in (hub_delivery, hub_acknowledgement)
+    ]
+    latest = max((e for e in entries if e is not None), key=lambda e: e.timestamp, default=None)
+    if latest is None or latest.asset_materialization is None:
+        return "", []
+    value = latest.asset_materialization.metadata.get(PENDING_MESSAGES_METADATA)
+    pending = value.value if isinstance(value, dg.JsonMetadataValue) else None
+    return latest.run_id, [str(m) for m in pending or []]
+
+
+def plan_acknowledgement(
+    instance: dg.DagsterInstance, hub: HubResource
+) -> dg.RunRequest | dg.SkipReason:
+    running = active_sync(instance) or next(
+        iter(active_runs(instance, job_name=hub_acknowledgement_job.name)), None
+    )
+    if running is not None:
+        return dg.SkipReason(f"{describe_run(running)}; it acknowledges what finished")
+    run_id, pending = latest_pending_messages(instance)
+    if not pending:
+        return dg.SkipReason("no HUB batches are pending")
+    client = hub.client()
+    try:
+        finished = [m for m in pending if client.status(m) in FINISHED_STATUSES]
+    except (ApiError, requests.RequestException) as exc:
+        return dg.SkipReason(f"getLog failed, trying again next tick: {exc}")
+    finally:
+        client.close()
+    if not finished:
+        return dg.SkipReason(f"{len(pending)} HUB batches are still processing")
+    # One acknowledgement per state seen: a new materialization or more finished batches make a
+    # new key; a failed acknowledgement run is retried then, or by the next sync.
+    return dg.RunRequest(
+        run_key=f"hub-ack-{run_id}-{len(finished)}",
+        tags={"hubsync/finished-batches": str(len(finished))},
+    )
+
+
+def build_hub_log_sensor(running: bool) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="hub_log_sensor",
+        job=hub_acknowledgement_job,
+        minimum_interval_seconds=HUB_LOG_INTERVAL_S,
+        default_status=_default_status(running),
+        description="While HUB batches are pending (listed by the latest hub_delivery or "
+        "hub_acknowledgement), polls their getLog status and requests hub_acknowledgement_job "
+        "when one finished. Not while a sync runs: its own acknowledgement step does it.",
+    )
+    def hub_log_sensor(
+        context: dg.SensorEvaluationContext, hub: HubResource
+    ) -> dg.RunRequest | dg.SkipReason:
+        return plan_acknowledgement(context.instance, hub)
+
+    return hub_log_sensor
+
+
+# -- failed syncs ---------------------------------------------------------------------------------
+
+
+def record_failure_request(run: dg.DagsterRun, error: str) -> dg.RunRequest | dg.SkipReason:
+    key = run.tags.get(_PARTITION_TAG)
+    if key is None:
+        return dg.SkipReason(f"run {run.run_id} has no sync key")
+    return dg.RunRequest(
+        run_key=f"record-failure-{run.run_id}",
+        run_config={
+            "ops": {
+                "record_sync_failure": {
+                    "config": {"sync_key": key, "error": error[:_MAX_ERROR_CHARS]}
+                }
+            }
+        },
+        tags={"hubsync/failed-run": run.run_id},
+    )
+
+
+def failure_text(context: dg.RunFailureSensorContext) -> str:
+    """The first failed step and its error, else the run's failure message."""
+    for event in context.get_step_failure_events():
+        error = getattr(event.event_specific_data, "error", None)
+        if error is not None:
+            cause = error.cause or error
+            return f"{event.step_key}: {cause.message.strip()}"
+    return context.failure_event.message or f"run {context.dagster_run.run_id} failed"
+
+
+def build_sync_failure_sensors() -> list[dg.SensorDefinition]:
+    sync_jobs = [full_sync_job, incremental_sync_job]
+
+    @dg.run_failure_sensor(
+        name="sync_failure_sensor",
+        monitored_jobs=sync_jobs,
+        request_job=record_sync_failure_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Records a failed sync run's error in sync_runs (also failures outside a "
+        "step, which the jobs' failure hook cannot see).",
+    )
+    def sync_failure_sensor(context: dg.RunFailureSensorContext) -> dg.RunRequest | dg.SkipReason:
+        return record_failure_request(context.dagster_run, failure_text(context))
+
+    @dg.run_status_sensor(
+        name="sync_canceled_sensor",
+        run_status=dg.DagsterRunStatus.CANCELED,
+        monitored_jobs=sync_jobs,
+        request_job=record_sync_failure_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Records a canceled sync run as failed in sync_runs.",
+    )
+    def sync_canceled_sensor(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+        return record_failure_request(
+            context.dagster_run, f"run {context.dagster_run.run_id} was canceled"
+        )
+
+    return [sync_failure_sensor, sync_canceled_sensor]
+
+
+def build_sensors(*, incremental_interval_s: int, automation: bool) -> list[dg.SensorDefinition]:
+    """All sensors; ``automation`` (HUBSYNC_AUTOMATION) decides whether the ones that start
+    syncs and acknowledgements run by default. The failure recorders always do."""
+    return [
+        build_incremental_sync_sensor(incremental_interval_s, automation),
+        build_hub_log_sensor(automation),
+        *build_sync_failure_sensors(),
+    ]

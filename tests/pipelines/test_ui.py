@@ -1,0 +1,47 @@
+"""What the Dagster UI shows: groups, descriptions, kinds, table schemas, automation."""
+
+import dagster as dg
+import pytest
+
+from pipelines.definitions import defs
+
+GROUPS = {"sync", "studip", "campusonline", "lms", "graph", "hub", "maintenance"}
+SPECS = [spec for assets_def in defs.assets for spec in assets_def.specs]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda spec: spec.key.to_user_string())
+def test_every_asset_is_grouped_described_and_typed(spec: dg.AssetSpec) -> None:
+    assert spec.group_name in GROUPS
+    assert spec.description and len(spec.description) > 20
+    assert "duckdb" in spec.kinds
+    schema = spec.metadata.get("dagster/column_schema")
+    assert isinstance(schema, dg.TableSchema) and schema.columns
+
+
+def test_groups_per_source_and_for_graph_and_hub() -> None:
+    assert {spec.group_name for spec in SPECS} == GROUPS
+    by_key = {spec.key.to_user_string(): spec for spec in SPECS}
+    assert by_key["raw_co_students"].group_name == "campusonline"
+    assert by_key["sync_retention"].group_name == "maintenance"  # not selected with "sync"
+    assert by_key["hub_delivery"].kinds >= {"api", "duckdb"}
+    assert by_key["hub_delivery"].metadata["dagster/table_name"] == "hub_batches"
+
+
+def test_asset_checks_are_defined() -> None:
+    checks = {spec.name for c in defs.asset_checks or [] for spec in c.check_specs}  # type: ignore[union-attr]
+    assert {"hub_deletes_within_limit", "persons_unmatched_and_conflicting"} <= checks
+
+
+def test_sensors_schedules_and_jobs_are_wired() -> None:
+    assert {s.name for s in defs.sensors or []} == {
+        "incremental_sync_sensor",
+        "hub_log_sensor",
+        "sync_failure_sensor",
+        "sync_canceled_sensor",
+    }
+    assert {s.name for s in defs.schedules or []} == {
+        "nightly_full_sync_schedule",
+        "daily_prune_schedule",
+    }
+    for job in ("hub_acknowledgement_job", "prune_sync_runs_job", "record_sync_failure_job"):
+        defs.resolve_job_def(job)
