@@ -10,6 +10,12 @@ Every server answers ``/_sandbox/...`` admin routes (never subject to faults):
   with any of its fields; ``{}`` switches faults off);
 * ``GET /_sandbox/requests`` the request counters (by route) and the last requests;
 * ``POST /_sandbox/requests/reset`` zero them.
+
+Tests that run the sandbox in their own process can also add request hooks
+(:meth:`SandboxServer.add_request_hook`): a function called with every API request and its number
+(1, 2, ... per server; admin routes excluded), before the request is handled or, with
+``after=True``, after it was handled and before its answer goes out. Hooks drive faults at an exact
+point of a sync: expire tokens at the n-th request, kill the syncing process at the n-th POST.
 """
 
 from __future__ import annotations
@@ -114,6 +120,7 @@ class HttpError(Exception):
 
 
 Handler = Callable[[Request], Response]
+RequestHook = Callable[[Request, int], None]
 
 
 class Router:
@@ -271,6 +278,8 @@ class SandboxServer:
         self.counts: Counter[str] = Counter()
         self.recent: deque[RequestRecord] = deque(maxlen=500)
         self._stats_lock = threading.Lock()
+        self._hooks: list[tuple[RequestHook, bool]] = []
+        self._api_requests = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._add_admin_routes()
@@ -367,6 +376,24 @@ class SandboxServer:
             f" fault={fault}" if fault else "",
         )
 
+    # -- hooks -------------------------------------------------------------------------------
+
+    def add_request_hook(self, hook: RequestHook, *, after: bool = False) -> None:
+        """Call ``hook(request, number)`` for every API request from now on: before it is
+        handled, or with ``after`` once it was handled (an injected fault counts as handled)
+        and before the answer is sent. ``number`` counts this server's API requests from 1."""
+        with self._stats_lock:
+            self._hooks.append((hook, after))
+
+    def clear_request_hooks(self) -> None:
+        with self._stats_lock:
+            self._hooks.clear()
+
+    def _number_request(self) -> tuple[int, list[tuple[RequestHook, bool]]]:
+        with self._stats_lock:
+            self._api_requests += 1
+            return self._api_requests, list(self._hooks)
+
     def request_count(self, pattern_substring: str = "") -> int:
         with self._stats_lock:
             return sum(n for key, n in self.counts.items() if pattern_substring in key)
@@ -441,6 +468,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             client=self.client_address[0],
         )
         admin = request.path.startswith("/_sandbox")
+        number, hooks = (0, []) if admin else app._number_request()
+        _call_hooks(hooks, request, number, after=False)
         fault = None if admin else app.faults.draw(request.path)
         config = app.faults.config
         if not admin and config.latency_ms:
@@ -448,6 +477,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if fault == "slow":
             time.sleep(config.slow_ms / 1000)
         if fault == "drop":
+            _call_hooks(hooks, request, number, after=True)
             app.record(request, "(dropped)", 0, started, fault)
             self._drop()
             return
@@ -474,6 +504,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             remaining = config.latency_floor_ms / 1000 - (time.perf_counter() - started)
             if remaining > 0:
                 time.sleep(remaining)
+        _call_hooks(hooks, request, number, after=True)
         # Counted before the response goes out, so a client that has its answer can rely on it.
         app.record(request, pattern, response.status, started, fault)
         self._send(response)
@@ -506,6 +537,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
             pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
+
+
+def _call_hooks(
+    hooks: list[tuple[RequestHook, bool]], request: Request, number: int, *, after: bool
+) -> None:
+    for hook, hook_after in hooks:
+        if hook_after == after:
+            try:
+                hook(request, number)
+            except Exception:  # a test's hook must not take the server down
+                log.exception("sandbox: request hook failed on %s", request.path)
 
 
 def parse_json_list(values: Iterable[str]) -> list[str]:

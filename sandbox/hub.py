@@ -824,6 +824,17 @@ class HubServer(SandboxServer):
         with self._lock:
             return [message.summary() for message in self._messages.values()]
 
+    def duplicate_inserts(self) -> int:
+        """Items refused because their object or link already existed: inserts sent twice."""
+        exists = {texts["exists"] for texts in MESSAGES.values()}
+        with self._lock:
+            return sum(
+                1
+                for message in self._messages.values()
+                for item in message.logs
+                if any(entry["dsc_error"] in exists for entry in item["baseItem"]["mensagem"])
+            )
+
     def reset(self) -> None:
         """Empty state and log; messages still queued are dropped."""
         with self._lock:

@@ -1164,3 +1164,11 @@ def test_fault_slow(server: HubServer) -> None:
     started = time.monotonic()
     response = post(server, envelope(event("insert", term=[term()])))
     assert response.status_code == 200 and time.monotonic() - started >= 0.3
+
+
+def test_duplicate_inserts_counts_items_refused_as_already_there(server: HubServer) -> None:
+    run(server, event("insert", term=[term("2026W"), term("2027S")]))
+    assert server.duplicate_inserts() == 0
+
+    run(server, event("insert", term=[term("2026W")]), event("update", term=[term("2027S")]))
+    assert server.duplicate_inserts() == 1

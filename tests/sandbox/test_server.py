@@ -180,3 +180,39 @@ def test_command_line_rejects_bad_options() -> None:
     )
     assert result.returncode == 2
     assert "nope" in result.stderr
+
+
+def test_request_hooks_see_numbered_api_requests_before_and_after(sandbox) -> None:
+    seen: list[tuple[str, str, int]] = []
+    server = sandbox.studip
+    server.add_request_hook(lambda request, n: seen.append(("before", request.path, n)))
+    server.add_request_hook(lambda request, n: seen.append(("after", request.path, n)), after=True)
+    try:
+        base = sandbox.urls["studip"]
+        requests.get(f"{base}/semesters", timeout=5)
+        requests.get(f"{sandbox.studip.origin}/_sandbox/requests", timeout=5)  # admin: no hook
+        requests.get(f"{base}/semesters", timeout=5)
+    finally:
+        server.clear_request_hooks()
+    first = seen[0][2]
+    path = "/api.php/semesters"
+    assert seen == [
+        ("before", path, first),
+        ("after", path, first),
+        ("before", path, first + 1),
+        ("after", path, first + 1),
+    ]
+    requests.get(f"{base}/semesters", timeout=5)
+    assert len(seen) == 4  # cleared
+
+
+def test_a_failing_hook_does_not_break_the_answer(sandbox) -> None:
+    def broken(request, number) -> None:
+        raise RuntimeError("hook bug")
+
+    sandbox.co.add_request_hook(broken)
+    try:
+        response = requests.post(f"{sandbox.urls['co']}/wbOAuth2.token", timeout=5, data={})
+    finally:
+        sandbox.co.clear_request_hooks()
+    assert response.status_code in (400, 401)
