@@ -639,6 +639,7 @@ def deliver(
     *,
     ack_timeout_s: float,
     poll_s: float = 0.2,
+    batch_size: int = 500,
 ) -> DeliverySummary:
     """Post this sync's batches phase by phase; see the module docstring."""
     summary = DeliverySummary()
@@ -650,24 +651,99 @@ def deliver(
         summary.stopped = "earlier messages are still being processed by the HUB"
         return summary
     for phase, batches in _pending(conn, sync_key):
-        for batch_no, text in batches:
-            result = post(conn, client, sync_key, batch_no, text)
-            summary.posted[result.outcome.value] += 1
-            if result.outcome is PostOutcome.NOT_ARRIVED:
-                summary.stopped = f"the HUB did not take batch {batch_no}: {result.body[:200]}"
+        # Then the updates of uncertain objects the HUB does not have are inserted in their
+        # phase, so that later phases' links find them and this sync converges on its own.
+        for round_batches in (batches, None):
+            if round_batches is None:
+                round_batches = store_reinserts(conn, sync_key, phase, batch_size=batch_size)
+            for batch_no, text in round_batches:
+                result = post(conn, client, sync_key, batch_no, text)
+                summary.posted[result.outcome.value] += 1
+                if result.outcome is PostOutcome.NOT_ARRIVED:
+                    summary.stopped = f"the HUB did not take batch {batch_no}: {result.body[:200]}"
+                    return summary
+            outcomes, summary.unfinished = acknowledge(
+                conn,
+                client,
+                in_flight_batches(conn, sync_key, phase),
+                timeout_s=ack_timeout_s,
+                poll_s=poll_s,
+            )
+            summary.outcomes.add(outcomes)
+            if summary.unfinished:
+                summary.stopped = f"phase {PHASES[phase]} is still being processed by the HUB"
                 return summary
-        outcomes, summary.unfinished = acknowledge(
-            conn,
-            client,
-            in_flight_batches(conn, sync_key, phase),
-            timeout_s=ack_timeout_s,
-            poll_s=poll_s,
-        )
-        summary.outcomes.add(outcomes)
-        if summary.unfinished:
-            summary.stopped = f"phase {PHASES[phase]} is still being processed by the HUB"
-            return summary
     return summary
+
+
+def store_reinserts(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, phase: int, *, batch_size: int
+) -> list[tuple[int, str]]:
+    """Insert batches for this phase's updates the HUB answered "not found" (uncertain objects
+    whose earlier post never arrived): stored like any batch, returned as (batch_no, envelope).
+    Each object is re-inserted at most once per sync."""
+    missing = conn.execute(
+        """
+        SELECT DISTINCT e.object_type, e.key
+        FROM hub_log l
+        JOIN hub_events e ON e.sync_key = l.sync_key AND e.seq = l.seq
+        JOIN hub_batches b ON b.sync_key = e.sync_key AND b.batch_no = e.batch_no
+        WHERE l.sync_key = $key AND b.phase = $phase AND e.action = 'update'
+          AND l.outcome = 'reconciled'
+          AND NOT EXISTS (SELECT 1 FROM hub_events i WHERE i.sync_key = e.sync_key
+                          AND i.object_type = e.object_type AND i.key = e.key
+                          AND i.action = 'insert')
+        """,
+        {"key": sync_key, "phase": phase},
+    ).fetchall()
+    if not missing:
+        return []
+    wanted = set(missing)
+    full = parse_sync_key(sync_key).mode == "full"
+    changes = [
+        c
+        for c in diff(conn, full=full)
+        if c.action == "insert" and (c.object_type, c.key) in wanted
+    ]
+    org_id, who, last_batch = conn.execute(
+        "SELECT any_value(envelope->>'$.org_id'), any_value(envelope->>'$.who'), max(batch_no) "
+        "FROM hub_batches WHERE sync_key = ?",
+        [sync_key],
+    ).fetchall()[0]
+    last_seq = conn.execute(
+        "SELECT coalesce(max(seq), 0) FROM hub_events WHERE sync_key = ?", [sync_key]
+    ).fetchall()[0][0]
+    if not changes:
+        return []
+    doo = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    batches = make_batches(changes, batch_size=batch_size, first_batch_no=last_batch + 1)
+    stored: list[tuple[int, str]] = []
+    batch_rows, event_rows = [], []
+    seq = last_seq
+    for batch in batches:
+        text = envelope_text(batch, org_id=org_id, who=who, doo=doo)
+        stored.append((batch.batch_no, text))
+        batch_rows.append(
+            (sync_key, batch.batch_no, batch.phase, batch.object_type, batch.action,
+             len(batch.changes), text, len(text.encode()))
+        )  # fmt: skip
+        for change in batch.changes:
+            seq += 1
+            event_rows.append(
+                (sync_key, seq, batch.batch_no, change.object_type, change.action, change.key,
+                 change.log_sis_id, json.dumps(change.payload))
+            )  # fmt: skip
+    with transaction(conn):
+        _insert_rows(
+            conn, "hub_batches", BATCH_COLUMNS, batch_rows,
+            "sync_key, batch_no, phase, object_type, action, objects, envelope::JSON, "
+            "bytes, 'pending'",
+        )  # fmt: skip
+        _insert_rows(
+            conn, "hub_events", EVENT_COLUMNS, event_rows,
+            "sync_key, seq, batch_no, object_type, action, key, log_sis_id, payload::JSON",
+        )  # fmt: skip
+    return stored
 
 
 # -- assets -----------------------------------------------------------------------------------
@@ -737,6 +813,7 @@ def hub_delivery(
             context.partition_key,
             ack_timeout_s=hub.ack_timeout_s,
             poll_s=hub.poll_interval_s,
+            batch_size=hub.batch_size,
         )
     if summary.stopped:
         context.log.warning("delivery stopped early: %s", summary.stopped)
