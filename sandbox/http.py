@@ -16,6 +16,7 @@ Tests that run the sandbox in their own process can also add request hooks
 (1, 2, ... per server; admin routes excluded), before the request is handled or, with
 ``after=True``, after it was handled and before its answer goes out. Hooks drive faults at an exact
 point of a sync: expire tokens at the n-th request, kill the syncing process at the n-th POST.
+A hook that runs before and returns ``"drop"`` drops the connection instead of handling it.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class HttpError(Exception):
 
 
 Handler = Callable[[Request], Response]
-RequestHook = Callable[[Request, int], None]
+RequestHook = Callable[[Request, int], str | None]
 
 
 class Router:
@@ -276,6 +277,7 @@ class SandboxServer:
         self.host = host
         self.requested_port = port
         self.counts: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()  # faults injected, by kind
         self.recent: deque[RequestRecord] = deque(maxlen=500)
         self._stats_lock = threading.Lock()
         self._hooks: list[tuple[RequestHook, bool]] = []
@@ -355,6 +357,8 @@ class SandboxServer:
         duration = (time.perf_counter() - started) * 1000
         with self._stats_lock:
             self.counts[f"{request.method} {pattern}"] += 1
+            if fault:
+                self.injected[fault] += 1
             self.recent.append(
                 RequestRecord(
                     request.method,
@@ -429,6 +433,7 @@ class SandboxServer:
         with self._stats_lock:
             self.counts.clear()
             self.recent.clear()
+            self.injected.clear()
         return Response.json({"ok": True})
 
 
@@ -469,8 +474,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         )
         admin = request.path.startswith("/_sandbox")
         number, hooks = (0, []) if admin else app._number_request()
-        _call_hooks(hooks, request, number, after=False)
-        fault = None if admin else app.faults.draw(request.path)
+        dropped = _call_hooks(hooks, request, number, after=False)
+        fault = "drop" if dropped else None if admin else app.faults.draw(request.path)
         config = app.faults.config
         if not admin and config.latency_ms:
             time.sleep(config.latency_ms / 1000)
@@ -541,13 +546,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 def _call_hooks(
     hooks: list[tuple[RequestHook, bool]], request: Request, number: int, *, after: bool
-) -> None:
+) -> bool:
+    """Run the hooks of this stage; True when one asks to drop the request."""
+    drop = False
     for hook, hook_after in hooks:
         if hook_after == after:
             try:
-                hook(request, number)
+                drop = hook(request, number) == "drop" or drop
             except Exception:  # a test's hook must not take the server down
                 log.exception("sandbox: request hook failed on %s", request.path)
+    return drop and not after
 
 
 def parse_json_list(values: Iterable[str]) -> list[str]:

@@ -216,3 +216,28 @@ def test_a_failing_hook_does_not_break_the_answer(sandbox) -> None:
     finally:
         sandbox.co.clear_request_hooks()
     assert response.status_code in (400, 401)
+
+
+def test_injected_faults_are_counted_by_kind(sandbox) -> None:
+    server = sandbox.studip
+    before = dict(server.injected)
+    server.faults.configure(FaultConfig(script=["error", "ok", "rate_limit"]))
+    try:
+        for _ in range(3):
+            requests.get(f"{sandbox.urls['studip']}/semesters", timeout=5)
+    finally:
+        server.faults.configure(FaultConfig())
+    assert server.injected["error"] == before.get("error", 0) + 1
+    assert server.injected["rate_limit"] == before.get("rate_limit", 0) + 1
+
+
+def test_a_hook_can_drop_the_request_unhandled(sandbox) -> None:
+    before = sandbox.hub.request_count("sync/v1")
+    sandbox.hub.add_request_hook(lambda request, number: "drop")
+    try:
+        with pytest.raises(requests.ConnectionError):
+            requests.post(f"{sandbox.urls['hub']}/sync/v1", json={}, timeout=5)
+    finally:
+        sandbox.hub.clear_request_hooks()
+    assert sandbox.hub.request_count("sync/v1") == before  # never reached the handler
+    assert requests.post(f"{sandbox.urls['hub']}/sync/v1", json={}, timeout=5).status_code == 403
