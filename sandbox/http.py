@@ -26,6 +26,7 @@ import logging
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -441,6 +442,12 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished (killed, timed out) is routine; anything else is logged."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        log.exception("sandbox: error serving %s", client_address[0])
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
