@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_ERRORS = (
@@ -155,7 +156,7 @@ class HttpClient:
                 response = self.session.request(method, url, **kwargs)
             except TRANSIENT_ERRORS as exc:
                 self.stats.record(None, time.perf_counter() - started, attempt > 1)
-                if attempt == attempts:
+                if attempt == attempts or _unresolvable(exc):
                     raise ApiError(
                         self.system,
                         method,
@@ -196,6 +197,13 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _unresolvable(exc: Exception) -> bool:
+    """The host name does not resolve: a configuration error, so retrying only delays the
+    message (a refused connection is still retried: the server may be restarting)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NameResolutionError)
 
 
 def _reason(exc: Exception) -> str:
