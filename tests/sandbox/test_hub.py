@@ -1172,3 +1172,10 @@ def test_duplicate_inserts_counts_items_refused_as_already_there(server: HubServ
 
     run(server, event("insert", term=[term("2026W")]), event("update", term=[term("2027S")]))
     assert server.duplicate_inserts() == 1
+
+
+def test_duplicate_inserts_are_counted_by_type(server: HubServer) -> None:
+    run(server, event("insert", term=[term("2026W")]))
+    run(server, event("insert", term=[term("2026W")]))
+    assert server.duplicate_inserts_by_type() == {"term": 1}
+    assert server.duplicate_inserts(links=False) == server.duplicate_inserts() == 1
