@@ -17,6 +17,8 @@ Tests that run the sandbox in their own process can also add request hooks
 ``after=True``, after it was handled and before its answer goes out. Hooks drive faults at an exact
 point of a sync: expire tokens at the n-th request, kill the syncing process at the n-th POST.
 A hook that runs before and returns ``"drop"`` drops the connection instead of handling it.
+Response filters (:meth:`SandboxServer.add_response_filter`) may rewrite an API answer before it
+goes out: to serve malformed records or a page that is not JSON.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class HttpError(Exception):
 
 Handler = Callable[[Request], Response]
 RequestHook = Callable[[Request, int], str | None]
+ResponseFilter = Callable[[Request, Response], Response]
 
 
 class Router:
@@ -282,6 +285,7 @@ class SandboxServer:
         self.recent: deque[RequestRecord] = deque(maxlen=500)
         self._stats_lock = threading.Lock()
         self._hooks: list[tuple[RequestHook, bool]] = []
+        self._filters: list[ResponseFilter] = []
         self._api_requests = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -393,6 +397,23 @@ class SandboxServer:
     def clear_request_hooks(self) -> None:
         with self._stats_lock:
             self._hooks.clear()
+            self._filters.clear()
+
+    def add_response_filter(self, rewrite: ResponseFilter) -> None:
+        """Pass every handled API answer through ``rewrite(request, response)`` from now on
+        (until :meth:`clear_request_hooks`); injected faults are not filtered."""
+        with self._stats_lock:
+            self._filters.append(rewrite)
+
+    def filtered(self, request: Request, response: Response) -> Response:
+        with self._stats_lock:
+            filters = list(self._filters)
+        for rewrite in filters:
+            try:
+                response = rewrite(request, response)
+            except Exception:  # a test's filter must not take the server down
+                log.exception("sandbox: response filter failed on %s", request.path)
+        return response
 
     def _number_request(self) -> tuple[int, list[tuple[RequestHook, bool]]]:
         with self._stats_lock:
@@ -505,6 +526,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     "%s: unhandled error for %s %s", app.name, request.method, request.path
                 )
                 response, pattern = Response.text("Internal Server Error", 500), "(crash)"
+            if not admin:
+                response = app.filtered(request, response)
             if fault == "truncate" and len(response.body) > 1:
                 response = Response(
                     response.status,
