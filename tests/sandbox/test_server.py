@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from sandbox.expected import expected_hub_state
-from sandbox.http import FaultConfig
+from sandbox.http import FaultConfig, Response
 from sandbox.server import _parse_faults, running_sandbox
 from sandbox.world import World
 
@@ -241,3 +241,17 @@ def test_a_hook_can_drop_the_request_unhandled(sandbox) -> None:
         sandbox.hub.clear_request_hooks()
     assert sandbox.hub.request_count("sync/v1") == before  # never reached the handler
     assert requests.post(f"{sandbox.urls['hub']}/sync/v1", json={}, timeout=5).status_code == 403
+
+
+def test_response_filters_rewrite_api_answers_until_cleared(sandbox) -> None:
+    server = sandbox.studip
+    url = f"{sandbox.urls['studip']}/semesters"
+    server.add_response_filter(lambda request, response: Response.text("<html/>", 200))
+    try:
+        rewritten = requests.get(url, timeout=5)
+        admin = requests.get(f"{server.origin}/_sandbox/requests", timeout=5)
+    finally:
+        server.clear_request_hooks()
+    assert rewritten.text == "<html/>"
+    assert admin.json()["counts"]  # admin answers are never filtered
+    assert requests.get(url, timeout=5).json()["collection"]
