@@ -255,3 +255,13 @@ def test_response_filters_rewrite_api_answers_until_cleared(sandbox) -> None:
     assert rewritten.text == "<html/>"
     assert admin.json()["counts"]  # admin answers are never filtered
     assert requests.get(url, timeout=5).json()["collection"]
+
+
+def test_the_sandbox_listens_on_loopback_unless_told_otherwise(sandbox) -> None:
+    from sandbox.server import build_parser
+
+    assert build_parser().parse_args([]).host == "127.0.0.1"
+    assert build_parser().parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+    for server in sandbox.servers.values():
+        assert server._httpd is not None
+        assert server._httpd.server_address[0] == "127.0.0.1"
