@@ -128,3 +128,16 @@ class SyncHarness:
         world.clock.advance(900)
         world.step(seed=seed)
         world.clock.advance(900)  # past CO's next view refresh
+
+
+def describe_differences(sandbox: Sandbox, limit: int = 10) -> str:
+    """The first objects in which the HUB and the world's expected state differ."""
+    expected = expected_hub_state(sandbox.world).state
+    actual = sandbox.hub.state_snapshot()
+    lines = []
+    for kind in sorted(set(expected) | set(actual)):
+        want, have = expected.get(kind, {}), actual.get(kind, {})
+        for key in sorted(set(want) | set(have)):
+            if want.get(key) != have.get(key):
+                lines.append(f"{kind} {key}: expected {want.get(key)}, HUB has {have.get(key)}")
+    return "\n".join(lines[:limit])
