@@ -178,6 +178,7 @@ def kill_env(tmp_path: Path) -> Iterator[tuple[Sandbox, dict[str, str]]]:
             "DAGSTER_HOME": str(tmp_path / "dagster_home"),
             "HUB_POLL_INTERVAL": "0.02",
             "HUB_ACK_TIMEOUT": "20",
+            "HUB_MAX_DELETE_SHARE": "1",  # a chain piles up deletes; the guard is not under test
         }
         yield sandbox, env
 
