@@ -158,7 +158,7 @@ class Stager:
             "request_params": json.dumps({"route": page.route, **page.params}, sort_keys=True),
             "fetched_at": page.fetched_at,
             "record_count": record_count,
-            "body": page.body.decode("utf-8"),
+            "body": page.body.decode("utf-8", errors="replace"),
         }
         for name, value in row.items():
             self._raw.setdefault(name, ("", []))[1].append(value)

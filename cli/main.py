@@ -125,7 +125,7 @@ def _ui(args: argparse.Namespace) -> int:
     command = [
         sys.executable, "-m", "dagster", "dev",
         "-w", str(PROJECT_ROOT / "workspace.yaml"),
-        "--host", UI_HOST, "--port", str(args.port),
+        "--host", args.host, "--port", str(args.port),
     ]  # fmt: skip
     with ExitStack() as stack:
         env = dict(os.environ)
@@ -138,7 +138,9 @@ def _ui(args: argparse.Namespace) -> int:
                 "hubsync: sandbox running: "
                 + ", ".join(f"{k} {u}" for k, u in sandbox.urls.items())
             )
-        print(f"hubsync: Dagster UI on http://{UI_HOST}:{args.port} (Ctrl-C stops it)", flush=True)
+        print(
+            f"hubsync: Dagster UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True
+        )
         # Started from DAGSTER_HOME: from the project folder dagster would warn that the
         # project's dagster.yaml is not the instance's (it is copied there).
         return _wait_for_dagster_dev(subprocess.Popen(command, cwd=home, env=env))
@@ -209,6 +211,12 @@ def _student_id(parser: argparse.ArgumentParser) -> None:
 
 def _ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=3000, help="web UI port (default 3000)")
+    parser.add_argument(
+        "--host",
+        default=UI_HOST,
+        help=f"address the UI listens on (default {UI_HOST}: this machine only; "
+        "0.0.0.0 exposes it, on purpose only)",
+    )
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:

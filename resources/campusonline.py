@@ -23,9 +23,9 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import requests
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
-from resources.http import ApiError, HttpClient, RetryPolicy
+from resources.http import ApiError, HttpClient, RetryPolicy, page_errors, reject_bad_text
 from resources.settings import CampusOnlineSettings, secret_config
 
 CO_TIMESTAMP_FORMAT = "%d.%m.%YT%H:%M:%S"
@@ -89,6 +89,11 @@ class CoRow(BaseModel):
 
     SOURCE: StrictStr
     TIMESTAMP: StrictStr = Field(pattern=_TIMESTAMP.pattern)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_bad_text(cls, data: Any) -> Any:
+        return reject_bad_text(data, cls.model_fields)
 
     @property
     def is_live(self) -> bool:
@@ -393,7 +398,8 @@ class CampusOnlineClient:
                 only_inactive=only_inactive,
                 page_nr=page_nr,
             )
-            page = self._page(service, page_nr, params)
+            with page_errors(f"page {page_nr}"):
+                page = self._page(service, page_nr, params)
             yield page
             if len(page.rows) < self.page_size:
                 return
@@ -428,7 +434,7 @@ class CampusOnlineClient:
             service=service,
             page_nr=page_nr,
             request_params={name: value for name, value in params if name != "$format"},
-            body=response.content.replace(BROKEN_BYTE, b"").decode("utf-8"),
+            body=response.content.replace(BROKEN_BYTE, b"").decode("utf-8", errors="replace"),
             rows=rows,
             fetched_at=fetched_at,
         )

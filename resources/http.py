@@ -15,13 +15,15 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NameResolutionError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 TRANSIENT_ERRORS = (
@@ -155,7 +157,7 @@ class HttpClient:
                 response = self.session.request(method, url, **kwargs)
             except TRANSIENT_ERRORS as exc:
                 self.stats.record(None, time.perf_counter() - started, attempt > 1)
-                if attempt == attempts:
+                if attempt == attempts or _unresolvable(exc):
                     raise ApiError(
                         self.system,
                         method,
@@ -190,12 +192,50 @@ class HttpClient:
         """The response body as JSON, or an :class:`ApiError` naming the URL."""
         content = clean(response.content) if clean else response.content
         try:
-            return json.loads(content)
+            try:
+                return json.loads(content)
+            except UnicodeDecodeError:
+                # Bad bytes inside a record must not cost the whole page: they become U+FFFD,
+                # which the record models refuse (reject_bad_text), so that record is quarantined.
+                return json.loads(content.decode("utf-8", errors="replace"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise self.error(response, f"the body is not valid JSON ({exc})") from None
 
     def close(self) -> None:
         self.session.close()
+
+
+@contextmanager
+def page_errors(page: str) -> Iterator[None]:
+    """Name the page (``page 3``, with its offset) in any ApiError raised inside."""
+    try:
+        yield
+    except ApiError as exc:
+        exc.args = (f"{exc.args[0]} [{page}]",)
+        raise
+
+
+MAX_TEXT_CHARS = 10_000  # longer values of a record's fields are refused, not stored
+
+
+def reject_bad_text(data: Any, fields: Iterable[str]) -> Any:
+    """For a record model's ``mode="before"`` validator: refuse the record when one of its
+    ``fields`` holds invalid UTF-8 (decoded as U+FFFD) or an oversized string."""
+    if isinstance(data, dict):
+        for name in fields:
+            value = data.get(name)
+            if isinstance(value, str) and "\ufffd" in value:
+                raise ValueError(f"{name} holds invalid UTF-8 bytes")
+            if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+                raise ValueError(f"{name} is longer than {MAX_TEXT_CHARS} characters")
+    return data
+
+
+def _unresolvable(exc: Exception) -> bool:
+    """The host name does not resolve: a configuration error, so retrying only delays the
+    message (a refused connection is still retried: the server may be restarting)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NameResolutionError)
 
 
 def _reason(exc: Exception) -> str:

@@ -31,7 +31,7 @@ import requests
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from requests.adapters import HTTPAdapter
 
-from resources.http import ApiError, HttpClient, RetryPolicy
+from resources.http import ApiError, HttpClient, RetryPolicy, page_errors, reject_bad_text
 from resources.settings import LmsSettings, secret_config
 
 SYSTEM = "LMS"
@@ -92,6 +92,11 @@ class Registration(BaseModel):
     RegistrationId: NonEmpty
     RegistrationStatus: Annotated[int, Field(strict=True)]
     OrgProfileFieldValues: list[OrgProfileFieldValue] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_bad_text(cls, data: Any) -> Any:
+        return reject_bad_text(data, cls.model_fields)
 
     @model_validator(mode="after")
     def _status_is_known(self) -> Self:
@@ -390,7 +395,8 @@ class LmsClient:
         seen: set[str] = set()
         start, page_nr = 0, 0
         while True:
-            page, envelope = self._page(endpoint, query, start, page_nr)
+            with page_errors(f"page {page_nr}, StartIndex {start}"):
+                page, envelope = self._page(endpoint, query, start, page_nr)
             page_nr += 1
             joins = start == 0 or overlap == 0 or _first_id(envelope.Items) in seen
             if not joins:

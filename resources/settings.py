@@ -303,12 +303,27 @@ class _Reader:
 
         return self._parse(name, parse, "must be on or off")
 
-    def items(self, name: str) -> tuple[str, ...]:
-        return tuple(item.strip() for item in self._value(name).split(",") if item.strip())
+    def items(self, name: str, *, required: str = "") -> tuple[str, ...]:
+        """Comma-separated items; with ``required`` (what they name), at least one."""
+        value = self._value(name)
+        items = tuple(item.strip() for item in value.split(",") if item.strip())
+        if required and not items:
+            self.errors.append(
+                f"{name} must name at least one {required} (got {_shown(name, value)})"
+            )
+            return tuple(item.strip() for item in self._default(name).split(","))
+        return items
 
     def path(self, name: str) -> Path:
-        path = Path(self._value(name)).expanduser()
-        return path if path.is_absolute() else PROJECT_ROOT / path
+        value = self._value(name)
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else PROJECT_ROOT / path
+        if path.is_dir():
+            self.errors.append(
+                f"{name} must be a file path, not a directory (got {_shown(name, value)})"
+            )
+            return PROJECT_ROOT / self._default(name)
+        return path
 
 
 def _shown(name: str, value: str) -> str:
@@ -368,7 +383,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             password=read.secret("STUDIP_PASSWORD"),
             oauth1=_studip_oauth1(read),
             seed_users=read.items("STUDIP_SEED_USERS"),
-            semesters=read.items("STUDIP_SEMESTERS"),
+            semesters=read.items("STUDIP_SEMESTERS", required="semester"),
             concurrency=read.integer("STUDIP_CONCURRENCY", 1, 64),
             student_id_field=read.text("STUDIP_STUDENT_ID_FIELD"),
         ),

@@ -36,11 +36,12 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth1
 
-from resources.http import ApiError, HttpClient, RetryPolicy
+from resources.http import ApiError, HttpClient, RetryPolicy, page_errors, reject_bad_text
 from resources.settings import StudipSettings, secret_config
 
 SYSTEM = "Stud.IP"
@@ -109,6 +110,11 @@ class StudipModel(BaseModel):
     # Stud.IP mixes strings and ints for the same kind of value: numbers become strings where
     # the model says str, numeric strings ints where it says int.
     model_config = ConfigDict(extra="ignore", frozen=True, coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_bad_text(cls, data: Any) -> Any:
+        return reject_bad_text(data, cls.model_fields)
 
 
 class StudipName(StudipModel):
@@ -388,14 +394,15 @@ class StudipClient:
                     subject=subject, found=False,
                 )  # fmt: skip
                 return
-            body = self.http.json(response)
+            with page_errors(f"page {page_nr}, offset {offset}"):
+                body = self.http.json(response)
             try:
                 collection = body["collection"]
                 total = int(body["pagination"]["total"])
                 records, rejected = parse(collection)
             except (KeyError, TypeError, ValueError) as exc:
                 raise self.http.error(
-                    response, f"{route}: not a Stud.IP collection ({exc})"
+                    response, f"{route}: not a Stud.IP collection ({exc}) [page {page_nr}]"
                 ) from None
             count = len(records) + len(rejected)
             yield StudipPage(

@@ -321,7 +321,7 @@ class PageWriter:
             fetched_at = datetime.now(UTC)
         elif fetched_at.tzinfo is None:
             raise ValueError("fetched_at must be timezone-aware")
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
         params = json.dumps(request_params, sort_keys=True, default=_json_default)
         try:
             self._conn.execute(

@@ -10,6 +10,15 @@ Every server answers ``/_sandbox/...`` admin routes (never subject to faults):
   with any of its fields; ``{}`` switches faults off);
 * ``GET /_sandbox/requests`` the request counters (by route) and the last requests;
 * ``POST /_sandbox/requests/reset`` zero them.
+
+Tests that run the sandbox in their own process can also add request hooks
+(:meth:`SandboxServer.add_request_hook`): a function called with every API request and its number
+(1, 2, ... per server; admin routes excluded), before the request is handled or, with
+``after=True``, after it was handled and before its answer goes out. Hooks drive faults at an exact
+point of a sync: expire tokens at the n-th request, kill the syncing process at the n-th POST.
+A hook that runs before and returns ``"drop"`` drops the connection instead of handling it.
+Response filters (:meth:`SandboxServer.add_response_filter`) may rewrite an API answer before it
+goes out: to serve malformed records or a page that is not JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import logging
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -114,6 +124,8 @@ class HttpError(Exception):
 
 
 Handler = Callable[[Request], Response]
+RequestHook = Callable[[Request, int], str | None]
+ResponseFilter = Callable[[Request, Response], Response]
 
 
 class Router:
@@ -269,8 +281,12 @@ class SandboxServer:
         self.host = host
         self.requested_port = port
         self.counts: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()  # faults injected, by kind
         self.recent: deque[RequestRecord] = deque(maxlen=500)
         self._stats_lock = threading.Lock()
+        self._hooks: list[tuple[RequestHook, bool]] = []
+        self._filters: list[ResponseFilter] = []
+        self._api_requests = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._add_admin_routes()
@@ -346,6 +362,8 @@ class SandboxServer:
         duration = (time.perf_counter() - started) * 1000
         with self._stats_lock:
             self.counts[f"{request.method} {pattern}"] += 1
+            if fault:
+                self.injected[fault] += 1
             self.recent.append(
                 RequestRecord(
                     request.method,
@@ -366,6 +384,41 @@ class SandboxServer:
             duration,
             f" fault={fault}" if fault else "",
         )
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def add_request_hook(self, hook: RequestHook, *, after: bool = False) -> None:
+        """Call ``hook(request, number)`` for every API request from now on: before it is
+        handled, or with ``after`` once it was handled (an injected fault counts as handled)
+        and before the answer is sent. ``number`` counts this server's API requests from 1."""
+        with self._stats_lock:
+            self._hooks.append((hook, after))
+
+    def clear_request_hooks(self) -> None:
+        with self._stats_lock:
+            self._hooks.clear()
+            self._filters.clear()
+
+    def add_response_filter(self, rewrite: ResponseFilter) -> None:
+        """Pass every handled API answer through ``rewrite(request, response)`` from now on
+        (until :meth:`clear_request_hooks`); injected faults are not filtered."""
+        with self._stats_lock:
+            self._filters.append(rewrite)
+
+    def filtered(self, request: Request, response: Response) -> Response:
+        with self._stats_lock:
+            filters = list(self._filters)
+        for rewrite in filters:
+            try:
+                response = rewrite(request, response)
+            except Exception:  # a test's filter must not take the server down
+                log.exception("sandbox: response filter failed on %s", request.path)
+        return response
+
+    def _number_request(self) -> tuple[int, list[tuple[RequestHook, bool]]]:
+        with self._stats_lock:
+            self._api_requests += 1
+            return self._api_requests, list(self._hooks)
 
     def request_count(self, pattern_substring: str = "") -> int:
         with self._stats_lock:
@@ -402,6 +455,7 @@ class SandboxServer:
         with self._stats_lock:
             self.counts.clear()
             self.recent.clear()
+            self.injected.clear()
         return Response.json({"ok": True})
 
 
@@ -409,6 +463,12 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished (killed, timed out) is routine; anything else is logged."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        log.exception("sandbox: error serving %s", client_address[0])
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -441,13 +501,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
             client=self.client_address[0],
         )
         admin = request.path.startswith("/_sandbox")
-        fault = None if admin else app.faults.draw(request.path)
+        number, hooks = (0, []) if admin else app._number_request()
+        dropped = _call_hooks(hooks, request, number, after=False)
+        fault = "drop" if dropped else None if admin else app.faults.draw(request.path)
         config = app.faults.config
         if not admin and config.latency_ms:
             time.sleep(config.latency_ms / 1000)
         if fault == "slow":
             time.sleep(config.slow_ms / 1000)
         if fault == "drop":
+            _call_hooks(hooks, request, number, after=True)
             app.record(request, "(dropped)", 0, started, fault)
             self._drop()
             return
@@ -463,6 +526,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     "%s: unhandled error for %s %s", app.name, request.method, request.path
                 )
                 response, pattern = Response.text("Internal Server Error", 500), "(crash)"
+            if not admin:
+                response = app.filtered(request, response)
             if fault == "truncate" and len(response.body) > 1:
                 response = Response(
                     response.status,
@@ -474,6 +539,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             remaining = config.latency_floor_ms / 1000 - (time.perf_counter() - started)
             if remaining > 0:
                 time.sleep(remaining)
+        _call_hooks(hooks, request, number, after=True)
         # Counted before the response goes out, so a client that has its answer can rely on it.
         app.record(request, pattern, response.status, started, fault)
         self._send(response)
@@ -506,6 +572,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
             pass
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
+
+
+def _call_hooks(
+    hooks: list[tuple[RequestHook, bool]], request: Request, number: int, *, after: bool
+) -> bool:
+    """Run the hooks of this stage; True when one asks to drop the request."""
+    drop = False
+    for hook, hook_after in hooks:
+        if hook_after == after:
+            try:
+                drop = hook(request, number) == "drop" or drop
+            except Exception:  # a test's hook must not take the server down
+                log.exception("sandbox: request hook failed on %s", request.path)
+    return drop and not after
 
 
 def parse_json_list(values: Iterable[str]) -> list[str]:

@@ -824,17 +824,22 @@ class HubServer(SandboxServer):
         with self._lock:
             return [message.summary() for message in self._messages.values()]
 
-    def duplicate_inserts(self) -> list[tuple[str, Any]]:
-        """(object type, sis_id) of every insert refused because the object already existed:
-        what "nothing doubled" forbids, counted from the HUB's side of the wire."""
-        exists = {kind: texts["exists"] for kind, texts in MESSAGES.items() if "exists" in texts}
+    def duplicate_inserts(self, *, links: bool = True) -> int:
+        """Items refused because their object (or, with ``links``, link) already existed:
+        inserts sent twice, which the HUB refused."""
+        counts = self.duplicate_inserts_by_type()
+        return sum(n for kind, n in counts.items() if links or kind not in LINK_FIELDS)
+
+    def duplicate_inserts_by_type(self) -> Counter[str]:
+        exists = {texts["exists"]: kind for kind, texts in MESSAGES.items()}
+        counts: Counter[str] = Counter()
         with self._lock:
-            return [
-                (item["obj"], item["sis_id"])
-                for message in self._messages.values()
-                for item in (log["baseItem"] for log in message.logs)
-                if any(m["dsc_error"] == exists.get(item["obj"]) for m in item["mensagem"])
-            ]
+            for message in self._messages.values():
+                for item in message.logs:
+                    for entry in item["baseItem"]["mensagem"]:
+                        if entry["dsc_error"] in exists:
+                            counts[exists[entry["dsc_error"]]] += 1
+        return counts
 
     def reset(self) -> None:
         """Empty state and log; messages still queued are dropped."""

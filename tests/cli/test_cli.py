@@ -365,3 +365,27 @@ def test_python_dash_m_cli(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("demo", "sandbox", "ui", "sync", "sync-one", "show-student", "export"):
         assert command in result.stdout
+
+
+def test_ui_listens_on_loopback_unless_a_host_is_given(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fake_sandbox: list[tuple[Any, ...]],
+) -> None:
+    commands: list[list[str]] = []
+
+    class FakeProcess:
+        def __init__(self, command: list[str], **kwargs: Any) -> None:
+            commands.append(command)
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    assert run(capsys, "ui")[0] == 0
+    code, out, _ = run(capsys, "ui", "--host", "0.0.0.0")
+    assert code == 0 and "http://0.0.0.0:3000" in out
+
+    default, exposed = commands
+    assert default[default.index("--host") + 1] == "127.0.0.1"
+    assert exposed[exposed.index("--host") + 1] == "0.0.0.0"

@@ -7,6 +7,7 @@ import pytest
 
 from resources.settings import (
     PROJECT_ROOT,
+    STUDIP_OAUTH_VARIABLES,
     VARIABLES,
     ConfigError,
     load_settings,
@@ -269,3 +270,61 @@ def test_hub_waits_are_positive_seconds() -> None:
             match=f"HUB_POLL_INTERVAL must be a positive number of seconds \\(got '{bad}'\\)",
         ):
             load_settings({"HUB_POLL_INTERVAL": bad})
+
+
+# One unusable value per validated variable, each with the start of its message; the variables
+# left out take any text (names, ids, secrets).
+INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
+    "HUBSYNC_WAREHOUSE": [(".", "must be a file path, not a directory")],
+    "HUBSYNC_INCREMENTAL_INTERVAL": [("0", "must be a positive integer")],
+    "HUBSYNC_FULL_SYNC_CRON": [("61 * * * *", "must be a 5-field cron expression")],
+    "HUBSYNC_KEEP_DAYS": [("ninety", "must be a positive integer")],
+    "CO_API_URL": [
+        ("http://campus.example.org:99999", "must be an http(s) URL with a host"),
+        ("campus.example.org", "must be an http(s) URL with a host"),
+    ],
+    "CO_TIMEZONE": [("CET+1", "must be an IANA time zone")],
+    "CO_PAGE_SIZE": [("-5", "must be a positive integer")],
+    "CO_INCREMENTAL_THRESHOLD": [("lots", "must be a non-negative integer")],
+    "STUDIP_API_URL": [("http://studip example.org/api.php", "must be an http(s) URL ending")],
+    "STUDIP_SEMESTERS": [(",,", "must name at least one semester")],
+    "STUDIP_CONCURRENCY": [("1e3", "must be an integer from 1 to 64")],
+    "LMS_API_URL": [("https:///no-host", "must be an http(s) URL with a host")],
+    "LMS_ORG_PATH": [("Root/Sandbox", "must be an LMS org path starting with /Root")],
+    "LMS_PAGE_SIZE": [("0", "must be a positive integer")],
+    "HUB_API_URL": [("mailto:hub@example.org", "must be an http(s) URL with a host")],
+    "HUB_BATCH_SIZE": [("-1", "must be a positive integer")],
+    "HUB_MAX_DELETE_SHARE": [("10%", "must be a number from 0 to 1")],
+    "HUB_ACK_TIMEOUT": [("-5", "must be a positive number of seconds")],
+    "HUB_POLL_INTERVAL": [("nan", "must be a positive number of seconds")],
+}
+FREE_TEXT = {
+    "CO_CLIENT_ID",
+    "CO_CLIENT_SECRET",
+    "STUDIP_USERNAME",
+    "STUDIP_PASSWORD",
+    *STUDIP_OAUTH_VARIABLES,  # all four or none: test_studip_oauth1_needs_all_four_variables
+    "STUDIP_SEED_USERS",  # may be empty: the crawl also starts from the API account
+    "LMS_USERNAME",
+    "LMS_PASSWORD",
+    "HUB_API_KEY",
+    "HUB_ORG_ID",
+    "HUB_WHO",
+}
+
+
+def test_every_validated_variable_has_an_invalid_value_tested() -> None:
+    assert set(INVALID_VALUES) == {v.name for v in VARIABLES} - FREE_TEXT
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "requirement"),
+    [(name, value, message) for name, cases in INVALID_VALUES.items() for value, message in cases],
+)
+def test_each_invalid_value_is_refused_at_load_naming_the_variable(
+    name: str, value: str, requirement: str
+) -> None:
+    error = config_error({name: value})
+    assert len(error.errors) == 1
+    assert str(error).startswith(f"{name} {requirement}")
+    assert repr(value.strip()) in str(error)

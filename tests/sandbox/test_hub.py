@@ -764,7 +764,7 @@ def test_duplicate_insert_is_an_error(
     changed = {**obj, "sis_id": "other"}
     one_error(run(server, event("insert", **{kind: [changed]})), message)
     assert server.state_snapshot() == before
-    assert server.duplicate_inserts() == [(kind, "other")]
+    assert server.duplicate_inserts_by_type() == {kind: 1}
 
 
 def test_duplicate_inside_one_batch(server: HubServer) -> None:
@@ -1165,3 +1165,18 @@ def test_fault_slow(server: HubServer) -> None:
     started = time.monotonic()
     response = post(server, envelope(event("insert", term=[term()])))
     assert response.status_code == 200 and time.monotonic() - started >= 0.3
+
+
+def test_duplicate_inserts_counts_items_refused_as_already_there(server: HubServer) -> None:
+    run(server, event("insert", term=[term("2026W"), term("2027S")]))
+    assert server.duplicate_inserts() == 0
+
+    run(server, event("insert", term=[term("2026W")]), event("update", term=[term("2027S")]))
+    assert server.duplicate_inserts() == 1
+
+
+def test_duplicate_inserts_are_counted_by_type(server: HubServer) -> None:
+    run(server, event("insert", term=[term("2026W")]))
+    run(server, event("insert", term=[term("2026W")]))
+    assert server.duplicate_inserts_by_type() == {"term": 1}
+    assert server.duplicate_inserts(links=False) == server.duplicate_inserts() == 1

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from sandbox.expected import expected_hub_state
-from sandbox.http import FaultConfig
+from sandbox.http import FaultConfig, Response
 from sandbox.server import _parse_faults, running_sandbox
 from sandbox.world import World
 
@@ -180,3 +180,88 @@ def test_command_line_rejects_bad_options() -> None:
     )
     assert result.returncode == 2
     assert "nope" in result.stderr
+
+
+def test_request_hooks_see_numbered_api_requests_before_and_after(sandbox) -> None:
+    seen: list[tuple[str, str, int]] = []
+    server = sandbox.studip
+    server.add_request_hook(lambda request, n: seen.append(("before", request.path, n)))
+    server.add_request_hook(lambda request, n: seen.append(("after", request.path, n)), after=True)
+    try:
+        base = sandbox.urls["studip"]
+        requests.get(f"{base}/semesters", timeout=5)
+        requests.get(f"{sandbox.studip.origin}/_sandbox/requests", timeout=5)  # admin: no hook
+        requests.get(f"{base}/semesters", timeout=5)
+    finally:
+        server.clear_request_hooks()
+    first = seen[0][2]
+    path = "/api.php/semesters"
+    assert seen == [
+        ("before", path, first),
+        ("after", path, first),
+        ("before", path, first + 1),
+        ("after", path, first + 1),
+    ]
+    requests.get(f"{base}/semesters", timeout=5)
+    assert len(seen) == 4  # cleared
+
+
+def test_a_failing_hook_does_not_break_the_answer(sandbox) -> None:
+    def broken(request, number) -> None:
+        raise RuntimeError("hook bug")
+
+    sandbox.co.add_request_hook(broken)
+    try:
+        response = requests.post(f"{sandbox.urls['co']}/wbOAuth2.token", timeout=5, data={})
+    finally:
+        sandbox.co.clear_request_hooks()
+    assert response.status_code in (400, 401)
+
+
+def test_injected_faults_are_counted_by_kind(sandbox) -> None:
+    server = sandbox.studip
+    before = dict(server.injected)
+    server.faults.configure(FaultConfig(script=["error", "ok", "rate_limit"]))
+    try:
+        for _ in range(3):
+            requests.get(f"{sandbox.urls['studip']}/semesters", timeout=5)
+    finally:
+        server.faults.configure(FaultConfig())
+    assert server.injected["error"] == before.get("error", 0) + 1
+    assert server.injected["rate_limit"] == before.get("rate_limit", 0) + 1
+
+
+def test_a_hook_can_drop_the_request_unhandled(sandbox) -> None:
+    before = sandbox.hub.request_count("sync/v1")
+    sandbox.hub.add_request_hook(lambda request, number: "drop")
+    try:
+        with pytest.raises(requests.ConnectionError):
+            requests.post(f"{sandbox.urls['hub']}/sync/v1", json={}, timeout=5)
+    finally:
+        sandbox.hub.clear_request_hooks()
+    assert sandbox.hub.request_count("sync/v1") == before  # never reached the handler
+    assert requests.post(f"{sandbox.urls['hub']}/sync/v1", json={}, timeout=5).status_code == 403
+
+
+def test_response_filters_rewrite_api_answers_until_cleared(sandbox) -> None:
+    server = sandbox.studip
+    url = f"{sandbox.urls['studip']}/semesters"
+    server.add_response_filter(lambda request, response: Response.text("<html/>", 200))
+    try:
+        rewritten = requests.get(url, timeout=5)
+        admin = requests.get(f"{server.origin}/_sandbox/requests", timeout=5)
+    finally:
+        server.clear_request_hooks()
+    assert rewritten.text == "<html/>"
+    assert admin.json()["counts"]  # admin answers are never filtered
+    assert requests.get(url, timeout=5).json()["collection"]
+
+
+def test_the_sandbox_listens_on_loopback_unless_told_otherwise(sandbox) -> None:
+    from sandbox.server import build_parser
+
+    assert build_parser().parse_args([]).host == "127.0.0.1"
+    assert build_parser().parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
+    for server in sandbox.servers.values():
+        assert server._httpd is not None
+        assert server._httpd.server_address[0] == "127.0.0.1"
