@@ -297,6 +297,8 @@ INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
     "HUB_MAX_DELETE_SHARE": [("10%", "must be a number from 0 to 1")],
     "HUB_ACK_TIMEOUT": [("-5", "must be a positive number of seconds")],
     "HUB_POLL_INTERVAL": [("nan", "must be a positive number of seconds")],
+    "HUBSYNC_MATCH_RULES": [("studid;email", "must list identity rules in priority order")],
+    "HUBSYNC_AUTOMATION": [("true", "must be on or off")],
 }
 FREE_TEXT = {
     "CO_CLIENT_ID",
@@ -310,6 +312,8 @@ FREE_TEXT = {
     "HUB_API_KEY",
     "HUB_ORG_ID",
     "HUB_WHO",
+    "STUDIP_STUDENT_ID_FIELD",  # any datafield name
+    "LMS_STUDENT_ID_FIELD",  # any profile field name
 }
 
 
