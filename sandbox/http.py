@@ -413,11 +413,11 @@ class SandboxServer:
             self.recent.clear()
         return Response.json({"ok": True})
 
-
     def _set_capture(self, request: Request) -> Response:
-        enabled = (request.json() or {}).get("enabled")
+        body = request.json()
+        enabled = body.get("enabled") if isinstance(body, dict) else None
         if not isinstance(enabled, bool):
-            raise HttpError(400, {"error": "expected {\"enabled\": true|false}"})
+            raise HttpError(400, {"error": 'expected {"enabled": true|false}'})
         with self._stats_lock:
             self.captured = [] if enabled else None
         return Response.json({"enabled": enabled})
