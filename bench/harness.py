@@ -13,6 +13,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,8 +23,9 @@ from typing import Any
 
 import requests
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = RESULTS.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
+# The smoke tests point this elsewhere, so they never overwrite real figures.
+RESULTS = Path(os.environ.get("HUBSYNC_BENCH_RESULTS") or ROOT / "bench" / "results")
 SOURCES = ("co", "studip", "lms")
 SHARED_MACHINE_NOTE = (
     "2-core machine shared with other engineers' test runs: timings are upper bounds"
@@ -60,7 +62,7 @@ def process_peak_rss_mb(pid: int) -> float | None:
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
     """Print the result as one JSON line and write it to bench/results/<name>.json."""
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
@@ -174,8 +176,36 @@ class SyncMeasurement:
         return self.numbers.get(step, {}).get(name, default)
 
 
+# Settings a benchmark takes from the environment (e.g. STUDIP_CONCURRENCY=16); all others are
+# the sandbox defaults, whatever .env says.
+TUNING_VARIABLES = (
+    "CO_PAGE_SIZE",
+    "CO_INCREMENTAL_THRESHOLD",
+    "STUDIP_CONCURRENCY",
+    "LMS_PAGE_SIZE",
+    "HUB_BATCH_SIZE",
+    "HUB_POLL_INTERVAL",
+    "HUB_ACK_TIMEOUT",
+)
+
+
 def settings_env(sandbox: SandboxProcess, warehouse: Path) -> dict[str, str]:
-    return {**sandbox.env, "HUBSYNC_WAREHOUSE": str(warehouse)}
+    tuning = {name: os.environ[name] for name in TUNING_VARIABLES if os.environ.get(name)}
+    return {**tuning, **sandbox.env, "HUBSYNC_WAREHOUSE": str(warehouse)}
+
+
+def tuning(env: dict[str, str]) -> dict[str, Any]:
+    """The settings that shape a sync's speed, as the benchmark ran it."""
+    from resources.settings import load_settings
+
+    settings = load_settings(env)
+    return {
+        "co_page_size": settings.co.page_size,
+        "studip_concurrency": settings.studip.concurrency,
+        "lms_page_size": settings.lms.page_size,
+        "hub_batch_size": settings.hub.batch_size,
+        "hub_poll_interval_s": settings.hub.poll_interval_s,
+    }
 
 
 def run_sync_here(env: dict[str, str], mode: str, key: str, log: io.TextIOBase) -> SyncMeasurement:
@@ -187,8 +217,14 @@ def run_sync_here(env: dict[str, str], mode: str, key: str, log: io.TextIOBase) 
 
     defs = build_definitions(load_settings(env))
     started = time.perf_counter()
-    report = run_sync(defs, mode, key, out=log)  # type: ignore[arg-type]
+    with RssSampler() as sampler:
+        report = run_sync(defs, mode, key, out=log)  # type: ignore[arg-type]
     wall = time.perf_counter() - started
+    step_rss = {
+        step: sampler.peak_between(r.started, r.finished)
+        for step, r in report.steps.items()
+        if r.started is not None and r.finished is not None
+    }
     return SyncMeasurement(
         success=report.success,
         error=report.error,
@@ -200,7 +236,38 @@ def run_sync_here(env: dict[str, str], mode: str, key: str, log: io.TextIOBase) 
         },
         numbers={step: dict(r.numbers) for step, r in report.steps.items()},
         peak_rss_mb=peak_rss_mb(),
+        other={"peak_rss_mb_by_step": {k: v for k, v in step_rss.items() if v is not None}},
     )
+
+
+class RssSampler:
+    """Samples this process's resident set every ``interval_s`` in a thread, so the peak can be
+    pinned to the step that caused it."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float]] = []  # (time.time(), MiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        status = Path("/proc/self/status")
+        while not self._stop.wait(self.interval_s):
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.samples.append((time.time(), int(line.split()[1]) / 1024))
+
+    def peak_between(self, start: float, end: float) -> float | None:
+        inside = [mb for at, mb in self.samples if start <= at <= end]
+        return round(max(inside), 1) if inside else None
 
 
 def stages(sync: SyncMeasurement) -> dict[str, Any]:

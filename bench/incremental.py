@@ -49,6 +49,9 @@ def headline(sync: harness.SyncMeasurement) -> dict[str, Any]:
         "wall_s": sync.wall_s,
         "fetch_and_land_s": harness.total_fetch_and_land_s(sync),
         "events": sync.number("hub_payload", "events"),
+        "peak_rss_mb": sync.peak_rss_mb,
+        "stages": harness.stages(sync),
+        "peak_rss_mb_by_step": sync.other["peak_rss_mb_by_step"],
     }
 
 
@@ -66,6 +69,7 @@ def main() -> None:
         warehouse = folder / "warehouse.duckdb"
         with harness.sandbox_process(args.students, seed=args.seed) as sandbox:
             env = harness.settings_env(sandbox, warehouse)
+            settings_used = harness.tuning(env)
             full = harness.run_sync_here(env, "full", new_sync_key("full"), sys.stderr)
             if not full.success:
                 raise SystemExit(f"the full sync failed: {full.error}")
@@ -103,8 +107,10 @@ def main() -> None:
         "requests_per_change": round(requests_served / changes, 2) if changes else None,
         "events": sync.number("hub_payload", "events"),
         "batches_posted": sync.number("hub_delivery", "batches_posted"),
-        "peak_rss_mb": sync.peak_rss_mb,
+        "peak_rss_mb": sync.peak_rss_mb,  # of the whole process, the full sync before included
+        "peak_rss_mb_by_step": sync.other["peak_rss_mb_by_step"],
         "full_sync_before": headline(full),
+        "settings": settings_used,
         "targets": TARGETS,
         "note": args.note,
     }
