@@ -45,8 +45,16 @@ BOOKKEEPING = ("sync_run", "sync_summary")
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set so far (Linux reports KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak resident set so far.
+
+    ``VmHWM`` rather than ``ru_maxrss``: Linux carries ``ru_maxrss`` over fork and exec, so a
+    benchmark started from a big process (pytest) would report that process's peak."""
+    own = process_peak_rss_mb(os.getpid())
+    return (
+        own
+        if own is not None
+        else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    )
 
 
 def process_peak_rss_mb(pid: int) -> float | None:
