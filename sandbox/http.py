@@ -9,7 +9,11 @@ Every server answers ``/_sandbox/...`` admin routes (never subject to faults):
 * ``GET|POST /_sandbox/faults`` read or replace this server's :class:`FaultConfig` (JSON body
   with any of its fields; ``{}`` switches faults off);
 * ``GET /_sandbox/requests`` the request counters (by route) and the last requests;
-* ``POST /_sandbox/requests/reset`` zero them.
+* ``POST /_sandbox/requests/reset`` zero them;
+* ``POST /_sandbox/requests/capture`` ``{"enabled": true}`` start keeping every API request
+  (method, path, query, body) from now on, ``{"enabled": false}`` stop and forget them (off by
+  default; the benchmarks replay what a sync requested);
+* ``GET /_sandbox/requests/captured`` the requests kept since capturing started.
 
 Tests that run the sandbox in their own process can also add request hooks
 (:meth:`SandboxServer.add_request_hook`): a function called with every API request and its number
@@ -283,6 +287,7 @@ class SandboxServer:
         self.counts: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()  # faults injected, by kind
         self.recent: deque[RequestRecord] = deque(maxlen=500)
+        self.captured: list[dict[str, str]] | None = None  # None: not capturing
         self._stats_lock = threading.Lock()
         self._hooks: list[tuple[RequestHook, bool]] = []
         self._filters: list[ResponseFilter] = []
@@ -374,6 +379,8 @@ class SandboxServer:
                     fault,
                 )
             )
+            if self.captured is not None and not request.path.startswith("/_sandbox"):
+                self.captured.append(_captured(request))
         log.info(
             "%s %s %s%s %s %.1fms%s",
             self.name,
@@ -433,6 +440,8 @@ class SandboxServer:
         self.router.add("POST", "/_sandbox/faults", self._set_faults)
         self.router.add("GET", "/_sandbox/requests", self._requests)
         self.router.add("POST", "/_sandbox/requests/reset", self._reset_requests)
+        self.router.add("POST", "/_sandbox/requests/capture", self._set_capture)
+        self.router.add("GET", "/_sandbox/requests/captured", self._captured_requests)
 
     def _set_faults(self, request: Request) -> Response:
         try:
@@ -457,6 +466,30 @@ class SandboxServer:
             self.recent.clear()
             self.injected.clear()
         return Response.json({"ok": True})
+
+    def _set_capture(self, request: Request) -> Response:
+        body = request.json()
+        enabled = body.get("enabled") if isinstance(body, dict) else None
+        if not isinstance(enabled, bool):
+            raise HttpError(400, {"error": 'expected {"enabled": true|false}'})
+        with self._stats_lock:
+            self.captured = [] if enabled else None
+        return Response.json({"enabled": enabled})
+
+    def _captured_requests(self, request: Request) -> Response:
+        with self._stats_lock:
+            if self.captured is None:
+                raise HttpError(409, {"error": "capture is off: POST /_sandbox/requests/capture"})
+            return Response.json({"requests": list(self.captured)})
+
+
+def _captured(request: Request) -> dict[str, str]:
+    return {
+        "method": request.method,
+        "path": request.path,
+        "query": request.raw_query,
+        "body": request.body.decode("utf-8", errors="replace"),
+    }
 
 
 class _HTTPServer(ThreadingHTTPServer):

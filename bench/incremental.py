@@ -1,0 +1,121 @@
+"""One incremental sync after K world changes, at N students: it must scale with K, not N.
+
+    .venv/bin/python bench/incremental.py --students 100000 --changes 100
+    .venv/bin/python bench/incremental.py --students 2000 --changes 100
+
+The sandbox (faults off) runs in its own process. A full sync lands the world first; then the
+world takes about K changes (``POST /_sandbox/world/step`` scaled to K: new students,
+exmatriculations, name and e-mail changes, study status changes, enrolments, completions) and
+its clock moves past CAMPUSonline's 15-minute view refresh; then one incremental sync runs through
+the real ``incremental_sync_job``. Reports its wall time per stage, the requests each system
+served during it, the HUB events sent, and the full sync's headline numbers for comparison.
+Prints one JSON object and writes it to bench/results/incremental-<N>-<K>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import harness
+
+from pipelines.partitions import new_sync_key
+
+CHANGES_PER_STEP_UNIT = 10  # World.step makes about 10 changes per unit of its k
+TARGETS = {"end_to_end_s_at_100k_with_100_changes": 15, "requests": "proportional to changes"}
+
+
+def step_scale(students: int, changes: int) -> float:
+    """The ``scale`` for which one World.step makes about ``changes`` changes
+    (its k = round(students * 0.004 * scale) of each kind)."""
+    return changes / CHANGES_PER_STEP_UNIT / (students * 0.004)
+
+
+def effective_mode(warehouse: Path, key: str) -> str | None:
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        rows = conn.execute("SELECT effective_mode FROM sync_runs WHERE key = ?", [key]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def headline(sync: harness.SyncMeasurement) -> dict[str, Any]:
+    return {
+        "success": sync.success,
+        "error": sync.error,
+        "wall_s": sync.wall_s,
+        "fetch_and_land_s": harness.total_fetch_and_land_s(sync),
+        "events": sync.number("hub_payload", "events"),
+        "peak_rss_mb": sync.peak_rss_mb,
+        "stages": harness.stages(sync),
+        "peak_rss_mb_by_step": sync.other["peak_rss_mb_by_step"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--students", type=int, default=20000)
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--note", default=harness.SHARED_MACHINE_NOTE)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        harness.use_temporary_dagster_home(folder)
+        warehouse = folder / "warehouse.duckdb"
+        with harness.sandbox_process(args.students, seed=args.seed) as sandbox:
+            env = harness.settings_env(sandbox, warehouse)
+            settings_used = harness.tuning(env)
+            full = harness.run_sync_here(env, "full", new_sync_key("full"), sys.stderr)
+            if not full.success:
+                raise SystemExit(f"the full sync failed: {full.error}")
+            step = sandbox.admin(
+                "co",
+                "POST",
+                "world/step",
+                {"seed": args.seed, "scale": step_scale(args.students, args.changes)},
+            )
+            sandbox.admin("co", "POST", "world/clock", {"advance_seconds": 900})
+            for system in sandbox.origins:
+                sandbox.admin(system, "POST", "requests/reset")
+            time.sleep(1)  # the incremental key must be a later second than the full one
+            key = new_sync_key("incremental")
+            started = time.perf_counter()
+            sync = harness.run_sync_here(env, "incremental", key, sys.stderr)
+            end_to_end = round(time.perf_counter() - started, 2)
+            served = sandbox.request_counts()
+        mode = effective_mode(warehouse, key)
+
+    changes = sum(step["counts"].values())
+    requests_served = sum(served.values())
+    result = {
+        "benchmark": "incremental",
+        "students": args.students,
+        "changes_requested": args.changes,
+        "changes": changes,
+        "change_counts": step["counts"],
+        "success": sync.success,
+        "error": sync.error,
+        "effective_mode": mode,
+        "end_to_end_s": end_to_end,
+        "stages": harness.stages(sync),
+        "requests_served": served,
+        "requests_per_change": round(requests_served / changes, 2) if changes else None,
+        "events": sync.number("hub_payload", "events"),
+        "batches_posted": sync.number("hub_delivery", "batches_posted"),
+        "peak_rss_mb": sync.peak_rss_mb,  # of the whole process, the full sync before included
+        "peak_rss_mb_by_step": sync.other["peak_rss_mb_by_step"],
+        "full_sync_before": headline(full),
+        "settings": settings_used,
+        "targets": TARGETS,
+        "note": args.note,
+    }
+    harness.write_result(f"incremental-{args.students}-{args.changes}", result)
+
+
+if __name__ == "__main__":
+    main()

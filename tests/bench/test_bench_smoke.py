@@ -1,0 +1,84 @@
+"""The university-scale benchmarks still run, at a tiny size, and say sensible things.
+
+The incremental benchmark runs two syncs (about 20 s of CPU), so it only runs with
+HUBSYNC_BENCH_SMOKE=1; the others are part of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+slow = pytest.mark.skipif(
+    not os.environ.get("HUBSYNC_BENCH_SMOKE"), reason="two syncs; HUBSYNC_BENCH_SMOKE=1 runs it"
+)
+
+
+def run_bench(script: str, *args: str, results: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--note", "smoke test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HUBSYNC_BENCH_RESULTS": str(results)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    written = list(results.glob(f"{script.removesuffix('.py')}-*.json"))
+    assert len(written) == 1 and json.loads(written[0].read_text()) == printed
+    return printed
+
+
+def test_full_sync_reports_stages_and_a_floor_of_the_same_requests(tmp_path: Path) -> None:
+    result = run_bench("full_sync.py", "--students", "40", results=tmp_path)
+    assert result["success"] and result["hub"]["events"] > 0
+    for source, numbers in result["sources"].items():
+        # the floor replayed exactly what the sandbox served the sync, all successfully
+        assert numbers["floor"]["requests"] == numbers["requests_served"], source
+        assert set(numbers["floor"]["statuses"]) == {"200"}, source
+        assert numbers["pages"] > 0 and numbers["records"] > 0, source
+    assert result["sources"]["studip"]["floor"]["concurrency"] == 8
+    assert result["ratio"] == pytest.approx(
+        result["full_sync_fetch_and_land_s"] / result["floor_s"], abs=0.01
+    )
+    assert all(result["stages"]["fetch_and_land_s"].values())
+    assert result["stages"]["graph_s"]["persons"] > 0
+    assert result["peak_rss_mb"] > result["baseline_rss_mb"] > 0
+    assert result["warehouse_mb"] > 0
+
+
+@slow
+def test_incremental_sends_only_the_changes(tmp_path: Path) -> None:
+    result = run_bench("incremental.py", "--students", "40", "--changes", "10", results=tmp_path)
+    assert result["success"] and result["effective_mode"] == "incremental"
+    assert 0 < result["events"] < result["full_sync_before"]["events"]
+    assert result["changes"] >= 5
+    assert 0 < result["requests_served"]["studip"]
+
+
+def test_diff_finds_exactly_the_changes_built(tmp_path: Path) -> None:
+    result = run_bench("diff.py", "--users", "3000", results=tmp_path)
+    assert result["correct"]
+    assert result["changes"] == {"delete": 3, "insert": 3, "update": 29}
+
+
+def test_scaling_growth_exponents() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from scaling import growth_exponents
+    finally:
+        sys.path.remove(str(BENCH))
+    runs = [
+        {"students": 10, "rss": 100.0},
+        {"students": 100, "rss": 1000.0},
+        {"students": 1000, "rss": None},
+    ]
+    assert growth_exponents(runs, "rss") == [{"from": 10, "to": 100, "exponent": 1.0}]
