@@ -24,6 +24,7 @@ an incremental one replaces the memberships of the courses whose members it re-r
 
 import json
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -369,6 +370,15 @@ def changed_studip_user_ids(
             f"SELECT u.user_id FROM {changed} l JOIN studip_users u ON lower(u.email) = l.email",
             f"SELECT u.user_id FROM {changed} l JOIN studip_users u ON u.username = l.login",
         ]
+    if {"system", "source_id", "person_key"} <= _columns(conn, "person_links"):
+        # the Stud.IP user the last graph build joined to a changed person: found even when the
+        # change (a new e-mail, say) is what would no longer match
+        for system, changed_ids in _changed_source_ids(conn, co, lms):
+            matches.append(
+                "SELECT u.source_id AS user_id FROM person_links c JOIN person_links u "
+                "ON u.person_key = c.person_key AND u.system = 'studip' "
+                f"WHERE c.system = '{system}' AND c.source_id IN ({changed_ids})"
+            )
     if not matches:
         return []
     sql = " UNION ".join(matches)
@@ -377,6 +387,70 @@ def changed_studip_user_ids(
         {"sync_key": sync_key, "field": student_id_field},
     )
     return [user_id for (user_id,) in rows.fetchall()]
+
+
+def _changed_source_ids(conn: Sql, co: set[str], lms: set[str]) -> list[tuple[str, str]]:
+    """(system, SQL of the ids this sync changed) for the person_links of CO and the LMS."""
+    changed = []
+    if {"stpersonnr", "changed_in_sync"} <= co:
+        changed.append(
+            ("co", "SELECT CAST(STPERSONNR AS VARCHAR) FROM co_students "
+                   "WHERE changed_in_sync = $sync_key")
+        )  # fmt: skip
+    if {"organizationloginid", "changed_in_sync"} <= lms:
+        changed.append(
+            ("lms", "SELECT OrganizationLoginId FROM lms_learners "
+                    "WHERE changed_in_sync = $sync_key")
+        )  # fmt: skip
+    return changed
+
+
+@dataclass(frozen=True)
+class UnlinkedPerson:
+    """A person CO or the LMS changed in this sync with no Stud.IP user yet (new, most often):
+    found by a ``/users?q=`` search for ``search`` and kept if a rule matches."""
+
+    search: str
+    student_id: str | None
+    email: str | None
+    login: str | None
+
+    def matches(self, user: Any, student_id_field: str) -> bool:
+        return bool(
+            (self.student_id and user.datafield_map.get(student_id_field) == self.student_id)
+            or (self.email and (user.email or "").lower() == self.email)
+            or (self.login and user.username == self.login)
+        )
+
+
+def unlinked_changed_persons(conn: Sql, sync_key: str) -> list[UnlinkedPerson]:
+    """The persons changed in ``sync_key`` that the last graph build joined to no Stud.IP user:
+    CO students (searched by family name) and LMS learners (searched by login)."""
+    if not {"system", "source_id", "person_key"} <= _columns(conn, "person_links"):
+        return []
+    no_studip = (
+        "NOT EXISTS (SELECT 1 FROM person_links c JOIN person_links u ON u.person_key = "
+        "c.person_key AND u.system = 'studip' WHERE c.system = '{system}' AND c.source_id = {id})"
+    )
+    parts = []
+    if {"familyname", "studid", "emailaddresstu", "changed_in_sync"} <= _columns(
+        conn, "co_students"
+    ):
+        parts.append(
+            "SELECT FAMILYNAME, CAST(STUDID AS VARCHAR), lower(EMAILADDRESSTU), NULL "
+            "FROM co_students WHERE changed_in_sync = $sync_key AND FAMILYNAME IS NOT NULL AND "
+            + no_studip.format(system="co", id="CAST(STPERSONNR AS VARCHAR)")
+        )
+    if {"organizationloginid", "studentid", "changed_in_sync"} <= _columns(conn, "lms_learners"):
+        parts.append(
+            "SELECT OrganizationLoginId, CAST(StudentId AS VARCHAR), lower(EmailAddress), "
+            "OrganizationLoginId FROM lms_learners WHERE changed_in_sync = $sync_key AND "
+            + no_studip.format(system="lms", id="OrganizationLoginId")
+        )
+    if not parts:
+        return []
+    rows = conn.execute(" UNION ".join(parts) + " ORDER BY 1, 2", {"sync_key": sync_key})
+    return [UnlinkedPerson(*row) for row in rows.fetchall()]
 
 
 def known_studip_user_ids(conn: Sql) -> list[str]:
@@ -427,7 +501,9 @@ def plan_crawl(
     if incremental and known:
         changed = changed_studip_user_ids(stager.writer, stager.writer.sync_key, student_id_field)
         courses = previous_courses(stager.writer, changed, semester_ids)
-        return CrawlPlan("incremental", changed, [], known, courses)
+        found = find_new_users(client, stager, student_id_field)
+        seeds = [*changed, *(u for u in found if u not in changed)]
+        return CrawlPlan("incremental", seeds, found, known, courses)
     me = client.user_page()
     stager.land(me)
     seeds = [u.user_id for u in me.records]
@@ -448,6 +524,24 @@ def plan_crawl(
         seeds.append(exact[0].user_id)
         fetched.append(exact[0].user_id)
     return CrawlPlan("full", [*seeds, *known], fetched, [], [])
+
+
+def find_new_users(client: StudipClient, stager: Stager, student_id_field: str) -> list[str]:
+    """Stud.IP users of the persons changed in this sync that Stud.IP knew nothing of before:
+    one ``/users?q=`` search each (the results are landed), kept where a rule matches."""
+    by_search: dict[str, list[UnlinkedPerson]] = defaultdict(list)
+    for person in unlinked_changed_persons(stager.writer, stager.writer.sync_key):
+        by_search[person.search].append(person)  # one search per name, however many share it
+    found: list[str] = []
+    for text, persons in by_search.items():
+        for page in client.search_users(text):
+            stager.land(page)
+            matching = [
+                u for u in page.records if any(p.matches(u, student_id_field) for p in persons)
+            ]
+            stager.stage_users(matching)
+            found += [u.user_id for u in matching if u.user_id not in found]
+    return found
 
 
 # -- raw landing -------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from sandbox.world import World
 
 
 @pytest.fixture
-def sandbox():
-    world = World(seed=23, students=150, today=date(2026, 11, 23))
+def sandbox(request: pytest.FixtureRequest):
+    seed, students = getattr(request, "param", (23, 150))
+    world = World(seed=seed, students=students, today=date(2026, 11, 23))
     with running_sandbox(
         port_base=0, world=world, options={"hub": {"processing_delay_ms": 5}}
     ) as running:
@@ -80,6 +81,20 @@ def test_full_then_incremental_then_deletes(sandbox, run_sync) -> None:
     run_sync("full-20261124T020000Z")
     assert sandbox.hub.state_snapshot() == expected_hub_state(sandbox.world).state
 
+    assert sandbox.hub.duplicate_inserts(links=False) == 0
+
+
+@pytest.mark.parametrize("sandbox", [(11, 80)], indirect=True)
+def test_an_incremental_sync_reaches_new_and_changed_students(sandbox, run_sync) -> None:
+    """This world's step adds students with new Stud.IP accounts (two share a family name) and
+    changes e-mails that were the only link to a Stud.IP account: the incremental crawl must
+    find both (a search for the new, the last graph's links for the changed)."""
+    run_sync("full-20261123T020000Z")
+    sandbox.world.clock.advance(900)
+    sandbox.world.step(seed=3)
+    sandbox.world.clock.advance(900)
+    run_sync("incr-20261123T030000Z")
+    assert sandbox.hub.state_snapshot() == expected_hub_state(sandbox.world).state
     assert sandbox.hub.duplicate_inserts(links=False) == 0
 
 
