@@ -7,8 +7,10 @@ it arrives; its validated records land in the ``studip_staged_*`` tables of the 
 (invalid ones in ``quarantine``), all in one transaction: a failed crawl leaves nothing behind
 and a re-run replaces the key's pages.
 
-* Full sync: the crawl starts from the API account (``/user``), ``STUDIP_SEED_USERS`` and every
-  user already in ``studip_users``, and runs to closure.
+* Full sync: the crawl starts from the API account (``/user``) and ``STUDIP_SEED_USERS`` and runs
+  to closure, so its snapshot depends on Stud.IP alone: a user no selected course connects to
+  the seeds any more drops out (seeding from earlier syncs' users kept such users, and the
+  identities they joined, forever).
 * Incremental sync: it starts from the Stud.IP users of the persons CAMPUSonline or the LMS
   changed in this sync (``changed_studip_user_ids``, which reads ``co_students``,
   ``lms_learners`` and ``studip_users``), re-reads their courses (current ones, and the ones
@@ -523,7 +525,7 @@ def plan_crawl(
         stager.stage_users(exact[:1])
         seeds.append(exact[0].user_id)
         fetched.append(exact[0].user_id)
-    return CrawlPlan("full", [*seeds, *known], fetched, [], [])
+    return CrawlPlan("full", seeds, fetched, [], [])
 
 
 def find_new_users(client: StudipClient, stager: Stager, student_id_field: str) -> list[str]:
@@ -568,7 +570,7 @@ def studip_raw_pages(
 
     First checks /discovery for the routes hubsync needs (fails naming the missing ones, before
     any crawling). Then semesters, course types (/studip/settings) and the user–course crawl:
-    full syncs from the API account, STUDIP_SEED_USERS and the known users, to closure;
+    full syncs from the API account and STUDIP_SEED_USERS, to closure;
     incremental syncs from the Stud.IP users of the persons CO or the LMS changed in this sync.
     Semesters: STUDIP_SEMESTERS (default current and next, as of the sync key's time).
     """

@@ -209,22 +209,15 @@ def test_killed_syncs_converge_after_restart(kill_env: tuple[Sandbox, dict[str, 
         # Delivery converged: the HUB holds exactly what the warehouse wants it to hold ...
         assert _non_empty(sandbox.hub.state_snapshot()) == _desired(env), f"chain {seed}"
         assert sandbox.hub.duplicate_inserts(links=False) == 0, f"chain {seed}"
-        # ... and that is the world's expected state, except for the known LMS-link bug below.
+        # ... and that is the world's expected state.
         if hub_differences(sandbox) != (0, 0):
             diverged.append(_trace(sandbox, env))
-            assert all(_known_lms_link_bug(line) for line in _difference_lines(sandbox)), diverged[
-                -1
-            ]
+        assert not diverged, diverged[-1]
 
     _report(kills, restarts, sandbox, diverged)
     reached = [point for _, point, killed in kills if killed]
     assert len(reached) >= MIN_KILLS, [str(p) for p in reached]
     assert {point.phase for point in reached} == set(PHASES)
-    if diverged:
-        pytest.xfail(
-            "known bug: after killed syncs the warehouse keeps wanting an LMS sectionstudent "
-            "link the world no longer has (delivery itself converged): " + diverged[0][:300]
-        )
 
 
 def _non_empty(state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -242,14 +235,6 @@ def _desired(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     for kind, key, payload in rows:
         desired.setdefault(kind, {})[key] = json.loads(payload)
     return _non_empty(desired)
-
-
-def _difference_lines(sandbox: Sandbox) -> list[str]:
-    return describe_differences(sandbox, limit=1000).splitlines()
-
-
-def _known_lms_link_bug(line: str) -> bool:
-    return line.startswith("sectionstudent lms-") and ": expected None, HUB has" in line
 
 
 def _trace(sandbox: Sandbox, env: dict[str, str]) -> str:
