@@ -25,6 +25,7 @@ with a teacher role but no CPF or e-mail is not sent; ``persons.unsendable_reaso
 
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -495,6 +496,7 @@ def persons(
     to their records: ``person_co_students|studies|applications``, ``person_studip_users``,
     ``person_studip_courses`` and ``person_lms_registrations``; ``hubsync export students``
     prints them per person."""
+    started = time.perf_counter()
     with warehouse.connection() as conn:
         rules = resolve_identities(
             conn, graph_settings.match_rules, graph_settings.studip_student_id_field
@@ -505,6 +507,7 @@ def persons(
             "persons": total,
             **{f"links_{rule.replace(':', '_')}": n for rule, n in rules.items()},
             "dagster/row_count": total,
+            "duration_s": round(time.perf_counter() - started, 3),
         }
     )
 
@@ -517,6 +520,7 @@ def hub_desired(
     the graph gives (``hub_desired``, one row per object with its exact JSON). Persons the HUB
     could not take are counted by reason, never sent with invented values."""
     zone = ZoneInfo(graph_settings.timezone)
+    started = time.perf_counter()
     with warehouse.connection() as conn:
         summary = build_hub_desired(conn, zone, datetime.now(zone).date())
     reasons: dict[str, int] = {}
@@ -528,6 +532,7 @@ def hub_desired(
             "unsendable_persons": len(summary.unsendable),
             "unsendable_by_reason": dg.MetadataValue.json(reasons),
             "dagster/row_count": sum(summary.counts.values()),
+            "duration_s": round(time.perf_counter() - started, 3),
         }
     )
 

@@ -816,6 +816,7 @@ def studip_state(
     sync_key = context.partition_key
     full = parse_sync_key(sync_key).mode == "full"
     results = []
+    started = time.perf_counter()
     with warehouse.connection() as conn, transaction(conn):
         (pages,) = conn.execute(
             f"SELECT count(*) FROM {RAW_TABLE} WHERE sync_key = ?", [sync_key]
@@ -833,6 +834,7 @@ def studip_state(
                     metadata={
                         "dagster/row_count": int(rows),
                         **changes,
+                        "duration_s": round(time.perf_counter() - started, 3),
                         "dagster/column_schema": _column_schema(conn, table.name),
                     },
                 )

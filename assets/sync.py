@@ -140,7 +140,12 @@ def sync_run(
     with warehouse.connection() as conn:
         open_sync_run(conn, context.partition_key, key.mode, started_at)
     return dg.MaterializeResult(
-        metadata={"mode": key.mode, "started_at": dg.MetadataValue.timestamp(started_at)}
+        metadata={
+            "mode": key.mode,
+            "full": int(key.mode == "full"),  # numeric, so the UI plots full vs incremental
+            "started_at": dg.MetadataValue.timestamp(started_at),
+            "duration_s": round((datetime.now(UTC) - started_at).total_seconds(), 3),
+        }
     )
 
 

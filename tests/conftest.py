@@ -31,3 +31,23 @@ def warehouse_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def warehouse(warehouse_path: Path) -> WarehouseResource:
     return WarehouseResource(path=str(warehouse_path))
+
+
+# The longest modules first: the workers (pytest-xdist, one module each) start on them at once
+# and fill the rest of the time with the short ones, instead of ending on one long module.
+SLOW_MODULES = (
+    "tests/faults/test_kill.py",
+    "tests/faults/test_fault_matrix.py",
+    "tests/test_end_to_end.py",
+    "tests/test_daemon.py",
+    "tests/assets/test_hub.py",
+    "tests/cli/test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return SLOW_MODULES.index(path) if path in SLOW_MODULES else len(SLOW_MODULES)
+
+    items.sort(key=rank)  # stable: each module keeps its own order

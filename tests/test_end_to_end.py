@@ -58,9 +58,19 @@ def _hub_messages(sandbox) -> int:
     return len(sandbox.hub.messages())
 
 
+def _numeric(value: dg.MetadataValue) -> bool:
+    return isinstance(value, dg.IntMetadataValue | dg.FloatMetadataValue)
+
+
 def test_full_then_incremental_then_deletes(sandbox, run_sync) -> None:
-    run_sync("full-20261123T020000Z")
+    full = run_sync("full-20261123T020000Z")
     assert sandbox.hub.state_snapshot() == expected_hub_state(sandbox.world).state
+    # every asset reports numbers, so the UI can plot each one over the syncs
+    materialized = full.get_asset_materialization_events()
+    assert len(materialized) >= 20
+    for event in materialized:
+        metadata = event.materialization.metadata
+        assert any(_numeric(value) for value in metadata.values()), event.asset_key
 
     # an unchanged re-sync sends nothing
     before = _hub_messages(sandbox)
