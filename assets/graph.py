@@ -23,18 +23,15 @@ Values the HUB requires but no source has are never invented: a person without a
 with a teacher role but no CPF or e-mail is not sent; ``persons.unsendable_reason`` says why.
 """
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import duckdb
-import pandas as pd
 from pydantic import Field
 
 from resources.warehouse import WarehouseResource, transaction
@@ -195,14 +192,6 @@ ORDER BY p.person_key
 """
 
 
-@dataclass(frozen=True)
-class DesiredRow:
-    object_type: str
-    key: str
-    payload: dict[str, Any]
-    origin: str
-
-
 def resolve_identities(
     conn: duckdb.DuckDBPyConnection,
     rules: Sequence[str] = MATCH_RULES,
@@ -218,58 +207,125 @@ def resolve_identities(
     return dict(rows.fetchall())
 
 
-def user_object(row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """The HUB user of a person row, or None and why the HUB could not take it."""
-    if not row["code"]:
-        return None, "no code: a CO student without STUDID"
-    if not row["dob"]:
-        return None, "no date of birth"
-    roles = list(row["roles"])
-    if any(role != "aluno" for role in roles) and not (row["cpf"] and row["email"]):
-        return None, "a teacher without cpf or e-mail"
-    user: dict[str, Any] = {
-        "code": row["code"],
-        "sis_id": row["sis_id"],
-        "name": f"{row['given']} {row['family']}",
-        "dob": row["dob"],
-    }
-    if row["gender_key"] is not None:
-        user["gender"] = {"M": "M", "W": "F"}.get(row["gender_key"], "O")
-    if row["email"]:
-        user["email"] = row["email"]
-    if row["cpf"]:
-        user["cpf"] = row["cpf"]
-    user["status"] = "arquived" if row["exmatriculated"] else "active"
-    user["roles"] = [{"code": role} for role in roles]
-    return user, ""
+USER_OUTCOMES_SQL = f"""
+CREATE OR REPLACE TEMP TABLE g_users AS
+SELECT *, CASE
+    WHEN coalesce(code, '') = '' THEN 'no code: a CO student without STUDID'
+    WHEN coalesce(dob, '') = '' THEN 'no date of birth'
+    WHEN NOT list_has_all(['aluno'], roles) AND (coalesce(cpf, '') = '' OR coalesce(email, '') = '')
+        THEN 'a teacher without cpf or e-mail'
+    END AS reason
+FROM ({USERS_SQL});
 
+UPDATE persons SET hub_code = CASE WHEN u.reason IS NULL THEN u.code END,
+                   unsendable_reason = u.reason
+FROM g_users u WHERE persons.person_key = u.person_key;
+"""
 
-def _records(conn: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cursor = conn.execute(sql)
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+# json_merge_patch onto {} leaves out the members that are null: the optional ones.
+DESIRED_USERS_SQL = """
+INSERT INTO hub_desired
+SELECT 'user', code, sis_id, json_merge_patch('{}', json_object(
+    'code', code,
+    'sis_id', sis_id,
+    'name', coalesce(given, '') || ' ' || coalesce(family, ''),
+    'dob', dob,
+    'gender', CASE WHEN gender_key IS NOT NULL
+                   THEN CASE gender_key WHEN 'M' THEN 'M' WHEN 'W' THEN 'F' ELSE 'O' END END,
+    'email', nullif(email, ''),
+    'cpf', nullif(cpf, ''),
+    'status', CASE WHEN exmatriculated THEN 'arquived' ELSE 'active' END,
+    'roles', to_json(list_transform(roles, lambda role: {'code': role})))),
+    person_key
+FROM g_users WHERE reason IS NULL
+"""
 
+DESIRED_COURSES_SQL = f"""
+CREATE OR REPLACE TEMP TABLE g_sections AS
+SELECT c.course_id, coalesce(nullif(c.number, ''), c.course_id) AS subject, c.title,
+       coalesce(c.subtitle, '') AS subtitle, s.title AS semester_title, t.term_code
+FROM studip_courses c JOIN studip_semesters s ON s.semester_id = c.start_semester_id
+JOIN g_terms t ON t.semester_id = s.semester_id;
 
-def desired_users(conn: duckdb.DuckDBPyConnection) -> tuple[list[DesiredRow], dict[str, str]]:
-    """Users to send, and the reason for each person with roles that cannot be sent."""
-    rows, unsendable, outcomes = [], {}, []
-    for record in _records(conn, USERS_SQL):
-        user, reason = user_object(record)
-        if user is None:
-            unsendable[record["person_key"]] = reason
-        else:
-            rows.append(DesiredRow("user", user["code"], user, record["person_key"]))
-        outcomes.append((record["person_key"], user["code"] if user else None, reason or None))
-    if outcomes:
-        conn.register("outcomes", pd.DataFrame(outcomes, columns=["person_key", "code", "reason"]))
-        try:
-            conn.execute(
-                "UPDATE persons SET hub_code = o.code, unsendable_reason = o.reason "
-                "FROM outcomes o WHERE persons.person_key = o.person_key"
-            )
-        finally:
-            conn.unregister("outcomes")
-    return rows, unsendable
+INSERT INTO hub_desired
+SELECT 'section', course_id, course_id, json_object(
+    'code', course_id,
+    'name', title || CASE WHEN subtitle <> '' THEN ' – ' || subtitle ELSE '' END
+                  || ' (' || semester_title || ')',
+    'sis_id', course_id,
+    'term_code', term_code,
+    'status', 'active'), course_id
+FROM g_sections;
+
+INSERT INTO hub_desired
+SELECT 'subject', subject, NULL, json_object('code', subject, 'name', name, 'status', 'active'),
+       subject
+FROM (SELECT subject, arg_min(title, course_id) AS name FROM g_sections GROUP BY subject);
+
+CREATE OR REPLACE TEMP TABLE g_members AS
+SELECT m.course_id, p.hub_code, m.status, g.subject, g.term_code
+FROM studip_memberships m JOIN persons p ON p.studip_user_id = m.user_id
+JOIN g_sections g ON g.course_id = m.course_id
+WHERE p.hub_code IS NOT NULL;
+
+INSERT INTO hub_desired
+SELECT 'sectionstudent', key, sis_id, json_object(
+    'sis_id', sis_id,
+    'section', json_object('code', course_id),
+    'student', json_object('code', hub_code),
+    'term_code', term_code), course_id
+FROM (SELECT *, concat_ws('|', course_id, hub_code, term_code) AS key,
+             sha1('sectionstudent|' || key)[:20] AS sis_id
+      FROM g_members WHERE status IN {STUDENT_STATUSES});
+
+INSERT INTO hub_desired
+SELECT 'sectionteacher', key, sis_id, json_object(
+    'sis_id', sis_id,
+    'section', json_object('code', course_id),
+    'teacher', json_object('code', hub_code),
+    'subject', json_object('code', subject),
+    'term_code', term_code), course_id
+FROM (SELECT *, concat_ws('|', course_id, hub_code, subject, term_code) AS key,
+             sha1('sectionteacher|' || key)[:20] AS sis_id
+      FROM g_members WHERE status = 'dozent');
+"""
+
+# LMS courses with registrations become sections of the current term (none without one). A
+# course code shared by several courses names its subject after the latest registration's course.
+DESIRED_LMS_SQL = """
+CREATE OR REPLACE TEMP TABLE g_lms AS
+SELECT r.RegistrationId, r.CourseId, c.CourseCode, c.CourseName, p.hub_code,
+       'lms-' || r.CourseId AS section, t.term_code
+FROM lms_registrations r JOIN lms_courses c USING (CourseId)
+LEFT JOIN persons p ON p.lms_login = r.OrganizationLoginId
+CROSS JOIN (SELECT term_code FROM g_terms WHERE is_current) t;
+
+INSERT INTO hub_desired
+SELECT 'subject', CourseCode, NULL,
+       json_object('code', CourseCode, 'name', name, 'status', 'active'), origin
+FROM (SELECT CourseCode, arg_max(CourseName, RegistrationId) AS name,
+             arg_max(CourseId, RegistrationId) AS origin
+      FROM g_lms GROUP BY CourseCode);
+
+INSERT INTO hub_desired
+SELECT DISTINCT 'section', section, CourseId, json_object(
+    'code', section,
+    'name', CourseName,
+    'sis_id', CourseId,
+    'term_code', term_code,
+    'status', 'active'), CourseId
+FROM g_lms;
+
+INSERT INTO hub_desired
+SELECT DISTINCT 'sectionstudent', key, sis_id, json_object(
+    'sis_id', sis_id,
+    'section', json_object('code', section),
+    'student', json_object('code', hub_code),
+    'term_code', term_code), section
+FROM (SELECT section, hub_code, concat_ws('|', section, hub_code, term_code) AS key, term_code,
+             sha1('sectionstudent|' || key)[:20] AS sis_id
+      FROM g_lms WHERE hub_code IS NOT NULL);
+"""
 
 
 def term_code(begin: datetime, zone: ZoneInfo) -> str:
@@ -278,157 +334,33 @@ def term_code(begin: datetime, zone: ZoneInfo) -> str:
     return f"{local.year}{'S' if 3 <= local.month <= 8 else 'W'}"
 
 
-def desired_terms(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo) -> list[DesiredRow]:
-    rows = []
-    for semester_id, title, begin, end in conn.execute(
+def store_terms(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date) -> None:
+    """Insert the desired terms and fill ``g_terms`` (semester id, term code, whether ``today``
+    falls in it: the first such semester is the current term) for the courses."""
+    semesters = conn.execute(
         "SELECT semester_id, title, begin_at, end_at FROM studip_semesters ORDER BY begin_at"
-    ).fetchall():
-        code = term_code(begin, zone)
-        rows.append(
-            DesiredRow(
-                "term",
-                code,
-                {
-                    "code": code,
-                    "name": title,
-                    "start_date": begin.astimezone(zone).date().isoformat(),
-                    "end_date": end.astimezone(zone).date().isoformat(),
-                },
-                semester_id,
-            )
-        )
-    return rows
-
-
-def _current_term(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date) -> str | None:
-    for begin, end in conn.execute("SELECT begin_at, end_at FROM studip_semesters").fetchall():
-        if begin.astimezone(zone).date() <= today <= end.astimezone(zone).date():
-            return term_code(begin, zone)
-    return None
-
-
-COURSES_SQL = """
-SELECT c.course_id, coalesce(nullif(c.number, ''), c.course_id) AS subject, c.title,
-       coalesce(c.subtitle, '') AS subtitle, s.title AS semester_title, s.begin_at
-FROM studip_courses c JOIN studip_semesters s ON s.semester_id = c.start_semester_id
-ORDER BY c.course_id
-"""
-
-MEMBERS_SQL = """
-SELECT m.course_id, p.hub_code, m.status FROM studip_memberships m
-JOIN persons p ON p.studip_user_id = m.user_id
-WHERE p.hub_code IS NOT NULL ORDER BY m.course_id, p.hub_code
-"""
-
-
-def desired_courses(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo) -> list[DesiredRow]:
-    """Subjects, sections and their links from the Stud.IP courses of the synced semesters."""
-    rows, subjects, sections = [], {}, {}
-    for course in _records(conn, COURSES_SQL):
-        term = term_code(course["begin_at"], zone)
-        subtitle = f" – {course['subtitle']}" if course["subtitle"] else ""
-        sections[course["course_id"]] = (term, course["subject"])
-        subjects.setdefault(course["subject"], course["title"])
-        rows.append(
-            DesiredRow(
-                "section",
-                course["course_id"],
-                {
-                    "code": course["course_id"],
-                    "name": f"{course['title']}{subtitle} ({course['semester_title']})",
-                    "sis_id": course["course_id"],
-                    "term_code": term,
-                    "status": "active",
-                },
-                course["course_id"],
-            )
-        )
-    rows += [
-        DesiredRow("subject", code, {"code": code, "name": name, "status": "active"}, code)
-        for code, name in subjects.items()
-    ]
-    for course_id, code, status in conn.execute(MEMBERS_SQL).fetchall():
-        if course_id not in sections:
-            continue
-        term, subject = sections[course_id]
-        if status in STUDENT_STATUSES:
-            rows.append(section_student(course_id, code, term))
-        elif status == "dozent":
-            keys = (course_id, code, subject, term)
-            rows.append(
-                DesiredRow(
-                    "sectionteacher",
-                    "|".join(keys),
-                    {
-                        "sis_id": link_sis_id("sectionteacher", *keys),
-                        "section": {"code": course_id},
-                        "teacher": {"code": code},
-                        "subject": {"code": subject},
-                        "term_code": term,
-                    },
-                    course_id,
-                )
-            )
-    return rows
-
-
-def link_sis_id(kind: str, *keys: str) -> str:
-    """The deterministic ``sis_id`` of a link: 20 hex digits of sha1 over its key fields."""
-    return hashlib.sha1("|".join((kind, *keys)).encode()).hexdigest()[:20]
-
-
-def section_student(section: str, student: str, term: str) -> DesiredRow:
-    keys = (section, student, term)
-    return DesiredRow(
-        "sectionstudent",
-        "|".join(keys),
-        {
-            "sis_id": link_sis_id("sectionstudent", *keys),
-            "section": {"code": section},
-            "student": {"code": student},
-            "term_code": term,
-        },
-        section,
+    ).fetchall()
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE g_terms "
+        "(semester_id VARCHAR, term_code VARCHAR, is_current BOOLEAN)"
     )
-
-
-LMS_SQL = """
-SELECT r.CourseId, c.CourseCode, c.CourseName, p.hub_code
-FROM lms_registrations r JOIN lms_courses c USING (CourseId)
-LEFT JOIN persons p ON p.lms_login = r.OrganizationLoginId
-ORDER BY r.RegistrationId
-"""
-
-
-def desired_lms(conn: duckdb.DuckDBPyConnection, term: str | None) -> list[DesiredRow]:
-    """Subjects, sections and enrolments from the LMS courses that have registrations."""
-    rows: dict[tuple[str, str], DesiredRow] = {}
-    if term is None:
-        return []
-    for course_id, course_code, course_name, code in conn.execute(LMS_SQL).fetchall():
-        section = f"lms-{course_id}"
-        rows[("subject", course_code)] = DesiredRow(
-            "subject",
-            course_code,
-            {"code": course_code, "name": course_name, "status": "active"},
-            course_id,
+    current_found = False
+    for semester_id, title, begin, end in semesters:
+        code = term_code(begin, zone)
+        first, last = begin.astimezone(zone).date(), end.astimezone(zone).date()
+        is_current = not current_found and first <= today <= last
+        current_found = current_found or is_current
+        term = {
+            "code": code,
+            "name": title,
+            "start_date": first.isoformat(),
+            "end_date": last.isoformat(),
+        }
+        conn.execute(
+            "INSERT INTO hub_desired VALUES ('term', ?, NULL, ?, ?)",
+            [code, json.dumps(term), semester_id],
         )
-        rows[("section", section)] = DesiredRow(
-            "section",
-            section,
-            {
-                "code": section,
-                "name": course_name,
-                "sis_id": course_id,
-                "term_code": term,
-                "status": "active",
-            },
-            course_id,
-        )
-        if code is not None:
-            link = section_student(section, code, term)
-            rows[("sectionstudent", link.key)] = link
-    return list(rows.values())
+        conn.execute("INSERT INTO g_terms VALUES (?, ?, ?)", [semester_id, code, is_current])
 
 
 @dataclass
@@ -440,36 +372,22 @@ class DesiredSummary:
 def build_hub_desired(
     conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date
 ) -> DesiredSummary:
-    """Rebuild ``hub_desired`` from the graph (``persons`` must be resolved first)."""
+    """Rebuild ``hub_desired`` from the graph (``persons`` must be resolved first). Objects are
+    not de-duplicated here: two objects with one key must reach the blocking check."""
     with transaction(conn):
-        users, unsendable = desired_users(conn)
-        # No de-duplication here: two objects with one key must reach the blocking check.
-        rows = [
-            *desired_terms(conn, zone),
-            *users,
-            *desired_courses(conn, zone),
-            *desired_lms(conn, _current_term(conn, zone, today)),
-        ]
-        frame = pd.DataFrame(
-            [
-                (r.object_type, r.key, r.payload.get("sis_id"), json.dumps(r.payload), r.origin)
-                for r in rows
-            ],
-            columns=["object_type", "key", "sis_id", "payload", "origin"],
-        )
         conn.execute("DELETE FROM hub_desired")
-        conn.register("desired", frame)
-        try:
+        store_terms(conn, zone, today)
+        conn.execute(USER_OUTCOMES_SQL)
+        conn.execute(DESIRED_USERS_SQL)
+        conn.execute(DESIRED_COURSES_SQL)
+        conn.execute(DESIRED_LMS_SQL)
+        unsendable = dict(
             conn.execute(
-                "INSERT INTO hub_desired SELECT object_type, key, sis_id, "
-                "payload::JSON, origin FROM desired"
-            )
-        finally:
-            conn.unregister("desired")
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.object_type] = counts.get(row.object_type, 0) + 1
-    return DesiredSummary(counts, unsendable)
+                "SELECT person_key, reason FROM g_users WHERE reason IS NOT NULL"
+            ).fetchall()
+        )
+    counts = conn.execute("SELECT object_type, count(*) FROM hub_desired GROUP BY 1").fetchall()
+    return DesiredSummary(dict(counts), unsendable)
 
 
 # -- assets -----------------------------------------------------------------------------------
