@@ -188,7 +188,6 @@ LEFT JOIN co_students c ON c.STPERSONNR = p.co_stpersonnr
 LEFT JOIN studip_users u ON u.user_id = p.studip_user_id
 LEFT JOIN lms_learners l ON l.OrganizationLoginId = p.lms_login
 WHERE len(p.roles) > 0
-ORDER BY p.person_key
 """
 
 

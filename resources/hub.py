@@ -336,7 +336,7 @@ class HubResource(dg.ConfigurableResource):
     )
 
     poll_interval_s: float = Field(
-        default=1.0, description="First wait between getLog polls; it doubles up to 5 s."
+        default=0.25, description="First wait between getLog polls; it doubles up to 5 s."
     )
 
     def client(self) -> HubClient:

@@ -74,7 +74,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUB_BATCH_SIZE", "500"),
     Variable("HUB_MAX_DELETE_SHARE", "0.10"),
     Variable("HUB_ACK_TIMEOUT", "300"),
-    Variable("HUB_POLL_INTERVAL", "1.0"),
+    Variable("HUB_POLL_INTERVAL", "0.25"),
 )
 VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
 
