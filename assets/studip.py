@@ -427,7 +427,8 @@ class UnlinkedPerson:
 
 def unlinked_changed_persons(conn: Sql, sync_key: str) -> list[UnlinkedPerson]:
     """The persons changed in ``sync_key`` that the last graph build joined to no Stud.IP user:
-    CO students (searched by family name) and LMS learners (searched by login)."""
+    CO students (searched by full name: a family name alone matches thousands at a large
+    university, each result page a request) and LMS learners (searched by login)."""
     if not {"system", "source_id", "person_key"} <= _columns(conn, "person_links"):
         return []
     no_studip = (
@@ -435,11 +436,12 @@ def unlinked_changed_persons(conn: Sql, sync_key: str) -> list[UnlinkedPerson]:
         "c.person_key AND u.system = 'studip' WHERE c.system = '{system}' AND c.source_id = {id})"
     )
     parts = []
-    if {"familyname", "studid", "emailaddresstu", "changed_in_sync"} <= _columns(
+    if {"givenname", "familyname", "studid", "emailaddresstu", "changed_in_sync"} <= _columns(
         conn, "co_students"
     ):
         parts.append(
-            "SELECT FAMILYNAME, CAST(STUDID AS VARCHAR), lower(EMAILADDRESSTU), NULL "
+            "SELECT trim(coalesce(GIVENNAME, '') || ' ' || FAMILYNAME), "
+            "CAST(STUDID AS VARCHAR), lower(EMAILADDRESSTU), NULL "
             "FROM co_students WHERE changed_in_sync = $sync_key AND FAMILYNAME IS NOT NULL AND "
             + no_studip.format(system="co", id="CAST(STPERSONNR AS VARCHAR)")
         )
