@@ -15,6 +15,7 @@ Prints one JSON object and writes it to bench/results/incremental-<N>-<K>.json.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -61,6 +62,11 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--note", default=harness.SHARED_MACHINE_NOTE)
+    parser.add_argument(
+        "--keep-full-warehouse",
+        type=Path,
+        help="copy the warehouse after the full sync here, to profile steps against it later",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,6 +79,8 @@ def main() -> None:
             full = harness.run_sync_here(env, "full", new_sync_key("full"), sys.stderr)
             if not full.success:
                 raise SystemExit(f"the full sync failed: {full.error}")
+            if args.keep_full_warehouse:
+                shutil.copy(warehouse, args.keep_full_warehouse)
             step = sandbox.admin(
                 "co",
                 "POST",
