@@ -222,14 +222,39 @@ def test_desired_state_equals_the_worlds_projection(
 def test_a_changed_world_changes_the_desired_state_the_same_way(
     warehouse: WarehouseResource,
 ) -> None:
+    """Rebuilt over the last build's persons (only changed persons are replaced), the graph is
+    what a build from nothing gives."""
     world = World(seed=15, students=200, today=TODAY)
-    world.step(seed=1)
-    world.step(seed=2, include_deletes=True)
+    persons_sql = "SELECT * FROM persons ORDER BY person_key"
     with warehouse.connection() as conn:
         load_sources(conn, world)
         resolve_identities(conn)
         build_hub_desired(conn, VIENNA, TODAY)
+        world.step(seed=1)
+        world.step(seed=2, include_deletes=True)
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
         assert desired_state(conn) == expected_hub_state(world).state
+
+        # only a role changes: a student becomes a lecturer of one of their courses
+        [(user_id,)] = conn.execute(
+            "UPDATE studip_memberships SET status = 'dozent' WHERE (course_id, user_id) = "
+            "(SELECT (course_id, user_id) FROM studip_memberships m JOIN studip_courses c "
+            "USING (course_id) WHERE status = 'autor' AND c.start_semester_id IS NOT NULL "
+            "ORDER BY ALL LIMIT 1) RETURNING user_id"
+        ).fetchall()
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        rebuilt = conn.execute(persons_sql).fetchall()
+        [(roles,)] = conn.execute(
+            "SELECT roles FROM persons WHERE studip_user_id = ?", [user_id]
+        ).fetchall()
+        assert "professor" in roles
+        conn.execute("DELETE FROM persons")
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        assert conn.execute(persons_sql).fetchall() == rebuilt
 
 
 def test_term_codes_come_from_the_local_begin() -> None:
