@@ -21,9 +21,11 @@ Nothing is sent twice and nothing is lost:
   from incremental ones (they come from re-read course memberships).
 """
 
+import itertools
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -129,17 +131,52 @@ def delete_payload(object_type: str, key: str, acknowledged: dict[str, Any]) -> 
     return {"code": key}
 
 
+def _phase_sql() -> str:
+    """The sending phase of a diff row (its index in PHASES), as SQL."""
+    cases = " ".join(
+        f"WHEN action {'=' if group == 'delete' else '<>'} 'delete' "
+        f"AND object_type = '{object_type}' THEN {index}"
+        for index, (group, object_type) in enumerate(PHASES)
+    )
+    return f"CASE {cases} END"
+
+
+DIFF_CHUNK = 20_000  # changes held in Python at a time
+
+
+def iter_diff(
+    conn: duckdb.DuckDBPyConnection, *, full: bool, chunk: int = DIFF_CHUNK
+) -> Iterator[Change]:
+    """What the HUB must be sent, in sending order (phase, then delete/update/insert, then
+    key). The diff is computed once into a temp table and read back ``chunk`` rows at a time,
+    so a full sync of 100,000 students never holds its half million changes in Python; the
+    same connection may write between chunks."""
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE g_diff AS
+        SELECT row_number() OVER (ORDER BY {_phase_sql()},
+                   CASE action WHEN 'delete' THEN 0 WHEN 'update' THEN 1 ELSE 2 END, key) AS n,
+               object_type, action, key, payload
+        FROM ({DIFF_SQL})
+        """,
+        {"full": full},
+    )
+    done = 0
+    while rows := conn.execute(
+        "SELECT object_type, action, key, payload FROM g_diff WHERE n > ? ORDER BY n LIMIT ?",
+        [done, chunk],
+    ).fetchall():
+        done += len(rows)
+        for object_type, action, key, payload in rows:
+            obj = json.loads(payload)
+            if action == "delete":
+                obj = delete_payload(object_type, key, obj)
+            yield Change(object_type, action, key, obj)
+
+
 def diff(conn: duckdb.DuckDBPyConnection, *, full: bool) -> list[Change]:
-    """What the HUB must be sent, in sending order (phase, then action, then key)."""
-    rows = conn.execute(DIFF_SQL, {"full": full}).fetchall()
-    changes = []
-    for object_type, action, key, _sis_id, payload in rows:
-        obj = json.loads(payload)
-        if action == "delete":
-            obj = delete_payload(object_type, key, obj)
-        changes.append(Change(object_type, action, key, obj))
-    order = {"delete": 0, "update": 1, "insert": 2}
-    return sorted(changes, key=lambda c: (c.phase, order[c.action], c.key))
+    """All of :func:`iter_diff` at once (benchmarks and tests)."""
+    return list(iter_diff(conn, full=full))
 
 
 # -- batches ----------------------------------------------------------------------------------
@@ -155,18 +192,19 @@ class Batch:
     size: int = 0
 
 
-def make_batches(
-    changes: list[Change],
+def iter_batches(
+    changes: Iterable[Change],
     *,
     batch_size: int,
     first_batch_no: int = 1,
     max_bytes: int = MAX_BATCH_BYTES,
-) -> list[Batch]:
-    """Group changes into batches of one object type and action, ≤ batch_size and ≤ max_bytes."""
-    batches: list[Batch] = []
+) -> Iterator[Batch]:
+    """Group changes into batches of one object type and action, ≤ batch_size and ≤ max_bytes;
+    each batch is yielded once it is complete."""
+    current: Batch | None = None
+    batch_no = first_batch_no
     for change in changes:
         size = len(json.dumps(change.payload, ensure_ascii=False)) + 1
-        current = batches[-1] if batches else None
         if (
             current is None
             or current.object_type != change.object_type
@@ -174,13 +212,29 @@ def make_batches(
             or len(current.changes) >= batch_size
             or current.size + size > max_bytes - 512
         ):
-            current = Batch(
-                first_batch_no + len(batches), change.phase, change.object_type, change.action
-            )
-            batches.append(current)
+            if current is not None:
+                yield current
+                batch_no += 1
+            current = Batch(batch_no, change.phase, change.object_type, change.action)
         current.changes.append(change)
         current.size += size
-    return batches
+    if current is not None:
+        yield current
+
+
+def make_batches(
+    changes: list[Change],
+    *,
+    batch_size: int,
+    first_batch_no: int = 1,
+    max_bytes: int = MAX_BATCH_BYTES,
+) -> list[Batch]:
+    """All of :func:`iter_batches` at once."""
+    return list(
+        iter_batches(
+            changes, batch_size=batch_size, first_batch_no=first_batch_no, max_bytes=max_bytes
+        )
+    )
 
 
 def envelope_text(batch: Batch, *, org_id: str, who: str, doo: str) -> str:
@@ -243,43 +297,65 @@ def build_payload(
 ) -> PayloadSummary:
     """Replace this sync's unsent events and batches with the current diff."""
     recovered = recover_interrupted(conn)
+    counts: Counter[str] = Counter()
+
+    def counted(changes: Iterable[Change]) -> Iterator[Change]:
+        for change in changes:
+            counts[f"{change.object_type}_{change.action}"] += 1
+            yield change
+
     with transaction(conn):
         superseded = _supersede_unsent(conn, sync_key)
         diff_started = time.perf_counter()
-        changes = diff(conn, full=full)
+        changes = iter_diff(conn, full=full)
+        first = next(changes, None)  # the diff runs here; the rest is reading it back
         diff_s = time.perf_counter() - diff_started
         batches, total_bytes = store_batches(
-            conn, sync_key, changes, Envelope(org_id, who, batch_size, max_bytes), _doo(now)
+            conn,
+            sync_key,
+            counted(itertools.chain([] if first is None else [first], changes)),
+            Envelope(org_id, who, batch_size, max_bytes),
+            _doo(now),
         )
-    counts = Counter(f"{c.object_type}_{c.action}" for c in changes)
     return PayloadSummary(counts, batches, total_bytes, superseded, recovered, round(diff_s, 3))
+
+
+STORE_CHUNK = 20_000  # events buffered before they are written
 
 
 def store_batches(
     conn: duckdb.DuckDBPyConnection,
     sync_key: str,
-    changes: list[Change],
+    changes: Iterable[Change],
     envelope: Envelope,
     doo: str,
 ) -> tuple[int, int]:
     """Store ``changes`` as this sync's next pending batches, each with the exact JSON to post;
-    return (batches, bytes)."""
+    return (batches, bytes). Written in chunks as the changes arrive."""
     row = conn.execute(
         "SELECT coalesce(max(batch_no), 0), coalesce(max(seq), 0) "
         "FROM hub_events WHERE sync_key = ?",
         [sync_key],
     ).fetchall()[0]
-    last_batch, last_seq = row if row else (0, 0)
-    batches = make_batches(
+    last_batch, seq = row if row else (0, 0)
+    batch_rows: list[tuple] = []
+    event_rows: list[tuple] = []
+    batches = total_bytes = 0
+
+    def flush() -> None:
+        _insert_rows(conn, "hub_batches", BATCH_COLUMNS, batch_rows, BATCH_SELECT)
+        _insert_rows(conn, "hub_events", EVENT_COLUMNS, event_rows, EVENT_SELECT)
+        batch_rows.clear()
+        event_rows.clear()
+
+    for batch in iter_batches(
         changes,
         batch_size=envelope.batch_size,
         first_batch_no=last_batch + 1,
         max_bytes=envelope.max_bytes,
-    )
-    batch_rows, event_rows = [], []
-    seq = last_seq
-    for batch in batches:
+    ):
         text = envelope_text(batch, org_id=envelope.org_id, who=envelope.who, doo=doo)
+        size = len(text.encode())
         batch_rows.append(
             (
                 sync_key,
@@ -289,9 +365,11 @@ def store_batches(
                 batch.action,
                 len(batch.changes),
                 text,
-                len(text.encode()),
+                size,
             )
         )
+        batches += 1
+        total_bytes += size
         for change in batch.changes:
             seq += 1
             event_rows.append(
@@ -306,23 +384,16 @@ def store_batches(
                     json.dumps(change.payload),
                 )
             )
-    _insert_rows(
-        conn,
-        "hub_batches",
-        BATCH_COLUMNS,
-        batch_rows,
-        "sync_key, batch_no, phase, object_type, action, objects, envelope::JSON, bytes, 'pending'",
-    )
-    _insert_rows(
-        conn,
-        "hub_events",
-        EVENT_COLUMNS,
-        event_rows,
-        "sync_key, seq, batch_no, object_type, action, key, log_sis_id, payload::JSON",
-    )
-    return len(batches), sum(row[-1] for row in batch_rows)
+        if len(event_rows) >= STORE_CHUNK:
+            flush()
+    flush()
+    return batches, total_bytes
 
 
+BATCH_SELECT = (
+    "sync_key, batch_no, phase, object_type, action, objects, envelope::JSON, bytes, 'pending'"
+)
+EVENT_SELECT = "sync_key, seq, batch_no, object_type, action, key, log_sis_id, payload::JSON"
 BATCH_COLUMNS = [
     "sync_key",
     "batch_no",

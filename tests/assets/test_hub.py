@@ -22,6 +22,7 @@ from assets.hub import (
     PHASES,
     Change,
     envelope_text,
+    iter_diff,
     make_batches,
 )
 from resources.hub import HubClient, HubResource
@@ -336,3 +337,43 @@ def test_batches_keep_to_the_object_and_byte_limits() -> None:
     big = make_batches(changes, batch_size=10, max_bytes=MAX_BATCH_BYTES)
     assert [len(b.changes) for b in big] == [10, 10, 5, 1]
     assert PHASES[0] == ("delete", "sectionteacher") and PHASES[-1] == ("upsert", "sectionteacher")
+
+
+def test_the_diff_streams_in_sending_order(warehouse) -> None:
+    """Read back in chunks, the diff comes phase by phase (deletes first, in reverse dependency
+    order), updates before inserts, then by key; and the batches built from it follow it."""
+    desired = [("term", "2026W"), ("user", "u2"), ("user", "u5"), ("section", "s1")]
+    desired += [("sectionstudent", f"s1|u{i}|2026W") for i in (1, 2)]
+    held = [("user", "u5"), ("user", "u9"), ("subject", "old"), ("sectionstudent", "s1|u9|2026W")]
+    with warehouse.connection() as conn:
+        for kind, key in desired:
+            conn.execute(
+                "INSERT INTO hub_desired VALUES (?, ?, NULL, ?, NULL)",
+                [kind, key, json.dumps({"code": key, "v": 2})],
+            )
+        for kind, key in held:
+            conn.execute(
+                "INSERT INTO hub_state VALUES (?, ?, NULL, ?, true, 'full-x', NULL, now())",
+                [kind, key, json.dumps({"code": key, "v": 1})],
+            )
+        changes = list(iter_diff(conn, full=True, chunk=2))
+
+    python_order = sorted(
+        changes, key=lambda c: (c.phase, {"delete": 0, "update": 1, "insert": 2}[c.action], c.key)
+    )
+    assert [(c.object_type, c.action, c.key) for c in changes] == [
+        (c.object_type, c.action, c.key) for c in python_order
+    ]
+    assert [(c.object_type, c.action, c.key) for c in changes] == [
+        ("sectionstudent", "delete", "s1|u9|2026W"),
+        ("user", "delete", "u9"),
+        ("subject", "delete", "old"),
+        ("term", "insert", "2026W"),
+        ("user", "update", "u5"),  # updates before inserts
+        ("user", "insert", "u2"),
+        ("section", "insert", "s1"),
+        ("sectionstudent", "insert", "s1|u1|2026W"),
+        ("sectionstudent", "insert", "s1|u2|2026W"),
+    ]
+    batches = make_batches(changes, batch_size=1)
+    assert [b.changes[0] for b in batches] == changes
