@@ -607,6 +607,9 @@ def _error_detail(response: requests.Response) -> str:
     return str(body)[:200]
 
 
+PAGES_WAITING_PER_WORKER = 50
+
+
 class _Crawl:
     """One closure crawl: a thread pool fetches, the calling thread consumes and expands."""
 
@@ -623,7 +626,11 @@ class _Crawl:
         self.known_users = known_users
         self.users: set[str] = set()
         self.courses: set[str] = set()
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # Bounded: when landing falls behind, fetching waits instead of piling up parsed pages
+        # (at 10k students 20,000 of them waited, most of the crawl's memory).
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue(
+            maxsize=PAGES_WAITING_PER_WORKER * client.concurrency
+        )
         self._outstanding = 0
         self._stop = threading.Event()
 
@@ -658,13 +665,23 @@ class _Crawl:
                 return
             result = fetch()
             for page in [result] if isinstance(result, StudipPage) else result:
-                self._events.put(("page", page))
+                self._put(("page", page))
                 if self._stop.is_set():
                     return
         except BaseException as exc:  # handed to the consuming thread, which raises it
-            self._events.put(("error", exc))
+            self._put(("error", exc))
         finally:
-            self._events.put(("done", None))
+            self._put(("done", None))
+
+    def _put(self, event: tuple[str, Any]) -> None:
+        """Hand an event to the consuming thread; give up once the crawl stopped (nobody
+        consumes then, and a full queue must not keep the pool from shutting down)."""
+        while not self._stop.is_set():
+            try:
+                self._events.put(event, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def _reach_user(self, user_id: str) -> None:
         if user_id in self.users:

@@ -12,6 +12,7 @@ from oauthlib.oauth1 import Client as OAuthClient
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 from responses import matchers
 
+from resources import studip as studip_module
 from resources.http import RetryPolicy
 from resources.settings import load_settings
 from resources.studip import (
@@ -514,6 +515,28 @@ def test_concurrency_stays_within_its_bound(server: StudipServer, world: World) 
     assert peak == 3, f"expected exactly 3 requests in flight at the peak, saw {peak}"
     assert time.perf_counter() - started > 0.015 * len(pages) / 3
     server.faults.configure(FaultConfig())
+
+
+def test_fetching_waits_for_a_slow_consumer_and_a_stopped_one_frees_the_pool(
+    server: StudipServer, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fetched pages wait for landing in a bounded queue: fetching pauses instead of holding
+    the whole crawl in memory, and a consumer that stops (an error, a closed run) does not
+    leave fetch threads blocked on the full queue."""
+    monkeypatch.setattr(studip_module, "PAGES_WAITING_PER_WORKER", 2)
+    client = resource(api_url=server.base_url, concurrency=2, page_size=5).client()
+    crawl = client.crawl(seeds(world), default_semester_ids(world))
+    for _ in range(10):  # a slow consumer: unbounded, the fetchers would run far ahead
+        next(crawl)
+        time.sleep(0.05)
+    # 10 consumed, at most 4 waiting, and each of the 2 fetchers holding one page
+    assert server.request_count() <= 10 + 2 * 2 + 2
+
+    closing = threading.Thread(target=crawl.close)  # the consumer stops, the queue full
+    closing.start()
+    closing.join(timeout=10)
+    assert not closing.is_alive(), "fetch threads stayed blocked on the full queue"
+    assert not [t for t in threading.enumerate() if t.name.startswith("studip-crawl")]
 
 
 def test_a_failing_request_stops_the_crawl_with_its_error(
