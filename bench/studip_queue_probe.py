@@ -3,9 +3,10 @@
     .venv/bin/python bench/studip_queue_probe.py --students 5000
 
 Runs the real ``studip_raw_pages`` (the sandbox in its own process) while a thread samples the
-crawl's two unbounded queues every 0.05 s: requests submitted to the thread pool but not started
-(``_Crawl._pool._work_queue``) and fetched pages waiting for the landing thread
-(``_Crawl._events``), with this process's resident set. Prints one JSON object and writes it to
+crawl's two queues every 0.05 s: requests submitted to the thread pool but not started
+(``_Crawl._pool._work_queue``, unbounded) and fetched pages waiting for the landing thread
+(``_Crawl._events``, bounded at 50 per worker since 2026-12-01: at 10k students 20,811 had
+waited), with this process's resident set. Prints one JSON object and writes it to
 bench/results/studip_queue_probe-<N>.json.
 """
 
