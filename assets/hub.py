@@ -21,7 +21,6 @@ Nothing is sent twice and nothing is lost:
   from incremental ones (they come from re-read course memberships).
 """
 
-import itertools
 import json
 import time
 from collections import Counter, defaultdict
@@ -144,13 +143,10 @@ def _phase_sql() -> str:
 DIFF_CHUNK = 20_000  # changes held in Python at a time
 
 
-def iter_diff(
-    conn: duckdb.DuckDBPyConnection, *, full: bool, chunk: int = DIFF_CHUNK
-) -> Iterator[Change]:
-    """What the HUB must be sent, in sending order (phase, then delete/update/insert, then
-    key). The diff is computed once into a temp table and read back ``chunk`` rows at a time,
-    so a full sync of 100,000 students never holds its half million changes in Python; the
-    same connection may write between chunks."""
+def compute_diff(conn: duckdb.DuckDBPyConnection, *, full: bool) -> Counter[str]:
+    """Compute what the HUB must be sent into the temp table ``g_diff``, numbered in sending
+    order (phase, then delete/update/insert, then key); return the count per
+    ``<object type>_<action>``. :func:`read_diff` reads it back."""
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE g_diff AS
@@ -161,6 +157,14 @@ def iter_diff(
         """,
         {"full": full},
     )
+    rows = conn.execute("SELECT object_type || '_' || action, count(*) FROM g_diff GROUP BY 1")
+    return Counter(dict(rows.fetchall()))
+
+
+def read_diff(conn: duckdb.DuckDBPyConnection, *, chunk: int = DIFF_CHUNK) -> Iterator[Change]:
+    """The changes of the last :func:`compute_diff`, in sending order, read ``chunk`` rows at a
+    time: a full sync of 100,000 students never holds its half million changes in Python, and
+    the same connection may write between chunks."""
     done = 0
     while rows := conn.execute(
         "SELECT object_type, action, key, payload FROM g_diff WHERE n > ? ORDER BY n LIMIT ?",
@@ -175,8 +179,9 @@ def iter_diff(
 
 
 def diff(conn: duckdb.DuckDBPyConnection, *, full: bool) -> list[Change]:
-    """All of :func:`iter_diff` at once (benchmarks and tests)."""
-    return list(iter_diff(conn, full=full))
+    """All changes at once (benchmarks and tests)."""
+    compute_diff(conn, full=full)
+    return list(read_diff(conn))
 
 
 # -- batches ----------------------------------------------------------------------------------
@@ -220,21 +225,6 @@ def iter_batches(
         current.size += size
     if current is not None:
         yield current
-
-
-def make_batches(
-    changes: list[Change],
-    *,
-    batch_size: int,
-    first_batch_no: int = 1,
-    max_bytes: int = MAX_BATCH_BYTES,
-) -> list[Batch]:
-    """All of :func:`iter_batches` at once."""
-    return list(
-        iter_batches(
-            changes, batch_size=batch_size, first_batch_no=first_batch_no, max_bytes=max_bytes
-        )
-    )
 
 
 def envelope_text(batch: Batch, *, org_id: str, who: str, doo: str) -> str:
@@ -297,25 +287,13 @@ def build_payload(
 ) -> PayloadSummary:
     """Replace this sync's unsent events and batches with the current diff."""
     recovered = recover_interrupted(conn)
-    counts: Counter[str] = Counter()
-
-    def counted(changes: Iterable[Change]) -> Iterator[Change]:
-        for change in changes:
-            counts[f"{change.object_type}_{change.action}"] += 1
-            yield change
-
     with transaction(conn):
         superseded = _supersede_unsent(conn, sync_key)
         diff_started = time.perf_counter()
-        changes = iter_diff(conn, full=full)
-        first = next(changes, None)  # the diff runs here; the rest is reading it back
+        counts = compute_diff(conn, full=full)
         diff_s = time.perf_counter() - diff_started
         batches, total_bytes = store_batches(
-            conn,
-            sync_key,
-            counted(itertools.chain([] if first is None else [first], changes)),
-            Envelope(org_id, who, batch_size, max_bytes),
-            _doo(now),
+            conn, sync_key, read_diff(conn), Envelope(org_id, who, batch_size, max_bytes), _doo(now)
         )
     return PayloadSummary(counts, batches, total_bytes, superseded, recovered, round(diff_s, 3))
 

@@ -627,7 +627,7 @@ class _Crawl:
         self.users: set[str] = set()
         self.courses: set[str] = set()
         # Bounded: when landing falls behind, fetching waits instead of piling up parsed pages
-        # (at 10k students 20,000 of them waited, most of the crawl's memory).
+        # (at 10k students 20,000 of them waited).
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue(
             maxsize=PAGES_WAITING_PER_WORKER * client.concurrency
         )

@@ -21,9 +21,10 @@ from assets.hub import (
     MAX_BATCH_BYTES,
     PHASES,
     Change,
+    compute_diff,
     envelope_text,
-    iter_diff,
-    make_batches,
+    iter_batches,
+    read_diff,
 )
 from resources.hub import HubClient, HubResource
 from resources.warehouse import WarehouseResource
@@ -328,13 +329,13 @@ def test_batches_keep_to_the_object_and_byte_limits() -> None:
     changes = [
         Change("user", "insert", f"u{i}", {"code": f"u{i}", "name": "x" * 300}) for i in range(25)
     ] + [Change("user", "update", "u99", {"code": "u99"})]
-    batches = make_batches(changes, batch_size=10, max_bytes=2_000)
+    batches = list(iter_batches(changes, batch_size=10, max_bytes=2_000))
     for batch in batches:
         assert len(envelope_text(batch, org_id="o" * 32, who="sis.x", doo="x" * 24)) <= 2_000
         assert len({(c.object_type, c.action) for c in batch.changes}) == 1
     assert [len(b.changes) for b in batches] == [4, 4, 4, 4, 4, 4, 1, 1]
     assert [b.batch_no for b in batches] == list(range(1, 9))
-    big = make_batches(changes, batch_size=10, max_bytes=MAX_BATCH_BYTES)
+    big = list(iter_batches(changes, batch_size=10, max_bytes=MAX_BATCH_BYTES))
     assert [len(b.changes) for b in big] == [10, 10, 5, 1]
     assert PHASES[0] == ("delete", "sectionteacher") and PHASES[-1] == ("upsert", "sectionteacher")
 
@@ -356,7 +357,8 @@ def test_the_diff_streams_in_sending_order(warehouse) -> None:
                 "INSERT INTO hub_state VALUES (?, ?, NULL, ?, true, 'full-x', NULL, now())",
                 [kind, key, json.dumps({"code": key, "v": 1})],
             )
-        changes = list(iter_diff(conn, full=True, chunk=2))
+        compute_diff(conn, full=True)
+        changes = list(read_diff(conn, chunk=2))
 
     python_order = sorted(
         changes, key=lambda c: (c.phase, {"delete": 0, "update": 1, "insert": 2}[c.action], c.key)
@@ -375,5 +377,5 @@ def test_the_diff_streams_in_sending_order(warehouse) -> None:
         ("sectionstudent", "insert", "s1|u1|2026W"),
         ("sectionstudent", "insert", "s1|u2|2026W"),
     ]
-    batches = make_batches(changes, batch_size=1)
+    batches = list(iter_batches(changes, batch_size=1))
     assert [b.changes[0] for b in batches] == changes
