@@ -26,7 +26,7 @@ with a teacher role but no CPF or e-mail is not sent; ``persons.unsendable_reaso
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -144,6 +144,17 @@ UNION ALL SELECT 'lms', login, person_key, rule FROM g_lms;
 """
 
 
+# The Stud.IP courses that become HUB sections (DESIGN §6), with the semester of their term:
+# the start semester (a course running over several semesters is in the term it started, sent
+# whether selected or not), for an unlimited course (no start semester) the earliest selected
+# semester Stud.IP returned it for. Study groups are none: a student founds one and is its dozent.
+SECTION_COURSES_SQL = """
+    SELECT c.*, coalesce(c.start_semester_id, c.first_selected_semester_id) AS term_semester_id
+    FROM studip_courses c
+    WHERE NOT coalesce(c.studygroup, false)
+      AND coalesce(c.start_semester_id, c.first_selected_semester_id) IN (
+          SELECT semester_id FROM studip_semesters)"""
+
 # Persons are replaced only where they changed: rewriting all of them (a primary key) took
 # seconds at 100,000 students on every sync.
 PERSONS_SQL = f"""
@@ -151,8 +162,7 @@ CREATE OR REPLACE TEMP TABLE g_persons AS
 WITH keys AS (
     SELECT person_key FROM g_co UNION SELECT person_key FROM g_studip
     UNION SELECT person_key FROM g_lms
-), courses AS (
-    SELECT course_id FROM studip_courses WHERE start_semester_id IS NOT NULL
+), courses AS ({SECTION_COURSES_SQL}
 ), studip_roles AS (
     SELECT m.user_id,
            bool_or(m.status IN {STUDENT_STATUSES}) AS student,
@@ -259,7 +269,7 @@ DESIRED_COURSES_SQL = f"""
 CREATE OR REPLACE TEMP TABLE g_sections AS
 SELECT c.course_id, coalesce(nullif(c.number, ''), c.course_id) AS subject, c.title,
        coalesce(c.subtitle, '') AS subtitle, s.title AS semester_title, t.term_code
-FROM studip_courses c JOIN studip_semesters s ON s.semester_id = c.start_semester_id
+FROM ({SECTION_COURSES_SQL}) c JOIN studip_semesters s ON s.semester_id = c.term_semester_id
 JOIN g_terms t ON t.semester_id = s.semester_id;
 
 INSERT INTO hub_desired
@@ -378,10 +388,53 @@ def store_terms(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date) ->
         conn.execute("INSERT INTO g_terms VALUES (?, ?, ?)", [semester_id, code, is_current])
 
 
+# What the mapping leaves out, per reason (DESIGN §6): nothing is dropped without being counted.
+DROPPED_SQL = f"""
+WITH lms AS (
+    SELECT r.RegistrationId, c.CourseId AS course, p.hub_code, t.term_code
+    FROM lms_registrations r LEFT JOIN lms_courses c USING (CourseId)
+    LEFT JOIN persons p ON p.lms_login = r.OrganizationLoginId
+    LEFT JOIN (SELECT term_code FROM g_terms WHERE is_current) t ON true
+), studip AS (
+    SELECT m.status, g.course_id IS NOT NULL AS section, p.hub_code
+    FROM studip_memberships m LEFT JOIN g_sections g USING (course_id)
+    LEFT JOIN persons p ON p.studip_user_id = m.user_id
+    WHERE m.status IN {(*STUDENT_STATUSES, "dozent")}
+)
+SELECT 'studip_study_groups', count(*) FROM studip_courses WHERE studygroup
+UNION ALL SELECT 'studip_courses_without_term', count(*) FROM studip_courses c
+    WHERE NOT coalesce(c.studygroup, false)
+      AND c.course_id NOT IN (SELECT course_id FROM g_sections)
+UNION ALL SELECT 'studip_memberships_without_section', count(*) FROM studip WHERE NOT section
+UNION ALL SELECT 'studip_memberships_without_sendable_person', count(*) FROM studip
+    WHERE section AND hub_code IS NULL
+UNION ALL SELECT 'lms_registrations_without_course', count(*) FROM lms WHERE course IS NULL
+UNION ALL SELECT 'lms_registrations_without_term', count(*) FROM lms
+    WHERE course IS NOT NULL AND term_code IS NULL
+UNION ALL SELECT 'lms_registrations_without_sendable_person', count(*) FROM lms
+    WHERE course IS NOT NULL AND term_code IS NOT NULL AND hub_code IS NULL
+"""
+
+DROP_EXPLANATIONS = {
+    "studip_study_groups": "Stud.IP study groups are not HUB sections",
+    "studip_courses_without_term": "Stud.IP courses have no semester to take a HUB term from",
+    "studip_memberships_without_section": "Stud.IP memberships are of courses that are no "
+    "HUB section (study groups, courses without a term)",
+    "studip_memberships_without_sendable_person": "Stud.IP memberships are of persons the HUB "
+    "cannot take (see unsendable_by_reason)",
+    "lms_registrations_without_course": "LMS registrations name a course the LMS did not list",
+    "lms_registrations_without_term": "LMS registrations get no HUB section: no Stud.IP "
+    "semester covers today, so there is no current term",
+    "lms_registrations_without_sendable_person": "LMS registrations are of persons the HUB "
+    "cannot take (see unsendable_by_reason)",
+}
+
+
 @dataclass
 class DesiredSummary:
     counts: dict[str, int]
     unsendable: dict[str, str]
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> records left out
 
 
 def build_hub_desired(
@@ -401,8 +454,9 @@ def build_hub_desired(
                 "SELECT person_key, reason FROM g_users WHERE reason IS NOT NULL"
             ).fetchall()
         )
+        dropped = dict(conn.execute(DROPPED_SQL).fetchall())
     counts = conn.execute("SELECT object_type, count(*) FROM hub_desired GROUP BY 1").fetchall()
-    return DesiredSummary(dict(counts), unsendable)
+    return DesiredSummary(dict(counts), unsendable, dropped)
 
 
 # -- assets -----------------------------------------------------------------------------------
@@ -459,9 +513,13 @@ def hub_desired(
     reasons: dict[str, int] = {}
     for reason in summary.unsendable.values():
         reasons[reason] = reasons.get(reason, 0) + 1
+    for name, count in summary.dropped.items():
+        if count:
+            context.log.warning(f"left out of the HUB: {count} {DROP_EXPLANATIONS[name]}")
     return dg.MaterializeResult(
         metadata={
             **{f"desired_{kind}": n for kind, n in sorted(summary.counts.items())},
+            **{f"dropped_{name}": n for name, n in summary.dropped.items()},
             "unsendable_persons": len(summary.unsendable),
             "unsendable_by_reason": dg.MetadataValue.json(reasons),
             "dagster/row_count": sum(summary.counts.values()),

@@ -106,14 +106,15 @@ class Stager:
     most FLUSH_PAGES pages, inside the PageWriter's transaction (call from one thread; ``flush``
     before the transaction ends)."""
 
-    def __init__(self, writer: PageWriter, semester_ids: Sequence[str] = ()) -> None:
+    def __init__(self, writer: PageWriter) -> None:
         self.writer = writer
-        self.semester_ids = set(semester_ids)
         self.counts = CrawlCounts()
         self.pages = 0
         self.records = 0
         self._users: set[str] = set()
         self._courses: set[str] = set()
+        self._course_semesters: set[tuple[str, str | None]] = set()
+        self._quarantined: set[tuple[str, str, str]] = set()
         self._raw: dict[str, tuple[str, list[Any]]] = {}
         self._staged: dict[str, dict[str, tuple[str, list[Any]]]] = {}
         self._buffered_pages = 0
@@ -153,7 +154,9 @@ class Stager:
             [self.writer.sync_key],
         )
 
-    def land(self, page: StudipPage) -> None:
+    def land(self, page: StudipPage, *, stage: bool = True) -> None:
+        """Land ``page`` as received; with ``stage``, its records too (a ``/user/:id`` read only
+        to check a search hit is landed without them)."""
         record_count = len(page.records) + len(page.rejected)
         row = {
             "request_key": page.request_key,
@@ -170,7 +173,7 @@ class Stager:
         self._buffered_pages += 1
         self._buffered_bytes += len(page.body)
         self._quarantine(page.rejected)
-        stage = {
+        stage_records = {
             "/user": self._users_page,
             "/user/:user_id": self._users_page,
             SEARCH_ROUTE: self._users_page,
@@ -180,8 +183,8 @@ class Stager:
             "/course/:course_id/members": self._members_page,
             "/user/:user_id/institutes": self._institutes_page,
         }.get(page.route)
-        if stage is not None:
-            stage(page)
+        if stage_records is not None and stage:
+            stage_records(page)
         if self._buffered_pages >= FLUSH_PAGES or self._buffered_bytes >= FLUSH_BYTES:
             self.flush()
 
@@ -207,7 +210,7 @@ class Stager:
         )
 
     def _users_page(self, page: StudipPage) -> None:
-        if page.route != SEARCH_ROUTE:  # search results are staged once chosen as seeds
+        if page.route != SEARCH_ROUTE:  # search hits are short records: /user/:id follows
             self.stage_users(page.records)
 
     def _semesters_page(self, page: StudipPage) -> None:
@@ -233,17 +236,19 @@ class Stager:
                 "type": ("VARCHAR", [key for key, _ in page.records]),
                 "name": ("VARCHAR", [t.name for _, t in page.records]),
                 "class": ("VARCHAR", [t.class_ for _, t in page.records]),
+                "studygroup": ("BOOLEAN", [t.studygroup for _, t in page.records]),
             },
         )
 
     def _courses_page(self, page: StudipPage) -> None:
-        new = [
-            c
-            for c in page.records
-            if c.course_id not in self._courses and c.start_semester_id in self.semester_ids
-        ]
+        """Every course the page holds, once per selected semester it came back for (``?semester=``
+        returns the courses running in it; none when the crawl reads all semesters unfiltered):
+        the earliest one is an unlimited course's HUB term."""
+        semester_id = page.params.get("semester")
+        new = [c for c in page.records if (c.course_id, semester_id) not in self._course_semesters]
+        self._course_semesters.update((c.course_id, semester_id) for c in new)
+        self.counts.courses += len({c.course_id for c in new} - self._courses)
         self._courses.update(c.course_id for c in new)
-        self.counts.courses += len(new)
         self._buffer(
             "studip_staged_courses",
             {
@@ -255,6 +260,7 @@ class Stager:
                 "start_semester_id": ("VARCHAR", [c.start_semester_id for c in new]),
                 "end_semester_id": ("VARCHAR", [c.end_semester_id for c in new]),
                 "group_nr": ("INTEGER", [c.group for c in new]),
+                "semester_id": ("VARCHAR", [semester_id] * len(new)),
             },
         )
 
@@ -285,7 +291,18 @@ class Stager:
         )
 
     def _quarantine(self, rejected: Sequence[Rejected]) -> None:
+        """Quarantine each rejected record once per sync (a bad course comes back on every
+        semester page and on every member's course list)."""
         for record in rejected:
+            seen = (
+                record.record_type,
+                record.record_key or json.dumps(record.raw, default=str, sort_keys=True),
+                record.reason,
+            )
+            if seen in self._quarantined:
+                continue
+            self._quarantined.add(seen)
+            self.counts.quarantined += 1
             self.writer.execute(
                 """
                 INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw)
@@ -299,7 +316,6 @@ class Stager:
                     json.dumps(record.raw, default=str),
                 ],
             )
-        self.counts.quarantined += len(rejected)
 
 
 def _utc(timestamp: int | None) -> datetime | None:
@@ -476,11 +492,16 @@ def previous_courses(conn: Sql, user_ids: Sequence[str], semester_ids: Sequence[
     incremental sync re-reads them too, so a membership that ended disappears."""
     if not user_ids or not semester_ids:
         return []
+    # a course runs from its start to its end semester; one without a start has no end either
     rows = conn.execute(
         """
         SELECT DISTINCT m.course_id FROM studip_memberships m
         JOIN studip_courses c USING (course_id)
-        WHERE list_contains($users, m.user_id) AND list_contains($semesters, c.start_semester_id)
+        LEFT JOIN studip_semesters s ON s.semester_id = c.start_semester_id
+        LEFT JOIN studip_semesters e ON e.semester_id = c.end_semester_id
+        WHERE list_contains($users, m.user_id) AND (c.start_semester_id IS NULL OR EXISTS (
+            SELECT 1 FROM studip_semesters x WHERE list_contains($semesters, x.semester_id)
+              AND x.begin_at BETWEEN s.begin_at AND coalesce(e.begin_at, s.begin_at)))
         ORDER BY 1
         """,
         {"users": list(user_ids), "semesters": list(semester_ids)},
@@ -516,39 +537,62 @@ def plan_crawl(
         if is_user_id(entry):
             seeds.append(entry)
             continue
-        exact = []
-        for found in client.search_users(entry):
+        user_id = None
+        for found in client.search_users(entry):  # short records: the username is in name
             stager.land(found)
-            exact = [u for u in found.records if u.username.lower() == entry.lower()]
-            if exact:
+            user_id = next(
+                (u.id for u in found.records if u.username.lower() == entry.lower()), None
+            )
+            if user_id:
                 break
-        if not exact:
+        if not user_id:
             raise dg.Failure(f"STUDIP_SEED_USERS: Stud.IP has no user with the username {entry!r}")
-        stager.stage_users(exact[:1])
-        seeds.append(exact[0].user_id)
-        fetched.append(exact[0].user_id)
+        if user_id not in fetched:
+            stager.land(client.user_page(user_id))
+            fetched.append(user_id)
+        seeds.append(user_id)
     return CrawlPlan("full", seeds, fetched, [], [])
 
 
 def find_new_users(client: StudipClient, stager: Stager, student_id_field: str) -> list[str]:
     """Stud.IP users of the persons changed in this sync that Stud.IP knew nothing of before:
-    one ``/users?q=`` search each (the results are landed), kept where a rule matches."""
+    one ``/users?q=`` search each, then ``/user/:id`` of each hit (a hit is a short record,
+    without the e-mail and datafields the rules need); kept, and staged, where a rule matches.
+    Everything read is landed."""
     by_search: dict[str, list[UnlinkedPerson]] = defaultdict(list)
     for person in unlinked_changed_persons(stager.writer, stager.writer.sync_key):
         by_search[person.search].append(person)  # one search per name, however many share it
     found: list[str] = []
+    read: set[str] = set()
     for text, persons in by_search.items():
         for page in client.search_users(text):
             stager.land(page)
-            matching = [
-                u for u in page.records if any(p.matches(u, student_id_field) for p in persons)
-            ]
-            stager.stage_users(matching)
-            found += [u.user_id for u in matching if u.user_id not in found]
+            for hit in page.records:
+                if hit.id in read:
+                    continue
+                read.add(hit.id)
+                user_page = client.user_page(hit.id)
+                matching = [
+                    u
+                    for u in user_page.records
+                    if any(p.matches(u, student_id_field) for p in persons)
+                ]
+                stager.land(user_page, stage=bool(matching))
+                found += [u.user_id for u in matching if u.user_id not in found]
     return found
 
 
 # -- raw landing -------------------------------------------------------------------------------
+
+
+def crawl_semesters(
+    semester_ids: Sequence[str], semesters: Sequence[StudipSemester]
+) -> list[str | None]:
+    """What each user's courses are read for: the selected semesters, or, when every semester
+    is selected, one unfiltered read (one request per user instead of one per semester)."""
+    if semesters and set(semester_ids) == {s.id for s in semesters}:
+        return [None]
+    return list(semester_ids)
 
 
 def _needed_routes(seed_users: Sequence[str]) -> tuple[str, ...]:
@@ -595,7 +639,6 @@ def studip_raw_pages(
                 semester_ids = select_semesters(semesters, studip.semesters, key.started_at)
             except SemesterSelectionError as exc:
                 raise dg.Failure(str(exc)) from exc
-            stager.semester_ids = set(semester_ids)
             stager.land(client.settings())
             plan = plan_crawl(
                 client,
@@ -611,7 +654,7 @@ def studip_raw_pages(
             )
             for page in client.crawl(
                 plan.seeds,
-                semester_ids,
+                crawl_semesters(semester_ids, semesters),
                 fetched_users=plan.fetched_users,
                 known_users=plan.known_users,
                 seed_courses=plan.seed_courses,
@@ -701,16 +744,37 @@ STATE_TABLES = (
             "start_semester_id",
             "end_semester_id",
             "group_nr",
+            "first_selected_semester_id",
+            "studygroup",
         ),
-        """SELECT DISTINCT ON (c.course_id) c.course_id, c.number, c.title, c.subtitle, c.type,
+        # first_selected_semester_id: the earliest selected semester the course came back for
+        # (the earliest semester of all when the crawl read every semester unfiltered)
+        """WITH returned AS (
+               SELECT c.course_id, arg_min(s.semester_id, s.begin_at) AS first_selected
+               FROM studip_staged_courses c JOIN studip_staged_semesters s
+                 ON s.sync_key = c.sync_key AND s.semester_id = c.semester_id
+               WHERE c.sync_key = $sync_key GROUP BY c.course_id
+           ), earliest AS (
+               SELECT arg_min(semester_id, begin_at) AS semester_id
+               FROM studip_staged_semesters WHERE sync_key = $sync_key
+           )
+           SELECT DISTINCT ON (c.course_id) c.course_id, c.number, c.title, c.subtitle, c.type,
                t.name AS type_name, t.class AS type_class, c.start_semester_id,
-               c.end_semester_id, c.group_nr
+               c.end_semester_id, c.group_nr,
+               coalesce(r.first_selected, (SELECT semester_id FROM earliest))
+                   AS first_selected_semester_id,
+               coalesce(t.studygroup, false) AS studygroup
            FROM studip_staged_courses c
            LEFT JOIN studip_staged_sem_types t ON t.sync_key = c.sync_key AND t.type = c.type
-           WHERE c.sync_key = $sync_key""",
+           LEFT JOIN returned r ON r.course_id = c.course_id
+           WHERE c.sync_key = $sync_key
+           ORDER BY c.course_id""",
         None,
-        "Stud.IP courses of the synced semesters the crawl reached, with the course type's "
-        "name and class from /studip/settings SEM_TYPE.",
+        "Stud.IP courses the crawl reached: every course Stud.IP returned for a selected "
+        "semester (those running in it: started earlier, or unlimited with no start and end "
+        "semester), with start and end semester, the earliest selected semester it came back "
+        "for, the course type's name and class from /studip/settings SEM_TYPE, and whether "
+        "that class is a study group's (SEM_CLASS studygroup_mode).",
     ),
     StateTable(
         "studip_memberships",

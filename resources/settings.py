@@ -58,7 +58,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STUDIP_OAUTH_TOKEN", None),
     Variable("STUDIP_OAUTH_TOKEN_SECRET", None, secret=True),
     # The sandbox's lecture-series coordinator teaches every semester: a crawl from there reaches
-    # the whole course graph. A real installation names a few well-connected users of its own.
+    # the whole course graph. A real installation names a few well-connected users of its own;
+    # set but empty means none (the crawl starts from the API account alone).
     Variable("STUDIP_SEED_USERS", "lehre.koordination"),
     Variable("STUDIP_SEMESTERS", "current,next"),
     Variable("STUDIP_CONCURRENCY", "8"),
@@ -303,8 +304,13 @@ class _Reader:
 
         return self._parse(name, parse, "must be on or off")
 
-    def items(self, name: str, *, required: str = "") -> tuple[str, ...]:
-        """Comma-separated items; with ``required`` (what they name), at least one."""
+    def items(
+        self, name: str, *, required: str = "", empty_means_none: bool = False
+    ) -> tuple[str, ...]:
+        """Comma-separated items; with ``required`` (what they name), at least one. With
+        ``empty_means_none``, a variable set to nothing means no items (unset: the default)."""
+        if empty_means_none and name in self.env and not self.env[name].strip():
+            return ()
         value = self._value(name)
         items = tuple(item.strip() for item in value.split(",") if item.strip())
         if required and not items:
@@ -382,7 +388,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             username=read.text("STUDIP_USERNAME"),
             password=read.secret("STUDIP_PASSWORD"),
             oauth1=_studip_oauth1(read),
-            seed_users=read.items("STUDIP_SEED_USERS"),
+            seed_users=read.items("STUDIP_SEED_USERS", empty_means_none=True),
             semesters=read.items("STUDIP_SEMESTERS", required="semester"),
             concurrency=read.integer("STUDIP_CONCURRENCY", 1, 64),
             student_id_field=read.text("STUDIP_STUDENT_ID_FIELD"),

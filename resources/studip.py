@@ -9,13 +9,19 @@ thread, so the DuckDB writes stay in one thread.
 The API's quirks handled here: collections read by value (the keys are ``/api.php/...`` paths) and
 ``[]`` for an empty one; paging with ``offset``/``limit`` that stops on ``offset + items >=
 total`` (the reported offset is rounded down and ``next`` is clamped, so the links are never
-followed); the institutes' ``{"work": [...], "study": [...]}`` collection; ids and course types as
-strings, ``group`` and semester times as ints; errors as HTML pages, JSON strings or JSON objects.
+followed); the institutes' ``{"work": [...], "study": [...]}`` collection; ``/users?q=`` as a
+*list* of short records (id, href, name: a hit is followed with ``/user/:id``); ids and course types
+as strings, semester times as ints, ``group`` an int or null (the API account's colour group in the
+course: null where it is no member, i.e. always for root); errors as HTML pages, JSON strings or
+JSON objects. ``?semester=`` returns every course that *runs* in the semester: a course from an
+earlier semester, and every course without end (``start_semester`` null), come back too.
+
+Only root may read other users' courses (``have_perm("root")`` in the route): any other account
+gets a 401 with body ``""`` there, which is told apart from a refused login (HTML 401).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import queue
 import re
@@ -73,6 +79,10 @@ class StudipError(ApiError):
 
 class StudipAuthError(StudipError):
     """401, or a rejected OAuth1 signature: the credentials are wrong or lack the rights."""
+
+
+class StudipNotRoot(StudipAuthError):
+    """401 with a JSON body on a route the account may not read: it is not root."""
 
 
 class StudipRouteNotActivated(StudipError):
@@ -133,6 +143,18 @@ class StudipDatafield(StudipModel):
     value: str | None = None
 
 
+class StudipUserRef(StudipModel):
+    """A short user record (a ``/users?q=`` hit, a course member): no perms, e-mail or
+    datafields."""
+
+    id: HexId
+    name: StudipName | None = None
+
+    @property
+    def username(self) -> str:
+        return self.name.username if self.name else ""
+
+
 class StudipUser(StudipModel):
     user_id: HexId
     username: Annotated[str, StringConstraints(min_length=1)]
@@ -180,7 +202,7 @@ class StudipCourse(StudipModel):
     type: str
     start_semester: str | None
     end_semester: str | None
-    group: int
+    group: int | None = None  # the API account's colour group: null unless it is a member
 
     @field_validator("start_semester", "end_semester")
     @classmethod
@@ -197,13 +219,11 @@ class StudipCourse(StudipModel):
         return semester_id_of(self.end_semester)
 
 
-class StudipMemberRef(StudipModel):
-    id: HexId
-    name: StudipName | None = None
+StudipMemberRef = StudipUserRef
 
 
 class StudipMember(StudipModel):
-    member: StudipMemberRef
+    member: StudipUserRef
     status: MemberStatus
 
 
@@ -218,6 +238,7 @@ class StudipInstitute(StudipModel):
 class StudipSemType(StudipModel):
     name: str
     class_: str = Field(alias="class")
+    studygroup: bool = False  # its SEM_CLASS has studygroup_mode 1 (set from SEM_CLASS)
 
 
 # -- pages -------------------------------------------------------------------------------------
@@ -317,7 +338,10 @@ class StudipClient:
         try:
             response = self.http.request("GET", path, retry=True, params=dict(params or {}))
         except ApiError as exc:
-            raise StudipError(SYSTEM, "GET", exc.url, f"{route}: {exc}") from None
+            raise StudipError(
+                SYSTEM, "GET", exc.url, f"{route}: {_reason(exc)}", exc.status,
+                transport_error=exc.transport_error,
+            ) from None  # fmt: skip
         if response.status_code == 200:
             return response
         raise self._error(route, response)
@@ -327,12 +351,20 @@ class StudipClient:
         text = response.text.strip() if response.content else ""
         detail = _error_detail(response)
         args = (SYSTEM, "GET", response.url)
+        if status == 401 and "json" in response.headers.get("Content-Type", ""):
+            # a JSON 401 (body "") comes from the route's permission check, not the login
+            return StudipNotRoot(
+                *args,
+                f"Stud.IP lets only root read {route} for other users (and study groups): the "
+                "API account (STUDIP_USERNAME, or the owner of the STUDIP_OAUTH_* token) must "
+                "be root; an admin account is not enough",
+                status,
+            )
         if status == 401:
             return StudipAuthError(
                 *args,
-                f"not authorised for {route}: check STUDIP_USERNAME/STUDIP_PASSWORD or the "
-                "STUDIP_OAUTH_* credentials; the account must be root or admin to read other "
-                "users' courses",
+                f"Stud.IP refused the login for {route}: check STUDIP_USERNAME/STUDIP_PASSWORD "
+                "or the STUDIP_OAUTH_* credentials (the account must be root)",
                 status,
             )
         if status == 403 and text.startswith("Route not activated"):
@@ -358,6 +390,8 @@ class StudipClient:
             return StudipError(
                 *args, f"{route} failed with a server error after retries: {detail}", status
             )
+        if status == 400:
+            return StudipError(*args, f"{route} refused the request: {detail}", status)
         return StudipError(*args, f"{route}: {detail or 'unexpected status'}", status)
 
     def pages(
@@ -459,24 +493,16 @@ class StudipClient:
         )  # fmt: skip
 
     def search_users(self, text: str) -> Iterator[StudipPage]:
-        """``/users?q=``: matching users as a plain JSON list (no pagination object), paged
-        until a page comes back short."""
-        offset = 0
-        for page_nr in itertools.count():
-            params = {"q": text, "offset": offset, "limit": self.page_size}
-            fetched_at = datetime.now(UTC)
-            response = self._get(SEARCH_ROUTE, "/users", params)
-            body = self.http.json(response)
-            if not isinstance(body, list):
-                raise self.http.error(response, "/users: expected a JSON list")
-            records, rejected = _parse_all(body, StudipUser, "user", "user_id")
-            yield StudipPage(
-                SEARCH_ROUTE, f"/users?q={text}", params, page_nr, response.content, len(body),
-                records, rejected, fetched_at, subject=text,
-            )  # fmt: skip
-            offset += len(body)
-            if len(body) < self.page_size:
-                return
+        """``/users?q=`` (username, given or family name): pages of short records
+        (``StudipUserRef``; ``collection`` is a list). Perms, e-mail and datafields need
+        ``/user/:id`` for each hit."""
+        return self.pages(
+            SEARCH_ROUTE,
+            "/users",
+            {"q": text},
+            parse=lambda c: _parse_all(collection_values(c), StudipUserRef, "user", "id"),
+            subject=text,
+        )
 
     def semesters(self) -> Iterator[StudipPage]:
         return self.pages(
@@ -491,12 +517,14 @@ class StudipClient:
         response = self._get("/studip/settings", "/studip/settings")
         body = self.http.json(response)
         sem_types = body.get("SEM_TYPE") if isinstance(body, dict) else None
+        studygroup_classes = _studygroup_classes(body)
         records: list[tuple[str, StudipSemType]] = []
         rejected: list[Rejected] = []
         for key, raw in sem_types.items() if isinstance(sem_types, dict) else []:
             sem_type, problem = _validate(StudipSemType, raw, "sem_type", "name")
             if sem_type is not None:
-                records.append((str(key), sem_type))
+                studygroup = sem_type.class_ in studygroup_classes
+                records.append((str(key), sem_type.model_copy(update={"studygroup": studygroup})))
             elif problem is not None:
                 rejected.append(Rejected("sem_type", str(key), problem.reason, raw))
         return StudipPage(
@@ -536,7 +564,7 @@ class StudipClient:
     def crawl(
         self,
         seed_ids: Iterable[str],
-        semester_ids: Sequence[str],
+        semester_ids: Sequence[str | None],
         *,
         fetched_users: Iterable[str] = (),
         known_users: Iterable[str] = (),
@@ -544,8 +572,8 @@ class StudipClient:
     ) -> Iterator[StudipPage]:
         """Every page of the closure crawl from ``seed_ids``, in the caller's thread as they arrive.
 
-        For each reached user: ``/user/:id`` (unless in ``fetched_users``: its record came from
-        ``/user`` or ``/users?q=`` already), its courses for each of ``semester_ids`` and its
+        For each reached user: ``/user/:id`` (unless in ``fetched_users``: its record was read
+        already), its courses for each of ``semester_ids`` (None: unfiltered) and its
         institutes; for each new course (and each of ``seed_courses``): its members; each member
         not reached yet and not in ``known_users`` is reached in turn. Seeds are always reached.
         Each user and course is requested once. At most ``concurrency`` requests are in flight.
@@ -589,6 +617,24 @@ def _parse_institutes(collection: Any) -> tuple[list[Any], list[Rejected]]:
     return records, rejected
 
 
+def _studygroup_classes(settings: Any) -> set[str]:
+    """The ``SEM_CLASS`` keys with ``studygroup_mode`` 1 (Stud.IP's study groups, class 99 by
+    default)."""
+    classes = settings.get("SEM_CLASS") if isinstance(settings, dict) else None
+    return {
+        str(key)
+        for key, value in (classes.items() if isinstance(classes, dict) else [])
+        if isinstance(value, dict) and str(value.get("studygroup_mode", "0")) == "1"
+    }
+
+
+def _reason(exc: ApiError) -> str:
+    """An ApiError's message without its ``<system>: <method> <url>`` prefix (the wrapping
+    StudipError writes that prefix again)."""
+    prefix = f"{exc.system}: {exc.method} {exc.url}" + (f" -> {exc.status}" if exc.status else "")
+    return str(exc).removeprefix(prefix).removeprefix(": ")
+
+
 def _error_detail(response: requests.Response) -> str:
     """A short reason from an error body: a JSON string, a JSON object's message, or a note
     that the server sent an HTML page."""
@@ -616,7 +662,7 @@ class _Crawl:
     def __init__(
         self,
         client: StudipClient,
-        semester_ids: Sequence[str],
+        semester_ids: Sequence[str | None],
         fetched_users: set[str],
         known_users: set[str],
     ) -> None:
@@ -701,9 +747,9 @@ class _Crawl:
 
     def _expand(self, page: StudipPage) -> None:
         if page.route == "/user/:user_id/courses":
+            # everything ?semester= returns runs in a selected semester (or has no end)
             for course in page.records:
-                if course.start_semester_id in self.semester_ids:
-                    self._read_members(course.course_id)
+                self._read_members(course.course_id)
         elif page.route == "/course/:course_id/members":
             for member in page.records:
                 user_id = member.member.id
@@ -719,7 +765,7 @@ class StudIPResource(dg.ConfigurableResource):
     values are set."""
 
     api_url: str = Field(description="Base URL ending in /api.php (STUDIP_API_URL).")
-    username: str = Field(description="API account, root or admin (STUDIP_USERNAME).")
+    username: str = Field(description="API account, must be root (STUDIP_USERNAME).")
     password: str = Field(description="Its password (STUDIP_PASSWORD).")
     oauth_consumer_key: str | None = Field(default=None, description="OAuth1 consumer key.")
     oauth_consumer_secret: str | None = Field(default=None, description="OAuth1 secret.")
@@ -731,7 +777,7 @@ class StudIPResource(dg.ConfigurableResource):
     )
     semesters: list[str] = Field(
         default_factory=lambda: ["current", "next"],
-        description="current, next, semester ids or titles (STUDIP_SEMESTERS).",
+        description="current, next, all, semester ids or titles (STUDIP_SEMESTERS).",
     )
     concurrency: int = Field(default=8, ge=1, le=64, description="STUDIP_CONCURRENCY.")
     student_id_field: str = Field(
@@ -785,8 +831,8 @@ def select_semesters(
 ) -> list[str]:
     """The ids of the semesters ``wanted`` names, in the order of their begin.
 
-    ``current`` is the semester with ``begin <= now <= end``, ``next`` the one after it; other
-    entries are semester ids or titles (``WS 2026/2027``).
+    ``current`` is the semester with ``begin <= now <= end``, ``next`` the one after it, ``all``
+    every semester Stud.IP has; other entries are semester ids or titles (``WS 2026/2027``).
     """
     ordered = sorted(semesters, key=lambda s: s.begin)
     moment = int(now.timestamp())
@@ -794,6 +840,9 @@ def select_semesters(
     chosen: set[str] = set()
     problems: list[str] = []
     for entry in wanted:
+        if entry.lower() == "all":
+            chosen.update(s.id for s in ordered)
+            continue
         if entry.lower() in ("current", "next"):
             position = None if current is None else current + (entry.lower() == "next")
             if position is None or position >= len(ordered):

@@ -178,6 +178,17 @@ MIGRATIONS: list[Migration] = [
     Migration("hub: desired and acknowledged state, events, batches, log", HUB_SCHEMA),
     Migration("graph: persons and identity links", GRAPH_SCHEMA),
     Migration("graph: views joining persons to every source", GRAPH_VIEWS),
+    # ?semester= returns every course running in the semester: which selected semester a course
+    # came back for gives an unlimited course its HUB term; study groups are no HUB sections.
+    Migration(
+        "studip: the selected semesters a course was returned for, and study groups",
+        """
+        ALTER TABLE studip_staged_courses ADD COLUMN semester_id VARCHAR;
+        ALTER TABLE studip_staged_sem_types ADD COLUMN studygroup BOOLEAN;
+        ALTER TABLE studip_courses ADD COLUMN first_selected_semester_id VARCHAR;
+        ALTER TABLE studip_courses ADD COLUMN studygroup BOOLEAN;
+        """,
+    ),
 ]
 
 

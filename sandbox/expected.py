@@ -6,8 +6,9 @@ exactly what hubsync's syncs can see:
 
 * **CO**: every student record (active and inactive) with studies and applications.
 * **Stud.IP**: what the crawl reaches: starting from the API account and the seed users, each
-  user's courses in the selected semesters (default: current and next), each course's members,
-  until closure. Study groups (no semester) are never reached.
+  user's courses that *run* in a selected semester (default: current and next): from their start
+  to their end semester, and unlimited courses (no start semester, study groups among them) for
+  every semester; each course's members, until closure.
 * **LMS**: every registration (a full sync reads from the beginning of time).
 
 Identity resolution (the default rules of DESIGN §5, in this order):
@@ -33,14 +34,17 @@ HUB objects (dates ``YYYY-MM-DD``; optional fields are left out when the source 
 * ``subject`` per course number of a reached course (the course id when it has no number) and
   per LMS course with a registration (``CourseCode``): ``code``, ``name`` (course title, of
   the smallest course id when several share a number / ``CourseName``), ``status`` ``active``.
-* ``section`` per reached course: ``code`` = course id, ``name`` = title, `` – subtitle`` when
-  there is one, `` (<semester title>)``; ``sis_id`` = course id; ``term_code`` of its start
-  semester; ``status`` ``active``. Per LMS course with a registration: ``code`` =
+* ``section`` per reached course that is no study group (SEM_CLASS with studygroup_mode 1: a
+  student founds it and is its ``dozent``): ``code`` = course id, ``name`` = title,
+  `` – subtitle`` when there is one, `` (<semester title>)``; ``sis_id`` = course id;
+  ``term_code``: of its start semester (selected or not; every semester is a term), for an
+  unlimited course of the earliest selected semester; ``status`` ``active``. Per LMS course
+  with a registration: ``code`` =
   ``lms-<CourseId>``, ``name`` = ``CourseName``, ``sis_id`` = ``CourseId``, ``term_code`` of the
   current semester, ``status`` ``active``.
 * ``user`` per person with at least one role: ``aluno`` when it is a CO student, a Stud.IP
-  ``autor``/``user`` member of a reached course, or an LMS learner with a registration;
-  ``professor`` when it is a ``dozent``/``tutor`` member of a reached course. ``code`` = CO
+  ``autor``/``user`` member of a section's course, or an LMS learner with a registration;
+  ``professor`` when it is a ``dozent``/``tutor`` member of a section's course. ``code`` = CO
   ``STUDID`` for CO students, else the Stud.IP username, else the LMS login; ``sis_id`` =
   STPERSONNR / Stud.IP user id / LMS login; ``name`` "given family"; ``dob`` from CO
   ``BIRTHDATE`` else the Stud.IP ``Geburtsdatum`` datafield; ``gender`` from CO (M→M, W→F,
@@ -50,11 +54,11 @@ HUB objects (dates ``YYYY-MM-DD``; optional fields are left out when the source 
   A person the HUB would reject is **not sent** and listed in ``unsendable`` with the reason:
   no code (an applicant without STUDID), no ``dob``, or a non-student role without ``cpf`` or
   ``email``.
-* ``sectionstudent`` per ``autor``/``user`` membership of a reached course and per LMS
+* ``sectionstudent`` per ``autor``/``user`` membership of a section's course and per LMS
   registration, when the person is sendable: ``section`` / ``student`` codes, ``term_code`` of
   the section, ``sis_id`` = first 20 hex digits of
   ``sha1("sectionstudent|<section>|<student>|<term>")``.
-* ``sectionteacher`` per ``dozent`` membership of a reached course with a sendable person:
+* ``sectionteacher`` per ``dozent`` membership of a section's course with a sendable person:
   ``section``, ``teacher``, ``subject`` codes, ``term_code``, ``sis_id`` = 20 hex digits of
   ``sha1("sectionteacher|<section>|<teacher>|<subject>|<term>")``.
 * ``studentparent``: no source has guardians, so always empty.
@@ -78,7 +82,9 @@ from sandbox.world import (
     LMS_STUDENT_ID_FIELD,
     LOCAL_ZONE,
     SEED_DOZENT_USERNAME,
+    SEM_TYPES,
     STUDENT_ID_FIELD,
+    STUDYGROUP_CLASSES,
     CoStudent,
     LmsLearner,
     StudipSemester,
@@ -128,6 +134,7 @@ class Expected:
     persons: dict[str, Person]
     reached_users: set[str]
     reached_courses: set[str]
+    sections: dict[str, StudipSemester]  # course id -> the semester of its HUB term
 
 
 def crawl_studip(
@@ -144,7 +151,8 @@ def crawl_studip(
             continue
         users.add(user_id)
         for course_id in world.user_courses.get(user_id, ()):
-            if course_id in courses or world.studip_courses[course_id].start_semester not in wanted:
+            course = world.studip_courses[course_id]
+            if course_id in courses or not any(world.course_runs_in(course, s) for s in wanted):
                 continue
             courses.add(course_id)
             pending.extend(m for m in world.memberships[course_id] if m not in users)
@@ -173,14 +181,31 @@ def expected_hub_state(
         semesters = list(semester_ids or default_semester_ids(world))
         users, courses = crawl_studip(world, semesters, seed_user_ids or default_seed_ids(world))
         persons = _resolve_identities(world, users)
-        _assign_roles(world, persons, courses)
+        sections = _section_terms(world, courses, semesters)
+        _assign_roles(world, persons, set(sections))
         state: HubState = {kind: {} for kind in OBJECT_TYPES}
         unsendable: dict[str, str] = {}
         codes = _add_users(world, persons, state, unsendable)
         _add_terms(world, state)
-        _add_courses(world, persons, courses, codes, state)
+        _add_courses(world, persons, sections, codes, state)
         _add_lms(world, persons, codes, state)
-        return Expected(state, unsendable, persons, users, courses)
+        return Expected(state, unsendable, persons, users, courses, sections)
+
+
+def _section_terms(
+    world: World, courses: set[str], semester_ids: list[str]
+) -> dict[str, StudipSemester]:
+    """The reached courses that become sections (not study groups), each with the semester of
+    its term: its start semester, or for an unlimited one the earliest selected semester."""
+    earliest = min((world.studip_semesters[s] for s in semester_ids), key=lambda s: s.begin)
+    sections = {}
+    for course_id in courses:
+        course = world.studip_courses[course_id]
+        if SEM_TYPES[course.sem_type][1] in STUDYGROUP_CLASSES:
+            continue
+        start = course.start_semester
+        sections[course_id] = world.studip_semesters[start] if start else earliest
+    return sections
 
 
 # -- identities ------------------------------------------------------------------------------
@@ -346,16 +371,15 @@ def _section_name(title: str, subtitle: str, semester: StudipSemester) -> str:
 def _add_courses(
     world: World,
     persons: dict[str, Person],
-    courses: set[str],
+    sections: dict[str, StudipSemester],
     codes: dict[str, str],
     state: HubState,
 ) -> None:
     code_of_user = {
         p.studip.user_id: codes[k] for k, p in persons.items() if p.studip and k in codes
     }
-    for course_id in sorted(courses):
+    for course_id, semester in sorted(sections.items()):
         course = world.studip_courses[course_id]
-        semester = world.studip_semesters[course.start_semester or ""]
         subject = course.number or course.course_id
         state["subject"].setdefault(
             subject, {"code": subject, "name": course.title, "status": "active"}

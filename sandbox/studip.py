@@ -39,7 +39,13 @@ Behaviour the documents do not fix, as the sandbox chose it:
   ordered by username.
 * ``?status=`` outside user/autor/tutor/dozent → 400 ``"Invalid status <value>"``.
 * ``/users?q=`` matches the substring case-insensitively against username, given name, family
-  name and "given family"; it honours ``offset``/``limit`` (default 20) and returns a bare list.
+  name and "given family"; it answers ``{"collection": [short records], "pagination": …}`` like
+  the real one (a *list* of ``id``/``href``/``name``/``avatar_*`` records, no perms or e-mail),
+  honouring ``offset``/``limit`` (default 20).
+* ``/user/:id/courses?semester=`` lists the courses that run in the semester (start to end
+  semester; unlimited courses, study groups among them, for every semester). ``group`` is null
+  unless the API account is a member of the course (it is of none in the world). Study groups
+  have no ``forum`` module.
 * ``/user/:id/institutes``: users with perms tutor/dozent/admin list their institutes under
   ``work`` with their perms; everyone else under ``study`` with perms ``user``. ``total`` is
   work + study; the lists are not sliced.
@@ -91,6 +97,7 @@ from sandbox.world import (
     INST_TYPES,
     SEM_CLASSES,
     SEM_TYPES,
+    STUDYGROUP_CLASSES,
     StudipCourse,
     StudipInstitute,
     StudipSemester,
@@ -207,14 +214,75 @@ ROUTE_CATALOGUE: dict[str, dict[str, str | None]] = {
 }
 
 TERMIN_TYP: dict[str, dict[str, Any]] = {
-    "1": {"name": "Sitzung", "sitzung": 1, "color": "#2d2c64"},
-    "2": {"name": "Vorbesprechung", "sitzung": 0, "color": "#5c2d64"},
-    "3": {"name": "Klausur", "sitzung": 0, "color": "#526416"},
-    "4": {"name": "Exkursion", "sitzung": 0, "color": "#505064"},
-    "5": {"name": "anderer Termin", "sitzung": 0, "color": "#41643f"},
-    "6": {"name": "Sondersitzung", "sitzung": 0, "color": "#64372e"},
-    "7": {"name": "Vorlesung", "sitzung": 1, "color": "#627c95"},
+    "1": {"name": "Sitzung", "sitzung": 1},
+    "2": {"name": "Vorbesprechung", "sitzung": 0},
+    "3": {"name": "Klausur", "sitzung": 0},
+    "4": {"name": "Exkursion", "sitzung": 0},
+    "5": {"name": "anderer Termin", "sitzung": 0},
+    "6": {"name": "Sondersitzung", "sitzung": 0},
+    "7": {"name": "Vorlesung", "sitzung": 1},
 }
+PERS_TERMIN_KAT: dict[str, dict[str, str]] = {
+    "1": {
+        "name": "Sonstiges",
+        "border_color": "#682C8B",
+        "bgcolor": "#682C8B",
+        "fgcolor": "#ffffff",
+    },
+    "2": {"name": "Sitzung", "border_color": "#B02E7C", "bgcolor": "#B02E7C", "fgcolor": "#ffffff"},
+}
+TITLES: dict[str, list[str]] = {
+    "dozent": ["Lehrende", "Lehrende"],
+    "deputy": ["Vertretung", "Vertretungen"],
+    "tutor": ["Tutor/-in", "Tutor/-innen"],
+    "autor": ["Studierende", "Studierende"],
+    "user": ["Leser/-in", "Leser/-innen"],
+    "accepted": ["Vorläufig akzeptierte Person", "Vorläufig akzeptierte Personen"],
+}
+CLASS_MODULES = ("CoreOverview", "CoreAdmin", "CoreDocuments", "CoreForum", "CoreWiki")
+
+
+def sem_class_object(key: str, name: str) -> dict[str, Any]:
+    """A SEM_CLASS entry with the fields a Stud.IP 5.5 sends (strings, some null)."""
+    studygroup = key in STUDYGROUP_CLASSES
+    return {
+        "id": key,
+        "name": name,
+        **dict.fromkeys(
+            ("only_inst_user", "default_read_level", "default_write_level", "bereiche"), "0"
+        ),
+        "module": "0",
+        "show_browse": "0" if studygroup else "1",
+        "write_access_nobody": "0",
+        "topic_create_autor": "1" if studygroup else "0",
+        "visible": "0" if studygroup else "1",
+        "course_creation_forbidden": "0",
+        "description": "",
+        "create_description": "",
+        "studygroup_mode": "1" if studygroup else "0",
+        "admission_prelim_default": "0",
+        "admission_type_default": "0",
+        **dict.fromkeys(
+            (
+                "title_dozent",
+                "title_dozent_plural",
+                "title_tutor",
+                "title_tutor_plural",
+                "title_autor",
+                "title_autor_plural",
+            )
+        ),
+        "show_raumzeit": "0" if studygroup else "1",
+        "is_group": "0",
+        "unlimited_forbidden": "0",
+        "mkdate": "1366882120",
+        "chdate": "1641229573",
+        "modules": {
+            module: {"activated": "1", "sticky": "1" if module == "CoreOverview" else "0"}
+            for module in CLASS_MODULES
+        },
+    }
+
 
 PHP_ERROR_PAGE = """<!DOCTYPE html>
 <html lang="de">
@@ -724,6 +792,8 @@ class StudipServer(SandboxServer):
 
     def course_object(self, course: StudipCourse) -> dict[str, Any]:
         index = self._course_index(course.course_id)
+        studygroup = course.sem_type == STUDYGROUP_TYPE
+        member = self.world.api_account.user_id in self.world.memberships.get(course.course_id, {})
         base = f"{API_PREFIX}/course/{course.course_id}"
         members: dict[str, Any] = {}
         for status in ("user", "autor", "tutor", "dozent"):
@@ -744,11 +814,12 @@ class StudipServer(SandboxServer):
             "start_semester": _semester_path(course.start_semester),
             "end_semester": _semester_path(course.end_semester),
             "modules": {
-                "forum": f"{base}/forum_categories",
+                **({} if studygroup else {"forum": f"{base}/forum_categories"}),
                 "documents": f"{base}/top_folder",
                 "wiki": f"{base}/wiki",
             },
-            "group": int(course.group),
+            # the requesting account's colour group in the course: null unless it is a member
+            "group": int(course.group) if member else None,
         }
 
     @staticmethod
@@ -822,7 +893,7 @@ class StudipServer(SandboxServer):
             course_id
             for course_id in self.world.user_courses.get(user_id, ())
             if semester_id is None
-            or self.world.studip_courses[course_id].start_semester == semester_id
+            or self.world.course_runs_in(self.world.studip_courses[course_id], semester_id)
         ]
         course_ids.sort(key=self._course_sort_key)
         collection = {
@@ -881,7 +952,12 @@ class StudipServer(SandboxServer):
             (u for u in self.world.studip_users.values() if self._matches(u, needle)),
             key=lambda u: u.username,
         )
-        return json_response([self.user_object(user) for user in page.window(found)])
+        return json_response(
+            {
+                "collection": [self._mini_user(user.user_id) for user in page.window(found)],
+                "pagination": pagination(page, len(found), "/users", {"q": request.query["q"]}),
+            }
+        )
 
     def _matches(self, user: StudipUser, needle: str) -> bool:
         name = self._name(user)
@@ -950,13 +1026,20 @@ class StudipServer(SandboxServer):
                 "ALLOW_CHANGE_USERNAME": False,
                 "ALLOW_CHANGE_EMAIL": True,
                 "ALLOW_CHANGE_NAME": False,
+                "ALLOW_CHANGE_TITLE": False,
                 "INST_TYPE": {key: {"name": name} for key, name in INST_TYPES.items()},
                 "SEM_TYPE": {
                     key: {"name": name, "class": sem_class}
                     for key, (name, sem_class) in SEM_TYPES.items()
                 },
-                "SEM_CLASS": {key: {"id": key, "name": name} for key, name in SEM_CLASSES.items()},
+                "SEM_CLASS": {
+                    key: sem_class_object(key, name) for key, name in SEM_CLASSES.items()
+                },
                 "TERMIN_TYP": TERMIN_TYP,
+                "PERS_TERMIN_KAT": PERS_TERMIN_KAT,
+                "SUPPORT_EMAIL": "studip-support@tu-sandbox.at",
+                "TITLES": TITLES,
+                "UNI_NAME_CLEAN": "TU Sandbox",
             }
         )
 

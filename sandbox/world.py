@@ -14,7 +14,10 @@ Sizes scale from ``students`` (CO student records, active and exmatriculated):
   plus applicants who are not admitted yet (status E, no STUDID, an application without a study).
 * Stud.IP: most active students have an account (half of them with their matriculation number in
   the ``Matrikelnummer`` datafield, e-mails in varying case), staff (dozent, tutor, admin), guests,
-  the API account; three semesters of courses (previous, current, next) with memberships.
+  the API account (root, a member of no course); three semesters of courses (previous, current,
+  next) with memberships, a few courses running over two semesters (previous–current,
+  current–next), a few unlimited ones (no start or end semester) and study groups (unlimited
+  too, type 99; one founded by a student, who is its ``dozent``).
 * LMS: learners (most active students, some staff, external crew), courses and registrations
   (pending, active, completed, retakes); a few external logins collide with Stud.IP usernames.
 """
@@ -187,10 +190,10 @@ class StudipCourse:
     title: str
     subtitle: str
     sem_type: str  # key of SEM_TYPE in /studip/settings, as a string
-    start_semester: str | None
+    start_semester: str | None  # None (with end_semester): unlimited, runs in every semester
     end_semester: str | None
     institute_id: str
-    group: int
+    group: int  # the colour group a member sees; the API account is a member of none
     modified_at: datetime = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -298,9 +301,15 @@ SEM_TYPES: dict[str, tuple[str, str]] = {
     "4": ("Praktikum", "1"),
     "5": ("Vorlesung mit Übung", "1"),
     "9": ("Projektgruppe", "2"),
-    "99": ("Studiengruppe", "3"),
+    "99": ("Studiengruppe", "99"),
 }
-SEM_CLASSES: dict[str, str] = {"1": "Lehre", "2": "Forschung", "3": "Organisation"}
+SEM_CLASSES: dict[str, str] = {
+    "1": "Lehre",
+    "2": "Forschung",
+    "3": "Organisation",
+    "99": "Studiengruppen",
+}
+STUDYGROUP_CLASSES = frozenset({"99"})  # SEM_CLASS entries with studygroup_mode 1
 INST_TYPES: dict[str, str] = {"1": "Einrichtung", "7": "Fakultät"}
 
 GIVEN_M = (
@@ -652,6 +661,9 @@ class World:
         for _ in range(max(1, self.size // 50)):
             self._generate_guest(rng, created)
         self._generate_lms(rng, staff, created)
+        # after everything else, from a generator of their own: the records above stay as they
+        # were before these courses existed
+        self._generate_long_courses(random.Random(self.seed * 1_000_003 + 17), staff, created)
 
     def _generate_studip_structure(self) -> None:
         for index, (name, faculty) in enumerate(INSTITUTES):
@@ -828,6 +840,72 @@ class World:
         )
         self.studip_courses[course.course_id] = course
         return course
+
+    def _generate_long_courses(
+        self, rng: random.Random, staff: dict[str, list[str]], created: datetime
+    ) -> None:
+        """Courses over two semesters, unlimited courses and a study group founded by a
+        student, each with a few active students."""
+        students = sorted(
+            u.user_id
+            for u in self.studip_users.values()
+            if u.perms == "autor" and u.pid is not None and self.persons[u.pid].kind == "student"
+        )
+        if not students:
+            return
+        spans = [
+            (self.previous_semester, self.current_semester),
+            (self.current_semester, self.next_semester),
+            (None, None),
+        ]
+        count = max(1, self.size // 150)
+        for kind, (start, end) in enumerate(spans):
+            for n in range(count):
+                number = f"LV.{kind + 1}{n:02d}"
+                title = ("Projektseminar", "Forschungspraktikum", "Mentoring")[kind]
+                course = StudipCourse(
+                    _hex_id(self.seed, "course", "long", kind, n),
+                    number,
+                    f"{title} ({n + 1})",
+                    "",
+                    rng.choice(("2", "4")),
+                    start.semester_id if start else None,
+                    end.semester_id if end else None,
+                    rng.choice(list(self.studip_institutes)),
+                    rng.randint(1, 8),
+                    created,
+                )
+                self.studip_courses[course.course_id] = course
+                self.enrol(course.course_id, rng.choice(staff["dozent"]), "dozent")
+                for user_id in rng.sample(students, min(len(students), rng.randint(3, 6))):
+                    self.enrol(course.course_id, user_id, "autor")
+        founder, *members = rng.sample(students, min(len(students), 3))
+        group = StudipCourse(
+            _hex_id(self.seed, "course", "studygroup", "students"),
+            "",
+            "Lerngruppe Statistik",
+            "",
+            "99",
+            None,
+            None,
+            rng.choice(list(self.studip_institutes)),
+            8,
+            created,
+        )
+        self.studip_courses[group.course_id] = group
+        self.enrol(group.course_id, founder, "dozent")  # the founder is the group's dozent
+        for user_id in members:
+            self.enrol(group.course_id, user_id, "autor")
+
+    def course_runs_in(self, course: StudipCourse, semester_id: str) -> bool:
+        """Whether Stud.IP returns ``course`` for ``?semester=<semester_id>``: from its start to
+        its end semester, every semester when it has none (unlimited)."""
+        if course.start_semester is None:
+            return True
+        begin = self.studip_semesters[semester_id].begin
+        start = self.studip_semesters[course.start_semester].begin
+        end = self.studip_semesters[course.end_semester or course.start_semester].begin
+        return start <= begin <= end
 
     def enrol(self, course_id: str, user_id: str, status: str) -> None:
         self.memberships[course_id][user_id] = status
@@ -1202,11 +1280,11 @@ class World:
             summary.add("exmatriculation", student.stpersonnr)
 
     def _current_and_next_courses(self, user_id: str) -> list[str]:
-        wanted = {self.current_semester.semester_id, self.next_semester.semester_id}
+        wanted = (self.current_semester.semester_id, self.next_semester.semester_id)
         return sorted(
             c
             for c in self.user_courses.get(user_id, ())
-            if self.studip_courses[c].start_semester in wanted
+            if any(self.course_runs_in(self.studip_courses[c], s) for s in wanted)
         )
 
     def _step_name_and_email_changes(

@@ -26,6 +26,8 @@ from sandbox.expected import (
 )
 from sandbox.world import (
     LMS_STUDENT_ID_FIELD,
+    SEM_TYPES,
+    STUDYGROUP_CLASSES,
     CoStudent,
     LmsLearner,
     World,
@@ -74,12 +76,19 @@ def load_sources(conn: duckdb.DuckDBPyConnection, world: World) -> None:
             "? AS begin_at, ? AS end_at, ? AS changed_in_sync",
             [m.semester_id, m.title, _ts(m.begin), _ts(m.end), KEY],
         )
+    # as the crawl lands them: the earliest selected semester a course came back for (every
+    # selected one for an unlimited course), and whether its type is a study group's
+    selected = sorted(
+        (world.studip_semesters[s] for s in default_semester_ids(world)), key=lambda s: s.begin
+    )
     for course_id in courses:
         c = world.studip_courses[course_id]
+        first = next(s.semester_id for s in selected if world.course_runs_in(c, s.semester_id))
         conn.execute(
             "INSERT INTO studip_courses BY NAME SELECT ? AS course_id, ? AS number, ? AS title, "
             "? AS subtitle, ? AS type, ? AS start_semester_id, ? AS end_semester_id, "
-            "? AS group_nr, ? AS changed_in_sync",
+            "NULL AS group_nr, ? AS first_selected_semester_id, ? AS studygroup, "
+            "? AS changed_in_sync",
             [
                 c.course_id,
                 c.number,
@@ -88,7 +97,8 @@ def load_sources(conn: duckdb.DuckDBPyConnection, world: World) -> None:
                 c.sem_type,
                 c.start_semester,
                 c.end_semester,
-                c.group,
+                first,
+                SEM_TYPES[c.sem_type][1] in STUDYGROUP_CLASSES,
                 KEY,
             ],
         )

@@ -552,24 +552,32 @@ def test_a_failing_request_stops_the_crawl_with_its_error(
 
 
 @responses.activate
-def test_user_search_is_a_plain_list_paged_until_a_short_page(client: StudipClient) -> None:
-    def user(n: int, username: str) -> dict[str, Any]:
-        name = {"username": username, "formatted": "", "family": "", "given": ""}
-        return {"user_id": f"{n:032x}", "username": username, "name": name, "perms": "dozent"}
+def test_user_search_is_a_collection_of_short_records_paged_on_total(client: StudipClient) -> None:
+    """Stud.IP 5.5 answers /users?q= with {"collection": [short records], "pagination"}: the
+    hits carry no perms, e-mail or datafields (fixtures 022-025)."""
 
-    first = [user(1, "a.lehre.koordination"), user(2, "b.lehre")]
+    def hit(n: int, username: str) -> dict[str, Any]:
+        name = {"username": username, "formatted": "", "family": "", "given": "",
+                "prefix": "", "suffix": ""}  # fmt: skip
+        return {"id": f"{n:032x}", "href": f"/api.php/user/{n:032x}", "name": name}
+
+    def answer(hits: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+        return {"collection": hits, "pagination": {"total": 3, "offset": offset, "limit": 2}}
+
     responses.get(
         f"{BASE}/users",
-        json=first,
+        json=answer([hit(1, "a.lehre.koordination"), hit(2, "b.lehre")], 0),
         match=[matchers.query_param_matcher({"q": "lehre", "offset": "0", "limit": "2"})],
     )
     responses.get(
         f"{BASE}/users",
-        json=[user(3, "lehre.koordination")],
+        json=answer([hit(3, "lehre.koordination")], 2),
         match=[matchers.query_param_matcher({"q": "lehre", "offset": "2", "limit": "2"})],
     )
     pages = list(client.search_users("lehre"))
-    assert [[u.username for u in p.records] for p in pages] == [
-        ["a.lehre.koordination", "b.lehre"],
-        ["lehre.koordination"],
+    assert [[(u.id, u.username) for u in p.records] for p in pages] == [
+        [(f"{1:032x}", "a.lehre.koordination"), (f"{2:032x}", "b.lehre")],
+        [(f"{3:032x}", "lehre.koordination")],
     ]
+    assert [p.request_key for p in pages] == ["/users?q=lehre"] * 2
+    assert len(responses.calls) == 2, "stops on offset + items >= total"

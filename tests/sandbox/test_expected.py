@@ -65,16 +65,23 @@ def _user(
 
 
 def _course(
-    world: World, course_id: str, number: str, title: str, subtitle: str, semester_id: str | None
+    world: World,
+    course_id: str,
+    number: str,
+    title: str,
+    subtitle: str,
+    semester_id: str | None,
+    end_semester_id: str | None = None,
+    sem_type: str = "1",
 ) -> StudipCourse:
     course = StudipCourse(
         course_id,
         number,
         title,
         subtitle,
-        "1",
+        sem_type,
         semester_id,
-        semester_id,
+        end_semester_id or semester_id,
         "inst",
         5 if semester_id else 8,
         T0,
@@ -143,7 +150,12 @@ def hand_world() -> World:
     _course(world, "c-now", "INF.101", "Algorithmen", "Gruppe 1", current.semester_id)
     _course(world, "c-next", "INF.102", "Datenbanken", "", following.semester_id)
     _course(world, "c-old", "INF.100", "Grundlagen", "", previous.semester_id)
-    _course(world, "c-group", "", "Lerngruppe", "", None)
+    # runs from the previous semester into the current one: its term is where it started
+    _course(world, "c-long", "INF.103", "Projekt", "", previous.semester_id, current.semester_id)
+    # unlimited (no semesters): the earliest selected semester's term
+    _course(world, "c-open", "INF.104", "Mentoring", "", None, sem_type="2")
+    # a study group (type 99, SEM_CLASS with studygroup_mode): never a section
+    _course(world, "c-group", "", "Lerngruppe", "", None, sem_type="99")
     world.enrol("c-now", "u-dora", "dozent")
     world.enrol("c-now", "u-theo", "tutor")
     world.enrol("c-now", "u-anna", "autor")
@@ -152,7 +164,12 @@ def hand_world() -> World:
     world.enrol("c-next", "u-bernd", "autor")
     world.enrol("c-old", "u-dora", "dozent")
     world.enrol("c-old", "u-anna", "autor")
+    world.enrol("c-long", "u-dora", "dozent")
+    world.enrol("c-long", "u-anna", "autor")
+    world.enrol("c-open", "u-dora", "dozent")
+    world.enrol("c-open", "u-bernd", "autor")
     world.enrol("c-group", "u-dora", "dozent")
+    world.enrol("c-group", "u-gina", "dozent")  # Gina founded it: no professor for that
 
     world.lms_courses["L1"] = LmsCourse("L1", "9973400", "Basic Safety Training", "OFF01")
     for reg_id, login, status in (("r1", "agruber", 2), ("r2", "bhuber", 1), ("r3", "crew8", 1)):
@@ -164,7 +181,7 @@ def hand_world() -> World:
 
 def test_expected_state_of_a_hand_checked_world(hand_world: World) -> None:
     expected = expected_hub_state(hand_world)
-    now, nxt = "2026W", "2027S"
+    before, now, nxt = "2026S", "2026W", "2027S"
     now_name, next_name = "WS 2026/2027", "SS 2027"
 
     def student_link(section: str, student: str, term: str) -> tuple[str, dict]:
@@ -227,6 +244,8 @@ def test_expected_state_of_a_hand_checked_world(hand_world: World) -> None:
         "subject": {
             "INF.101": {"code": "INF.101", "name": "Algorithmen", "status": "active"},
             "INF.102": {"code": "INF.102", "name": "Datenbanken", "status": "active"},
+            "INF.103": {"code": "INF.103", "name": "Projekt", "status": "active"},
+            "INF.104": {"code": "INF.104", "name": "Mentoring", "status": "active"},
             "9973400": {"code": "9973400", "name": "Basic Safety Training", "status": "active"},
         },
         "user": {
@@ -285,6 +304,20 @@ def test_expected_state_of_a_hand_checked_world(hand_world: World) -> None:
                 "term_code": nxt,
                 "status": "active",
             },
+            "c-long": {
+                "code": "c-long",
+                "name": "Projekt (SS 2026)",
+                "sis_id": "c-long",
+                "term_code": before,
+                "status": "active",
+            },
+            "c-open": {
+                "code": "c-open",
+                "name": f"Mentoring ({now_name})",
+                "sis_id": "c-open",
+                "term_code": now,
+                "status": "active",
+            },
             "lms-L1": {
                 "code": "lms-L1",
                 "name": "Basic Safety Training",
@@ -299,12 +332,19 @@ def test_expected_state_of_a_hand_checked_world(hand_world: World) -> None:
                 student_link("c-now", "01234567", now),
                 student_link("c-now", "geder", now),
                 student_link("c-next", "01234568", nxt),
+                student_link("c-long", "01234567", before),
+                student_link("c-open", "01234568", now),
                 student_link("lms-L1", "01234567", now),
                 student_link("lms-L1", "01234568", now),  # crew login joined to Bernd by login
             ]
         ),
         "sectionteacher": dict(
-            [teacher_link("c-now", "INF.101", now), teacher_link("c-next", "INF.102", nxt)]
+            [
+                teacher_link("c-now", "INF.101", now),
+                teacher_link("c-next", "INF.102", nxt),
+                teacher_link("c-long", "INF.103", before),
+                teacher_link("c-open", "INF.104", now),
+            ]
         ),
     }
     assert expected.unsendable == {
@@ -312,15 +352,18 @@ def test_expected_state_of_a_hand_checked_world(hand_world: World) -> None:
         "studip:u-theo": "a teacher without cpf or e-mail",
         "lms:crew8": "no date of birth",
     }
-    assert expected.reached_courses == {"c-now", "c-next"}
+    assert expected.reached_courses == {"c-now", "c-next", "c-long", "c-open", "c-group"}
+    assert set(expected.sections) == {"c-now", "c-next", "c-long", "c-open"}
     assert expected.persons["co:101"].lms.login == "bhuber"
 
 
 def test_unreached_users_are_not_persons(hand_world: World) -> None:
     hand_world.drop("c-now", "u-gina")
     expected = expected_hub_state(hand_world)
-    assert "geder" not in expected.state["user"]
-    assert "studip:u-gina" not in expected.persons
+    assert "geder" not in expected.state["user"], "a study group gives no role"
+    assert "studip:u-gina" in expected.persons, "but its members are reached"
+    hand_world.drop("c-group", "u-gina")
+    assert "studip:u-gina" not in expected_hub_state(hand_world).persons
 
 
 def test_generated_world_projection_is_consistent() -> None:

@@ -277,7 +277,7 @@ def test_course_shape(studip: StudipServer, world: World) -> None:
     body = get(studip, f"/course/{course.course_id}").json()
     assert set(body) == COURSE_KEYS
     assert body["type"] == course.sem_type and isinstance(body["type"], str)
-    assert body["group"] == 5 and isinstance(body["group"], int)
+    assert body["group"] is None, "the API account's colour group: it is no member"
     assert body["start_semester"] == f"/api.php/semester/{course.start_semester}"
     assert body["end_semester"] == f"/api.php/semester/{course.end_semester}"
     dozent_key = f"/api.php/user/{world.seed_dozent_id}"
@@ -301,7 +301,22 @@ def test_study_group_has_null_semesters(studip: StudipServer, world: World) -> N
     body = get(studip, f"/course/{studygroup_id(world)}").json()
     assert body["type"] == "99"
     assert body["start_semester"] is None and body["end_semester"] is None
-    assert body["group"] == 8
+    assert body["group"] is None
+    assert set(body["modules"]) == {"documents", "wiki"}, "no forum in a study group"
+
+
+def test_group_is_the_api_accounts_colour_group_where_it_is_a_member(
+    studip: StudipServer, world: World
+) -> None:
+    course_id, account = series_id(world), world.api_account.user_id
+    with world.lock:
+        world.enrol(course_id, account, "autor")
+    try:
+        assert get(studip, f"/course/{course_id}").json()["group"] == 5
+    finally:
+        with world.lock:
+            world.drop(course_id, account)
+    assert get(studip, f"/course/{course_id}").json()["group"] is None
 
 
 def test_course_without_lecturers_serialises_them_as_a_list(
@@ -397,7 +412,10 @@ def test_settings_carry_the_type_tables(studip: StudipServer) -> None:
     }
     assert body["SEM_CLASS"]["1"]["name"] == "Lehre"
     assert body["INST_TYPE"]["7"] == {"name": "Fakultät"}
-    assert {"name", "sitzung", "color"} <= set(body["TERMIN_TYP"]["1"])
+    assert set(body["TERMIN_TYP"]["1"]) == {"name", "sitzung"}
+    assert body["SEM_TYPE"]["99"]["class"] == "99"
+    assert body["SEM_CLASS"]["99"]["studygroup_mode"] == "1"
+    assert body["SEM_CLASS"]["1"]["studygroup_mode"] == "0"
 
 
 def test_discovery_is_a_flat_route_map(studip: StudipServer) -> None:
@@ -417,17 +435,20 @@ def test_discovery_is_a_flat_route_map(studip: StudipServer) -> None:
     assert body["/user/:user_id"]["delete"] == "deleteUser - deletes a user"
 
 
-def test_user_search_is_a_list(studip: StudipServer, world: World) -> None:
+def test_user_search_is_a_collection_of_short_records(studip: StudipServer, world: World) -> None:
     dozent = world.studip_users[world.seed_dozent_id]
     body = get(studip, "/users", params={"q": "KOORDINATION"}).json()
-    assert isinstance(body, list)
-    assert [u["user_id"] for u in body] == [dozent.user_id]
-    assert set(body[0]) == USER_KEYS
+    assert isinstance(body["collection"], list)
+    assert [u["id"] for u in body["collection"]] == [dozent.user_id]
+    assert set(body["collection"][0]) == MINI_USER_KEYS, "no perms, e-mail or datafields"
+    assert body["pagination"] == {"total": 1, "offset": 0, "limit": 20}
     family = world.persons[dozent.pid].family
     by_name = get(studip, "/users", params={"q": family.lower(), "limit": 500}).json()
-    assert dozent.user_id in {u["user_id"] for u in by_name}
-    assert [u["username"] for u in by_name] == sorted(u["username"] for u in by_name)
-    assert get(studip, "/users", params={"q": "zz-nobody-zz"}).json() == []
+    hits = by_name["collection"]
+    assert dozent.user_id in {u["id"] for u in hits}
+    assert [u["name"]["username"] for u in hits] == sorted(u["name"]["username"] for u in hits)
+    none = get(studip, "/users", params={"q": "zz-nobody-zz"}).json()
+    assert none == {"collection": [], "pagination": {"total": 0, "offset": 0, "limit": 20}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,12 +582,50 @@ def test_semester_filter(studip: StudipServer, world: World) -> None:
     user_id = world.seed_dozent_id
     semester = world.current_semester.semester_id
     body = get(studip, f"/user/{user_id}/courses", params={"semester": semester}).json()
-    assert [c["course_id"] for c in body["collection"].values()] == [series_id(world)]
-    assert body["pagination"]["total"] == 1
+    unlimited = sorted(c for c in world.user_courses[user_id] if c != series_id(world)
+                       and world.studip_courses[c].start_semester is None)  # fmt: skip
+    assert unlimited, "the seed dozent runs a study group"
+    ids = [c["course_id"] for c in body["collection"].values()]
+    assert ids[0] == series_id(world) and sorted(ids[1:]) == unlimited
+    assert body["pagination"]["total"] == 1 + len(unlimited)
     bad = get(studip, f"/user/{user_id}/courses", params={"semester": "0" * 32})
     assert bad.status_code == 400
     assert bad.headers["Content-Type"] == JSON_TYPE
     assert bad.json() == "Semester not found."
+
+
+def test_semester_filter_returns_the_courses_running_in_it(
+    studip: StudipServer, world: World
+) -> None:
+    """A course from the previous into the current semester comes back for both, with its
+    start semester; an unlimited one for every semester (reference/studip.md, second look)."""
+    long = next(
+        c for c in world.studip_courses.values()
+        if c.start_semester == world.previous_semester.semester_id
+        and c.end_semester == world.current_semester.semester_id
+    )  # fmt: skip
+    open_ended = next(
+        c for c in world.studip_courses.values() if c.start_semester is None and c.sem_type != "99"
+    )
+    member = next(iter(world.memberships[long.course_id]))
+    for semester in (world.previous_semester, world.current_semester):
+        body = get(
+            studip, f"/user/{member}/courses", params={"semester": semester.semester_id}
+        ).json()
+        assert body["collection"][f"/api.php/course/{long.course_id}"]["start_semester"] == (
+            f"/api.php/semester/{long.start_semester}"
+        )
+    body = get(
+        studip, f"/user/{member}/courses", params={"semester": world.next_semester.semester_id}
+    ).json()
+    assert f"/api.php/course/{long.course_id}" not in (body["collection"] or {})
+    member = next(iter(world.memberships[open_ended.course_id]))
+    for semester in world.semesters_in_order:
+        body = get(
+            studip, f"/user/{member}/courses", params={"semester": semester.semester_id}
+        ).json()
+        course = body["collection"][f"/api.php/course/{open_ended.course_id}"]
+        assert course["start_semester"] is None and course["end_semester"] is None
 
 
 # --------------------------------------------------------------------------------------------
