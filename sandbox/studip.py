@@ -120,97 +120,269 @@ AVATAR_SIZES = ("small", "medium", "normal", "original")
 CACHE_MIN_MEMBERS = 256
 ALLOW_NOBODY = frozenset({"/semesters", "/semester/:semester_id"})
 
-# Every route of the installation as /discovery lists it (templates without /api.php). The ones
-# hubsync reads are served; the others only make the listing realistic.
+# Every route of the installation as /discovery lists it (templates without /api.php): the listing
+# of a real Stud.IP 5.5.8 (fixtures/studip-5.5.8/001-discovery.json; long descriptions cut). The
+# ones hubsync reads are served; the others only make the listing realistic.
 ROUTE_CATALOGUE: dict[str, dict[str, str | None]] = {
+    "/blubber/threads": {"get": "Get threads"},
+    "/blubber/threads/:thread_id": {
+        "get": 'Get content and some comments for a blubber-thread or for the "global…'
+    },
+    "/blubber/threads/:thread_id/comments": {
+        "get": "Write a comment to a thread",
+        "post": "Write a comment to a thread",
+    },
+    "/blubber/threads/:thread_id/comments/:comment_id": {"put": "Write a comment to a thread"},
+    "/blubber/threads/:thread_id/follow": {
+        "delete": "User unfollows a thread.",
+        "get": "Does the current user follow the thread?",
+        "post": "User follows a thread.",
+    },
+    "/clipboard/:clipboard_id": {"delete": "Deletes a clipboard.", "put": "Edits a clipboard."},
+    "/clipboard/:clipboard_id/item": {"post": "Adds an item to a clipboard."},
+    "/clipboard/:clipboard_id/item/:range_id": {
+        "delete": "Removes an item (selected by its range-ID) from a clipboard."
+    },
+    "/clipboard/add": {"post": "Adds a new clipboard."},
+    "/comment/:comment_id": {"delete": "News-Comment löschen", "get": "News-Comment auslesen"},
+    "/contact_group/:group_id": {
+        "delete": "Remove a contact group",
+        "get": "Show a single contact group",
+    },
+    "/contact_group/:group_id/members": {"get": "List all members of a contact group"},
+    "/contact_group/:group_id/members/:user_id": {
+        "delete": "Remove a user from a contact group",
+        "put": "Add a user to a contact group",
+    },
+    "/course/:course_id": {"get": "Show a single course"},
+    "/course/:course_id/events": {"get": "returns events for a given course"},
+    "/course/:course_id/feedback": {"get": "List all feedback elements of a course"},
+    "/course/:course_id/forum_categories": {
+        "get": "List all categories of a forum",
+        "post": "Create a new category",
+    },
+    "/course/:course_id/members": {"get": "List all members of a course."},
+    "/course/:course_id/news": {"get": "News einer Veranstaltung auslesen", "post": "News anlegen"},
+    "/course/:course_id/top_folder": {"get": "Get the root file folder of a course."},
+    "/course/:range_id/wiki": {"get": "Wikiseitenindex einer Veranstaltung"},
+    "/course/:range_id/wiki/:keyword": {
+        "get": "Wikiseite auslesen",
+        "put": "Wikiseite ändern/hinzufügen",
+    },
+    "/course/:range_id/wiki/:keyword/:version": {"get": "Wikiseite auslesen"},
     "/discovery": {"get": "Schnittstellenbeschreibung"},
-    "/studip/settings": {"get": "Grundlegende Systemeinstellungen"},
+    "/feedback/:feedback_id": {
+        "delete": "Delete a feedback element",
+        "get": "Get a feedback element",
+        "put": "Edit a feedback element",
+    },
+    "/feedback/:feedback_id/entries": {"get": "Get all entries of a feedback element"},
+    "/feedback/:feedback_id/entry": {"post": "add an entry for a feedback element"},
+    "/feedback/entry/:entry_id": {
+        "delete": "delete an entry of a feedback element",
+        "put": "edit an entry of a feedback element",
+    },
+    "/feedback/range/:range_id/:range_type": {
+        "get": "List all feedback elements for a range",
+        "post": "Create feedback element for a range",
+    },
+    "/file/:file_ref_id": {
+        "delete": "Deletes a file reference.",
+        "get": "Get a file reference object (metadata)",
+        "put": "Edit a file reference.",
+    },
+    "/file/:file_ref_id/copy/:destination_folder_id": {"post": "Copies a file reference."},
+    "/file/:file_ref_id/download": {
+        "get": "Get the data of a file by the ID of an associated FileRef object"
+    },
+    "/file/:file_ref_id/move/:destination_folder_id": {"post": "Moves a file reference."},
+    "/file/:file_ref_id/update": {"post": "Update file data using a FileReference to it."},
+    "/file/:folder_id": {"post": "Upload file to given folder."},
+    "/folder/:folder_id": {
+        "delete": "Deletes a folder.",
+        "get": "Get a folder object with its file references, subdirectories and the…",
+        "put": "Allows editing the name or the description (or both) of a folder.",
+    },
+    "/folder/:folder_id/copy/:destination_folder_id": {
+        "post": "Copies a folder into another folder."
+    },
+    "/folder/:folder_id/files": {"get": "Get a list with all FileRef objects of a folder."},
+    "/folder/:folder_id/move/:destination_folder_id": {
+        "post": "Move a folder into another folder."
+    },
+    "/folder/:folder_id/permissions": {
+        "get": "Get a list with permissions the current user has for a folder."
+    },
+    "/folder/:folder_id/subfolders": {"get": "Get a list with all FileRef objects of a folder."},
+    "/folder/:parent_folder_id/new_folder": {
+        "post": "Creates a new folder inside of another folder and returns the new obj…"
+    },
+    "/forum_category/:category_id": {
+        "delete": "Delete a category",
+        "get": "Read a category",
+        "put": "Update a category",
+    },
+    "/forum_category/:category_id/areas": {
+        "get": "Show entries of a category",
+        "post": "Add a new forum entry to an existing one",
+    },
+    "/forum_entry/:entry_id": {
+        "delete": "Delete an entry",
+        "get": "Get a forum entry",
+        "post": "Add a new forum entry to an existing one",
+        "put": "Update an existing one forum entry",
+    },
+    "/message/:message_id": {
+        "delete": "Löscht eine Nachricht.",
+        "get": "Liefert die Daten der angegebenen Nachricht zurück.",
+        "put": "Eine Nachricht als (un)gelesen markieren.",
+    },
+    "/message/:message_id/file_folder": {
+        "get": "Get the root file folder of a message. The root file folder contains…"
+    },
+    "/messages": {"post": "Schreibt eine neue Nachricht."},
+    "/news/:news_id": {"delete": "News löschen", "get": "News auslesen", "put": "News updaten"},
+    "/news/:news_id/comments": {"get": "News-Comments auslesen", "post": "News-Comment anlegen"},
+    "/resources/add_property": {"post": "Creates a new resource property definition."},
+    "/resources/booking/:booking_id/intervals": {
+        "get": "Retrieves the intervals of the resource booking."
+    },
+    "/resources/booking/:booking_id/move": {"post": "Moves a resource booking, if permitted."},
+    "/resources/booking_interval/:interval_id/toggle_takes_place": {
+        "post": "Change the status of a resource booking interval:"
+    },
+    "/resources/categories": {"get": "Returns all defined resource categories."},
+    "/resources/category/:category_id": {
+        "delete": "Deletes a resource category.",
+        "get": "Get a resource category object.",
+        "put": "Modifies a resource category.",
+    },
+    "/resources/category/:category_id/create_resource": {"post": "Creates a resource."},
+    "/resources/category/:category_id/properties": {
+        "get": "Get all resource category property objects for a resource category."
+    },
+    "/resources/category/:category_id/resources": {
+        "get": "Returns all resources which belong to the specified category."
+    },
+    "/resources/new_category": {"post": "Creates a resource category object."},
+    "/resources/permissions/:resource_id": {
+        "get": "Get the permission levels of users for the specified resource."
+    },
+    "/resources/permissions/:resource_id/:user:_id": {
+        "get": "Returns the permissions a specific user has on a specified resource."
+    },
+    "/resources/permissions/:resource_id/:user_id": {"delete": None, "post": None},
+    "/resources/properties": {"get": "Returns all resource property definitions."},
+    "/resources/property/:property_id": {
+        "delete": "Deletes a resource property definition object.",
+        "get": "Get a resource property definition object.",
+        "put": "Modifies a resource property definition.",
+    },
+    "/resources/request/:request_id/edit_reply_comment": {
+        "post": "Changes the reply comment of a request."
+    },
+    "/resources/request/:request_id/move": {"post": "Moves a resource request, if permitted."},
+    "/resources/request/:request_id/toggle_marked": {
+        "post": "Changes the reply comment of a request."
+    },
+    "/resources/resource/:resource_id": {
+        "delete": "Deletes a resource object.",
+        "get": "Get a resource object.",
+        "put": "Modifies a resource object.",
+    },
+    "/resources/resource/:resource_id/assign": {
+        "post": "Creates a booking/reservation/lock for a resource."
+    },
+    "/resources/resource/:resource_id/booking_plan": {
+        "get": "Returns the booking plan of a resource for a week specified"
+    },
+    "/resources/resource/:resource_id/bookings": {"get": None},
+    "/resources/resource/:resource_id/children": {
+        "get": "Returns the child resources of a resource object, if they exist."
+    },
+    "/resources/resource/:resource_id/parent": {
+        "get": "Returns the parent resource of a resource object, if it exists."
+    },
+    "/resources/resource/:resource_id/properties": {
+        "get": "Get all property objects of a resource."
+    },
+    "/resources/resource/:resource_id/request_simple": {"post": "Creates a resource request."},
+    "/resources/resource/:resource_id/requests": {
+        "get": "Gets request of a resource. At your option the requests can be"
+    },
+    "/resources/resource/:resource_id/semester_plan": {
+        "get": "Returns the booking plan of a resource for a selected semester."
+    },
+    "/resources/temporary_permissions/:resource_id": {
+        "get": "Get the temporary permission levels of users for the specified resour…"
+    },
+    "/resources/temporary_permissions/:resource_id/:user:_id": {
+        "get": "Returns the permissions a specific user has on a specified resource."
+    },
+    "/resources/temporary_permissions/:resource_id/:user_id": {
+        "delete": "Deletes all temporary permissions of a user.",
+        "post": "Sets temporary permissions for a user.",
+    },
+    "/room_clipboard/:clipboard_id/booking_plan": {
+        "get": "Returns the request/booking plan for a room clipboard."
+    },
+    "/room_clipboard/:clipboard_id/semester_plan": {
+        "get": "Returns the semester plan for a room clipboard."
+    },
+    "/semester/:semester_id": {"get": "Returns a single semester."},
+    "/semester/:timestamp/week": {"get": "Returns the semester week as string for a given string"},
+    "/semesters": {"get": "Returns a list of all semesters."},
     "/studip/colors": {"get": "Farbeinstellungen"},
+    "/studip/content_terms_of_use_list": {
+        "get": "Get a collection of all ContentTermsOfUse objects"
+    },
+    "/studip/file_system/folder_types": {
+        "get": "Returns a list of defined folder types, separated by range type."
+    },
     "/studip/news": {"get": "Globale News auslesen", "post": "News anlegen"},
-    "/studip/content_terms_of_use_list": {"get": "Liste der Nutzungsbedingungen"},
-    "/studip/file_system/folder_types": {"get": None},
+    "/studip/settings": {"get": "Grundlegende Systemeinstellungen"},
     "/user": {"get": "getUser - retrieves data of a user"},
     "/user/:user_id": {
-        "get": "getUser - retrieves data of a user",
         "delete": "deleteUser - deletes a user",
+        "get": "getUser - retrieves data of a user",
     },
-    "/users": {"get": "Searches for users"},
-    "/user/:user_id/courses": {"get": "Lists all courses of a user"},
-    "/user/:user_id/institutes": {"get": "Lists all institutes of a user"},
+    "/user/:user_id/:box": {
+        "get": "Liefert die vorhandenen Nachrichten des autorisierten Nutzers zurück.",
+        "head": "Liefert die Anzahl der vorhandenen Nachrichten des autorisierten Nutz…",
+    },
+    "/user/:user_id/activitystream": {"get": "List activities for an user"},
+    "/user/:user_id/config/:field": {
+        "delete": "Removes a specific config entry for a given user",
+        "get": "Returns the value of a specific config entry for a given user",
+        "put": "Stored the value of a specific config entry for a given user",
+    },
+    "/user/:user_id/contact_groups": {
+        "get": "List all contact groups of a user",
+        "post": "Create a new contact group for a user.",
+    },
+    "/user/:user_id/contacts": {"get": "Lists all contacts of a user"},
+    "/user/:user_id/contacts/:friend_id": {
+        "delete": "Deletes a contact",
+        "put": "Adds/Updates a contact to user's list of contacts",
+    },
+    "/user/:user_id/courses": {
+        "get": "Lists all courses of a user including the semesters in which"
+    },
+    "/user/:user_id/courses/:course_id": {
+        "patch": "Patches the course member data of a user and course. Pass data to be"
+    },
+    "/user/:user_id/events": {
+        "get": "returns all upcoming events within the next two weeks for a given user"
+    },
+    "/user/:user_id/events.ics": {"get": "returns an iCAL Export of all events for a given user"},
+    "/user/:user_id/institutes": {"get": "returns institutes for a given user"},
     "/user/:user_id/news": {"get": "News eines Nutzers auslesen", "post": "News anlegen"},
-    "/user/:user_id/events": {"get": "Kalendereinträge der nächsten zwei Wochen"},
-    "/user/:user_id/events.ics": {"get": "Kalendereinträge im iCal-Format"},
-    "/user/:user_id/schedule": {"get": "Stundenplan des aktuellen Semesters"},
-    "/user/:user_id/schedule/:semester_id": {"get": "Stundenplan eines Semesters"},
-    "/user/:user_id/contacts": {"get": "Kontakte eines Nutzers", "post": None},
-    "/user/:user_id/contacts/:buddy_user_id": {"put": None, "delete": None},
-    "/user/:user_id/contact_groups": {"get": None, "post": None},
-    "/contact_group/:group_id": {"get": None, "delete": None},
-    "/contact_group/:group_id/members": {"get": None},
-    "/contact_group/:group_id/members/:user_id": {"put": None, "delete": None},
-    "/user/:user_id/inbox": {"get": "Posteingang eines Nutzers"},
-    "/user/:user_id/outbox": {"get": "Postausgang eines Nutzers"},
-    "/user/:user_id/activitystream": {"get": "Aktivitäten eines Nutzers"},
-    "/user/:user_id/top_folder": {"get": "Hauptordner eines Nutzers"},
-    "/user/:user_id/blubber": {"get": "Blubber eines Nutzers", "post": None},
-    "/user/:user_id/config/:field": {"get": None, "put": None, "delete": None},
-    "/course/:course_id": {"get": "Show a single course"},
-    "/course/:course_id/members": {"get": "Lists the members of a course"},
-    "/course/:course_id/events": {"get": "Termine einer Veranstaltung"},
-    "/course/:course_id/events.ics": {"get": None},
-    "/course/:course_id/news": {"get": "News einer Veranstaltung", "post": "News anlegen"},
-    "/course/:course_id/forum_categories": {
-        "get": "Forenkategorien einer Veranstaltung",
-        "post": "Forenkategorie anlegen",
+    "/user/:user_id/schedule": {"get": "returns schedule for a given user and semester"},
+    "/user/:user_id/schedule/:semester_id": {
+        "get": "returns schedule for a given user and semester"
     },
-    "/course/:course_id/top_folder": {"get": "Hauptordner einer Veranstaltung"},
-    "/course/:course_id/files": {"get": None},
-    "/course/:course_id/wiki": {"get": "Wiki-Seiten einer Veranstaltung"},
-    "/course/:course_id/wiki/:keyword": {"get": "Eine Wiki-Seite", "put": "Wiki-Seite ändern"},
-    "/course/:course_id/wiki/:keyword/:version": {"get": "Eine Version einer Wiki-Seite"},
-    "/course/:course_id/blubber": {"get": None, "post": None},
-    "/course/:course_id/feedback": {"get": None},
-    "/semesters": {"get": "Liste aller Semester"},
-    "/semester/:semester_id": {"get": "Ein einzelnes Semester"},
-    "/semester/:timestamp/week": {"get": "Semesterwoche zu einem Zeitpunkt"},
-    "/news/:news_id": {
-        "get": "Eine Ankündigung",
-        "put": "Ankündigung ändern",
-        "delete": "Ankündigung löschen",
-    },
-    "/news/:news_id/comments": {"get": "Kommentare einer Ankündigung", "post": None},
-    "/comment/:comment_id": {"get": "Ein Kommentar", "delete": "Kommentar löschen"},
-    "/blubber/threads": {"get": "Blubber-Threads des Nutzers"},
-    "/blubber/threads/:thread_id": {"get": None},
-    "/blubber/threads/:thread_id/comments": {"get": None, "post": None},
-    "/blubber/postings": {"post": "Blubber anlegen"},
-    "/blubber/stream/:stream_id": {"get": None},
-    "/blubber/posting/:blubber_id": {"get": None, "put": None, "delete": None},
-    "/blubber/posting/:blubber_id/comments": {"get": None, "post": None},
-    "/blubber/comment/:blubber_id": {"get": None, "put": None, "delete": None},
-    "/file/:file_ref_id": {"get": "Datei-Metadaten", "put": None, "delete": None},
-    "/file/:file_ref_id/content": {"get": "Dateiinhalt", "post": None},
-    "/file/:file_ref_id/copy": {"post": None},
-    "/file/:file_ref_id/move": {"post": None},
-    "/folder/:folder_id": {"get": "Ein Ordner", "put": None, "delete": None},
-    "/folder/:folder_id/files": {"get": "Dateien eines Ordners"},
-    "/folder/:folder_id/subfolders": {"get": "Unterordner eines Ordners"},
-    "/folder/:folder_id/permissions": {"get": None},
-    "/folder/:folder_id/new_folder": {"post": None},
-    "/folder/:folder_id/copy": {"post": None},
-    "/folder/:folder_id/move": {"post": None},
-    "/forum_category/:category_id": {"get": None, "put": None, "delete": None},
-    "/forum_category/:category_id/areas": {"get": None, "post": None},
-    "/forum_entry/:entry_id": {"get": None, "post": None, "put": None, "delete": None},
-    "/messages": {"post": "Schreibt eine neue Nachricht."},
-    "/message/:message_id": {"get": "Eine Nachricht", "put": None, "delete": None},
-    "/resources/categories": {"get": None},
-    "/resources/resource/:resource_id": {"get": None},
-    "/resources/resource/:resource_id/bookings": {"get": None},
-    "/resources/resource/:resource_id/request_list": {"get": None},
-    "/resources/booking/:booking_id": {"get": None, "put": None, "delete": None},
-    "/feedback/range/:range_id/:range_type": {"get": None},
-    "/feedback/:feedback_id": {"get": None, "put": None, "delete": None},
+    "/user/:user_id/top_folder": {"get": "Get the root file folder of a user's file area."},
+    "/users": {"get": "Searches for users by a given keyword."},
 }
 
 TERMIN_TYP: dict[str, dict[str, Any]] = {
@@ -239,7 +411,33 @@ TITLES: dict[str, list[str]] = {
     "user": ["Leser/-in", "Leser/-innen"],
     "accepted": ["Vorläufig akzeptierte Person", "Vorläufig akzeptierte Personen"],
 }
-CLASS_MODULES = ("CoreOverview", "CoreAdmin", "CoreDocuments", "CoreForum", "CoreWiki")
+# The modules each SEM_CLASS of a 5.5.8 offers (its keys are module names, so they are part of
+# the answer's shape).
+_TEACHING_MODULES = (
+    "CoreOverview", "CoreAdmin", "CoreDocuments", "CoursewareModule", "Blubber", "CoreForum",
+    "CoreWiki", "CoreParticipants", "CoreSchedule", "CoreScm", "ConsultationModule",
+    "FeedbackModule", "GradebookModule", "LtiToolModule",
+)  # fmt: skip
+CLASS_MODULES: dict[str, tuple[str, ...]] = {
+    "1": (*_TEACHING_MODULES, "CoreCalendar", "CoreElearningInterface", "IliasInterfaceModule"),
+    "2": (*_TEACHING_MODULES, "CoreCalendar", "CoreElearningInterface"),
+    "3": _TEACHING_MODULES,
+    "99": (
+        "CoreOverview", "CoreDocuments", "CoursewareModule", "Blubber", "CoreForum", "CoreWiki",
+        "CoreScm", "CoreCalendar", "CoreStudygroupAdmin", "CoreStudygroupParticipants",
+    ),
+}  # fmt: skip
+CLASS_TITLE_FIELDS = (
+    "title_dozent", "title_dozent_plural", "title_tutor", "title_tutor_plural", "title_autor",
+    "title_autor_plural",
+)  # fmt: skip
+CLASS_TITLES: dict[str, tuple[str | None, ...]] = {  # null: the default status names
+    "2": ("LeiterIn", "LeiterInnen", "Mitglied", "Mitglieder", None, None),
+    "99": (
+        "GruppengründerIn", "GruppengründerInnen", "ModeratorIn", "ModeratorInnen", "Mitglied",
+        "Mitglieder",
+    ),
+}  # fmt: skip
 
 
 def sem_class_object(key: str, name: str) -> dict[str, Any]:
@@ -262,16 +460,7 @@ def sem_class_object(key: str, name: str) -> dict[str, Any]:
         "studygroup_mode": "1" if studygroup else "0",
         "admission_prelim_default": "0",
         "admission_type_default": "0",
-        **dict.fromkeys(
-            (
-                "title_dozent",
-                "title_dozent_plural",
-                "title_tutor",
-                "title_tutor_plural",
-                "title_autor",
-                "title_autor_plural",
-            )
-        ),
+        **dict(zip(CLASS_TITLE_FIELDS, CLASS_TITLES.get(key, (None,) * 6), strict=True)),
         "show_raumzeit": "0" if studygroup else "1",
         "is_group": "0",
         "unlimited_forbidden": "0",
@@ -279,7 +468,7 @@ def sem_class_object(key: str, name: str) -> dict[str, Any]:
         "chdate": "1641229573",
         "modules": {
             module: {"activated": "1", "sticky": "1" if module == "CoreOverview" else "0"}
-            for module in CLASS_MODULES
+            for module in CLASS_MODULES[key]
         },
     }
 
