@@ -184,7 +184,7 @@ def test_missing_routes_fail_before_any_crawling(
     message = error.to_string()
     assert "GET /user/:user_id/institutes, GET /course/:course_id/members" in message
     assert "administrator" in message
-    assert sb.studip.request_count() == served(sb, "/discovery") == 1
+    assert sb.studip.request_count() == 1, "nothing after /discovery"
     assert query(warehouse, "SELECT count(*) FROM raw_studip_pages") == [(0,)]
 
 
@@ -324,3 +324,140 @@ def test_the_full_sync_job_runs_the_studip_assets(tmp_path: Path, sb: Sandbox) -
     assert json.loads(summary)["raw"]["raw_studip_pages"]["pages"] > 0
     users, _ = expected_crawl(sb.world)
     assert ids(warehouse, "SELECT user_id FROM studip_users") == users
+
+
+# -- what a real Stud.IP 5.5 does (issue: the sandbox got it wrong) ----------------------------
+
+
+def test_courses_running_in_a_selected_semester_are_kept_with_their_semesters(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, sb: Sandbox
+) -> None:
+    """?semester= returns every course running in it: one from the previous semester into the
+    current one, and unlimited ones (no start semester), are kept with their start and end
+    semester and the earliest selected semester they came back for; with group null."""
+    world = sb.world
+    assert materialize(instance, warehouse, studip_for(sb), FULL).success
+    _, courses = expected_crawl(world)
+    current = world.current_semester.semester_id
+    rows = {
+        row[0]: row[1:]
+        for row in query(
+            warehouse,
+            "SELECT course_id, start_semester_id, end_semester_id, first_selected_semester_id, "
+            "group_nr, studygroup FROM studip_courses",
+        )
+    }
+    started_earlier = [
+        c
+        for c in courses
+        if world.studip_courses[c].start_semester == world.previous_semester.semester_id
+    ]
+    unlimited = [c for c in courses if world.studip_courses[c].start_semester is None]
+    assert started_earlier and unlimited, "the world has both kinds, reached"
+    for course_id in started_earlier:
+        assert rows[course_id] == (
+            world.previous_semester.semester_id,
+            current,
+            current,
+            None,
+            False,
+        )
+    for course_id in unlimited:
+        studygroup = world.studip_courses[course_id].sem_type == "99"
+        assert rows[course_id] == (None, None, current, None, studygroup)
+    assert query(warehouse, "SELECT count(*) FROM quarantine WHERE sync_key = ?", [FULL]) == [(0,)]
+
+
+def test_all_semesters_are_read_unfiltered_once_per_user(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, sb: Sandbox
+) -> None:
+    world = sb.world
+    result = materialize(instance, warehouse, studip_for(sb, semesters=["all"]), FULL2)
+    assert result.success
+    users, courses = crawl_studip(world, list(world.studip_semesters), default_seed_ids(world))
+    assert ids(warehouse, "SELECT course_id FROM studip_courses") == courses
+    assert ids(warehouse, "SELECT user_id FROM studip_users") == users
+    assert served(sb, "/user/:user_id/courses") == len(users), "one unfiltered read per user"
+    assert metadata(result)["semesters"] == len(world.studip_semesters)
+    earliest = world.semesters_in_order[0].semester_id
+    assert ids(
+        warehouse,
+        "SELECT DISTINCT first_selected_semester_id FROM studip_courses "
+        "WHERE start_semester_id IS NULL",
+    ) == {earliest}
+
+
+def test_a_bad_course_on_several_pages_is_quarantined_once(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, sb: Sandbox
+) -> None:
+    """An unlimited course comes back on every semester page of every member: its bad record
+    is stored once per sync, not once per page."""
+    world = sb.world
+    _, courses = expected_crawl(world)
+    victim = next(
+        c for c in sorted(courses)
+        if world.studip_courses[c].start_semester is None and len(world.memberships[c]) > 1
+    )  # fmt: skip
+    title = world.studip_courses[victim].title
+    with world.lock:
+        world.studip_courses[victim].title = None  # type: ignore[assignment]
+    try:
+        result = materialize(instance, warehouse, studip_for(sb), FULL2)
+    finally:
+        with world.lock:
+            world.studip_courses[victim].title = title
+    assert result.success
+    pages_with_it = query(
+        warehouse,
+        "SELECT count(*) FROM raw_studip_pages WHERE sync_key = ? AND contains(body::VARCHAR, ?)",
+        [FULL2, victim],
+    )[0][0]
+    assert pages_with_it >= 4, "two semesters times two members at least"
+    rows = query(
+        warehouse,
+        "SELECT record_type, record_key, reason FROM quarantine WHERE sync_key = ?",
+        [FULL2],
+    )
+    assert rows == [("course", victim, "title: Input should be a valid string")]
+    assert metadata(result)["quarantined"] == 1
+
+
+def test_an_empty_seed_user_setting_crawls_from_the_api_account_alone(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, sb: Sandbox
+) -> None:
+    settings = load_settings({**sb.env, "STUDIP_SEED_USERS": ""})
+    assert settings.studip.seed_users == ()
+    result = materialize(instance, warehouse, studip_resource(settings.studip), FULL2)
+    assert result.success
+    assert served(sb, "/users") == 0, "no username to look up"
+    # the API account is a member of no course: nothing else is reached
+    assert ids(warehouse, "SELECT user_id FROM studip_users") == {sb.world.api_account.user_id}
+    assert metadata(result)["seed_users"] == 1
+
+
+def test_a_non_root_account_fails_saying_it_must_be_root(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource
+) -> None:
+    world = World(5, 30, today=TODAY)
+    options = {"studip": {"api_account_is_root": False}}
+    with running_sandbox(port_base=0, world=world, options=options) as sandbox:
+        result = materialize(instance, warehouse, studip_for(sandbox), FULL)
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert error is not None
+    message = error.to_string()
+    assert "must be root" in message and "/user/:user_id/courses" in message
+    assert "STUDIP_USERNAME/STUDIP_PASSWORD" not in message, "the login itself was fine"
+
+
+def test_a_refused_login_fails_at_discovery_naming_the_settings_and_root(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, sb: Sandbox
+) -> None:
+    result = materialize(instance, warehouse, studip_for(sb, password="wrong"), FULL2)
+    assert not result.success
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    assert error is not None
+    message = error.to_string()
+    assert "/discovery" in message and "STUDIP_USERNAME/STUDIP_PASSWORD" in message
+    assert "must be root" in message
+    assert sb.studip.request_count() == 1, "nothing after /discovery"

@@ -89,6 +89,9 @@ def test_values_are_parsed_and_normalised() -> None:
     assert settings.hub.api_url == "https://apihub.example.org/prod"
     assert settings.lms.org_path == "/Root/Uni"
     assert settings.studip.seed_users == ("alice", "bob")
+    assert load_settings({"STUDIP_SEED_USERS": ""}).studip.seed_users == (), "set empty: none"
+    assert load_settings({"STUDIP_SEED_USERS": " , "}).studip.seed_users == ()
+    assert load_settings({}).studip.seed_users == ("lehre.koordination",), "unset: the default"
     assert settings.studip.semesters == ("current",)
     assert settings.co.incremental_threshold == 0
     assert settings.hub.max_delete_share == 1.0

@@ -1,5 +1,6 @@
 """The Stud.IP client: paging, collections, types, errors, OAuth1 and the crawl."""
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -581,3 +582,24 @@ def test_user_search_is_a_collection_of_short_records_paged_on_total(client: Stu
     ]
     assert [p.request_key for p in pages] == ["/users?q=lehre"] * 2
     assert len(responses.calls) == 2, "stops on offset + items >= total"
+
+
+def test_all_selects_every_semester() -> None:
+    ordered = [f"{1:032x}", f"{2:032x}", f"{3:032x}"]
+    assert select_semesters(SEMESTERS, ["all"], at(250)) == ordered
+    assert select_semesters(SEMESTERS, ["ALL"], at(1000)) == ordered, "with no current one"
+
+
+def test_a_refused_connection_says_so_once() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = resource(api_url=f"http://127.0.0.1:{port}/api.php").client(
+        retry_policy=RetryPolicy(attempts=1, backoff_s=0)
+    )
+    with pytest.raises(StudipError) as error:
+        client.user_page()
+    message = str(error.value)
+    assert message.count("Stud.IP: GET") == 1, message
+    assert message.startswith(f"Stud.IP: GET http://127.0.0.1:{port}/api.php/user: /user: no ")
+    assert "ConnectionError" in message
