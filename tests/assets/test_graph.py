@@ -8,14 +8,23 @@ mapping; the end-to-end tests run the real sources.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import dagster as dg
 import duckdb
 import pytest
 
-from assets.graph import SOURCE_TABLES, build_hub_desired, resolve_identities, term_code
+from assets.graph import (
+    SOURCE_TABLES,
+    GraphSettings,
+    build_hub_desired,
+    hub_desired,
+    resolve_identities,
+    term_code,
+)
 from resources.warehouse import WarehouseResource
 from sandbox.expected import (
     OBJECT_TYPES,
@@ -349,3 +358,83 @@ def test_the_matriculation_datafield_is_configurable(warehouse: WarehouseResourc
         assert renamed["studip:studid"] > 0
         missed = resolve_identities(conn)  # still looking in Matrikelnummer: no studid matches
         assert "studip:studid" not in missed
+
+
+def test_matching_works_without_any_datafield(warehouse: WarehouseResource) -> None:
+    """A Stud.IP 5.5 keeps the matriculation number in a column the REST API does not return:
+    with ``datafields`` empty for everyone (the demo's ``[]``), Stud.IP users still join CO
+    students by e-mail and LMS learners by login, the same way as the oracle does."""
+    world = World(seed=19, students=150, today=TODAY)
+    for user in world.studip_users.values():
+        user.datafields.clear()
+    expected = expected_hub_state(world)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        rules = resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        assert desired_state(conn) == expected.state
+    assert "studip:studid" not in rules
+    assert rules["studip:email"] > 0 and rules["lms:login"] > 0
+
+
+def test_what_the_mapping_leaves_out_is_counted(warehouse: WarehouseResource) -> None:
+    """No semester covers the day (a real Stud.IP's demo data is of 2024): every LMS
+    registration goes without a term. Nothing is left out without being counted."""
+    world = World(seed=20, students=120, today=TODAY)
+    later = date(2031, 1, 15)  # after every semester of the world
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        summary = build_hub_desired(conn, VIENNA, later)
+        assert not [k for (k,) in conn.execute(
+            "SELECT key FROM hub_desired WHERE key LIKE 'lms-%'").fetchall()]  # fmt: skip
+        memberships = conn.execute(
+            "SELECT count(*) FILTER (WHERE c.studygroup), count(*) FROM studip_memberships m "
+            "JOIN studip_courses c USING (course_id) WHERE m.status IN ('autor', 'user', 'dozent')"
+        ).fetchone()
+        linked = conn.execute(
+            "SELECT count(*) FROM hub_desired WHERE object_type IN "
+            "('sectionstudent', 'sectionteacher')"
+        ).fetchone()
+    dropped = summary.dropped
+    assert dropped["lms_registrations_without_term"] == len(world.lms_registrations) > 0
+    assert dropped["lms_registrations_without_course"] == 0
+    studygroups = [c for c in world.studip_courses.values() if c.sem_type == "99"]
+    assert dropped["studip_study_groups"] == len(studygroups) > 0
+    assert dropped["studip_memberships_without_section"] == memberships[0] > 0
+    # every student and dozent membership is either a link or counted as left out
+    assert (
+        linked[0]
+        + dropped["studip_memberships_without_section"]
+        + dropped["studip_memberships_without_sendable_person"]
+        == memberships[1]
+    )
+
+    with warehouse.connection() as conn:
+        summary = build_hub_desired(conn, VIENNA, TODAY)
+    assert summary.dropped["lms_registrations_without_term"] == 0
+
+
+def test_the_run_warns_about_what_the_mapping_left_out(warehouse: WarehouseResource) -> None:
+    world = World(seed=21, students=60, today=date(2024, 1, 10))  # no semester covers today
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [hub_desired],
+        instance=instance,
+        resources={"warehouse": warehouse, "graph_settings": GraphSettings()},
+    )
+    metadata = result.asset_materializations_for_node("hub_desired")[0].metadata
+    assert metadata["dropped_lms_registrations_without_term"].value == len(world.lms_registrations)
+    warnings = [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if entry.level == logging.WARNING
+    ]
+    assert any(
+        f"left out of the HUB: {len(world.lms_registrations)} LMS registrations get no HUB "
+        "section: no Stud.IP semester covers today" in message
+        for message in warnings
+    ), warnings
