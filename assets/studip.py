@@ -28,7 +28,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -571,7 +571,10 @@ def find_new_users(client: StudipClient, stager: Stager, student_id_field: str) 
                 if hit.id in read:
                     continue
                 read.add(hit.id)
-                user_page = client.user_page(hit.id)
+                # the crawl may read this user again: this read is landed as the search's
+                user_page = replace(
+                    client.user_page(hit.id), request_key=f"/user/{hit.id}?q={text}"
+                )
                 matching = [
                     u
                     for u in user_page.records

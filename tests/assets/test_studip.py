@@ -461,3 +461,41 @@ def test_a_refused_login_fails_at_discovery_naming_the_settings_and_root(
     assert "/discovery" in message and "STUDIP_USERNAME/STUDIP_PASSWORD" in message
     assert "must be root" in message
     assert sb.studip.request_count() == 1, "nothing after /discovery"
+
+
+def test_an_incremental_search_follows_each_hit_with_its_user_record(
+    instance: dg.DagsterInstance,
+    warehouse: WarehouseResource,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/users?q= hits are short records: each is read with /user/:id to check the rules
+    (e-mail, datafield). A hit that does not match is landed but not staged, and reading it
+    again in the crawl (it is a changed user too) lands a page of its own."""
+    world = World(9, 60, today=TODAY)
+    with running_sandbox(port_base=0, world=world) as sb:
+        studip = studip_for(sb)
+        assert materialize(instance, warehouse, studip, FULL).success
+        users, _ = expected_crawl(world)
+        student = next(u for u in sorted(users) if world.studip_users[u].perms == "autor")
+        person = world.persons[world.studip_users[student].pid or 0]
+        wanted = studip_assets.UnlinkedPerson(
+            f"{person.given} {person.family}", None, "someone.else@example.org", None
+        )
+        monkeypatch.setattr(studip_assets, "unlinked_changed_persons", lambda conn, key: [wanted])
+        monkeypatch.setattr(
+            studip_assets, "changed_studip_user_ids", lambda conn, key, field: [student]
+        )
+        sb.studip.counts.clear()  # type: ignore[attr-defined]
+        result = materialize(instance, warehouse, studip, INCR)
+        assert result.success
+        hits = sb.studip.counts.get("GET /api.php/users", 0)  # type: ignore[attr-defined]
+        assert hits == 1
+        assert served(sb, "/user/:user_id") >= 2, "the hit's record, then the crawl's"
+    keys = ids(
+        warehouse,
+        "SELECT request_key FROM raw_studip_pages WHERE sync_key = ? "
+        "AND request_key LIKE '/user/%' AND request_key NOT LIKE '%/courses%' "
+        "AND request_key NOT LIKE '%/institutes'".replace("?", f"'{INCR}'", 1),
+    )
+    assert f"/user/{student}" in keys
+    assert any(k.startswith(f"/user/{student}?q=") for k in keys)
