@@ -219,9 +219,6 @@ class StudipCourse(StudipModel):
         return semester_id_of(self.end_semester)
 
 
-StudipMemberRef = StudipUserRef
-
-
 class StudipMember(StudipModel):
     member: StudipUserRef
     status: MemberStatus
