@@ -36,6 +36,7 @@ def warehouse(warehouse_path: Path) -> WarehouseResource:
 # The longest modules first: the workers (pytest-xdist, one module each) start on them at once
 # and fill the rest of the time with the short ones, instead of ending on one long module.
 SLOW_MODULES = (
+    "tests/deploy/test_production.py",
     "tests/faults/test_kill.py",
     "tests/faults/test_fault_matrix.py",
     "tests/test_end_to_end.py",
