@@ -18,6 +18,7 @@ from typing import TextIO
 import dagster as dg
 from dagster._utils.error import SerializableErrorInfo  # the error in failure events
 
+from assets.sync import SYNC_MODE_TAG
 from pipelines.partitions import SyncMode, sync_runs_partitions
 
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -130,11 +131,11 @@ def run_sync(
     asset_selection: Sequence[dg.AssetKey] | None = None,
     out: TextIO | None = None,
 ) -> SyncReport:
-    """Add ``key`` to the sync_runs partitions and run the ``mode`` sync job for it here,
+    """Add ``key`` (of ``mode``) to the sync_runs partitions and run the sync job for it here,
     printing progress to ``out`` (default: stdout)."""
     out = out or sys.stdout
     report = SyncReport(key=key, mode=mode, run_id=str(uuid.uuid4()))
-    job = defs.resolve_job_def(f"{mode}_sync_job")
+    job = defs.resolve_job_def("sync_job")
     with dg.DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance):
             print(f"hubsync: run {run_id} had died unfinished; marked failed", file=out)
@@ -148,7 +149,11 @@ def run_sync(
             partition_key=key,
             run_id=report.run_id,
             run_config=_QUIET_CONSOLE,
-            tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
+            tags={
+                PID_TAG: str(os.getpid()),
+                HOST_TAG: socket.gethostname(),
+                SYNC_MODE_TAG: mode,
+            },
             asset_selection=asset_selection,
             raise_on_error=False,
         )

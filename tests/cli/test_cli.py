@@ -91,10 +91,10 @@ def test_first_sync_is_full_then_incremental(
     with dg.DagsterInstance.get() as instance:  # the CLI's instance is the UI's instance
         runs = instance.get_runs(limit=3)
         assert len(instance.get_runs()) == earlier_runs + 3
-    assert [r.job_name for r in reversed(runs)] == [
-        "full_sync_job",
-        "incremental_sync_job",
-        "full_sync_job",
+    assert [(r.job_name, r.tags["hubsync/mode"]) for r in reversed(runs)] == [
+        ("sync_job", "full"),
+        ("sync_job", "incremental"),
+        ("sync_job", "full"),
     ]
     assert all(r.tags["dagster/partition"].startswith(("full-", "incr-")) for r in runs)
 
