@@ -4,8 +4,6 @@ Settings are read at import, so an invalid environment fails the code location l
 ``ConfigError`` naming each bad variable. Nothing here opens the warehouse.
 """
 
-import os
-
 import dagster as dg
 
 from assets.campusonline import CAMPUSONLINE_ASSETS
@@ -43,23 +41,6 @@ ASSET_TABLES = {
     "hub_acknowledgement": "hub_state",
 }
 COLUMN_SCHEMA = "dagster/column_schema"
-# Runs launched by the daemon or the UI print to the terminal of `hubsync ui` (dagster dev).
-# Without a logger of its own a job logs every framework event there at DEBUG (hundreds of lines
-# per sync); this console logger defaults to INFO: the assets' own messages, warnings, errors.
-# The UI's run log keeps every event either way. `hubsync ui --verbose` sets DEBUG.
-CONSOLE_LOG_LEVEL_ENV = "HUBSYNC_CONSOLE_LOG_LEVEL"
-
-
-def console_logger() -> dg.LoggerDefinition:
-    level = os.environ.get(CONSOLE_LOG_LEVEL_ENV, "").strip().upper() or "INFO"
-    return dg.LoggerDefinition(
-        dg.colored_console_logger.logger_fn,
-        config_schema={
-            "log_level": dg.Field(str, is_required=False, default_value=level),
-            "name": dg.Field(str, is_required=False, default_value="dagster"),
-        },
-        description=f"The console logger of hubsync runs, {level} unless configured.",
-    )
 
 
 def with_table_schema(spec: dg.AssetSpec) -> dg.AssetSpec:
@@ -92,7 +73,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         # (seconds per step on a busy host). Runs from the daemon and the UI then execute like
         # the CLI's, in the run worker's process; pools still apply.
         executor=dg.in_process_executor,
-        loggers={"console": console_logger()},
         jobs=[
             sync_job,
             hub_acknowledgement_job,

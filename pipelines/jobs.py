@@ -7,6 +7,8 @@ modes, so there is one job and no key that could be the wrong one for it. ``sync
 run with its mode (``hubsync/mode``); the schedule, the sensor and the CLI set that tag up front.
 """
 
+import os
+
 import dagster as dg
 
 from assets.hub import hub_acknowledgement
@@ -20,6 +22,14 @@ from assets.sync import SYNC_TAG, mark_sync_failed, sync_summary
 SYNC_SELECTION = dg.AssetSelection.assets(sync_summary).upstream()
 
 
+# Runs launched by the daemon or the UI print to the terminal of `hubsync ui` (dagster dev).
+# Without logger config a run logs every framework event there at DEBUG (hundreds of lines per
+# sync); this default config says INFO: the assets' own messages, warnings and errors. The UI's
+# run log keeps every event and message either way. `hubsync ui --verbose` sets DEBUG.
+CONSOLE_LOG_LEVEL_ENV = "HUBSYNC_CONSOLE_LOG_LEVEL"
+CONSOLE_LOG_LEVEL = os.environ.get(CONSOLE_LOG_LEVEL_ENV, "").strip().upper() or "INFO"
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": CONSOLE_LOG_LEVEL}}}}
+
 sync_job = dg.define_asset_job(
     "sync_job",
     selection=SYNC_SELECTION,
@@ -28,6 +38,7 @@ sync_job = dg.define_asset_job(
     # dagster.yaml limits runs tagged hubsync/sync to one at a time: syncs queue, never overlap.
     tags={SYNC_TAG: "true"},
     hooks={mark_sync_failed},
+    config=RUN_CONFIG,
 )
 
 
@@ -38,6 +49,7 @@ hub_acknowledgement_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(hub_acknowledgement),
     description="Applies the getLog results of HUB batches that finished after their sync "
     "stopped waiting. Started by hub_log_sensor.",
+    config=RUN_CONFIG,
 )
 
 prune_sync_runs_job = dg.define_asset_job(
@@ -45,6 +57,7 @@ prune_sync_runs_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(sync_retention),
     description="Removes sync keys older than HUBSYNC_KEEP_DAYS with their warehouse rows, "
     "keeping the latest full sync and what the current state builds on. Daily schedule.",
+    config=RUN_CONFIG,
 )
 
 

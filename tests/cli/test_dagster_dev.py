@@ -2,13 +2,16 @@
 log INFO to its terminal, not every framework event at DEBUG."""
 
 import io
-import logging
+import os
+import subprocess
+import sys
 
 import dagster as dg
+import pytest
 
 from cli.dagster_dev import dagster_dev_command, is_chatter, relay
 from pipelines.definitions import build_definitions
-from resources.settings import load_settings
+from resources.settings import PROJECT_ROOT, load_settings
 
 # As dagster dev prints them (colour codes included), from a real `hubsync ui` session.
 CHATTER = [
@@ -54,14 +57,28 @@ def test_verbose_asks_dagster_dev_for_debug() -> None:
     ]
 
 
-def test_runs_without_logger_config_log_info_to_the_console(monkeypatch) -> None:
-    # what a daemon- or UI-launched run gets: the jobs' console logger and its default config
-    job = build_definitions(load_settings({})).resolve_job_def("sync_job")
-    console = job.loggers["console"]
-    assert console.config_schema.config_type.fields["log_level"].default_value == "INFO"
-    monkeypatch.setenv("HUBSYNC_CONSOLE_LOG_LEVEL", "debug")  # hubsync ui --verbose
-    job = build_definitions(load_settings({})).resolve_job_def("sync_job")
-    field = job.loggers["console"].config_schema.config_type.fields["log_level"]
-    assert field.default_value == "DEBUG"
-    assert logging.getLevelName(field.default_value) == logging.DEBUG
-    assert isinstance(console, dg.LoggerDefinition)
+def test_runs_launched_without_run_config_log_info_to_the_console(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # as the daemon and the UI launch them: no run config but the job's own
+    defs = build_definitions(load_settings({}))
+    job = defs.resolve_job_def("prune_sync_runs_job")
+    with dg.instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance).success
+    console = capfd.readouterr().err
+    assert "pruned 0 sync keys older than 90 days" in console  # the asset's INFO message
+    assert " - DEBUG - " not in console  # STEP_START, STEP_OUTPUT, HOOK_SKIPPED, ...
+    assert " - INFO - " in console
+
+
+def test_verbose_runs_log_debug() -> None:
+    script = "from pipelines.jobs import sync_job; print(sync_job.config)"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "HUBSYNC_CONSOLE_LOG_LEVEL": "debug"},  # hubsync ui --verbose
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "'log_level': 'DEBUG'" in result.stdout, result.stderr
