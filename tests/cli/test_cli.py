@@ -234,7 +234,7 @@ def test_a_source_that_has_not_landed_says_what_it_needs(
 
 
 def test_sync_of_a_landed_source_selects_its_group(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, live_sandbox: Sandbox
 ) -> None:
     monkeypatch.setitem(SOURCES, "co", Source(asset_group="sync"))
     code, out, _ = run(capsys, "sync", "--source", "co")
