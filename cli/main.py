@@ -138,6 +138,11 @@ def _demo(args: argparse.Namespace) -> int:
             )
             stack.enter_context(environment(sandbox_environment(sandbox.urls)))
             settings = load_settings()
+        else:  # real systems: say so in one line if one does not answer
+            unreachable = unreachable_message(settings, ["co", "studip", "lms", "hub"])
+            if unreachable:
+                print(unreachable, file=sys.stderr)
+                return 1
         code = _run_sync(settings, full=True)
     print(
         "\nSee the run, its assets and the warehouse tables in the Dagster UI:\n"
@@ -158,7 +163,7 @@ def _ui(args: argparse.Namespace) -> int:
     )
     with ExitStack() as stack:
         env = dict(os.environ)
-        if args.verbose:  # the runs' console logger (pipelines/definitions.py)
+        if args.verbose:  # the runs' console log level (pipelines/jobs.py)
             env["HUBSYNC_CONSOLE_LOG_LEVEL"] = "DEBUG"
         if settings.uses_sandbox:
             sandbox = stack.enter_context(

@@ -68,6 +68,14 @@ def test_sync_names_every_unreachable_system_in_one_line_and_starts_no_run(
         assert instance.get_runs() == []
 
 
+def test_demo_against_real_systems_that_do_not_answer(
+    capsys: pytest.CaptureFixture[str], nothing_answers: dict[str, str]
+) -> None:
+    assert main(["demo"]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("hubsync: no answer from CAMPUSonline at ") and err.count("\n") == 1
+
+
 def test_sync_of_one_source_checks_only_that_source(
     capsys: pytest.CaptureFixture[str], nothing_answers: dict[str, str]
 ) -> None:
