@@ -29,6 +29,7 @@ PID_TAG = "hubsync/pid"
 HOST_TAG = "hubsync/host"
 _UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 _STEP_WRAPPER = dg.DagsterExecutionStepExecutionError.__name__
+_NOT_EXECUTING = "Dependencies for step "
 UNSENDABLE_REASONS = "unsendable_by_reason"  # hub_desired's metadata: persons per reason
 
 
@@ -100,7 +101,9 @@ class _Progress:
         event = entry.dagster_event
         step = entry.step_key
         if event is None:
-            if entry.level >= logging.INFO:
+            # Dagster says of every step after a failure that it is not executing; the summary
+            # lists those steps once.
+            if entry.level >= logging.INFO and not entry.user_message.startswith(_NOT_EXECUTING):
                 self._say(f"    {step or 'run'}: {entry.user_message}")
             return
         if event.event_type == dg.DagsterEventType.RUN_FAILURE:
@@ -271,6 +274,18 @@ def _unsendable(report: SyncReport) -> list[str]:
     ]
 
 
+def _wrapped(first: str, names: list[str], width: int = 100) -> list[str]:
+    """``first`` and the comma-separated ``names``, broken between names."""
+    lines, line = [], first
+    for nr, name in enumerate(names):
+        item = name + ("," if nr < len(names) - 1 else "")
+        if len(line) + len(item) > width and line.strip():
+            lines.append(line.rstrip())
+            line = "    "
+        line += item + " "
+    return [*lines, line.rstrip()]
+
+
 def render_summary(report: SyncReport, warehouse: Path | None = None) -> str:
     """One screen: key, mode, outcome, the warehouse, then a line per step in run order with
     duration and numbers, and what the numbers that need it mean."""
@@ -285,6 +300,10 @@ def render_summary(report: SyncReport, warehouse: Path | None = None) -> str:
     if report.error:
         lines.append(f"  error: {report.error}")
     order = _run_order(report)
+    not_run = [step for step in order if report.steps[step].status == "not run"]
+    if report.steps and len(not_run) == len(order):
+        not_run = []  # nothing ran: the table says so
+    order = [step for step in order if step not in not_run]
     width = max((len(report.label(step)) for step in order), default=4)
     lines.append(f"  {'step':<{width}}  {'status':<8}  {'time':>7}  numbers")
     for step in order:
@@ -296,5 +315,8 @@ def render_summary(report: SyncReport, warehouse: Path | None = None) -> str:
         )
         label = report.label(step)
         lines.append(f"  {label:<{width}}  {step_report.status:<8}  {shown:>7}  {numbers}".rstrip())
+    if not_run:
+        after = ", after the failure" if not report.success else ""
+        lines += _wrapped(f"  not run{after}: ", [report.label(step) for step in not_run])
     lines += _unsendable(report)
     return "\n".join(lines)

@@ -115,6 +115,10 @@ def test_a_failed_run_exits_non_zero_with_the_error(
     code, out, _ = run(capsys, "sync", "--full")
     assert code == 1
     assert "sync_run: FAILED" in out
+    # the steps after it: once in the summary, not a "Not executing" line each
+    assert "Not executing" not in out
+    assert "  not run, after the failure: " in out
+    assert len(out.splitlines()) < 20
     assert f"error: sync_run: WarehouseError: cannot open the warehouse {not_duckdb}" in out
 
     code, _, err = run(capsys, "sync")  # deciding full vs incremental reads the warehouse

@@ -55,9 +55,26 @@ def test_summary_lists_steps_in_run_order_and_names_the_warehouse() -> None:
         "co_raw_pages",
         "hub_payload",
         "check hub_desired_codes_unique",
-        "sync_summary",
+        "not run: sync_summary",
     ]
     assert "hub_payload_hub_desired_codes_unique" not in text
+
+
+def test_steps_that_never_ran_after_a_failure_share_one_line() -> None:
+    report = SyncReport("full-20261123T020000Z", "full", "run-1", success=False)
+    report.steps["sync_run"] = StepReport("success", 1.0, 2.0)
+    report.steps["co_raw_pages"] = StepReport("failed", 2.0, 3.0)
+    for step in ("co_current_state", "persons", "hub_payload_hub_desired_codes_unique"):
+        report.steps[step] = StepReport("not run")
+    report.labels = {"hub_payload_hub_desired_codes_unique": "check hub_desired_codes_unique"}
+
+    lines = render_summary(report).splitlines()
+
+    assert lines[-3:] == [
+        "  sync_run      success     1.0 s",
+        "  co_raw_pages  failed      1.0 s",
+        "  not run, after the failure: co_current_state, persons, check hub_desired_codes_unique",
+    ]
 
 
 def test_summary_explains_unsendable_persons() -> None:
