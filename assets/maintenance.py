@@ -6,6 +6,12 @@ scoped to them (raw pages, staging, quarantine, cursors, HUB events, batches and
 successful full sync and every key after it (CAMPUSonline and the LMS overlay those on the latest
 full landing), a sync still running, and a sync with HUB batches not yet acknowledged.
 
+It also removes the partitions of keys that never ran: added (in the UI's "Add a partition"
+dialog, typically) but never launched, they would stay "Missing" for ever and a later backfill of
+the missing partitions would run them. A key counts as never run when no run of the instance
+and no warehouse row names it; it goes once its time is more than a day ago, and not while a
+backfill is in progress (its runs are created one by one).
+
 ``record_sync_failure`` marks a sync failed when its run failed or was canceled without the step
 hook getting the chance (a killed run worker, a canceled run, a failure before any step).
 """
@@ -17,10 +23,15 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import duckdb
 import pandas as pd
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus  # not public
 
 from assets.sync import fail_sync_run
 from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.warehouse import WarehouseResource, transaction
+
+# How long a key that no run used is kept: time enough to launch a key added in the UI.
+UNLAUNCHED_KEY_GRACE = timedelta(days=1)
+_PARTITION_TAG = "dagster/partition"
 
 
 class RetentionSettings(dg.ConfigurableResource):
@@ -131,6 +142,29 @@ def prune_warehouse(
     return PruneResult(keys, {t: n for t, n in rows.items() if n})
 
 
+def unlaunched_keys(
+    instance: dg.DagsterInstance, keys: Iterable[str], *, now: datetime, warehouse: set[str]
+) -> list[str]:
+    """The sync keys among ``keys`` that no run and no warehouse row (``warehouse``) names,
+    whose time is more than UNLAUNCHED_KEY_GRACE before ``now``; none while a backfill runs."""
+    in_progress = BulkActionsFilter(
+        statuses=[BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING]
+    )
+    if instance.get_backfills(filters=in_progress, limit=1):
+        return []
+    unlaunched = []
+    for key in keys:
+        try:
+            started_at = parse_sync_key(key).started_at
+        except ValueError:
+            continue  # not a sync key: an operator added it, an operator removes it
+        if key in warehouse or started_at >= now - UNLAUNCHED_KEY_GRACE:
+            continue
+        if not instance.get_runs(filters=dg.RunsFilter(tags={_PARTITION_TAG: key}), limit=1):
+            unlaunched.append(key)
+    return sorted(unlaunched)
+
+
 def _delete(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
     deleted = conn.execute(
         f"DELETE FROM {table} WHERE {column} IN (SELECT key FROM expired_keys)"
@@ -152,21 +186,32 @@ def sync_retention(
     """Prunes sync history: keys older than HUBSYNC_KEEP_DAYS lose their warehouse rows (raw
     pages, staging, quarantine, cursors, HUB events/batches/log, sync_runs) and their sync_runs
     partition. Keeps the latest successful full sync and every key after it, running syncs and
-    keys with HUB batches still awaiting acknowledgement."""
+    keys with HUB batches still awaiting acknowledgement. Keys that never ran (added, never
+    launched) lose their partition once they are a day old."""
     started = datetime.now(UTC)
     instance_keys = context.instance.get_dynamic_partitions(sync_runs_partitions.name)
     with warehouse.connection() as conn:
         result = prune_warehouse(conn, instance_keys, now=started, keep_days=retention.keep_days)
+        in_warehouse = warehouse_keys(conn)
     for key in result.keys:
         if key in instance_keys:
             context.instance.delete_dynamic_partition(sync_runs_partitions.name, key)
+    remaining = [key for key in instance_keys if key not in result.keys]
+    unlaunched = unlaunched_keys(context.instance, remaining, now=started, warehouse=in_warehouse)
+    for key in unlaunched:
+        context.instance.delete_dynamic_partition(sync_runs_partitions.name, key)
     context.log.info(
-        "pruned %d sync keys older than %d days", len(result.keys), retention.keep_days
+        "pruned %d sync keys older than %d days; removed %d keys that never ran",
+        len(result.keys),
+        retention.keep_days,
+        len(unlaunched),
     )
     return dg.MaterializeResult(
         metadata={
             "keys_pruned": len(result.keys),
-            "keys_kept": len(instance_keys) - len(set(result.keys) & set(instance_keys)),
+            "keys_kept": len(remaining) - len(unlaunched),
+            "unlaunched_keys_removed": len(unlaunched),
+            "removed_unlaunched_keys": dg.MetadataValue.json(unlaunched[:200]),
             "rows_deleted": sum(result.rows.values()),
             "rows_deleted_by_table": dg.MetadataValue.json(result.rows),
             "pruned_keys": dg.MetadataValue.json(result.keys[:200]),

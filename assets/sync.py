@@ -15,8 +15,8 @@ import duckdb
 from pipelines.partitions import SyncMode, parse_sync_key, sync_runs_partitions
 from resources.warehouse import WarehouseResource, transaction
 
-# Run tags of the sync jobs: dagster.yaml limits runs tagged SYNC_TAG to one at a time, and
-# SYNC_MODE_TAG says which mode the job is for, so a key of the other mode is refused.
+# Run tags of the sync job: dagster.yaml limits runs tagged SYNC_TAG to one at a time, and
+# SYNC_MODE_TAG says which mode the run's key is (sync_run sets it on runs launched without it).
 SYNC_TAG = "hubsync/sync"
 SYNC_MODE_TAG = "hubsync/mode"
 _PARTITION_TAG = "dagster/partition"  # set by Dagster on every partitioned run
@@ -130,12 +130,8 @@ def sync_run(
     Re-running a key resets its row. Every other asset of a sync runs after this one.
     """
     key = parse_sync_key(context.partition_key)
-    job_mode = context.run.tags.get(SYNC_MODE_TAG)
-    if job_mode is not None and job_mode != key.mode:
-        raise dg.Failure(
-            f"{context.partition_key} is a {key.mode} sync key, but {context.job_name} runs "
-            f"{job_mode} syncs; use a {job_mode} key or the {key.mode} sync job"
-        )
+    if context.run.tags.get(SYNC_MODE_TAG) != key.mode:  # launched from the UI: tag it here
+        context.instance.add_run_tags(context.run.run_id, {SYNC_MODE_TAG: key.mode})
     started_at = datetime.now(UTC)
     with warehouse.connection() as conn:
         open_sync_run(conn, context.partition_key, key.mode, started_at)

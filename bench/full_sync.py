@@ -4,7 +4,7 @@
     .venv/bin/python bench/full_sync.py --students 2000 --latency-ms 20
 
 The sandbox (faults off; ``--latency-ms`` makes every request take at least that long) runs in
-its own process; the sync runs here through the real ``full_sync_job`` (as ``hubsync sync``
+its own process; the sync runs here through the real ``sync_job`` (as ``hubsync sync``
 runs it), with the sandbox capturing every API request. Afterwards the floor replays exactly
 those CO, Stud.IP and LMS requests with plain ``requests`` at the same concurrency, discarding
 the bodies. Reports wall time per stage, pages, records, requests, peak RSS (the sync's, and the

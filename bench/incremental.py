@@ -7,7 +7,7 @@ The sandbox (faults off) runs in its own process. A full sync lands the world fi
 world takes about K changes (``POST /_sandbox/world/step`` scaled to K: new students,
 exmatriculations, name and e-mail changes, study status changes, enrolments, completions) and
 its clock moves past CAMPUSonline's 15-minute view refresh; then one incremental sync runs through
-the real ``incremental_sync_job``. Reports its wall time per stage, the requests each system
+the real ``sync_job`` (an ``incr-…`` key). Reports its wall time per stage, the requests each system
 served during it, the HUB events sent, and the full sync's headline numbers for comparison.
 Prints one JSON object and writes it to bench/results/incremental-<N>-<K>.json.
 """

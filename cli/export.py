@@ -1,5 +1,6 @@
 """`hubsync export TABLE`: any warehouse table or view to stdout as JSON lines or CSV, written by
-DuckDB; `hubsync export students`: every person of the graph as the connector's student JSON."""
+DuckDB; `hubsync export students`: every person of the graph as the connector's student JSON;
+`hubsync export unsendable_persons`: the persons the HUB is not sent, with the reason."""
 
 import json
 import shutil
@@ -33,10 +34,31 @@ def export_table(
     if table not in warehouse_tables(conn):
         raise ValueError(f"no table {table!r} in the warehouse")
     quoted = '"' + table.replace('"', '""') + '"'
+    _export_query(conn, f"SELECT * FROM {quoted}", fmt, out)
+
+
+# The persons hub_desired leaves out (hubsync demo's summary counts them as unsendable_persons).
+UNSENDABLE_PERSONS_SQL = """
+SELECT person_key, unsendable_reason, co_stpersonnr, studip_user_id, lms_login, roles
+FROM persons WHERE unsendable_reason IS NOT NULL
+ORDER BY unsendable_reason, person_key
+"""
+
+
+def export_unsendable_persons(
+    conn: duckdb.DuckDBPyConnection, fmt: ExportFormat, out: TextIO
+) -> None:
+    """Write the persons the HUB is not sent, why, and their ids in each source."""
+    _export_query(conn, UNSENDABLE_PERSONS_SQL, fmt, out)
+
+
+def _export_query(
+    conn: duckdb.DuckDBPyConnection, query: str, fmt: ExportFormat, out: TextIO
+) -> None:
     with tempfile.TemporaryDirectory(prefix="hubsync-export-") as folder:
         target = Path(folder) / f"export.{fmt}"
         path = str(target).replace("'", "''")
-        conn.execute(f"COPY (SELECT * FROM {quoted}) TO '{path}' ({_COPY_OPTIONS[fmt]})")
+        conn.execute(f"COPY ({query}) TO '{path}' ({_COPY_OPTIONS[fmt]})")
         with target.open(encoding="utf-8") as exported:
             shutil.copyfileobj(exported, out)
 

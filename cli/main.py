@@ -4,20 +4,28 @@ Commands are a small registry: each ``Command`` names its handler, or — until 
 hubsync it needs has landed — what it needs, in which case it exits 2 saying so. A later issue
 that implements a command sets ``run`` (and drops ``needs``); one that lands a source sets the
 source's asset group in ``SOURCES``.
+
+Dagster, DuckDB and the assets are imported by the handlers that need them, not here: importing
+Dagster takes seconds, and `hubsync --help` or a configuration error should not wait for it.
 """
 
 import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cli import campusonline
 from cli.home import load_project_dotenv, prepare_dagster_home
+from cli.reachability import unreachable_message
 from resources.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
-from resources.warehouse import WarehouseError, WarehouseResource
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from resources.warehouse import WarehouseResource
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -53,8 +61,25 @@ def _not_landed(what: str, needs: str) -> int:
     return 2
 
 
-def _warehouse(settings: Settings) -> WarehouseResource:
+def _warehouse(settings: Settings) -> "WarehouseResource":
+    from resources.warehouse import WarehouseResource
+
     return WarehouseResource(path=str(settings.warehouse_path))
+
+
+def _campusonline(handler: str) -> Handler:
+    """The CAMPUSonline command ``handler`` of cli/campusonline.py, imported when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        unreachable = unreachable_message(load_settings(), ["co"])
+        if unreachable:
+            print(unreachable, file=sys.stderr)
+            return 1
+        from cli import campusonline
+
+        return getattr(campusonline, handler)(args)
+
+    return run
 
 
 def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) -> int:
@@ -79,7 +104,7 @@ def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) ->
         groups = ["sync", *(SOURCES[code].asset_group for code in sources)]
         selection = list(dg.AssetSelection.groups(*groups).resolve(defs.resolve_asset_graph()))
     report = run_sync(defs, mode, new_sync_key(mode), asset_selection=selection)
-    print(render_summary(report))
+    print(render_summary(report, warehouse=settings.warehouse_path))
     return 0 if report.success else 1
 
 
@@ -88,7 +113,12 @@ def _sync(args: argparse.Namespace) -> int:
         needs = SOURCES[code].needs
         if needs is not None:
             return _not_landed(f"sync --source {code}", needs)
-    return _run_sync(load_settings(), full=args.full, sources=args.source)
+    settings = load_settings()
+    unreachable = unreachable_message(settings, args.source or ["co", "studip", "lms", "hub"])
+    if unreachable:
+        print(unreachable, file=sys.stderr)
+        return 1
+    return _run_sync(settings, full=args.full, sources=args.source)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -108,6 +138,11 @@ def _demo(args: argparse.Namespace) -> int:
             )
             stack.enter_context(environment(sandbox_environment(sandbox.urls)))
             settings = load_settings()
+        else:  # real systems: say so in one line if one does not answer
+            unreachable = unreachable_message(settings, ["co", "studip", "lms", "hub"])
+            if unreachable:
+                print(unreachable, file=sys.stderr)
+                return 1
         code = _run_sync(settings, full=True)
     print(
         "\nSee the run, its assets and the warehouse tables in the Dagster UI:\n"
@@ -118,17 +153,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from cli import dagster_dev
     from cli.local_sandbox import sandbox_environment, sandbox_state_dir, started_sandbox
 
     settings = load_settings()
     home = prepare_dagster_home()
-    command = [
-        sys.executable, "-m", "dagster", "dev",
-        "-w", str(PROJECT_ROOT / "workspace.yaml"),
-        "--host", args.host, "--port", str(args.port),
-    ]  # fmt: skip
+    command = dagster_dev.dagster_dev_command(
+        str(PROJECT_ROOT / "workspace.yaml"), args.host, args.port, verbose=args.verbose
+    )
     with ExitStack() as stack:
         env = dict(os.environ)
+        if args.verbose:  # the runs' console log level (pipelines/jobs.py)
+            env["HUBSYNC_CONSOLE_LOG_LEVEL"] = "DEBUG"
         if settings.uses_sandbox:
             sandbox = stack.enter_context(
                 started_sandbox(sandbox_state_dir(settings.warehouse_path))
@@ -143,10 +179,13 @@ def _ui(args: argparse.Namespace) -> int:
         )
         # Started from DAGSTER_HOME: from the project folder dagster would warn that the
         # project's dagster.yaml is not the instance's (it is copied there).
-        return _wait_for_dagster_dev(subprocess.Popen(command, cwd=home, env=env))
+        process, output = dagster_dev.start(command, cwd=str(home), env=env, verbose=args.verbose)
+        code = _wait_for_dagster_dev(process)
+        output.join(timeout=5)  # its last lines
+        return code
 
 
-def _wait_for_dagster_dev(process: subprocess.Popen[bytes]) -> int:
+def _wait_for_dagster_dev(process: "subprocess.Popen[str]") -> int:
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -168,26 +207,71 @@ def _sandbox(args: argparse.Namespace) -> int:
     return sandbox_main(list(args.args))
 
 
-def _export(args: argparse.Namespace) -> int:
-    from cli.export import export_students, export_table, warehouse_tables
+# A sync holds DuckDB's one lock while a step runs; an export waits that long for it.
+EXPORT_LOCK_WAIT_S = 120.0
 
+
+def _export(args: argparse.Namespace) -> int:
     settings = load_settings()
-    with _warehouse(settings).connection() as conn:
+    if not settings.warehouse_path.exists():  # opening it would create an empty one
+        print(
+            f"hubsync: there is no warehouse at {settings.warehouse_path} (HUBSYNC_WAREHOUSE); "
+            "`hubsync demo` or `hubsync sync` creates it",
+            file=sys.stderr,
+        )
+        return 1
+    from cli.export import (
+        export_students,
+        export_table,
+        export_unsendable_persons,
+        warehouse_tables,
+    )
+
+    with ExitStack() as stack:
+        conn = stack.enter_context(_export_connection(settings))
         if args.table == "students":
             export_students(
                 conn, sys.stdout, co_base_url=settings.co.api_url, zone=settings.co.timezone
             )
             return 0
+        if args.table == "unsendable_persons":
+            export_unsendable_persons(conn, args.format, sys.stdout)
+            return 0
         tables = warehouse_tables(conn)
         if args.table not in tables:
             print(
                 f"hubsync: the warehouse {settings.warehouse_path} has no table {args.table!r}; "
-                f"available: {', '.join(tables)}",
+                f"available: {', '.join(tables)}; and students, unsendable_persons",
                 file=sys.stderr,
             )
             return 1
         export_table(conn, args.table, args.format, sys.stdout)
     return 0
+
+
+@contextmanager
+def _export_connection(settings: Settings) -> Iterator["duckdb.DuckDBPyConnection"]:
+    """The warehouse, once no other process (a sync step) holds its lock; says so if it waits."""
+    import duckdb
+
+    from resources.warehouse import WarehouseError, WarehouseResource, _is_lock_conflict
+
+    path = str(settings.warehouse_path)
+    with ExitStack() as stack:
+        try:
+            conn = stack.enter_context(WarehouseResource(path=path, lock_timeout_s=0).connection())
+        except WarehouseError as exc:
+            if not (isinstance(exc.__cause__, duckdb.Error) and _is_lock_conflict(exc.__cause__)):
+                raise
+            print(
+                f"hubsync: the warehouse {path} is in use by another process (a sync writes "
+                f"it); waiting up to {EXPORT_LOCK_WAIT_S:g} s for it",
+                file=sys.stderr,
+                flush=True,
+            )
+            waiting = WarehouseResource(path=path, lock_timeout_s=EXPORT_LOCK_WAIT_S)
+            conn = stack.enter_context(waiting.connection())
+        yield conn
 
 
 def _sync_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +296,12 @@ def _student_id(parser: argparse.ArgumentParser) -> None:
 def _ui_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=3000, help="web UI port (default 3000)")
     parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log everything, at DEBUG: each run's framework events and every daemon tick "
+        "(by default INFO, without the per-tick lines)",
+    )
+    parser.add_argument(
         "--host",
         default=UI_HOST,
         help=f"address the UI listens on (default {UI_HOST}: this machine only; "
@@ -223,7 +313,8 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "table",
         help="warehouse table or view, e.g. sync_runs; or students: every person as the "
-        "connector's student JSON with their studies, applications, courses and registrations",
+        "connector's student JSON with their studies, applications, courses and registrations; "
+        "or unsendable_persons: the persons not sent to the HUB, and why",
     )
     parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
 
@@ -235,14 +326,14 @@ COMMANDS: tuple[Command, ...] = (
             arguments=_ui_arguments),
     Command("sync", "run one sync now (full if there is no successful full sync yet)", _sync,
             arguments=_sync_arguments),
-    Command("sync-one", "sync one student and print them as JSON", campusonline.sync_one,
+    Command("sync-one", "sync one student and print them as JSON", _campusonline("sync_one"),
             arguments=_student_id),
     Command("show-student", "print one student as CAMPUSonline returns them",
-            campusonline.show_student, arguments=_student_id),
-    Command("show-studies", "print one student's studies", campusonline.show_studies,
+            _campusonline("show_student"), arguments=_student_id),
+    Command("show-studies", "print one student's studies", _campusonline("show_studies"),
             arguments=_student_id),
     Command("show-applications", "print one student's applications",
-            campusonline.show_applications, arguments=_student_id),
+            _campusonline("show_applications"), arguments=_student_id),
     Command("export", "write a warehouse table, or the students, to stdout", _export,
             arguments=_export_arguments),
 )  # fmt: skip
@@ -281,9 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hubsync: configuration error: {exc}", file=sys.stderr)
         return 2
-    except WarehouseError as exc:
-        print(f"hubsync: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("hubsync: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_warehouse_error(exc):
+            raise
+        print(f"hubsync: {exc}", file=sys.stderr)
+        return 1
+
+
+def _is_warehouse_error(exc: Exception) -> bool:
+    # resources.warehouse is loaded already if it raised: no import (of Dagster) just to check
+    warehouse = sys.modules.get("resources.warehouse")
+    return warehouse is not None and isinstance(exc, warehouse.WarehouseError)

@@ -13,11 +13,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import dagster as dg
+from dagster._core.definitions.dependency import NodeHandle
 from dagster._utils.error import SerializableErrorInfo  # the error in failure events
 
+from assets.sync import SYNC_MODE_TAG
 from pipelines.partitions import SyncMode, sync_runs_partitions
 
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -26,6 +29,8 @@ PID_TAG = "hubsync/pid"
 HOST_TAG = "hubsync/host"
 _UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 _STEP_WRAPPER = dg.DagsterExecutionStepExecutionError.__name__
+_NOT_EXECUTING = "Dependencies for step "
+UNSENDABLE_REASONS = "unsendable_by_reason"  # hub_desired's metadata: persons per reason
 
 
 @dataclass
@@ -34,6 +39,7 @@ class StepReport:
     started: float | None = None
     finished: float | None = None
     numbers: dict[str, float] = field(default_factory=dict)  # numeric materialization metadata
+    reasons: dict[str, int] = field(default_factory=dict)  # unsendable persons per reason
 
     @property
     def duration_s(self) -> float | None:
@@ -51,6 +57,10 @@ class SyncReport:
     success: bool = False
     duration_s: float = 0.0
     error: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # step -> how the summary names it
+
+    def label(self, step: str) -> str:
+        return self.labels.get(step, step)
 
 
 def error_text(error: SerializableErrorInfo) -> str:
@@ -84,11 +94,16 @@ class _Progress:
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
+    def _step(self, step: str) -> str:
+        return self.report.label(step)
+
     def __call__(self, entry: dg.EventLogEntry) -> None:
         event = entry.dagster_event
         step = entry.step_key
         if event is None:
-            if entry.level >= logging.INFO:
+            # Dagster says of every step after a failure that it is not executing; the summary
+            # lists those steps once.
+            if entry.level >= logging.INFO and not entry.user_message.startswith(_NOT_EXECUTING):
                 self._say(f"    {step or 'run'}: {entry.user_message}")
             return
         if event.event_type == dg.DagsterEventType.RUN_FAILURE:
@@ -102,24 +117,40 @@ class _Progress:
         step_report = self.report.steps.setdefault(step, StepReport())
         if event.event_type == dg.DagsterEventType.STEP_START:
             step_report.status, step_report.started = "running", entry.timestamp
-            self._say(f"  {step}: started")
+            self._say(f"  {self._step(step)}: started")
         elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
             step_report.status, step_report.finished = "success", entry.timestamp
-            self._say(f"  {step}: done in {step_report.duration_s or 0:.1f} s")
+            self._say(f"  {self._step(step)}: done in {step_report.duration_s or 0:.1f} s")
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
             step_report.status, step_report.finished = "failed", entry.timestamp
             error = event.step_failure_data.error
             message = error_text(error) if error else "failed"
             self.report.error = self.report.error or f"{step}: {message}"
-            self._say(f"  {step}: FAILED: {message}")
+            self._say(f"  {self._step(step)}: FAILED: {message}")
         elif event.event_type == dg.DagsterEventType.STEP_SKIPPED:
             step_report.status = "skipped"
-            self._say(f"  {step}: skipped")
+            self._say(f"  {self._step(step)}: skipped")
         elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             materialization = event.step_materialization_data.materialization
             asset = materialization.asset_key.to_user_string()
             for name, value in _numbers(materialization.metadata).items():
                 step_report.numbers[name if asset == step else f"{asset}.{name}"] = value
+            reasons = materialization.metadata.get(UNSENDABLE_REASONS)
+            if isinstance(reasons, dg.JsonMetadataValue) and isinstance(reasons.value, dict):
+                step_report.reasons = {str(k): int(v) for k, v in reasons.value.items()}
+
+
+def check_labels(job: dg.JobDefinition) -> dict[str, str]:
+    """Step -> "check NAME" for the steps that run asset checks. Their step keys join asset and
+    check name (``persons_persons_unmatched_and_conflicting``), which reads like a typo."""
+    labels = {}
+    for node in job.graph.nodes:
+        assets_def = job.asset_layer.get_assets_def_for_node(NodeHandle(node.name, None))
+        if assets_def is None or assets_def.keys or not assets_def.check_keys:
+            continue
+        names = sorted(key.name for key in assets_def.check_keys)
+        labels[node.name] = "check " + ", ".join(names)
+    return labels
 
 
 def run_sync(
@@ -130,11 +161,12 @@ def run_sync(
     asset_selection: Sequence[dg.AssetKey] | None = None,
     out: TextIO | None = None,
 ) -> SyncReport:
-    """Add ``key`` to the sync_runs partitions and run the ``mode`` sync job for it here,
+    """Add ``key`` (of ``mode``) to the sync_runs partitions and run the sync job for it here,
     printing progress to ``out`` (default: stdout)."""
     out = out or sys.stdout
     report = SyncReport(key=key, mode=mode, run_id=str(uuid.uuid4()))
-    job = defs.resolve_job_def(f"{mode}_sync_job")
+    job = defs.resolve_job_def("sync_job")
+    report.labels = check_labels(job)
     with dg.DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance):
             print(f"hubsync: run {run_id} had died unfinished; marked failed", file=out)
@@ -148,7 +180,11 @@ def run_sync(
             partition_key=key,
             run_id=report.run_id,
             run_config=_QUIET_CONSOLE,
-            tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
+            tags={
+                PID_TAG: str(os.getpid()),
+                HOST_TAG: socket.gethostname(),
+                SYNC_MODE_TAG: mode,
+            },
             asset_selection=asset_selection,
             raise_on_error=False,
         )
@@ -216,23 +252,71 @@ def _headline(name: str) -> bool:
     return name.rsplit(".", 1)[-1] in HEADLINE_NUMBERS
 
 
-def render_summary(report: SyncReport) -> str:
-    """One screen: key, mode, outcome, then a line per step with duration and numbers."""
+def _run_order(report: SyncReport) -> list[str]:
+    """Steps in the order they started; those that never started (skipped, not run) last."""
+    steps = list(report.steps)
+    return sorted(steps, key=lambda s: (report.steps[s].started is None, report.steps[s].started))
+
+
+def _unsendable(report: SyncReport) -> list[str]:
+    reasons: dict[str, int] = {}
+    for step_report in report.steps.values():
+        for reason, count in step_report.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    total = sum(reasons.values())
+    if not total:
+        return []
+    why = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    return [
+        f"  unsendable_persons: {total} persons are not sent to the HUB, which would refuse them:",
+        f"    {why}",
+        "    they stay in the graph; list them: hubsync export unsendable_persons",
+    ]
+
+
+def _wrapped(first: str, names: list[str], width: int = 100) -> list[str]:
+    """``first`` and the comma-separated ``names``, broken between names."""
+    lines, line = [], first
+    for nr, name in enumerate(names):
+        item = name + ("," if nr < len(names) - 1 else "")
+        if len(line) + len(item) > width and line.strip():
+            lines.append(line.rstrip())
+            line = "    "
+        line += item + " "
+    return [*lines, line.rstrip()]
+
+
+def render_summary(report: SyncReport, warehouse: Path | None = None) -> str:
+    """One screen: key, mode, outcome, the warehouse, then a line per step in run order with
+    duration and numbers, and what the numbers that need it mean."""
     outcome = "succeeded" if report.success else "FAILED"
     lines = [
         "",
         f"Sync {report.key} ({report.mode}) {outcome} in {report.duration_s:.1f} s",
         f"  run id: {report.run_id}",
     ]
+    if warehouse is not None:
+        lines.append(f"  warehouse: {warehouse}")
     if report.error:
         lines.append(f"  error: {report.error}")
-    width = max((len(step) for step in report.steps), default=4)
+    order = _run_order(report)
+    not_run = [step for step in order if report.steps[step].status == "not run"]
+    if report.steps and len(not_run) == len(order):
+        not_run = []  # nothing ran: the table says so
+    order = [step for step in order if step not in not_run]
+    width = max((len(report.label(step)) for step in order), default=4)
     lines.append(f"  {'step':<{width}}  {'status':<8}  {'time':>7}  numbers")
-    for step, step_report in report.steps.items():
+    for step in order:
+        step_report = report.steps[step]
         duration = step_report.duration_s
         shown = f"{duration:.1f} s" if duration is not None else "-"
         numbers = " ".join(
             f"{k}={_format_number(v)}" for k, v in step_report.numbers.items() if _headline(k)
         )
-        lines.append(f"  {step:<{width}}  {step_report.status:<8}  {shown:>7}  {numbers}".rstrip())
+        label = report.label(step)
+        lines.append(f"  {label:<{width}}  {step_report.status:<8}  {shown:>7}  {numbers}".rstrip())
+    if not_run:
+        after = ", after the failure" if not report.success else ""
+        lines += _wrapped(f"  not run{after}: ", [report.label(step) for step in not_run])
+    lines += _unsendable(report)
     return "\n".join(lines)

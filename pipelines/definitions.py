@@ -14,11 +14,10 @@ from assets.maintenance import RetentionSettings, sync_retention
 from assets.studip import STUDIP_ASSETS
 from assets.sync import sync_run, sync_summary
 from pipelines.jobs import (
-    full_sync_job,
     hub_acknowledgement_job,
-    incremental_sync_job,
     prune_sync_runs_job,
     record_sync_failure_job,
+    sync_job,
 )
 from pipelines.schedules import build_schedules
 from pipelines.sensors import build_sensors
@@ -75,8 +74,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         # the CLI's, in the run worker's process; pools still apply.
         executor=dg.in_process_executor,
         jobs=[
-            full_sync_job,
-            incremental_sync_job,
+            sync_job,
             hub_acknowledgement_job,
             prune_sync_runs_job,
             record_sync_failure_job,

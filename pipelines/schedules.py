@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from pipelines.jobs import full_sync_job, prune_sync_runs_job
-from pipelines.partitions import new_sync_key, sync_runs_partitions
+from assets.sync import SYNC_MODE_TAG, SYNC_TAG
+from pipelines.jobs import prune_sync_runs_job, sync_job
+from pipelines.partitions import new_sync_key, parse_sync_key, sync_runs_partitions
 from pipelines.sensors import active_runs, describe_run
 
 PRUNE_CRON = "30 4 * * *"  # after the nightly full sync, before the working day
@@ -24,13 +25,24 @@ def plan_full_sync(
 ) -> dg.RunRequest | dg.SkipReason:
     """The tick's decision: a new ``full-…`` key (added to the instance) and a run for it, or
     why not. Other syncs do not stop it: it queues behind them (one sync at a time)."""
-    queued = active_runs(instance, job_name=full_sync_job.name)
+    queued = [run for run in active_runs(instance, tags={SYNC_TAG: "true"}) if _is_full(run)]
     if queued:
         return dg.SkipReason(f"{describe_run(queued[0])}; one full sync at a time")
     key = new_sync_key("full", scheduled_at)
     # Schedules cannot return dynamic partition requests (dagster#14921): add the key here.
     instance.add_dynamic_partitions(sync_runs_partitions.name, [key])
-    return dg.RunRequest(partition_key=key, run_key=key)
+    return dg.RunRequest(partition_key=key, run_key=key, tags={SYNC_MODE_TAG: "full"})
+
+
+def _is_full(run: dg.DagsterRun) -> bool:
+    """A run of a full sync: its mode tag says so, or (launched from the UI, not started yet)
+    its key does."""
+    if SYNC_MODE_TAG in run.tags:
+        return run.tags[SYNC_MODE_TAG] == "full"
+    try:
+        return parse_sync_key(run.tags.get("dagster/partition", "")).mode == "full"
+    except ValueError:
+        return False
 
 
 def build_nightly_full_sync_schedule(
@@ -40,10 +52,10 @@ def build_nightly_full_sync_schedule(
         name="nightly_full_sync_schedule",
         cron_schedule=cron,
         execution_timezone=timezone,
-        job=full_sync_job,
+        job=sync_job,
         default_status=_default_status(running),
         description=f"At '{cron}' ({timezone}; HUBSYNC_FULL_SYNC_CRON) adds a full-… key and "
-        "requests full_sync_job for it.",
+        "requests sync_job for it.",
     )
     def nightly_full_sync_schedule(
         context: dg.ScheduleEvaluationContext,

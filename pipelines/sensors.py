@@ -1,7 +1,7 @@
 """Sensors: what makes hubsync run itself between the nightly full syncs.
 
 * ``incremental_sync_sensor`` adds an ``incr-…`` key every HUBSYNC_INCREMENTAL_INTERVAL seconds
-  and requests ``incremental_sync_job`` for it, unless a sync is queued or running, or no full
+  and requests ``sync_job`` for it, unless a sync is queued or running, or no full
   sync has succeeded yet (an incremental sync overlays the latest full one).
 * ``hub_log_sensor`` polls getLog for the HUB batches the last sync left unfinished and requests
   ``hub_acknowledgement_job`` when one finished. Between syncs only: a sync's own
@@ -21,12 +21,7 @@ import requests
 
 from assets.hub import PENDING_MESSAGES_METADATA, hub_acknowledgement, hub_delivery
 from assets.sync import SYNC_MODE_TAG, SYNC_TAG
-from pipelines.jobs import (
-    full_sync_job,
-    hub_acknowledgement_job,
-    incremental_sync_job,
-    record_sync_failure_job,
-)
+from pipelines.jobs import hub_acknowledgement_job, record_sync_failure_job, sync_job
 from pipelines.partitions import new_sync_key, sync_runs_partitions
 from resources.http import ApiError
 from resources.hub import FINISHED_STATUSES, HubResource
@@ -87,13 +82,16 @@ def plan_incremental_sync(
         return dg.SkipReason(f"{describe_run(running)}; the next incremental sync waits for it")
     if not full_sync_run_succeeded(instance):
         return dg.SkipReason(
-            "no full sync has succeeded yet; start one (hubsync demo, or full_sync_job in the UI)"
+            "no full sync has succeeded yet; start one (hubsync demo, or sync_job for a full-… "
+            "key in the UI)"
         )
     key = new_sync_key("incremental", now)
     if instance.has_dynamic_partition(sync_runs_partitions.name, key):
         return dg.SkipReason(f"{key} exists already")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=key, run_key=key)],
+        run_requests=[
+            dg.RunRequest(partition_key=key, run_key=key, tags={SYNC_MODE_TAG: "incremental"})
+        ],
         dynamic_partitions_requests=[sync_runs_partitions.build_add_request([key])],
     )
 
@@ -101,11 +99,11 @@ def plan_incremental_sync(
 def build_incremental_sync_sensor(interval_s: int, running: bool) -> dg.SensorDefinition:
     @dg.sensor(
         name="incremental_sync_sensor",
-        job=incremental_sync_job,
+        job=sync_job,
         minimum_interval_seconds=interval_s,
         default_status=_default_status(running),
         description=f"Every {interval_s} s (HUBSYNC_INCREMENTAL_INTERVAL) adds an incr-… key "
-        "and requests incremental_sync_job for it; skips while a sync is queued or running and "
+        "and requests sync_job for it; skips while a sync is queued or running and "
         "until a full sync has succeeded.",
     )
     def incremental_sync_sensor(
@@ -211,7 +209,7 @@ def failure_text(context: dg.RunFailureSensorContext) -> str:
 
 
 def build_sync_failure_sensors() -> list[dg.SensorDefinition]:
-    sync_jobs = [full_sync_job, incremental_sync_job]
+    sync_jobs = [sync_job]
 
     @dg.run_failure_sensor(
         name="sync_failure_sensor",

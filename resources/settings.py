@@ -15,8 +15,6 @@ from typing import Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import dagster as dg
-from dagster._utils.schedules import is_valid_cron_string  # the exact rule schedules apply
 from pydantic import SecretStr
 
 # The folder holding workspace.yaml. Relative paths resolve against it, so a code server or run
@@ -278,7 +276,7 @@ class _Reader:
 
     def cron(self, name: str) -> str:
         def parse(value: str) -> str:
-            if not is_valid_cron_string(value):
+            if value != self._default(name) and not _is_valid_cron(value):
                 raise ValueError(value)
             return value
 
@@ -330,6 +328,14 @@ class _Reader:
             )
             return PROJECT_ROOT / self._default(name)
         return path
+
+
+def _is_valid_cron(value: str) -> bool:
+    # Dagster is imported here, not at the top: the CLI reads the settings before it needs
+    # Dagster, and importing it takes seconds (`hubsync --help`, a configuration error).
+    from dagster._utils.schedules import is_valid_cron_string  # the rule schedules apply
+
+    return is_valid_cron_string(value)
 
 
 def _shown(name: str, value: str) -> str:
@@ -428,6 +434,8 @@ def secret_config(name: str, env: Mapping[str, str] | None = None) -> str:
     if variable is None or not variable.secret:
         raise ValueError(f"{name} is not a secret hubsync setting")
     if _is_set(os.environ if env is None else env, name):
+        import dagster as dg
+
         return dg.EnvVar(name)
     if variable.default is None:
         raise ValueError(f"{name} is not set and has no sandbox default")

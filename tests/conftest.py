@@ -1,11 +1,33 @@
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+# Before any project module is imported (and so before any module- or session-scoped fixture
+# runs a command): a scratch Dagster instance and warehouse for the whole session, in every
+# pytest-xdist worker, so nothing reaches the user's data/ or their own DAGSTER_HOME. The
+# function-scoped fixture below gives each test its own on top of these.
+SESSION_FOLDER = Path(tempfile.mkdtemp(prefix="hubsync-tests-"))
+os.environ["DAGSTER_HOME"] = str(SESSION_FOLDER / "dagster_home")
+os.environ["HUBSYNC_WAREHOUSE"] = str(SESSION_FOLDER / "warehouse.duckdb")
 
-from resources.settings import VARIABLES
-from resources.warehouse import WarehouseResource
+import pytest  # noqa: E402
+
+import cli.home  # noqa: E402
+from resources.settings import VARIABLES  # noqa: E402
+from resources.warehouse import WarehouseResource  # noqa: E402
+from tests.data_guard import pytest_sessionfinish, pytest_sessionstart  # noqa: E402, F401
+
+for _variable in VARIABLES:  # the developer's settings, but our scratch places
+    if _variable.name not in ("DAGSTER_HOME", "HUBSYNC_WAREHOUSE"):
+        os.environ.pop(_variable.name, None)
+# Nor the project's .env (load_project_dotenv reads it without overriding the environment).
+cli.home.DOTENV_PATH = SESSION_FOLDER / "absent.env"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SESSION_FOLDER, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -97,7 +97,7 @@ def _sensor_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     return list(
         instance.get_runs(
             filters=dg.RunsFilter(
-                job_name="incremental_sync_job",
+                job_name="sync_job",
                 tags={"dagster/sensor_name": "incremental_sync_sensor"},
             )
         )
@@ -130,7 +130,7 @@ def test_the_daemon_launches_incremental_syncs_that_succeed(
     defs = build_definitions(load_settings())
     key = "full-20261123T020000Z"
     instance.add_dynamic_partitions("sync_runs", [key])
-    full = defs.resolve_job_def("full_sync_job").execute_in_process(
+    full = defs.resolve_job_def("sync_job").execute_in_process(
         instance=instance, partition_key=key, run_config=QUIET_CONSOLE
     )
     assert full.success

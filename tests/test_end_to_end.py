@@ -42,9 +42,7 @@ def run_sync(sandbox, tmp_path: Path):
 
         def run(key: str, *, succeed: bool = True) -> dg.ExecuteInProcessResult:
             instance.add_dynamic_partitions("sync_runs", [key])
-            job = defs.resolve_job_def(
-                "full_sync_job" if key.startswith("full") else "incremental_sync_job"
-            )
+            job = defs.resolve_job_def("sync_job")
             result = job.execute_in_process(
                 instance=instance, partition_key=key, raise_on_error=False
             )

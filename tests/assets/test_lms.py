@@ -472,7 +472,7 @@ def test_the_full_sync_job_runs_the_lms_assets(
     sandbox: Sandbox, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     defs = build_definitions(load_settings({**os.environ, **sandbox.env}))
-    job = defs.resolve_job_def("full_sync_job")
+    job = defs.resolve_job_def("sync_job")
     graph = defs.resolve_asset_graph()
     selection = dg.AssetSelection.groups("sync", "lms").resolve(graph)
     key = "full-20261125T020000Z"

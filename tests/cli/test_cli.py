@@ -1,5 +1,7 @@
 import errno
+import io
 import json
+import os
 import subprocess
 import sys
 import types
@@ -17,6 +19,7 @@ from cli import home
 from cli.local_sandbox import sandbox_environment
 from cli.main import COMMANDS_BY_NAME, SOURCES, Command, Source, _wait_for_dagster_dev, main
 from resources.settings import PROJECT_ROOT, Settings
+from resources.warehouse import WarehouseResource
 from sandbox.server import Sandbox
 from sandbox.server import running_sandbox as real_running_sandbox
 from sandbox.world import World
@@ -91,16 +94,19 @@ def test_first_sync_is_full_then_incremental(
     with dg.DagsterInstance.get() as instance:  # the CLI's instance is the UI's instance
         runs = instance.get_runs(limit=3)
         assert len(instance.get_runs()) == earlier_runs + 3
-    assert [r.job_name for r in reversed(runs)] == [
-        "full_sync_job",
-        "incremental_sync_job",
-        "full_sync_job",
+    assert [(r.job_name, r.tags["hubsync/mode"]) for r in reversed(runs)] == [
+        ("sync_job", "full"),
+        ("sync_job", "incremental"),
+        ("sync_job", "full"),
     ]
     assert all(r.tags["dagster/partition"].startswith(("full-", "incr-")) for r in runs)
 
 
 def test_a_failed_run_exits_non_zero_with_the_error(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    live_sandbox: Sandbox,
 ) -> None:
     not_duckdb = tmp_path / "notes.txt"
     not_duckdb.write_text("not a database\n" * 100)
@@ -109,6 +115,10 @@ def test_a_failed_run_exits_non_zero_with_the_error(
     code, out, _ = run(capsys, "sync", "--full")
     assert code == 1
     assert "sync_run: FAILED" in out
+    # the steps after it: once in the summary, not a "Not executing" line each
+    assert "Not executing" not in out
+    assert "  not run, after the failure: " in out
+    assert len(out.splitlines()) < 20
     assert f"error: sync_run: WarehouseError: cannot open the warehouse {not_duckdb}" in out
 
     code, _, err = run(capsys, "sync")  # deciding full vs incremental reads the warehouse
@@ -131,15 +141,79 @@ def test_export_writes_a_table(capsys: pytest.CaptureFixture[str], live_sandbox:
     assert header.startswith("key,mode,effective_mode,status,started_at")
     assert line.startswith(rows[0]["key"] + ",full,full,success,")
 
+    # the summary's unsendable_persons, one line each with the reason
+    code, out, _ = run(capsys, "export", "unsendable_persons")
+    assert code == 0
+    unsendable = [json.loads(line) for line in out.splitlines()]
+    warehouse = WarehouseResource(path=os.environ["HUBSYNC_WAREHOUSE"])
+    with warehouse.connection() as conn:
+        expected = conn.execute(
+            "SELECT person_key, unsendable_reason FROM persons WHERE unsendable_reason NOTNULL"
+        ).fetchall()
+    assert expected  # the small world has some
+    assert sorted((p["person_key"], p["unsendable_reason"]) for p in unsendable) == sorted(expected)
+
 
 def test_export_of_an_unknown_table(capsys: pytest.CaptureFixture[str]) -> None:
+    with WarehouseResource(path=os.environ["HUBSYNC_WAREHOUSE"]).connection():
+        pass  # an empty warehouse
     code, out, err = run(capsys, "export", "no_such_table")
     assert code == 1
     assert out == ""
     assert "has no table 'no_such_table'; available: " in err
-    available = err.split("available: ", 1)[1].strip().split(", ")
+    tables, special = err.split("available: ", 1)[1].strip().split("; ")
+    available = tables.split(", ")
     assert {"quarantine", "schema_migrations", "sync_runs"} <= set(available)
     assert available == sorted(available)
+    assert special == "and students, unsendable_persons"
+
+
+@pytest.mark.parametrize("table", ["sync_runs", "students"])
+def test_export_without_a_warehouse_says_so_and_creates_none(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, table: str
+) -> None:
+    missing = tmp_path / "elsewhere" / "warehouse.duckdb"
+    monkeypatch.setenv("HUBSYNC_WAREHOUSE", str(missing))
+    code, out, err = run(capsys, "export", table)
+    assert code == 1
+    assert out == ""
+    assert err == (
+        f"hubsync: there is no warehouse at {missing} (HUBSYNC_WAREHOUSE); "
+        "`hubsync demo` or `hubsync sync` creates it\n"
+    )
+    assert not missing.parent.exists()
+
+
+HOLD_THE_LOCK = """
+import sys, time, duckdb
+conn = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.close()
+"""
+
+
+def test_export_waits_for_a_syncs_lock_and_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = os.environ["HUBSYNC_WAREHOUSE"]
+    with WarehouseResource(path=path).connection():
+        pass
+    # another process (a sync step) holds DuckDB's one lock for a while
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, path, "1.5"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        code, out, err = run(capsys, "export", "sync_runs")
+    finally:
+        holder.wait(timeout=30)
+    assert code == 0
+    assert out == ""  # no syncs yet, but the table was read once the lock was free
+    assert err == (
+        f"hubsync: the warehouse {path} is in use by another process (a sync writes it); "
+        "waiting up to 120 s for it\n"
+    )
 
 
 def test_a_command_that_has_not_landed_says_what_it_needs(
@@ -164,7 +238,7 @@ def test_a_source_that_has_not_landed_says_what_it_needs(
 
 
 def test_sync_of_a_landed_source_selects_its_group(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, live_sandbox: Sandbox
 ) -> None:
     monkeypatch.setitem(SOURCES, "co", Source(asset_group="sync"))
     code, out, _ = run(capsys, "sync", "--source", "co")
@@ -270,9 +344,16 @@ def test_ui_runs_dagster_dev_on_the_shared_instance(
     launched: list[dict[str, Any]] = []
 
     class FakeProcess:
-        def __init__(self, command: list[str], *, cwd: Path, env: dict[str, str]) -> None:
-            launched.append({"command": command, "cwd": cwd, "env": env})
+        def __init__(
+            self, command: list[str], *, cwd: str, env: dict[str, str], **output: Any
+        ) -> None:
+            launched.append({"command": command, "cwd": cwd, "env": env, **output})
             fake_sandbox.append(("dagster dev",))
+            self.stdout = io.StringIO(
+                "2026-12-03 22:53:00 +0000 - dagster - INFO - Launching Dagster services...\n"
+                "2026-12-03 22:53:36 +0000 - dagster.daemon.SensorDaemon - INFO - Checking for "
+                "new runs for sensor: hub_log_sensor\n"
+            )
 
         def wait(self, timeout: float | None = None) -> int:
             return 0
@@ -284,11 +365,17 @@ def test_ui_runs_dagster_dev_on_the_shared_instance(
 
     (process,) = launched
     # from DAGSTER_HOME, so dagster does not warn about the project's dagster.yaml in the cwd
-    assert process["cwd"] == Path(process["env"]["DAGSTER_HOME"])
+    assert Path(process["cwd"]) == Path(process["env"]["DAGSTER_HOME"])
     assert process["command"][1:] == [
+        "-W", "ignore:Function `dev_command` is superseded",  # "use 'dg dev'": not for us
         "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-        "--host", "127.0.0.1", "--port", "3111",
+        "--host", "127.0.0.1", "--port", "3111", "--log-level", "info",
     ]  # fmt: skip
+    # its output goes through hubsync, which drops the daemon's per-tick lines
+    assert process["stdout"] == subprocess.PIPE and process["stderr"] == subprocess.STDOUT
+    assert "Launching Dagster services..." in out
+    assert "Checking for new runs" not in out
+    assert "HUBSYNC_CONSOLE_LOG_LEVEL" not in process["env"]
     dagster_home = Path(process["env"]["DAGSTER_HOME"])
     assert process["env"]["CO_API_URL"] == fake_sandbox[0][2]["co"]
     assert [call[:2] for call in fake_sandbox] == [("start", 0), ("dagster dev",), ("stop",)]
@@ -377,6 +464,7 @@ def test_ui_listens_on_loopback_unless_a_host_is_given(
     class FakeProcess:
         def __init__(self, command: list[str], **kwargs: Any) -> None:
             commands.append(command)
+            self.stdout = io.StringIO()
 
         def wait(self, timeout: float | None = None) -> int:
             return 0

@@ -1,6 +1,10 @@
-"""The end-of-sync summary stays on one screen: headline numbers only."""
+"""The end-of-sync summary stays on one screen: headline numbers only, steps in run order,
+readable check names, the warehouse it wrote and what unsendable_persons means."""
 
-from cli.runs import StepReport, SyncReport, render_summary
+from pathlib import Path
+
+from cli.runs import StepReport, SyncReport, check_labels, render_summary
+from pipelines.definitions import defs
 
 
 def test_summary_shows_headline_numbers_only() -> None:
@@ -28,3 +32,71 @@ def test_summary_shows_headline_numbers_only() -> None:
     assert "batches_posted=9 items_applied=2058 items_failed=0" in text
     for noise in ("http_seconds", "bytes", "retries"):
         assert noise not in text
+
+
+def test_summary_lists_steps_in_run_order_and_names_the_warehouse() -> None:
+    # the run's events reach the summary in plan order (alphabetical), not in run order
+    report = SyncReport("full-20261123T020000Z", "full", "run-1", success=True, duration_s=9.0)
+    report.steps["co_raw_pages"] = StepReport("success", 2.0, 3.0)
+    report.steps["hub_payload_hub_desired_codes_unique"] = StepReport("success", 5.0, 6.0)
+    report.steps["sync_run"] = StepReport("success", 1.0, 2.0)
+    report.steps["sync_summary"] = StepReport("not run")
+    report.steps["hub_payload"] = StepReport("success", 4.0, 5.0)
+    report.labels = {"hub_payload_hub_desired_codes_unique": "check hub_desired_codes_unique"}
+
+    text = render_summary(report, warehouse=Path("/srv/hubsync/warehouse.duckdb"))
+
+    lines = text.splitlines()
+    assert "  warehouse: /srv/hubsync/warehouse.duckdb" in lines
+    header = next(i for i, line in enumerate(lines) if "status" in line)
+    steps = [line.split("  ")[1] for line in lines[header + 1 :]]
+    assert steps == [
+        "sync_run",
+        "co_raw_pages",
+        "hub_payload",
+        "check hub_desired_codes_unique",
+        "not run: sync_summary",
+    ]
+    assert "hub_payload_hub_desired_codes_unique" not in text
+
+
+def test_steps_that_never_ran_after_a_failure_share_one_line() -> None:
+    report = SyncReport("full-20261123T020000Z", "full", "run-1", success=False)
+    report.steps["sync_run"] = StepReport("success", 1.0, 2.0)
+    report.steps["co_raw_pages"] = StepReport("failed", 2.0, 3.0)
+    for step in ("co_current_state", "persons", "hub_payload_hub_desired_codes_unique"):
+        report.steps[step] = StepReport("not run")
+    report.labels = {"hub_payload_hub_desired_codes_unique": "check hub_desired_codes_unique"}
+
+    lines = render_summary(report).splitlines()
+
+    assert lines[-3:] == [
+        "  sync_run      success     1.0 s",
+        "  co_raw_pages  failed      1.0 s",
+        "  not run, after the failure: co_current_state, persons, check hub_desired_codes_unique",
+    ]
+
+
+def test_summary_explains_unsendable_persons() -> None:
+    report = SyncReport("full-20261123T020000Z", "full", "run-1", success=True)
+    report.steps["hub_desired"] = StepReport(
+        "success", 1.0, 2.0, {"unsendable_persons": 48},
+        reasons={"no date of birth": 31, "no code: a CO student without STUDID": 17},
+    )  # fmt: skip
+
+    text = render_summary(report)
+
+    assert text.splitlines()[-3:] == [
+        "  unsendable_persons: 48 persons are not sent to the HUB, which would refuse them:",
+        "    17 no code: a CO student without STUDID, 31 no date of birth",
+        "    they stay in the graph; list them: hubsync export unsendable_persons",
+    ]
+
+
+def test_check_steps_are_labelled_by_their_check() -> None:
+    labels = check_labels(defs.resolve_job_def("sync_job"))
+    assert labels["persons_persons_unmatched_and_conflicting"] == (
+        "check persons_unmatched_and_conflicting"
+    )
+    assert labels["hub_payload_hub_deletes_within_limit"] == "check hub_deletes_within_limit"
+    assert "persons" not in labels and "hub_payload" not in labels

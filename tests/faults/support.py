@@ -101,9 +101,7 @@ class SyncHarness:
     def sync(self, mode: str = "incremental") -> SyncOutcome:
         key = self.new_key(mode)
         self.instance.add_dynamic_partitions("sync_runs", [key])
-        job = self.defs.resolve_job_def(
-            "full_sync_job" if mode == "full" else "incremental_sync_job"
-        )
+        job = self.defs.resolve_job_def("sync_job")
         result = job.execute_in_process(
             instance=self.instance, partition_key=key, raise_on_error=False
         )

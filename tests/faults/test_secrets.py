@@ -73,9 +73,7 @@ def run_sync(
     sandbox: Sandbox, warehouse: Path, instance: dg.DagsterInstance, key: str
 ) -> dg.ExecuteInProcessResult:
     settings = load_settings({**sandbox.env, "HUBSYNC_WAREHOUSE": str(warehouse)})
-    job = build_definitions(settings).resolve_job_def(
-        "full_sync_job" if key.startswith("full") else "incremental_sync_job"
-    )
+    job = build_definitions(settings).resolve_job_def("sync_job")
     instance.add_dynamic_partitions("sync_runs", [key])
     return job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
 

@@ -65,7 +65,7 @@ def evaluate_log_sensor(
 
 def full_sync(defs: dg.Definitions, instance: dg.DagsterInstance, key: str) -> None:
     instance.add_dynamic_partitions("sync_runs", [key])
-    result = defs.resolve_job_def("full_sync_job").execute_in_process(
+    result = defs.resolve_job_def("sync_job").execute_in_process(
         instance=instance, partition_key=key, run_config=QUIET_CONSOLE
     )
     assert result.success

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import duckdb
 import pytest
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
 from assets.maintenance import (
     RetentionSettings,
@@ -14,9 +15,11 @@ from assets.maintenance import (
     prune_warehouse,
     sync_retention,
 )
+from pipelines.definitions import defs
 from pipelines.jobs import record_sync_failure_job
 from pipelines.partitions import new_sync_key, parse_sync_key
 from resources.warehouse import WarehouseResource
+from tests.pipelines.test_sensors import add_run
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -200,3 +203,52 @@ def test_record_sync_failure_marks_a_running_sync_failed_once(warehouse, conn) -
             ).fetchall()
         )
     assert rows == {running: "failed: run abc was canceled", done: "success: "}
+
+
+def add_backfill(instance: dg.DagsterInstance, keys: list[str]) -> None:
+    instance.add_backfill(
+        PartitionBackfill.from_asset_partitions(
+            backfill_id="b1",
+            asset_graph=defs.resolve_asset_graph(),
+            backfill_timestamp=NOW.timestamp(),
+            tags={},
+            asset_selection=[dg.AssetKey("sync_run")],
+            partition_names=keys,
+            dynamic_partitions_store=instance,
+            all_partitions=False,
+            title=None,
+            description=None,
+            run_config=None,
+        ).with_status(BulkActionStatus.REQUESTED)
+    )
+
+
+def test_keys_that_never_ran_go_once_they_are_a_day_old(warehouse, conn, instance) -> None:
+    # "Add a partition" in the UI's dialog, then never launched: the key would stay "Missing"
+    # for ever, and a later backfill of the missing partitions would run it
+    now = datetime.now(UTC)
+    full = new_sync_key("full", now - timedelta(days=3))
+    never_run = new_sync_key("incremental", now - timedelta(days=2))
+    queued = new_sync_key("incremental", now - timedelta(days=2, hours=1))
+    today = new_sync_key("incremental", now - timedelta(hours=20))
+    add_sync(conn, full)
+    conn.close()
+    keys = [full, never_run, queued, today, "not-a-sync-key"]
+    instance.add_dynamic_partitions("sync_runs", keys)
+    add_run(instance, "sync_job", dg.DagsterRunStatus.QUEUED, {"dagster/partition": queued})
+    resources = {"warehouse": warehouse, "retention": RetentionSettings(keep_days=90)}
+
+    add_backfill(instance, [never_run])  # its runs are created one by one: wait for it
+    assert dg.materialize([sync_retention], instance=instance, resources=resources).success
+    assert set(instance.get_dynamic_partitions("sync_runs")) == set(keys)
+
+    backfill = instance.get_backfill("b1")
+    assert backfill is not None
+    instance.update_backfill(backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS))
+    result = dg.materialize([sync_retention], instance=instance, resources=resources)
+
+    assert result.success
+    assert set(instance.get_dynamic_partitions("sync_runs")) == set(keys) - {never_run}
+    [materialization] = result.asset_materializations_for_node("sync_retention")
+    assert materialization.metadata["unlaunched_keys_removed"] == dg.IntMetadataValue(1)
+    assert materialization.metadata["keys_kept"] == dg.IntMetadataValue(4)

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.definitions import build_definitions
 from resources.settings import load_settings
-from tests.pipelines.test_sensors import add_sync_run
+from tests.pipelines.test_sensors import add_run, add_sync_run
 
 VIENNA = ZoneInfo("Europe/Vienna")
 
@@ -51,6 +51,7 @@ def test_nightly_full_sync_adds_a_full_key_for_the_tick_and_requests_it(defs, in
     assert isinstance(request, dg.RunRequest)
     assert request.partition_key == "full-20261124T010000Z"
     assert request.run_key == "full-20261124T010000Z"
+    assert request.tags["hubsync/mode"] == "full"
     assert instance.get_dynamic_partitions("sync_runs") == ["full-20261124T010000Z"]
 
 
@@ -58,7 +59,7 @@ def test_nightly_full_sync_runs_at_the_configured_cron_in_the_co_time_zone(defs)
     schedule = defs.resolve_schedule_def("nightly_full_sync_schedule")
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "Europe/Vienna"
-    assert schedule.job_name == "full_sync_job"
+    assert schedule.job_name == "sync_job"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
     other = build_definitions(
@@ -92,7 +93,7 @@ def test_nightly_full_sync_skips_while_a_full_sync_is_queued_or_running(defs, in
     )
 
     assert isinstance(skipped, dg.SkipReason)
-    assert "full_sync_job full-20261123T010000Z is queued" in (skipped.skip_message or "")
+    assert "sync_job full-20261123T010000Z is queued" in (skipped.skip_message or "")
     assert instance.get_dynamic_partitions("sync_runs") == []
 
 
@@ -105,6 +106,19 @@ def test_a_running_incremental_sync_does_not_stop_the_full_sync(defs, instance) 
     )
 
     assert isinstance(request, dg.RunRequest)
+
+
+def test_a_full_sync_queued_from_the_ui_stops_the_nightly_one(defs, instance) -> None:
+    # launched from the UI: no mode tag until its sync_run step runs, only its key
+    tags = {"hubsync/sync": "true", "dagster/partition": "full-20261123T010000Z"}
+    add_run(instance, "sync_job", dg.DagsterRunStatus.QUEUED, tags)
+
+    skipped = tick(
+        defs, "nightly_full_sync_schedule", instance, datetime(2026, 11, 24, 2, tzinfo=VIENNA)
+    )
+
+    assert isinstance(skipped, dg.SkipReason)
+    assert "sync_job full-20261123T010000Z is queued" in (skipped.skip_message or "")
 
 
 def test_daily_prune_runs_once_a_day(defs, instance) -> None:

@@ -62,9 +62,8 @@ def add_run(
 def add_sync_run(
     instance: dg.DagsterInstance, mode: str, key: str, status: dg.DagsterRunStatus
 ) -> dg.DagsterRun:
-    job = "full_sync_job" if mode == "full" else "incremental_sync_job"
     tags = {"hubsync/sync": "true", "hubsync/mode": mode, "dagster/partition": key}
-    return add_run(instance, job, status, tags)
+    return add_run(instance, "sync_job", status, tags)
 
 
 def evaluate(defs: dg.Definitions, name: str, instance: dg.DagsterInstance) -> SensorExecutionData:
@@ -101,7 +100,8 @@ def test_incremental_sensor_adds_a_key_and_requests_a_run_for_it(defs, instance)
     assert add.partitions_def_name == "sync_runs"
     assert list(add.partition_keys) == [request.partition_key]
     sensor = defs.resolve_sensor_def("incremental_sync_sensor")
-    assert sensor.job_name == "incremental_sync_job"
+    assert sensor.job_name == "sync_job"
+    assert request.tags["hubsync/mode"] == "incremental"
 
 
 def test_incremental_key_comes_from_the_tick_time(instance) -> None:
@@ -121,8 +121,8 @@ def test_incremental_key_comes_from_the_tick_time(instance) -> None:
 @pytest.mark.parametrize(
     ("mode", "status", "shown"),
     [
-        ("full", dg.DagsterRunStatus.QUEUED, "full_sync_job full-20261124T010000Z is queued"),
-        ("incremental", dg.DagsterRunStatus.STARTED, "incremental_sync_job incr-"),
+        ("full", dg.DagsterRunStatus.QUEUED, "sync_job full-20261124T010000Z is queued"),
+        ("incremental", dg.DagsterRunStatus.STARTED, "sync_job incr-"),
         ("full", dg.DagsterRunStatus.STARTING, "is starting"),
     ],
 )
@@ -243,7 +243,7 @@ def test_hub_log_sensor_follows_the_newest_materialization(defs, instance) -> No
 @pytest.mark.parametrize(
     ("job", "tags"),
     [
-        ("incremental_sync_job", {"hubsync/sync": "true", "dagster/partition": "incr-x"}),
+        ("sync_job", {"hubsync/sync": "true", "dagster/partition": "incr-x"}),
         ("hub_acknowledgement_job", {}),
     ],
 )
