@@ -251,7 +251,7 @@ mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
 
 
 def launch_full_sync_from_the_ui(graphql: Graphql, key: str) -> str:
-    """*Add partition*, then *Launch run* in full_sync_job's Launchpad: the UI's two mutations."""
+    """*Add partition*, then *Launch run* in sync_job's Launchpad: the UI's two mutations."""
     added = graphql(
         ADD_PARTITION,
         repositorySelector=REPOSITORY_SELECTOR,
@@ -262,7 +262,7 @@ def launch_full_sync_from_the_ui(graphql: Graphql, key: str) -> str:
     launched = graphql(
         LAUNCH,
         executionParams={
-            "selector": {**REPOSITORY_SELECTOR, "jobName": "full_sync_job"},
+            "selector": {**REPOSITORY_SELECTOR, "jobName": "sync_job"},
             "runConfigData": {},
             "mode": "default",
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": key}]},
@@ -303,7 +303,7 @@ def ended(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRunStatus | No
 def sensor_runs(instance: dg.DagsterInstance, after: set[str]) -> list[dg.DagsterRun]:
     runs = instance.get_runs(
         filters=dg.RunsFilter(
-            job_name="incremental_sync_job",
+            job_name="sync_job",
             tags={"dagster/sensor_name": "incremental_sync_sensor"},
         )
     )
