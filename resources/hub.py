@@ -378,6 +378,12 @@ class HubResource(dg.ConfigurableResource):
         default=0.25, description="First wait between getLog polls; it doubles up to 5 s."
     )
 
+    message_max_age_s: float = Field(
+        default=86400.0,
+        description="HUB_MESSAGE_MAX_AGE: a message still processing this long after it was "
+        "posted is given up as an unknown outcome and its objects are sent again.",
+    )
+
     def client(self) -> HubClient:
         return HubClient(self.api_url, self.api_key)
 
@@ -402,4 +408,5 @@ def hub_resource(settings: HubSettings) -> HubResource:
         max_delete_share=settings.max_delete_share,
         ack_timeout_s=settings.ack_timeout_s,
         poll_interval_s=settings.poll_interval_s,
+        message_max_age_s=settings.message_max_age_s,
     )
