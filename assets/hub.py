@@ -1133,13 +1133,19 @@ def hub_payload(
             org_id=hub.org_id,
             who=hub.who,
         )
-    if settled.messages_lost or settled.messages_given_up:
-        context.log.warning(
-            "settled as unknown (objects sent again): %d message(s) the HUB does not know, "
-            "%d given up after HUB_MESSAGE_MAX_AGE",
-            settled.messages_lost,
-            settled.messages_given_up,
+    notes = []
+    if settled.messages_lost:
+        notes.append(
+            f"{settled.messages_lost} message(s) the HUB does not know (getLog 404): outcome "
+            "unknown, objects sent again"
         )
+    if settled.messages_given_up:
+        notes.append(
+            f"{settled.messages_given_up} message(s) still processing past HUB_MESSAGE_MAX_AGE "
+            f"({hub.message_max_age_s:g} s) given up: outcome unknown, objects sent again"
+        )
+    for note in notes:
+        context.log.warning(note)
     metadata: dict[str, Any] = {f"events_{name}": n for name, n in sorted(summary.changes.items())}
     metadata.update(
         events=sum(summary.changes.values()),
@@ -1153,6 +1159,7 @@ def hub_payload(
         diff_s=summary.diff_s,
         duration_s=_since(started),
     )
+    metadata[HUB_NOTES_METADATA] = dg.MetadataValue.json(notes)
     return dg.MaterializeResult(metadata=metadata)
 
 

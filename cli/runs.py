@@ -51,6 +51,7 @@ class SyncReport:
     success: bool = False
     duration_s: float = 0.0
     error: str | None = None
+    hub_notes: list[str] = field(default_factory=list)  # what went wrong at the HUB
 
 
 def error_text(error: SerializableErrorInfo) -> str:
@@ -120,6 +121,9 @@ class _Progress:
             asset = materialization.asset_key.to_user_string()
             for name, value in _numbers(materialization.metadata).items():
                 step_report.numbers[name if asset == step else f"{asset}.{name}"] = value
+            notes = materialization.metadata.get(HUB_NOTES_METADATA)
+            if isinstance(notes, dg.JsonMetadataValue) and isinstance(notes.value, list):
+                self.report.hub_notes.extend(str(note) for note in notes.value)
 
 
 def run_sync(
@@ -208,8 +212,14 @@ HEADLINE_NUMBERS = frozenset(
         "items_applied",
         "items_reconciled",
         "items_failed",
+        "objects_refused",
+        "messages_lost",
+        "messages_given_up",
+        "messages_processing_past_ack_timeout",
     }
 )
+# hub_delivery's lines about what the HUB refused or left unanswered (assets/hub.py)
+HUB_NOTES_METADATA = "hub_notes"
 
 
 def _headline(name: str) -> bool:
@@ -235,4 +245,7 @@ def render_summary(report: SyncReport) -> str:
             f"{k}={_format_number(v)}" for k, v in step_report.numbers.items() if _headline(k)
         )
         lines.append(f"  {step:<{width}}  {step_report.status:<8}  {shown:>7}  {numbers}".rstrip())
+    if report.hub_notes:
+        lines.append("  HUB:")
+        lines += [f"    {note}" for note in report.hub_notes]
     return "\n".join(lines)

@@ -18,12 +18,14 @@ Admin routes (no API key, never subject to faults), besides the base class's:
   item, processed and error counts and received/started/finished times (world clock);
 * ``POST /_sandbox/reset`` empty state and log (queued messages are dropped);
 * ``GET|POST /_sandbox/hub`` read or change ``processing_delay_ms``, ``item_delay_ms``,
-  ``item_error_rate``, ``item_error_seed`` (setting the seed reseeds), ``refuse_objects`` and
-  ``null_message_ids`` at run time. ``refuse_objects`` lists ``"<type>:<id>"`` (the id getLog
-  names an item by: its ``sis_id``, else its ``code``): a POST carrying one of them is refused
-  whole with 400 ``{"message": "Invalid Request: <type> <id>: ..."}``, as a HUB refuses an
-  envelope it cannot take. ``null_message_ids`` = N: the next N accepted POSTs are queued and
-  processed but answered ``200 {"messageId": null}``;
+  ``item_error_rate``, ``item_error_seed`` (setting the seed reseeds), ``refuse_objects``,
+  ``null_message_ids`` and ``stall_messages`` at run time. ``refuse_objects`` lists
+  ``"<type>:<id>"`` (the id getLog names an item by: its ``sis_id``, else its ``code``): a POST
+  carrying one of them is refused whole with 400 ``{"message": "Invalid Request: <type> <id>:
+  ..."}``, as a HUB refuses an envelope it cannot take. ``null_message_ids`` = N: the next N
+  accepted POSTs are queued and processed but answered ``200 {"messageId": null}``.
+  ``stall_messages`` = N: the next N accepted messages are never processed (getLog says status
+  1 for ever);
 * ``POST /_sandbox/messages/forget`` drops every message and its log, keeping the state (a HUB
   restored from a backup: getLog answers 404 for the messageIds it gave before);
 * ``POST /_sandbox/save`` write the state to ``state_path``.
@@ -685,9 +687,16 @@ class HubOptions:
     item_error_seed: int = 0
     refuse_objects: list[str] = field(default_factory=list)  # "<type>:<sis_id or code>"
     null_message_ids: int = 0  # the next N accepted POSTs answer {"messageId": null}
+    stall_messages: int = 0  # the next N accepted messages stay processing (status 1) for ever
 
     def validate(self) -> None:
-        for name in ("processing_delay_ms", "item_delay_ms", "item_error_seed", "null_message_ids"):
+        for name in (
+            "processing_delay_ms",
+            "item_delay_ms",
+            "item_error_seed",
+            "null_message_ids",
+            "stall_messages",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer (got {value!r})")
@@ -1017,6 +1026,9 @@ class HubServer(SandboxServer):
         )
         with self._lock:
             self._messages[message.message_id] = message
+            if self.options.stall_messages:  # registered, never processed: status 1 for ever
+                self.options.stall_messages -= 1
+                return Response.json({"messageId": message.message_id})
             self._pending += 1
         self._queue.put(message.message_id)
         with self._lock:
