@@ -506,9 +506,8 @@ def test_messages_the_hub_no_longer_knows_are_sent_again(sandbox, warehouse, syn
             "'getLog does not know messageId%'"
         ).fetchall()[0][0]
     assert lost >= 1
-    for hour in (12, 13):
-        sync(f"full-20261123T{hour}0000Z")
-    assert sandbox.hub.state_snapshot() == expected
+    assert sandbox.hub.wait_idle(10)
+    assert sandbox.hub.state_snapshot() == expected  # sent again in the same sync
     assert duplicate_entity_inserts(warehouse) == 0
 
 
@@ -523,9 +522,6 @@ def test_a_message_stuck_processing_warns_then_is_given_up_and_sent_again(
     check = first.get_asset_check_evaluations()
     stuck = next(c for c in check if c.check_name == "hub_messages_finish_in_time")
     assert not stuck.passed and stuck.severity is dg.AssetCheckSeverity.WARN
-    delivery = first.asset_materializations_for_node("hub_delivery")[0].metadata
-    assert delivery["messages_processing_past_ack_timeout"].value == 1
-    assert any("HUB_ACK_TIMEOUT" in note for note in delivery["hub_notes"].value)
     assert sandbox.hub.state_snapshot() != expected
 
     # younger than HUB_MESSAGE_MAX_AGE: still waited for, nothing sent again
@@ -534,6 +530,9 @@ def test_a_message_stuck_processing_warns_then_is_given_up_and_sent_again(
         again.asset_materializations_for_node("hub_payload")[0].metadata["messages_given_up"].value
         == 0
     )
+    delivery = again.asset_materializations_for_node("hub_delivery")[0].metadata
+    assert delivery["messages_processing_past_ack_timeout"].value == 1
+    assert any("HUB_ACK_TIMEOUT" in note for note in delivery["hub_notes"].value)
 
     time.sleep(0.3)
     impatient = hub_resource(sandbox, ack_timeout_s=0.05, message_max_age_s=0.2)
@@ -545,6 +544,19 @@ def test_a_message_stuck_processing_warns_then_is_given_up_and_sent_again(
             "SELECT status, given_up_in FROM hub_batches WHERE given_up_in IS NOT NULL"
         ).fetchall()
     assert settled == [("unknown", "full-20261123T120000Z")]
-    sync("full-20261123T130000Z")
-    assert sandbox.hub.state_snapshot() == expected
+    assert sandbox.hub.wait_idle(10)
+    assert sandbox.hub.state_snapshot() == expected  # sent again in the same sync
     assert duplicate_entity_inserts(warehouse) == 0
+
+
+def test_a_refusal_no_half_could_pass_stops_delivery(sandbox, warehouse, sync) -> None:
+    """403 (a wrong API key) refuses every batch alike: no splitting, no further posts."""
+    load_desired(warehouse, expected_hub_state(sandbox.world).state)
+    key = "full-20261123T100000Z"
+    result = sync(key, hub=hub_resource(sandbox, api_key="not-the-key"))
+    metadata = result.asset_materializations_for_node("hub_delivery")[0].metadata
+    assert metadata["batches_posted"].value == 1 and metadata["batches_split_posts"].value == 0
+    assert "refused batch 1" in metadata["stopped"].value
+    refused = _refused(warehouse, key)
+    assert refused and all(a.startswith("HTTP 403: ") for a in refused.values())
+    assert sandbox.hub.messages() == []
