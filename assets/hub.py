@@ -1055,21 +1055,26 @@ def _deliver_phase(
 ) -> bool:
     """Post one phase's batches and wait for their logs; False when delivery must stop."""
     refused: list[tuple[int, PostResult]] = []
+
+    def stop(why: str) -> bool:
+        for refused_no, refusal in refused:  # refused, not split: logged all the same
+            record_refused(conn, sync_key, refused_no, refusal, summary)
+        summary.stopped = why
+        return False
+
     for batch_no, text in batches:
         result = post(conn, client, sync_key, batch_no, text)
         summary.posted[result.outcome.value] += 1
         if result.outcome is PostOutcome.NOT_ARRIVED:
-            summary.stopped = f"the HUB did not take batch {batch_no}: {result.body[:200]}"
-            return False
+            return stop(f"the HUB did not take batch {batch_no}: {result.body[:200]}")
         if result.outcome is PostOutcome.REJECTED:
-            if result.status not in SPLITTABLE_STATUSES:
-                record_refused(conn, sync_key, batch_no, result, summary)
-                summary.stopped = f"the HUB refused batch {batch_no}: {result.body[:200]}"
-                return False
             refused.append((batch_no, result))  # the phase's other batches go first
-    for batch_no, result in refused:
+            if result.status not in SPLITTABLE_STATUSES:
+                return stop(f"the HUB refused batch {batch_no}: {result.body[:200]}")
+    while refused:
+        batch_no, result = refused.pop(0)
         if not isolate_refused(conn, client, sync_key, batch_no, result, summary):
-            return False
+            return stop(summary.stopped)
     outcomes, summary.unfinished = acknowledge(
         conn,
         client,
