@@ -112,8 +112,7 @@ def test_item_errors_are_listed_by_type_and_warned_about(harness) -> None:
                            "sectionteacher"}  # fmt: skip
     check = _checks(harness, outcome.key)["hub_items_refused"]
     assert not check.passed and check.severity is dg.AssetCheckSeverity.WARN
-    assert harness.sync("full").success
-    assert converged(sandbox)
+    # that the next sync sends them again: fault matrix, "HUB accepts, then items fail"
 
 
 def test_a_stuck_message_warns_then_one_sync_gives_it_up_loudly(harness) -> None:
