@@ -17,11 +17,20 @@ Nothing is sent twice and nothing is lost:
   inserted again and "already exists" reconciles it.
 * "Already exists" on an insert and "not found" on an update or delete are reconciled, other
   errors leave ``hub_state`` unchanged so the next diff tries again.
+* A batch the HUB refuses (400) does not hold back the rest: the phase's other batches go, then
+  the refused one is split in halves and re-posted until the objects the HUB refuses are
+  isolated (at most 2·ceil(log2 n) extra posts per refused batch). A refused object is logged
+  (outcome ``refused``), stays out of ``hub_state`` and is sent again by the next sync; the sync
+  fails once everything deliverable was delivered.
+* A message the HUB does not know (getLog 404, e.g. a HUB restored from a backup) or still
+  processes past HUB_MESSAGE_MAX_AGE is an unknown outcome, like a lost answer: its objects
+  become uncertain and are sent again (outcome ``unknown`` in ``hub_log``).
 * Entity deletes (users, sections, subjects, terms) only come from full syncs; link deletes also
   from incremental ones (they come from re-read course memberships).
 """
 
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -42,6 +51,7 @@ from resources.hub import (
     BaseItem,
     HubClient,
     HubResource,
+    MessageNotFound,
     PostOutcome,
     PostResult,
     SyncLog,
@@ -485,14 +495,20 @@ class ItemOutcomes:
     reconciled: int = 0
     failed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    errors_by_type: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, message)
     first_errors: list[tuple[str, str, str]] = field(default_factory=list)  # type, key, message
+    messages_lost: int = 0  # getLog 404: settled as unknown
+    messages_given_up: int = 0  # still processing past HUB_MESSAGE_MAX_AGE: settled as unknown
 
     def add(self, other: "ItemOutcomes") -> None:
         self.applied += other.applied
         self.reconciled += other.reconciled
         self.failed += other.failed
         self.errors.update(other.errors)
+        self.errors_by_type.update(other.errors_by_type)
         self.first_errors.extend(other.first_errors[: 20 - len(self.first_errors)])
+        self.messages_lost += other.messages_lost
+        self.messages_given_up += other.messages_given_up
 
 
 def _worst(item: BaseItem) -> tuple[str, str]:
@@ -543,6 +559,7 @@ def apply_log(
         setattr(outcomes, outcome, getattr(outcomes, outcome) + 1)
         if outcome == "failed":
             outcomes.errors[message] += 1
+            outcomes.errors_by_type[(object_type, message)] += 1
             if len(outcomes.first_errors) < 20:
                 outcomes.first_errors.append((object_type, key, message))
     for leftover in (i for group in items.values() for i in group):
@@ -623,6 +640,42 @@ def pending_message_ids(conn: duckdb.DuckDBPyConnection) -> list[str]:
     return [message_id for _, _, message_id in in_flight_batches(conn)]
 
 
+def _age_s(conn: duckdb.DuckDBPyConnection, sync_key: str, batch_no: int) -> float:
+    """Seconds since the batch was posted."""
+    row = conn.execute(
+        "SELECT epoch(now()) - epoch(posted_at) FROM hub_batches WHERE sync_key = ? "
+        "AND batch_no = ?",
+        [sync_key, batch_no],
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0
+
+
+def settle_unknown(
+    conn: duckdb.DuckDBPyConnection,
+    sync_key: str,
+    batch_no: int,
+    message_id: str,
+    reason: str,
+    *,
+    log_status: int | None = None,
+    settled_in: str | None = None,
+) -> None:
+    """A posted message whose fate can no longer be learned: treated like a lost answer (its
+    objects uncertain, sent again as updates) and logged per object with the reason."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE hub_batches SET status = 'unknown', log_status = coalesce(?, log_status), "
+            "given_up_in = ? WHERE sync_key = ? AND batch_no = ?",
+            [log_status, settled_in, sync_key, batch_no],
+        )
+        mark_uncertain(conn, sync_key, batch_no)
+        conn.execute(
+            "INSERT INTO hub_log SELECT sync_key, batch_no, ?, seq, object_type, log_sis_id, "
+            "'e', 'unknown', ?, now() FROM hub_events WHERE sync_key = ? AND batch_no = ?",
+            [message_id, reason, sync_key, batch_no],
+        )
+
+
 def acknowledge(
     conn: duckdb.DuckDBPyConnection,
     client: HubClient,
@@ -631,9 +684,17 @@ def acknowledge(
     timeout_s: float,
     poll_s: float = 0.2,
     sleep: Any = time.sleep,
+    lost_after_s: float | None = None,
+    max_age_s: float | None = None,
+    settled_in: str | None = None,
 ) -> tuple[ItemOutcomes, int]:
     """Poll the batches' logs until finished or the timeout; return outcomes and how many are
-    still unfinished (they stay ``sent`` for the next run or the log sensor)."""
+    still unfinished (they stay ``sent`` for the next run or the log sensor).
+
+    With ``lost_after_s``, a message getLog does not know (404) that was posted longer ago is
+    settled as unknown (younger, it may not be registered yet, so it counts as processing);
+    with ``max_age_s``, so is one still processing that was posted longer ago. Both are noted
+    as settled by ``settled_in``."""
     outcomes = ItemOutcomes()
     waiting = list(batches)
     deadline = time.monotonic() + timeout_s
@@ -641,21 +702,86 @@ def acknowledge(
     while waiting:
         still = []
         for sync_key, batch_no, message_id in waiting:
-            log = client.get_log(message_id)
+            try:
+                log = client.get_log(message_id, only_if_finished=True)
+            except MessageNotFound:
+                age = _age_s(conn, sync_key, batch_no)
+                if lost_after_s is None or age <= lost_after_s:
+                    still.append((sync_key, batch_no, message_id))
+                    continue
+                reason = (
+                    f"getLog does not know messageId {message_id} ({age:.0f} s after posting; "
+                    "a HUB restored from a backup?): outcome unknown, sent again"
+                )
+                settle_unknown(conn, sync_key, batch_no, message_id, reason, settled_in=settled_in)
+                outcomes.messages_lost += 1
+                continue
             if log.finished:
                 outcomes.add(apply_log(conn, sync_key, batch_no, log))
-            else:
-                conn.execute(
-                    "UPDATE hub_batches SET log_status = ? WHERE sync_key = ? AND batch_no = ?",
-                    [log.status, sync_key, batch_no],
+                continue
+            age = _age_s(conn, sync_key, batch_no) if max_age_s is not None else 0.0
+            if max_age_s is not None and age > max_age_s:
+                reason = (
+                    f"given up: getLog status {log.status} (processing) {age:.0f} s after "
+                    f"posting, over HUB_MESSAGE_MAX_AGE ({max_age_s:g} s): outcome unknown, "
+                    "sent again"
                 )
-                still.append((sync_key, batch_no, message_id))
+                settle_unknown(
+                    conn,
+                    sync_key,
+                    batch_no,
+                    message_id,
+                    reason,
+                    log_status=log.status,
+                    settled_in=settled_in,
+                )
+                outcomes.messages_given_up += 1
+                continue
+            conn.execute(
+                "UPDATE hub_batches SET log_status = ? WHERE sync_key = ? AND batch_no = ?",
+                [log.status, sync_key, batch_no],
+            )
+            still.append((sync_key, batch_no, message_id))
         waiting = still
         if not waiting or time.monotonic() + delay > deadline:
             break
         sleep(delay)
         delay = min(delay * 2, 5.0)
     return outcomes, len(waiting)
+
+
+def settle_in_flight(
+    conn: duckdb.DuckDBPyConnection,
+    client: HubClient,
+    sync_key: str,
+    *,
+    lost_after_s: float,
+    max_age_s: float,
+) -> ItemOutcomes:
+    """Before a diff: ask once for every message in flight; apply the finished ones, and settle
+    as unknown those the HUB no longer knows or still processes past ``max_age_s``, so that
+    their objects are in this sync's diff (sent again as updates) instead of held back."""
+    outcomes, _ = acknowledge(
+        conn,
+        client,
+        in_flight_batches(conn),
+        timeout_s=0,
+        lost_after_s=lost_after_s,
+        max_age_s=max_age_s,
+        settled_in=sync_key,
+    )
+    return outcomes
+
+
+def stuck_messages(conn: duckdb.DuckDBPyConnection, older_than_s: float) -> list[tuple]:
+    """Messages still processing at the HUB that were posted more than ``older_than_s`` ago:
+    (sync_key, batch_no, message_id, object_type, objects, age in seconds), oldest first."""
+    return conn.execute(
+        "SELECT sync_key, batch_no, message_id, object_type, objects, "
+        "round(epoch(now()) - epoch(posted_at)) AS age_s FROM hub_batches "
+        "WHERE status = 'sent' AND posted_at < now() - to_seconds(?) ORDER BY posted_at",
+        [older_than_s],
+    ).fetchall()
 
 
 # -- posting ----------------------------------------------------------------------------------
@@ -704,6 +830,131 @@ class DeliverySummary:
     outcomes: ItemOutcomes = field(default_factory=ItemOutcomes)
     unfinished: int = 0
     stopped: str = ""  # why delivery stopped early, if it did
+    refused: Counter[str] = field(default_factory=Counter)  # objects the HUB refused, by type
+    refusals: list[tuple[str, str, str]] = field(default_factory=list)  # type, key, answer
+    split_posts: int = 0  # posts of halves of refused batches
+
+
+# The HUB refused the envelope's content (400 Invalid Request) or its size (413): halves of it
+# may pass. Any other refusal (401, 403, 404, …) refuses every batch alike.
+SPLITTABLE_STATUSES = frozenset({400, 413})
+
+
+def split_budget(objects: int) -> int:
+    """Extra posts allowed to isolate the refused objects of a refused batch of ``objects``:
+    two per halving, enough to corner one bad object (2·ceil(log2 n))."""
+    return 2 * math.ceil(math.log2(objects)) if objects > 1 else 0
+
+
+def split_batch(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, batch_no: int
+) -> list[tuple[int, str, int]]:
+    """Move a refused batch's events into two new pending batches of the same phase (first
+    half, second half) with their envelopes; return [(batch_no, envelope text, objects)]."""
+    phase, object_type, action, text = conn.execute(
+        "SELECT phase, object_type, action, envelope::VARCHAR FROM hub_batches "
+        "WHERE sync_key = ? AND batch_no = ?",
+        [sync_key, batch_no],
+    ).fetchall()[0]
+    head = json.loads(text)
+    events = conn.execute(
+        "SELECT seq, payload::VARCHAR FROM hub_events WHERE sync_key = ? AND batch_no = ? "
+        "ORDER BY seq",
+        [sync_key, batch_no],
+    ).fetchall()
+    middle = (len(events) + 1) // 2
+    halves = []
+    with transaction(conn):
+        (last,) = conn.execute(
+            "SELECT max(batch_no) FROM hub_batches WHERE sync_key = ?", [sync_key]
+        ).fetchall()[0]
+        for offset, part in enumerate((events[:middle], events[middle:]), start=1):
+            event = {"typ": action, "obj": {object_type: [json.loads(p) for _, p in part]}}
+            half_text = json.dumps(
+                envelope(
+                    [event], org_id=head["org_id"], who=head["who"], doo=head["doo"],
+                    ver=head["ver"],
+                ),
+                ensure_ascii=False,
+            )  # fmt: skip
+            conn.execute(
+                "INSERT INTO hub_batches (sync_key, batch_no, phase, object_type, action, "
+                "objects, envelope, bytes, status, split_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?::JSON, ?, 'pending', ?)",
+                [sync_key, last + offset, phase, object_type, action, len(part), half_text,
+                 len(half_text.encode()), batch_no],
+            )  # fmt: skip
+            conn.execute(
+                "UPDATE hub_events SET batch_no = ? WHERE sync_key = ? AND batch_no = ? "
+                "AND seq BETWEEN ? AND ?",
+                [last + offset, sync_key, batch_no, part[0][0], part[-1][0]],
+            )
+            halves.append((last + offset, half_text, len(part)))
+    return halves
+
+
+def record_refused(
+    conn: duckdb.DuckDBPyConnection,
+    sync_key: str,
+    batch_no: int,
+    result: PostResult,
+    summary: DeliverySummary,
+) -> None:
+    """Log every object of a refused batch with the HUB's answer (outcome ``refused``); they
+    stay out of ``hub_state``, so the next sync sends them again."""
+    rows = conn.execute(
+        "SELECT object_type, key FROM hub_events WHERE sync_key = ? AND batch_no = ? ORDER BY seq",
+        [sync_key, batch_no],
+    ).fetchall()
+    answer = f"HTTP {result.status}: {result.body}".strip()
+    if len(rows) > 1:
+        answer += f" (refused with {len(rows) - 1} other objects, not isolated)"
+    conn.execute(
+        "INSERT INTO hub_log SELECT sync_key, batch_no, NULL, seq, object_type, log_sis_id, "
+        "'e', 'refused', ?, now() FROM hub_events WHERE sync_key = ? AND batch_no = ?",
+        [answer, sync_key, batch_no],
+    )
+    for object_type, key in rows:
+        summary.refused[object_type] += 1
+        if len(summary.refusals) < 20:
+            summary.refusals.append((object_type, key, answer))
+
+
+def isolate_refused(
+    conn: duckdb.DuckDBPyConnection,
+    client: HubClient,
+    sync_key: str,
+    batch_no: int,
+    result: PostResult,
+    summary: DeliverySummary,
+) -> bool:
+    """Split a refused batch in halves and post them, again for each refused half, until the
+    refused objects are alone or the batch's :func:`split_budget` is spent; record what stays
+    refused. False when delivery must stop (a half did not arrive)."""
+    (objects,) = conn.execute(
+        "SELECT count(*) FROM hub_events WHERE sync_key = ? AND batch_no = ?",
+        [sync_key, batch_no],
+    ).fetchall()[0]
+    budget = split_budget(objects)
+    stack = [(batch_no, result, objects)]
+    while stack:
+        refused_no, refused, size = stack.pop()
+        if size < 2 or refused.status not in SPLITTABLE_STATUSES or budget < 2:
+            record_refused(conn, sync_key, refused_no, refused, summary)
+            continue
+        budget -= 2
+        refused_halves = []
+        for half_no, text, half_size in split_batch(conn, sync_key, refused_no):
+            half = post(conn, client, sync_key, half_no, text)
+            summary.posted[half.outcome.value] += 1
+            summary.split_posts += 1
+            if half.outcome is PostOutcome.NOT_ARRIVED:
+                summary.stopped = f"the HUB did not take batch {half_no}: {half.body[:200]}"
+                return False
+            if half.outcome is PostOutcome.REJECTED:
+                refused_halves.append((half_no, half, half_size))
+        stack.extend(reversed(refused_halves))
+    return True
 
 
 def _pending(
@@ -766,7 +1017,13 @@ def deliver(
     entities an update found missing are inserted in a follow-up batch of the same phase."""
     summary = DeliverySummary()
     earlier, summary.unfinished = acknowledge(
-        conn, client, in_flight_batches(conn), timeout_s=ack_timeout_s, poll_s=poll_s
+        conn,
+        client,
+        in_flight_batches(conn),
+        timeout_s=ack_timeout_s,
+        poll_s=poll_s,
+        lost_after_s=ack_timeout_s,
+        settled_in=sync_key,
     )
     summary.outcomes.add(earlier)
     if summary.unfinished:
@@ -797,18 +1054,35 @@ def _deliver_phase(
     poll_s: float,
 ) -> bool:
     """Post one phase's batches and wait for their logs; False when delivery must stop."""
+    refused: list[tuple[int, PostResult]] = []
+
+    def stop(why: str) -> bool:
+        for refused_no, refusal in refused:  # refused, not split: logged all the same
+            record_refused(conn, sync_key, refused_no, refusal, summary)
+        summary.stopped = why
+        return False
+
     for batch_no, text in batches:
         result = post(conn, client, sync_key, batch_no, text)
         summary.posted[result.outcome.value] += 1
         if result.outcome is PostOutcome.NOT_ARRIVED:
-            summary.stopped = f"the HUB did not take batch {batch_no}: {result.body[:200]}"
-            return False
+            return stop(f"the HUB did not take batch {batch_no}: {result.body[:200]}")
+        if result.outcome is PostOutcome.REJECTED:
+            refused.append((batch_no, result))  # the phase's other batches go first
+            if result.status not in SPLITTABLE_STATUSES:
+                return stop(f"the HUB refused batch {batch_no}: {result.body[:200]}")
+    while refused:
+        batch_no, result = refused.pop(0)
+        if not isolate_refused(conn, client, sync_key, batch_no, result, summary):
+            return stop(summary.stopped)
     outcomes, summary.unfinished = acknowledge(
         conn,
         client,
         in_flight_batches(conn, sync_key, phase),
         timeout_s=ack_timeout_s,
         poll_s=poll_s,
+        lost_after_s=ack_timeout_s,
+        settled_in=sync_key,
     )
     summary.outcomes.add(outcomes)
     if summary.unfinished:
@@ -840,10 +1114,22 @@ def hub_payload(
 ) -> dg.MaterializeResult:
     """The events this sync sends the HUB: the diff of ``hub_desired`` against ``hub_state``,
     grouped into batches (one object type and action each, at most HUB_BATCH_SIZE objects and
-    1 MB), stored as the exact JSON to post. Re-running replaces the unsent batches."""
+    1 MB), stored as the exact JSON to post. Re-running replaces the unsent batches.
+
+    First every message still in flight is asked once: finished ones are applied, and one the
+    HUB no longer knows (getLog 404) or still processes past HUB_MESSAGE_MAX_AGE is settled as
+    an unknown outcome, so its objects are in this diff (sent again as updates)."""
     started = time.monotonic()
     full = parse_sync_key(context.partition_key).mode == "full"
+    client = hub.client()
     with warehouse.connection() as conn:
+        settled = settle_in_flight(
+            conn,
+            client,
+            context.partition_key,
+            lost_after_s=hub.ack_timeout_s,
+            max_age_s=hub.message_max_age_s,
+        )
         summary = build_payload(
             conn,
             context.partition_key,
@@ -852,6 +1138,19 @@ def hub_payload(
             org_id=hub.org_id,
             who=hub.who,
         )
+    notes = []
+    if settled.messages_lost:
+        notes.append(
+            f"{settled.messages_lost} message(s) the HUB does not know (getLog 404): outcome "
+            "unknown, objects sent again"
+        )
+    if settled.messages_given_up:
+        notes.append(
+            f"{settled.messages_given_up} message(s) still processing past HUB_MESSAGE_MAX_AGE "
+            f"({hub.message_max_age_s:g} s) given up: outcome unknown, objects sent again"
+        )
+    for note in notes:
+        context.log.warning(note)
     metadata: dict[str, Any] = {f"events_{name}": n for name, n in sorted(summary.changes.items())}
     metadata.update(
         events=sum(summary.changes.values()),
@@ -859,9 +1158,13 @@ def hub_payload(
         bytes=summary.bytes,
         superseded_batches=summary.superseded,
         recovered_batches=summary.recovered,
+        items_acknowledged_late=settled.applied + settled.reconciled + settled.failed,
+        messages_lost=settled.messages_lost,
+        messages_given_up=settled.messages_given_up,
         diff_s=summary.diff_s,
         duration_s=_since(started),
     )
+    metadata[HUB_NOTES_METADATA] = dg.MetadataValue.json(notes)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -891,9 +1194,15 @@ def hub_delivery(
             envelope=Envelope(hub.org_id, hub.who, hub.batch_size),
         )
         pending = pending_message_ids(conn)
+        stuck = stuck_messages(conn, hub.ack_timeout_s)
     if summary.stopped:
         context.log.warning("delivery stopped early: %s", summary.stopped)
     metadata = _delivery_metadata(summary, client, pending)
+    metadata.update(_stuck_metadata(stuck))
+    notes = hub_notes(summary, stuck, hub)
+    for note in notes:
+        context.log.warning(note)
+    metadata[HUB_NOTES_METADATA] = dg.MetadataValue.json(notes)
     return dg.MaterializeResult(metadata={**metadata, "duration_s": _since(started)})
 
 
@@ -913,11 +1222,75 @@ def _delivery_metadata(
         "items_reconciled": outcomes.reconciled,
         "items_failed": outcomes.failed,
         "errors_by_message": dg.MetadataValue.json(dict(outcomes.errors.most_common(20))),
+        "items_failed_by_type": dg.MetadataValue.json(_by_type(outcomes.errors_by_type)),
+        "objects_refused": sum(summary.refused.values()),
+        "objects_refused_by_type": dg.MetadataValue.json(dict(sorted(summary.refused.items()))),
+        "refused_objects": dg.MetadataValue.json(
+            [{"object": t, "key": k, "answer": a} for t, k, a in summary.refusals]
+        ),
+        "batches_split_posts": summary.split_posts,
+        "messages_lost": outcomes.messages_lost,
+        "messages_given_up": outcomes.messages_given_up,
         "first_errors": dg.MetadataValue.md(_errors_table(outcomes)),
         "stopped": summary.stopped or "no",
         PENDING_MESSAGES_METADATA: dg.MetadataValue.json(pending),
         **client.http.stats.as_metadata(),
     }
+
+
+# Lines the CLI summary prints under "HUB:" (metadata of hub_delivery).
+HUB_NOTES_METADATA = "hub_notes"
+
+
+def _by_type(errors: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """{object type: {the HUB's message: items}}, most frequent first, 20 messages at most."""
+    grouped: dict[str, dict[str, int]] = defaultdict(dict)
+    for (object_type, message), n in errors.most_common(20):
+        grouped[object_type][message] = n
+    return dict(sorted(grouped.items()))
+
+
+def _stuck_metadata(stuck: list[tuple]) -> dict[str, Any]:
+    return {
+        "messages_processing_past_ack_timeout": len(stuck),
+        "oldest_processing_message_s": float(stuck[0][5]) if stuck else 0.0,
+    }
+
+
+def hub_notes(summary: DeliverySummary, stuck: list[tuple], hub: HubResource) -> list[str]:
+    """What went wrong at the HUB, one line each, for the CLI summary and the run's log."""
+    notes = []
+    if summary.refused:
+        by_answer: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for object_type, key, answer in summary.refusals:
+            by_answer[(object_type, answer)].append(key)
+        counts = ", ".join(f"{t} {n}" for t, n in sorted(summary.refused.items()))
+        notes.append(f"refused by the HUB, not delivered, sent again next sync: {counts}")
+        notes += [
+            f"  {t} {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}: {answer}"
+            for (t, answer), keys in by_answer.items()
+        ]
+    for object_type, messages in _by_type(summary.outcomes.errors_by_type).items():
+        notes += [
+            f"item errors (getLog level e), sent again next sync: {object_type} {n} × {message}"
+            for message, n in messages.items()
+        ]
+    if stuck:
+        objects: Counter[str] = Counter()
+        for _, _, _, object_type, count, _ in stuck:
+            objects[object_type] += count
+        notes.append(
+            f"{len(stuck)} message(s) still processing at the HUB after HUB_ACK_TIMEOUT "
+            f"({hub.ack_timeout_s:g} s), oldest {float(stuck[0][5]) / 3600:.2f} h "
+            f"({', '.join(f'{t} {n}' for t, n in sorted(objects.items()))}); given up as "
+            f"unknown after HUB_MESSAGE_MAX_AGE ({hub.message_max_age_s:g} s)"
+        )
+    if summary.outcomes.messages_lost:
+        notes.append(
+            f"{summary.outcomes.messages_lost} message(s) the HUB does not know (getLog 404): "
+            "outcome unknown, objects sent again"
+        )
+    return notes
 
 
 @dg.asset(group_name="hub", kinds={"api", "duckdb"}, pool="duckdb", deps=[hub_delivery])
@@ -1038,5 +1411,71 @@ def hub_links_reference_known_objects(warehouse: WarehouseResource) -> dg.AssetC
     )
 
 
+@dg.asset_check(asset=hub_delivery, blocking=False, pool="duckdb")
+def hub_items_refused(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """WARN when the HUB answered items of this sync's batches with an error (getLog level
+    ``e``, not reconciled): they are not acknowledged and are sent again by the next sync."""
+    sync_key = context.run.tags.get("dagster/partition", "")
+    with warehouse.connection() as conn:
+        rows = conn.execute(
+            "SELECT object_type, message, count(*) FROM hub_log WHERE sync_key = ? "
+            "AND outcome = 'failed' GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT 20",
+            [sync_key],
+        ).fetchall()
+        (total,) = conn.execute(
+            "SELECT count(*) FROM hub_log WHERE sync_key = ? AND outcome = 'failed'", [sync_key]
+        ).fetchall()[0]
+    by_type = _by_type(Counter({(t, m): n for t, m, n in rows}))
+    return dg.AssetCheckResult(
+        passed=not total,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"items_failed": total, "by_type": dg.MetadataValue.json(by_type)},
+        description=(
+            f"the HUB answered {total} item(s) with an error: "
+            + "; ".join(f"{t} {n} × {m}" for t, m, n in rows[:5])
+        )
+        if total
+        else None,
+    )
+
+
+@dg.asset_check(asset=hub_delivery, blocking=False, pool="duckdb")
+def hub_messages_finish_in_time(
+    warehouse: WarehouseResource, hub: HubResource
+) -> dg.AssetCheckResult:
+    """WARN while messages are still processing at the HUB longer than HUB_ACK_TIMEOUT after
+    they were posted (their objects wait; past HUB_MESSAGE_MAX_AGE they are given up)."""
+    with warehouse.connection() as conn:
+        stuck = stuck_messages(conn, hub.ack_timeout_s)
+    return dg.AssetCheckResult(
+        passed=not stuck,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            **_stuck_metadata(stuck),
+            "messages": dg.MetadataValue.json(
+                [
+                    {"message_id": m, "object": t, "objects": n, "age_s": float(age)}
+                    for _, _, m, t, n, age in stuck[:20]
+                ]
+            ),
+        },  # fmt: skip
+        description=(
+            f"{len(stuck)} message(s) still processing after HUB_ACK_TIMEOUT "
+            f"({hub.ack_timeout_s:g} s); given up after HUB_MESSAGE_MAX_AGE "
+            f"({hub.message_max_age_s:g} s)"
+        )
+        if stuck
+        else None,
+    )
+
+
 HUB_ASSETS = [hub_payload, hub_delivery, hub_acknowledgement]
-HUB_CHECKS = [hub_deletes_within_limit, hub_desired_codes_unique, hub_links_reference_known_objects]
+HUB_CHECKS = [
+    hub_deletes_within_limit,
+    hub_desired_codes_unique,
+    hub_links_reference_known_objects,
+    hub_items_refused,
+    hub_messages_finish_in_time,
+]

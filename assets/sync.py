@@ -67,10 +67,76 @@ def summarize_sync(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, Any]:
     }
 
 
+def summarize_hub(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, Any]:
+    """What the HUB refused or never answered in this sync: objects refused (400, per type
+    with the HUB's answer), item errors by type and message, messages given up after
+    HUB_MESSAGE_MAX_AGE or unknown to getLog (settled by this sync). The objects of all of
+    these are sent again by the next sync."""
+    refused = conn.execute(
+        """
+        SELECT l.object_type, l.message, list(e.key ORDER BY e.key) FROM hub_log l
+        JOIN hub_events e ON e.sync_key = l.sync_key AND e.seq = l.seq
+        WHERE l.sync_key = ? AND l.outcome = 'refused' GROUP BY ALL ORDER BY 1, 2
+        """,
+        [key],
+    ).fetchall()
+    failed = conn.execute(
+        "SELECT object_type, message, count(*) FROM hub_log WHERE sync_key = ? "
+        "AND outcome = 'failed' GROUP BY ALL ORDER BY 1, 3 DESC, 2 LIMIT 50",
+        [key],
+    ).fetchall()
+    settled = conn.execute(
+        """
+        SELECT starts_with(l.message, 'given up') AS given_up, b.object_type,
+               count(DISTINCT (b.sync_key, b.batch_no)), count(*)
+        FROM hub_batches b JOIN hub_log l USING (sync_key, batch_no)
+        WHERE b.given_up_in = ? AND l.outcome = 'unknown' GROUP BY ALL ORDER BY 1, 2
+        """,
+        [key],
+    ).fetchall()
+    items_failed: dict[str, dict[str, int]] = {}
+    for object_type, message, n in failed:
+        items_failed.setdefault(object_type, {})[message] = n
+    return {
+        "objects_refused": sum(len(keys) for _, _, keys in refused),
+        "refused": [
+            {"object": t, "answer": answer, "keys": keys[:20], "count": len(keys)}
+            for t, answer, keys in refused
+        ],
+        "items_failed": items_failed,
+        "messages_given_up": sum(m for given_up, _, m, _ in settled if given_up),
+        "messages_lost": sum(m for given_up, _, m, _ in settled if not given_up),
+        "objects_sent_again": {t: n for _, t, _, n in settled},
+    }
+
+
+def hub_failure(hub: dict[str, Any]) -> str | None:
+    """Why the sync fails although everything deliverable was delivered: objects the HUB
+    refused, or messages given up after HUB_MESSAGE_MAX_AGE (that run fails once)."""
+    parts = []
+    if hub["objects_refused"]:
+        groups = "; ".join(
+            f"{g['object']} {', '.join(g['keys'][:5])}{' …' if g['count'] > 5 else ''} "
+            f"({g['count']}): {g['answer']}"
+            for g in hub["refused"]
+        )
+        parts.append(
+            f"HUB refused {hub['objects_refused']} object(s), not delivered (sent again next "
+            f"sync): {groups}"
+        )
+    if hub["messages_given_up"]:
+        parts.append(
+            f"HUB still processed {hub['messages_given_up']} message(s) past "
+            "HUB_MESSAGE_MAX_AGE: given up as unknown outcome, their objects sent again"
+        )
+    return " | ".join(parts) or None
+
+
 def finish_sync_run(
     conn: duckdb.DuckDBPyConnection, key: str, finished_at: datetime
 ) -> dict[str, Any]:
-    """Mark the key's row successful with its summary (which this returns)."""
+    """Close the key's row with its summary (which this returns): ``success``, or ``failed``
+    with the error when the HUB refused objects or a message was given up (``hub_error``)."""
     with transaction(conn):
         row = conn.execute(
             "SELECT started_at, effective_mode FROM sync_runs WHERE key = ?", [key]
@@ -84,14 +150,23 @@ def finish_sync_run(
             "effective_mode": effective_mode,
             "duration_s": round((finished_at - started_at).total_seconds(), 3),
             **summarize_sync(conn, key),
+            "hub": summarize_hub(conn, key),
         }
+        error = hub_failure(summary["hub"])
+        summary["hub_error"] = error
         conn.execute(
             """
             UPDATE sync_runs
-            SET status = 'success', finished_at = ?, summary = ?::JSON, error = NULL
+            SET status = ?, finished_at = ?, summary = ?::JSON, error = ?
             WHERE key = ?
             """,
-            [finished_at, json.dumps(summary), key],
+            [
+                "failed" if error else "success",
+                finished_at,
+                json.dumps(summary),
+                error[:_MAX_ERROR_CHARS] if error else None,
+                key,
+            ],
         )
     return summary
 
@@ -175,22 +250,31 @@ def sync_summary(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Closes the sync: marks its sync_runs row successful, with the finish time and a JSON
-    summary (duration, pages and records landed per raw table, records quarantined).
+    summary (duration, pages and records landed per raw table, records quarantined, what the
+    HUB refused or did not answer). Fails, once everything deliverable was delivered, when the
+    HUB refused objects or a message was given up after HUB_MESSAGE_MAX_AGE.
 
     Runs last: every asset of a sync is upstream of it.
     """
     with warehouse.connection() as conn:
         summary = finish_sync_run(conn, context.partition_key, datetime.now(UTC))
-    return dg.MaterializeResult(
-        metadata={
-            "mode": summary["effective_mode"],
-            "duration_s": float(summary["duration_s"]),
-            "pages": summary["pages"],
-            "records": summary["records"],
-            "quarantined": summary["quarantined"],
-            "raw_tables": dg.MetadataValue.json(summary["raw"]),
-        }
-    )
+    hub = summary["hub"]
+    metadata = {
+        "mode": summary["effective_mode"],
+        "duration_s": float(summary["duration_s"]),
+        "pages": summary["pages"],
+        "records": summary["records"],
+        "quarantined": summary["quarantined"],
+        "raw_tables": dg.MetadataValue.json(summary["raw"]),
+        "objects_refused": hub["objects_refused"],
+        "items_failed_by_type": dg.MetadataValue.json(hub["items_failed"]),
+        "messages_given_up": hub["messages_given_up"],
+        "hub": dg.MetadataValue.json(hub),
+    }
+    if summary["hub_error"]:
+        # Everything deliverable was delivered; the run fails so that nobody misses it.
+        raise dg.Failure(summary["hub_error"], metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.failure_hook(required_resource_keys={"warehouse"})

@@ -58,6 +58,7 @@ class SyncReport:
     duration_s: float = 0.0
     error: str | None = None
     labels: dict[str, str] = field(default_factory=dict)  # step -> how the summary names it
+    hub_notes: list[str] = field(default_factory=list)  # what went wrong at the HUB
 
     def label(self, step: str) -> str:
         return self.labels.get(step, step)
@@ -138,6 +139,9 @@ class _Progress:
             reasons = materialization.metadata.get(UNSENDABLE_REASONS)
             if isinstance(reasons, dg.JsonMetadataValue) and isinstance(reasons.value, dict):
                 step_report.reasons = {str(k): int(v) for k, v in reasons.value.items()}
+            notes = materialization.metadata.get(HUB_NOTES_METADATA)
+            if isinstance(notes, dg.JsonMetadataValue) and isinstance(notes.value, list):
+                self.report.hub_notes.extend(str(note) for note in notes.value)
 
 
 def check_labels(job: dg.JobDefinition) -> dict[str, str]:
@@ -244,8 +248,14 @@ HEADLINE_NUMBERS = frozenset(
         "items_applied",
         "items_reconciled",
         "items_failed",
+        "objects_refused",
+        "messages_lost",
+        "messages_given_up",
+        "messages_processing_past_ack_timeout",
     }
 )
+# hub_delivery's lines about what the HUB refused or left unanswered (assets/hub.py)
+HUB_NOTES_METADATA = "hub_notes"
 
 
 def _headline(name: str) -> bool:
@@ -318,5 +328,8 @@ def render_summary(report: SyncReport, warehouse: Path | None = None) -> str:
     if not_run:
         after = ", after the failure" if not report.success else ""
         lines += _wrapped(f"  not run{after}: ", [report.label(step) for step in not_run])
+    if report.hub_notes:
+        lines.append("  HUB:")
+        lines += [f"    {note}" for note in report.hub_notes]
     lines += _unsendable(report)
     return "\n".join(lines)

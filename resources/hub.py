@@ -2,20 +2,23 @@
 
 ``POST {HUB_API_URL}/sync/v1`` takes an envelope of insert/update/delete events and answers
 ``{"messageId"}``; the objects are validated later, and ``GET {HUB_API_URL}/instituicao/getLog/
-<messageId>`` reports per item, in pages (``limit``/``offset``), with an overall status:
-1 processing without errors, 2 processing with errors, 3 finished with errors, 4 finished
-without errors.
+<messageId>`` reports per item, in pages, with an overall status: 1 processing without errors,
+2 processing with errors, 3 finished with errors, 4 finished without errors. The paging travels
+in the JSON body of the GET, ``{"limit": 25, "offset": 0}`` (the defaults when absent), and the
+answer's ``qtdeRegistros`` is the total: seed document, "Data Consultation".
 
 A POST is retried only when it provably did not arrive: the connection was refused or timed out
 before it was made, or the HUB answered 429 or 5xx without a ``messageId``. When the request
 went out and no usable answer came back (dropped connection, read timeout, a 2xx without a
-``messageId``) the outcome is *unknown*: the batch may be queued at the HUB, so it is never sent
-blindly again; the next sync re-diffs its objects and a repeated insert comes back as "already
-exists", which the delivery reconciles.
+``messageId`` or with ``"messageId": null``) the outcome is *unknown*: the batch may be queued
+at the HUB, so it is never sent blindly again; the next sync re-diffs its objects and a repeated
+insert comes back as "already exists", which the delivery reconciles. A 4xx is a refusal
+(*rejected*, with the HUB's answer); the delivery isolates the objects it refuses.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,6 +168,14 @@ class SyncLogPage(BaseModel):
     qtdeRegistros: int  # noqa: N815 - the API's name
     status: int
     logs: list[LogEntry]
+    # Not in the document's answer; a HUB that echoes the page size it used lets us ask for it.
+    limit: int | None = None
+
+
+# "Data Consultation": limit and offset go in the JSON body of the GET, 25 and 0 by default.
+# The document names no maximum, so pages are asked for 25 at a time unless the HUB echoes a
+# larger ``limit`` back; the offset advances by the items actually received.
+LOG_PAGE_SIZE = 25
 
 
 PROCESSING_STATUSES = frozenset({1, 2})
@@ -178,10 +189,16 @@ class SyncLog:
     message_id: str
     status: int
     items: list[BaseItem]
+    total: int = 0  # qtdeRegistros
+    pages: int = 1
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+class MessageNotFound(ApiError):
+    """getLog answered 404: the HUB does not know the messageId (e.g. restored from a backup)."""
 
 
 # -- posting --------------------------------------------------------------------------------
@@ -189,7 +206,7 @@ class SyncLog:
 
 class PostOutcome(StrEnum):
     ACCEPTED = "accepted"  # the HUB answered with a messageId
-    REJECTED = "rejected"  # the HUB answered 4xx: the envelope is wrong; resending won't help
+    REJECTED = "rejected"  # the HUB answered 4xx: it refused the envelope; resending won't help
     NOT_ARRIVED = "not_arrived"  # retries exhausted, and provably not queued
     UNKNOWN = "unknown"  # it went out and no usable answer came back: maybe queued
 
@@ -265,6 +282,8 @@ class HubClient:
         if 200 <= status < 300:
             try:
                 message_id = response.json()["messageId"]
+                if message_id is None or not str(message_id).strip():
+                    raise ValueError("no messageId")  # 200 {"messageId": null}: maybe queued
             except (ValueError, KeyError, TypeError):
                 return PostResult(
                     PostOutcome.UNKNOWN,
@@ -279,14 +298,26 @@ class HubClient:
             PostOutcome.REJECTED, status=status, body=body_excerpt(response), attempts=attempt
         )
 
-    def log_page(self, message_id: str, *, limit: int = 500, offset: int = 0) -> SyncLogPage:
+    def log_page(
+        self, message_id: str, *, limit: int = LOG_PAGE_SIZE, offset: int = 0
+    ) -> SyncLogPage:
+        """One page of a message's log; paging in the JSON body ("Data Consultation")."""
         response = self.http.request(
             "GET",
             f"/instituicao/getLog/{message_id}",
             retry=True,
-            headers=self._headers,
-            params={"limit": limit, "offset": offset},
+            headers={**self._headers, "Content-Type": "application/json"},
+            data=json.dumps({"limit": limit, "offset": offset}).encode(),
         )
+        if response.status_code == 404:
+            raise MessageNotFound(
+                self.http.system,
+                "GET",
+                response.url,
+                "getLog does not know this messageId",
+                404,
+                body_excerpt(response),
+            )
         if response.status_code != 200:
             raise self.http.error(response, "getLog failed")
         try:
@@ -294,18 +325,26 @@ class HubClient:
         except ValidationError as exc:
             raise self.http.error(response, f"unexpected getLog answer: {exc}") from None
 
-    def get_log(self, message_id: str, *, page_size: int = 500) -> SyncLog:
-        """Every log item of a message (all pages), with its current status."""
-        first = self.log_page(message_id, limit=page_size)
+    def get_log(self, message_id: str, *, only_if_finished: bool = False) -> SyncLog:
+        """A message's log with its current status: every item (all pages, until
+        ``qtdeRegistros`` are read), or with ``only_if_finished`` just the first page while
+        the message is still processing (its items are not used before it finishes)."""
+        limit = LOG_PAGE_SIZE
+        first = self.log_page(message_id, limit=limit)
         items = [entry.baseItem for entry in first.logs]
-        status, total = first.status, first.qtdeRegistros
+        status, total, pages = first.status, first.qtdeRegistros, 1
+        limit = max(limit, first.limit or 0)
+        if only_if_finished and status not in FINISHED_STATUSES:
+            return SyncLog(message_id, status, items, total, pages)
         while len(items) < total:
-            page = self.log_page(message_id, limit=page_size, offset=len(items))
+            page = self.log_page(message_id, limit=limit, offset=len(items))
+            pages += 1
             if not page.logs:
                 break  # the count moved under us; the next poll reads the rest
             items.extend(entry.baseItem for entry in page.logs)
             status, total = page.status, page.qtdeRegistros
-        return SyncLog(message_id, status, items)
+            limit = max(limit, page.limit or 0)
+        return SyncLog(message_id, status, items, total, pages)
 
     def status(self, message_id: str) -> int:
         """The message's overall status (one small request; for sensors)."""
@@ -339,6 +378,12 @@ class HubResource(dg.ConfigurableResource):
         default=0.25, description="First wait between getLog polls; it doubles up to 5 s."
     )
 
+    message_max_age_s: float = Field(
+        default=86400.0,
+        description="HUB_MESSAGE_MAX_AGE: a message still processing this long after it was "
+        "posted is given up as an unknown outcome and its objects are sent again.",
+    )
+
     def client(self) -> HubClient:
         return HubClient(self.api_url, self.api_key)
 
@@ -363,4 +408,5 @@ def hub_resource(settings: HubSettings) -> HubResource:
         max_delete_share=settings.max_delete_share,
         ack_timeout_s=settings.ack_timeout_s,
         poll_interval_s=settings.poll_interval_s,
+        message_max_age_s=settings.message_max_age_s,
     )

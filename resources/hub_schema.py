@@ -85,3 +85,12 @@ _VIEWS = "".join(
 )
 
 HUB_SCHEMA = _TABLES + _VIEWS
+
+# A batch the HUB refuses (400) is split in halves until the refused objects are isolated; an
+# object refused alone is logged without a messageId. A message the HUB no longer knows (getLog
+# 404) or still processes past HUB_MESSAGE_MAX_AGE is settled as an unknown outcome.
+HUB_REFUSALS_SCHEMA = """
+ALTER TABLE hub_log ALTER COLUMN message_id DROP NOT NULL;  -- NULL: refused, no message
+ALTER TABLE hub_batches ADD COLUMN split_from INTEGER;      -- the refused batch this half came from
+ALTER TABLE hub_batches ADD COLUMN given_up_in VARCHAR;     -- the sync that settled it as unknown
+"""

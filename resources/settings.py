@@ -74,6 +74,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUB_MAX_DELETE_SHARE", "0.10"),
     Variable("HUB_ACK_TIMEOUT", "300"),
     Variable("HUB_POLL_INTERVAL", "0.25"),
+    Variable("HUB_MESSAGE_MAX_AGE", "86400"),
 )
 VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
 
@@ -148,6 +149,7 @@ class HubSettings:
     max_delete_share: float
     ack_timeout_s: float  # how long a sync waits for a phase's getLog before leaving it pending
     poll_interval_s: float  # first wait between getLog polls (it doubles up to 5 s)
+    message_max_age_s: float  # a message still processing this long is given up as unknown
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,6 +370,19 @@ def _studip_oauth1(read: _Reader) -> StudipOAuth1 | None:
     )
 
 
+def _message_max_age(read: _Reader, ack_timeout: float) -> float:
+    """HUB_MESSAGE_MAX_AGE, longer than HUB_ACK_TIMEOUT: a sync must have waited for a message
+    before it may give it up."""
+    max_age = read.seconds("HUB_MESSAGE_MAX_AGE")
+    unread = ("HUB_ACK_TIMEOUT ", "HUB_MESSAGE_MAX_AGE ")
+    if max_age <= ack_timeout and not any(e.startswith(unread) for e in read.errors):
+        read.errors.append(
+            f"HUB_MESSAGE_MAX_AGE must be longer than HUB_ACK_TIMEOUT ({ack_timeout:g} s) "
+            f"(got {_shown('HUB_MESSAGE_MAX_AGE', read.text('HUB_MESSAGE_MAX_AGE'))})"
+        )
+    return max_age
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate all settings from ``env`` (default: ``os.environ``).
 
@@ -414,8 +429,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             who=read.text("HUB_WHO"),
             batch_size=read.integer("HUB_BATCH_SIZE", 1),
             max_delete_share=read.fraction("HUB_MAX_DELETE_SHARE"),
-            ack_timeout_s=read.seconds("HUB_ACK_TIMEOUT"),
+            ack_timeout_s=(ack_timeout := read.seconds("HUB_ACK_TIMEOUT")),
             poll_interval_s=read.seconds("HUB_POLL_INTERVAL"),
+            message_max_age_s=_message_max_age(read, ack_timeout),
         ),
         uses_sandbox=not any(_is_set(read.env, name) for name in API_URL_VARIABLES),
     )

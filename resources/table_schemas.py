@@ -2,8 +2,9 @@
 
 The Dagster UI shows them on the assets that write those tables (``dagster/column_schema``), with
 the DDL's ``--`` comments as column descriptions. Only the shapes the migrations use are parsed:
-``CREATE TABLE name (column TYPE ..., PRIMARY KEY (...))`` and
-``ALTER TABLE name ADD COLUMN column TYPE``.
+``CREATE TABLE name (column TYPE ..., PRIMARY KEY (...))``,
+``ALTER TABLE name ADD COLUMN column TYPE`` and ``ALTER TABLE name ALTER COLUMN column DROP NOT
+NULL``.
 """
 
 import re
@@ -17,6 +18,9 @@ from resources.warehouse import MIGRATIONS, Migration
 _CREATE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s*\(", re.I)
 _ADD_COLUMN = re.compile(
     r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+(?:COLUMN\s+)?(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s+([^;,]+)", re.I
+)
+_DROP_NOT_NULL = re.compile(
+    r"ALTER\s+TABLE\s+(\w+)\s+ALTER\s+(?:COLUMN\s+)?(\w+)\s+DROP\s+NOT\s+NULL", re.I
 )
 _CONSTRAINTS = ("PRIMARY", "UNIQUE", "CHECK", "FOREIGN", "CONSTRAINT")
 _MODIFIERS = re.compile(
@@ -88,6 +92,19 @@ def table_columns(migrations: Iterable[Migration] = MIGRATIONS) -> dict[str, lis
             column = _column(f"{match.group(2)} {match.group(3).strip()}", "")
             if column is not None and match.group(1) in tables:
                 tables[match.group(1)].append(column)
+        for match in _DROP_NOT_NULL.finditer(sql):
+            table, name = match.group(1), match.group(2)
+            tables[table] = [
+                dg.TableColumn(
+                    name=column.name,
+                    type=column.type,
+                    description=column.description,
+                    constraints=dg.TableColumnConstraints(nullable=True),
+                )
+                if column.name == name
+                else column
+                for column in tables.get(table, [])
+            ]
     return tables
 
 

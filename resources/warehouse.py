@@ -21,7 +21,7 @@ from pydantic import Field
 
 from resources.campusonline_schema import CAMPUSONLINE_SCHEMA
 from resources.graph_schema import GRAPH_SCHEMA, GRAPH_VIEWS
-from resources.hub_schema import HUB_SCHEMA
+from resources.hub_schema import HUB_REFUSALS_SCHEMA, HUB_SCHEMA
 from resources.lms_schema import LMS_SCHEMA
 
 
@@ -189,6 +189,7 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE studip_courses ADD COLUMN studygroup BOOLEAN;
         """,
     ),
+    Migration("hub: refused objects and messages given up", HUB_REFUSALS_SCHEMA),
 ]
 
 

@@ -18,7 +18,16 @@ Admin routes (no API key, never subject to faults), besides the base class's:
   item, processed and error counts and received/started/finished times (world clock);
 * ``POST /_sandbox/reset`` empty state and log (queued messages are dropped);
 * ``GET|POST /_sandbox/hub`` read or change ``processing_delay_ms``, ``item_delay_ms``,
-  ``item_error_rate`` and ``item_error_seed`` at run time (setting the seed reseeds);
+  ``item_error_rate``, ``item_error_seed`` (setting the seed reseeds), ``refuse_objects``,
+  ``null_message_ids`` and ``stall_messages`` at run time. ``refuse_objects`` lists
+  ``"<type>:<id>"`` (the id getLog names an item by: its ``sis_id``, else its ``code``): a POST
+  carrying one of them is refused whole with 400 ``{"message": "Invalid Request: <type> <id>:
+  ..."}``, as a HUB refuses an envelope it cannot take. ``null_message_ids`` = N: the next N
+  accepted POSTs are queued and processed but answered ``200 {"messageId": null}``.
+  ``stall_messages`` = N: the next N accepted messages are never processed (getLog says status
+  1 for ever);
+* ``POST /_sandbox/messages/forget`` drops every message and its log, keeping the state (a HUB
+  restored from a backup: getLog answers 404 for the messageIds it gave before);
 * ``POST /_sandbox/save`` write the state to ``state_path``.
 
 Where the documents are silent, the sandbox chose:
@@ -34,8 +43,10 @@ Where the documents are silent, the sandbox chose:
   both ``2018/11/05T...`` and ``2018-11-05T...``). An event's ``obj`` must be a non-empty object
   whose values are arrays (possibly empty); an item that is not an object is an asynchronous
   error (``Objeto inválido``).
-* getLog reads ``limit``/``offset`` from a JSON body (a GET with a body) and, per field, falls
-  back to the query string. ``status`` counts a queued message as processing (1).
+* getLog reads ``limit``/``offset`` from the JSON body of the GET only, as the document's
+  "Data Consultation" shows (defaults 25 and 0); a query string is ignored, so a client paging by
+  query string reads the first 25 items again and again. ``limit`` above 1000 is a 400 (the
+  document names no maximum). ``status`` counts a queued message as processing (1).
 * Several field problems of one object are all reported, one ``mensagem`` entry each; otherwise
   the first failing check wins, in this order: fields, key exists/missing, references, subject
   name. Levels used: ``i`` (success) and ``e``; the sandbox never emits ``w``.
@@ -674,15 +685,29 @@ class HubOptions:
     item_delay_ms: int = 0
     item_error_rate: float = 0.0
     item_error_seed: int = 0
+    refuse_objects: list[str] = field(default_factory=list)  # "<type>:<sis_id or code>"
+    null_message_ids: int = 0  # the next N accepted POSTs answer {"messageId": null}
+    stall_messages: int = 0  # the next N accepted messages stay processing (status 1) for ever
 
     def validate(self) -> None:
-        for name in ("processing_delay_ms", "item_delay_ms", "item_error_seed"):
+        for name in (
+            "processing_delay_ms",
+            "item_delay_ms",
+            "item_error_seed",
+            "null_message_ids",
+            "stall_messages",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer (got {value!r})")
         rate = self.item_error_rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
             raise ValueError(f"item_error_rate must be between 0 and 1 (got {rate!r})")
+        refuse = self.refuse_objects
+        if not isinstance(refuse, list) or not all(
+            isinstance(entry, str) and ":" in entry for entry in refuse
+        ):
+            raise ValueError(f'refuse_objects must be a list of "type:id" (got {refuse!r})')
 
 
 @dataclass
@@ -724,8 +749,8 @@ def _count_items(events: list[dict[str, Any]]) -> int:
     return sum(len(items) for event in events for items in event["obj"].values())
 
 
-def _paging_value(request: Request, body: dict[str, Any], name: str, default: int) -> int:
-    value = body.get(name, request.query.get(name, default))
+def _paging_value(body: dict[str, Any], name: str, default: int) -> int:
+    value = body.get(name, default)
     if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -848,6 +873,14 @@ class HubServer(SandboxServer):
             self._messages.clear()
             self._rng = random.Random(self.options.item_error_seed)
 
+    def forget_messages(self) -> int:
+        """Drop every message and its log, keeping the state (a HUB restored from a backup);
+        messages still queued are never processed. Returns how many were dropped."""
+        with self._lock:
+            dropped = len(self._messages)
+            self._messages.clear()
+            return dropped
+
     def configure(self, **changes: Any) -> HubOptions:
         """Change processing options (a new ``item_error_seed`` reseeds the item errors)."""
         with self._lock:
@@ -960,6 +993,7 @@ class HubServer(SandboxServer):
             "GET", "/_sandbox/messages", lambda r: Response.json({"messages": self.messages()})
         )
         self.router.add("POST", "/_sandbox/reset", self._admin_reset)
+        self.router.add("POST", "/_sandbox/messages/forget", self._admin_forget)
         self.router.add("GET", "/_sandbox/hub", lambda r: Response.json(asdict(self.options)))
         self.router.add("POST", "/_sandbox/hub", self._admin_configure)
         self.router.add("POST", "/_sandbox/save", self._admin_save)
@@ -979,6 +1013,9 @@ class HubServer(SandboxServer):
         problem = envelope_problem(payload, self.org_id)
         if problem:
             raise HttpError(400, {"message": f"Invalid request body: {problem}"})
+        refused = self._refused_object(payload["dat"])
+        if refused:
+            raise HttpError(400, {"message": f"Invalid Request: {refused}: object refused"})
         message = HubMessage(
             str(uuid.uuid4()),
             payload["dat"],
@@ -989,9 +1026,31 @@ class HubServer(SandboxServer):
         )
         with self._lock:
             self._messages[message.message_id] = message
+            if self.options.stall_messages:  # registered, never processed: status 1 for ever
+                self.options.stall_messages -= 1
+                return Response.json({"messageId": message.message_id})
             self._pending += 1
         self._queue.put(message.message_id)
+        with self._lock:
+            if self.options.null_message_ids:
+                self.options.null_message_ids -= 1
+                return Response.json({"messageId": None})
         return Response.json({"messageId": message.message_id})
+
+    def _refused_object(self, events: list[dict[str, Any]]) -> str:
+        """The first object of the envelope that ``refuse_objects`` names, as "type id"."""
+        with self._lock:
+            refuse = set(self.options.refuse_objects)
+        if not refuse:
+            return ""
+        for event in events:
+            for kind, items in event["obj"].items():
+                for item in items:
+                    if isinstance(item, dict):
+                        ident = str(item.get("sis_id") or item.get("code") or "0")
+                        if f"{kind}:{ident}" in refuse:
+                            return f"{kind} {ident}"
+        return ""
 
     def _paging(self, request: Request) -> tuple[int, int]:
         body: Any = {}
@@ -1002,8 +1061,8 @@ class HubServer(SandboxServer):
                 body = None
             if not isinstance(body, dict):
                 raise HttpError(400, {"message": "Invalid request body"})
-        limit = _paging_value(request, body, "limit", 25)
-        offset = _paging_value(request, body, "offset", 0)
+        limit = _paging_value(body, "limit", 25)
+        offset = _paging_value(body, "offset", 0)
         if not 1 <= limit <= 1000:
             raise HttpError(400, {"message": "Invalid limit: must be between 1 and 1000"})
         if offset < 0:
@@ -1028,6 +1087,9 @@ class HubServer(SandboxServer):
     def _admin_reset(self, request: Request) -> Response:
         self.reset()
         return Response.json({"ok": True})
+
+    def _admin_forget(self, request: Request) -> Response:
+        return Response.json({"forgotten": self.forget_messages()})
 
     def _admin_configure(self, request: Request) -> Response:
         changes = request.json() or {}

@@ -8,6 +8,8 @@ its acknowledgement, and the promises: nothing lost, nothing sent twice.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -379,3 +381,182 @@ def test_the_diff_streams_in_sending_order(warehouse) -> None:
     ]
     batches = list(iter_batches(changes, batch_size=1))
     assert [b.changes[0] for b in batches] == changes
+
+
+# -- a refused batch, an unknown messageId, a message that never finishes ---------------------
+
+
+def _log_id(obj: dict) -> str:
+    return str(obj.get("sis_id") or obj.get("code"))
+
+
+def _split_posts(warehouse: WarehouseResource, key: str) -> int:
+    with warehouse.connection() as conn:
+        return conn.execute(
+            "SELECT count(*) FROM hub_batches WHERE sync_key = ? AND split_from IS NOT NULL",
+            [key],
+        ).fetchall()[0][0]
+
+
+def _refused(warehouse: WarehouseResource, key: str) -> dict[str, str]:
+    """key -> the HUB's answer, for every object logged as refused in this sync."""
+    with warehouse.connection() as conn:
+        rows = conn.execute(
+            "SELECT e.key, l.message FROM hub_log l JOIN hub_events e "
+            "ON e.sync_key = l.sync_key AND e.seq = l.seq "
+            "WHERE l.sync_key = ? AND l.outcome = 'refused' AND l.message_id IS NULL",
+            [key],
+        ).fetchall()
+    return dict(rows)
+
+
+def test_a_refused_object_is_isolated_and_everything_else_is_delivered(
+    sandbox, warehouse, sync
+) -> None:
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    bad_key, bad = sorted(expected["user"].items())[5]  # in the first user batch of 40
+    sandbox.hub.configure(refuse_objects=[f"user:{_log_id(bad)}"])
+    result = sync("full-20261123T100000Z")
+
+    refused = _refused(warehouse, "full-20261123T100000Z")
+    assert list(refused) == [bad_key]
+    assert refused[bad_key].startswith("HTTP 400: ")
+    assert f"Invalid Request: user {_log_id(bad)}" in refused[bad_key]
+    assert "not isolated" not in refused[bad_key]
+    # one bad object in 40: two posts per halving, 40 -> 20 -> 10 -> 5 -> 3 -> 2 -> 1
+    assert _split_posts(warehouse, "full-20261123T100000Z") <= 2 * 6
+    metadata = result.asset_materializations_for_node("hub_delivery")[0].metadata
+    assert metadata["objects_refused"].value == 1
+    assert metadata["objects_refused_by_type"].value == {"user": 1}
+    assert any(bad_key in note for note in metadata["hub_notes"].value)
+    state = sandbox.hub.state_snapshot()
+    assert set(state["user"]) == set(expected["user"]) - {bad_key}
+    for kind in ("term", "subject", "section"):
+        assert state[kind] == expected[kind], kind
+    with warehouse.connection() as conn:
+        held = conn.execute(
+            "SELECT count(*) FROM hub_state WHERE object_type = 'user' AND key = ?", [bad_key]
+        ).fetchall()[0][0]
+    assert held == 0  # not delivered, so the next sync sends it again
+
+    sandbox.hub.configure(refuse_objects=[])
+    sync("full-20261123T110000Z")
+    assert sandbox.hub.state_snapshot() == expected
+    assert duplicate_entity_inserts(warehouse) == 0
+
+
+@pytest.mark.parametrize("bad_objects", [1, 3])
+def test_isolating_refused_objects_costs_at_most_two_posts_per_halving(
+    sandbox, warehouse, sync, bad_objects: int
+) -> None:
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    users = sorted(expected["user"].items())  # 122 users: one batch of 122 at batch size 500
+    bad = [users[i] for i in (7, 61, 100)[:bad_objects]]
+    sandbox.hub.configure(refuse_objects=[f"user:{_log_id(obj)}" for _, obj in bad])
+    key = "full-20261123T100000Z"
+    sync(key, hub=hub_resource(sandbox, batch_size=500))
+    budget = 2 * math.ceil(math.log2(len(users)))  # 14
+    assert _split_posts(warehouse, key) <= budget
+    refused = _refused(warehouse, key)
+    assert {k for k, _ in bad} <= set(refused)
+    isolated = [k for k, answer in refused.items() if "not isolated" not in answer]
+    assert isolated, "at least one refused object is cornered"
+    if bad_objects == 1:
+        assert list(refused) == [bad[0][0]]
+    delivered = set(sandbox.hub.state_snapshot()["user"])
+    assert delivered == set(expected["user"]) - set(refused)
+
+
+def test_a_post_answered_with_a_null_message_id_is_an_unknown_outcome(
+    sandbox, warehouse, sync
+) -> None:
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    sandbox.hub.configure(null_message_ids=1)
+    sync("full-20261123T100000Z")
+    with warehouse.connection() as conn:
+        first = conn.execute(
+            "SELECT status, message_id FROM hub_batches WHERE sync_key = ? AND batch_no = 1",
+            ["full-20261123T100000Z"],
+        ).fetchall()[0]
+    assert first == ("unknown", None)  # not the text "None"
+    sync("full-20261123T110000Z")
+    assert sandbox.hub.state_snapshot() == expected
+    assert duplicate_entity_inserts(warehouse) == 0
+
+
+def test_messages_the_hub_no_longer_knows_are_sent_again(sandbox, warehouse, sync) -> None:
+    """A HUB restored from a backup: getLog answers 404 for the messageIds it gave; today's
+    delivery failed on that for every later sync."""
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    sandbox.hub.configure(processing_delay_ms=60_000)
+    sync("full-20261123T100000Z", hub=hub_resource(sandbox, ack_timeout_s=0.05))
+    assert sandbox.hub.forget_messages() >= 1  # lost before the HUB processed them
+    sandbox.hub.configure(processing_delay_ms=5)
+    time.sleep(0.1)  # older than HUB_ACK_TIMEOUT: not a message the HUB has yet to register
+    result = sync("full-20261123T110000Z", hub=hub_resource(sandbox, ack_timeout_s=0.05))
+    payload = result.asset_materializations_for_node("hub_payload")[0].metadata
+    assert payload["messages_lost"].value >= 1
+    with warehouse.connection() as conn:
+        lost = conn.execute(
+            "SELECT count(*) FROM hub_log WHERE outcome = 'unknown' AND message LIKE "
+            "'getLog does not know messageId%'"
+        ).fetchall()[0][0]
+    assert lost >= 1
+    assert sandbox.hub.wait_idle(10)
+    assert sandbox.hub.state_snapshot() == expected  # sent again in the same sync
+    assert duplicate_entity_inserts(warehouse) == 0
+
+
+def test_a_message_stuck_processing_warns_then_is_given_up_and_sent_again(
+    sandbox, warehouse, sync
+) -> None:
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    sandbox.hub.configure(stall_messages=1)  # the first message stays at status 1 for ever
+    patient = hub_resource(sandbox, ack_timeout_s=0.05, message_max_age_s=60)
+    first = sync("full-20261123T100000Z", hub=patient)
+    check = first.get_asset_check_evaluations()
+    stuck = next(c for c in check if c.check_name == "hub_messages_finish_in_time")
+    assert not stuck.passed and stuck.severity is dg.AssetCheckSeverity.WARN
+    assert sandbox.hub.state_snapshot() != expected
+
+    # younger than HUB_MESSAGE_MAX_AGE: still waited for, nothing sent again
+    again = sync("full-20261123T110000Z", hub=patient)
+    assert (
+        again.asset_materializations_for_node("hub_payload")[0].metadata["messages_given_up"].value
+        == 0
+    )
+    delivery = again.asset_materializations_for_node("hub_delivery")[0].metadata
+    assert delivery["messages_processing_past_ack_timeout"].value == 1
+    assert any("HUB_ACK_TIMEOUT" in note for note in delivery["hub_notes"].value)
+
+    time.sleep(0.3)
+    impatient = hub_resource(sandbox, ack_timeout_s=0.05, message_max_age_s=0.2)
+    gave_up = sync("full-20261123T120000Z", hub=impatient)
+    payload = gave_up.asset_materializations_for_node("hub_payload")[0].metadata
+    assert payload["messages_given_up"].value == 1
+    with warehouse.connection() as conn:
+        settled = conn.execute(
+            "SELECT status, given_up_in FROM hub_batches WHERE given_up_in IS NOT NULL"
+        ).fetchall()
+    assert settled == [("unknown", "full-20261123T120000Z")]
+    assert sandbox.hub.wait_idle(10)
+    assert sandbox.hub.state_snapshot() == expected  # sent again in the same sync
+    assert duplicate_entity_inserts(warehouse) == 0
+
+
+def test_a_refusal_no_half_could_pass_stops_delivery(sandbox, warehouse, sync) -> None:
+    """403 (a wrong API key) refuses every batch alike: no splitting, no further posts."""
+    load_desired(warehouse, expected_hub_state(sandbox.world).state)
+    key = "full-20261123T100000Z"
+    result = sync(key, hub=hub_resource(sandbox, api_key="not-the-key"))
+    metadata = result.asset_materializations_for_node("hub_delivery")[0].metadata
+    assert metadata["batches_posted"].value == 1 and metadata["batches_split_posts"].value == 0
+    assert "refused batch 1" in metadata["stopped"].value
+    refused = _refused(warehouse, key)
+    assert refused and all(a.startswith("HTTP 403: ") for a in refused.values())
+    assert sandbox.hub.messages() == []

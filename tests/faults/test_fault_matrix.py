@@ -25,6 +25,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from sandbox.expected import expected_hub_state
 from sandbox.http import FaultConfig, Request
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
@@ -81,6 +82,8 @@ class Case:
         default_factory=dict
     )
     item_error_rate: float = 0.0
+    # HUB behaviour set through sandbox.hub.configure for the faulted sync (see sandbox/hub.py)
+    hub_options: Callable[[Sandbox], dict] | None = None
 
 
 def _expire_co_tokens(sandbox: Sandbox) -> Callable[[Request, int], None]:
@@ -99,6 +102,14 @@ def _expire_lms_tokens(sandbox: Sandbox) -> Callable[[Request, int], None]:
             sandbox.lms.tokens.expire(refresh=True)  # both: the client logs in again
 
     return hook
+
+
+def _refuse_a_changed_user(sandbox: Sandbox) -> dict:
+    """The HUB refuses (400) every envelope carrying one user this sync has to send."""
+    expected = expected_hub_state(sandbox.world).state["user"]
+    held = sandbox.hub.state_snapshot()["user"]
+    changed = next(obj for code, obj in sorted(expected.items()) if held.get(code) != obj)
+    return {"refuse_objects": [f"user:{changed.get('sis_id') or changed['code']}"]}
 
 
 CASES = [
@@ -123,6 +134,9 @@ CASES = [
         hooks={"co": _expire_co_tokens, "lms": _expire_lms_tokens},
     ),
     Case("HUB accepts, then items fail", "item errors", item_error_rate=0.2),
+    Case("HUB refuses one object (400)", "400 refusal", hub_options=_refuse_a_changed_user),
+    Case("HUB answers messageId null", "null messageId",
+         hub_options=lambda sandbox: {"null_message_ids": 1}),
 ]  # fmt: skip
 
 
@@ -182,7 +196,8 @@ def _assert_clean_failure(harness: SyncHarness, outcome: SyncOutcome) -> list[st
     assert outcome.errors, f"{outcome.key} failed without a step failure"
     for error in outcome.errors:
         step, _, message = error.partition(": ")
-        assert message.split(":", 1)[0] in CLEAN_ERRORS or "Failure" in error, error
+        system_first = message.startswith(tuple(f"{n} " for n in SYSTEM_NAMES.values()))
+        assert message.split(":", 1)[0] in CLEAN_ERRORS or "Failure" in error or system_first, error
         assert any(name in message for name in SYSTEM_NAMES.values()), error
     status, stored_error = harness.sync_status(outcome.key)
     assert status == "failed" and stored_error
@@ -200,13 +215,17 @@ def _configure(sandbox: Sandbox, case: Case) -> None:
     for server, make_hook in case.hooks.items():
         sandbox.servers[server].add_request_hook(make_hook(sandbox))
     sandbox.hub.configure(item_error_rate=case.item_error_rate, item_error_seed=7)
+    if case.hub_options:
+        sandbox.hub.configure(**case.hub_options(sandbox))
 
 
 def _clear(sandbox: Sandbox) -> None:
     for server in sandbox.servers.values():
         server.faults.configure(FaultConfig())
         server.clear_request_hooks()
-    sandbox.hub.configure(item_error_rate=0.0)
+    sandbox.hub.configure(
+        item_error_rate=0.0, refuse_objects=[], null_message_ids=0, stall_messages=0
+    )
 
 
 def _faulted_servers(sandbox: Sandbox, case: Case, before: dict[str, int]) -> list[str]:
@@ -231,7 +250,7 @@ def test_sync_under_fault_fails_cleanly_or_succeeds_and_the_next_sync_converges(
     finally:
         _clear(sandbox)
     hit = _faulted_servers(sandbox, case, injected_before)
-    if case.item_error_rate:
+    if case.item_error_rate or case.hub_options:
         hit = ["hub"]
     assert hit, "the fault was never injected: the case tests nothing"
 

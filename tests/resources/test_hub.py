@@ -12,8 +12,8 @@ import requests
 import responses
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-from resources.http import ApiError, RetryPolicy
-from resources.hub import OBJECT_MODELS, HubClient, PostOutcome, envelope
+from resources.http import RetryPolicy
+from resources.hub import OBJECT_MODELS, HubClient, MessageNotFound, PostOutcome, envelope
 from sandbox.expected import expected_hub_state
 from sandbox.http import FaultConfig
 from sandbox.server import running_sandbox
@@ -70,6 +70,8 @@ def test_repeated_only_when_provably_not_arrived(client: HubClient, waits: list[
         {"body": requests.ReadTimeout("read timed out")},
         {"body": '{"messageId": "m-', "status": 200},
         {"json": {"ok": True}, "status": 200},
+        {"json": {"messageId": None}, "status": 200},
+        {"json": {"messageId": ""}, "status": 200},
     ],
 )
 @responses.activate
@@ -97,44 +99,89 @@ def test_gives_up_after_the_attempts(client: HubClient) -> None:
     assert len(responses.calls) == 3
 
 
-@responses.activate
-def test_get_log_reads_every_page(client: HubClient) -> None:
-    def item(n: int) -> dict:
-        return {
-            "baseItem": {
-                "obj": "user",
-                "sis_id": str(n),
-                "mensagem": [{"dsc_error": "ok", "level_Error": "i"}],
-            }
+def _item(n: int) -> dict:
+    return {
+        "baseItem": {
+            "obj": "user",
+            "sis_id": str(n),
+            "mensagem": [{"dsc_error": "ok", "level_Error": "i"}],
         }
+    }
 
-    log_url = f"{URL}/instituicao/getLog/m-1"
-    responses.get(
-        log_url,
-        match=[responses.matchers.query_param_matcher({"limit": "2", "offset": "0"})],
-        json={"qtdeRegistros": 5, "status": 2, "logs": [item(0), item(1)]},
-    )
-    responses.get(
-        log_url,
-        match=[responses.matchers.query_param_matcher({"limit": "2", "offset": "2"})],
-        json={"qtdeRegistros": 5, "status": 3, "logs": [item(2), item(3)]},
-    )
-    responses.get(
-        log_url,
-        match=[responses.matchers.query_param_matcher({"limit": "2", "offset": "4"})],
-        json={"qtdeRegistros": 5, "status": 3, "logs": [item(4)]},
-    )
-    log = client.get_log("m-1", page_size=2)
-    assert [i.sis_id for i in log.items] == ["0", "1", "2", "3", "4"]
-    assert log.status == 3 and log.finished
+
+def _documented_get_log(total: int, *, cap: int = 1000, echo: int | None = None):
+    """A getLog as the document's "Data Consultation" specifies it: paging from the JSON body
+    only (a query string is ignored), 25 and 0 when absent; at most ``cap`` items per page;
+    with ``echo`` the answer says the page size it used."""
+    bodies: list[dict] = []
+
+    def answer(request: requests.PreparedRequest) -> tuple[int, dict, str]:
+        paging = json.loads(request.body) if request.body else {}
+        bodies.append(paging)
+        limit = echo or min(paging.get("limit", 25), cap)
+        offset = paging.get("offset", 0)
+        page = {
+            "qtdeRegistros": total,
+            "status": 4,
+            "logs": [_item(n) for n in range(offset, min(offset + limit, total))],
+        }
+        if echo:
+            page["limit"] = echo
+        return 200, {}, json.dumps(page)
+
+    return answer, bodies
+
+
+@pytest.mark.parametrize("total", [26, 50, 501])
+@responses.activate
+def test_get_log_pages_in_the_json_body_until_qtde_registros(client: HubClient, total: int) -> None:
+    answer, bodies = _documented_get_log(total)
+    responses.add_callback(responses.GET, f"{URL}/instituicao/getLog/m-1", callback=answer)
+    log = client.get_log("m-1")
+    assert [i.sis_id for i in log.items] == [str(n) for n in range(total)]
+    assert log.finished and log.total == total
+    assert bodies == [{"limit": 25, "offset": offset} for offset in range(0, total, 25)]
+    assert all("?" not in call.request.url for call in responses.calls)
 
 
 @responses.activate
-def test_get_log_of_an_unknown_message_fails_clearly(client: HubClient) -> None:
+def test_get_log_uses_a_larger_limit_the_hub_echoes(client: HubClient) -> None:
+    answer, bodies = _documented_get_log(250, echo=100)
+    responses.add_callback(responses.GET, f"{URL}/instituicao/getLog/m-1", callback=answer)
+    log = client.get_log("m-1")
+    assert [i.sis_id for i in log.items] == [str(n) for n in range(250)]
+    assert bodies == [
+        {"limit": 25, "offset": 0},
+        {"limit": 100, "offset": 100},
+        {"limit": 100, "offset": 200},
+    ]
+
+
+@responses.activate
+def test_get_log_follows_a_hub_that_sends_fewer_items_than_asked(client: HubClient) -> None:
+    answer, bodies = _documented_get_log(26, cap=10)
+    responses.add_callback(responses.GET, f"{URL}/instituicao/getLog/m-1", callback=answer)
+    log = client.get_log("m-1")
+    assert [i.sis_id for i in log.items] == [str(n) for n in range(26)]
+    assert [body["offset"] for body in bodies] == [0, 10, 20]
+
+
+@responses.activate
+def test_get_log_reads_one_page_while_the_message_is_processing(client: HubClient) -> None:
+    responses.get(
+        f"{URL}/instituicao/getLog/m-1",
+        json={"qtdeRegistros": 60, "status": 1, "logs": [_item(n) for n in range(25)]},
+    )
+    log = client.get_log("m-1", only_if_finished=True)
+    assert (log.status, log.finished, len(responses.calls)) == (1, False, 1)
+
+
+@responses.activate
+def test_get_log_of_an_unknown_message_is_message_not_found(client: HubClient) -> None:
     responses.get(
         f"{URL}/instituicao/getLog/nope", status=404, json={"message": "messageId not found"}
     )
-    with pytest.raises(ApiError, match=r"HUB: GET .*/getLog/nope -> 404: getLog failed"):
+    with pytest.raises(MessageNotFound, match=r"HUB: GET .*/getLog/nope -> 404: getLog does"):
         client.get_log("nope")
 
 
@@ -184,6 +231,28 @@ def test_round_trip_with_the_sandbox_hub(sandbox) -> None:
     assert sandbox.hub.wait_idle(10)
     duplicate = client.get_log(again.message_id)
     assert duplicate.status == 3 and duplicate.items[0].mensagem[0].level_Error == "e"
+
+
+@pytest.mark.parametrize("total", [26, 50, 501])
+def test_get_log_reads_every_item_from_the_sandbox_hub(sandbox, total: int) -> None:
+    """The sandbox HUB pages from the JSON body only: a client paging by query string would
+    read the first 25 items over and over and miss the rest."""
+    client = HubClient(sandbox.urls["hub"], "sandbox-hub-key")
+    text = json.dumps(
+        envelope(
+            [{"typ": "insert", "obj": {"term": [
+                {"code": f"P{total}-{n:03}", "name": f"P {n}", "start_date": "2030-01-01",
+                 "end_date": "2030-06-30"} for n in range(total)]}}],
+            org_id=sandbox.hub.org_id,
+            who="sis.test",
+            doo="2026-11-23T10:00:00Z",
+        )
+    )  # fmt: skip
+    result = client.post_batch(text)
+    assert sandbox.hub.wait_idle(10)
+    log = client.get_log(result.message_id)
+    assert sorted(i.sis_id for i in log.items) == [f"P{total}-{n:03}" for n in range(total)]
+    assert log.pages == -(-total // 25)
 
 
 def test_a_dropped_post_is_unknown_and_not_repeated(sandbox) -> None:

@@ -275,6 +275,12 @@ def test_hub_waits_are_positive_seconds() -> None:
             load_settings({"HUB_POLL_INTERVAL": bad})
 
 
+def test_hub_message_max_age_defaults_to_a_day() -> None:
+    assert load_settings({}).hub.message_max_age_s == 86400
+    settings = load_settings({"HUB_ACK_TIMEOUT": "0.5", "HUB_MESSAGE_MAX_AGE": "1.5"})
+    assert settings.hub.message_max_age_s == 1.5
+
+
 # One unusable value per validated variable, each with the start of its message; the variables
 # left out take any text (names, ids, secrets).
 INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
@@ -300,6 +306,10 @@ INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
     "HUB_MAX_DELETE_SHARE": [("10%", "must be a number from 0 to 1")],
     "HUB_ACK_TIMEOUT": [("-5", "must be a positive number of seconds")],
     "HUB_POLL_INTERVAL": [("nan", "must be a positive number of seconds")],
+    "HUB_MESSAGE_MAX_AGE": [
+        ("1d", "must be a positive number of seconds"),
+        ("300", "must be longer than HUB_ACK_TIMEOUT (300 s)"),
+    ],
     "HUBSYNC_MATCH_RULES": [("studid;email", "must list identity rules in priority order")],
     "HUBSYNC_AUTOMATION": [("true", "must be on or off")],
 }

@@ -113,7 +113,7 @@ def run(server: HubServer, *events: dict[str, Any]) -> list[dict[str, Any]]:
     """Send one message, wait until processed, return its log items (``baseItem``s)."""
     message_id = send(server, *events)
     assert server.wait_idle(10)
-    body = get_log(server, message_id, params={"limit": 1000}).json()
+    body = get_log(server, message_id, body={"limit": 1000}).json()
     assert body["status"] in (3, 4)
     return [item["baseItem"] for item in body["logs"]]
 
@@ -439,45 +439,69 @@ def test_get_log_defaults_to_25(server: HubServer) -> None:
     assert body["logs"][0]["baseItem"]["sis_id"] == "T00"
 
 
-def test_get_log_paging_by_query(server: HubServer) -> None:
-    message_id = _thirty_terms(server)
-    response = get_log(server, message_id, params={"limit": 10, "offset": 25})
-    assert _sis_ids(response) == [f"T{i}" for i in range(25, 30)]
-    assert response.json()["qtdeRegistros"] == 30
-    assert _sis_ids(get_log(server, message_id, params={"offset": 40})) == []
-
-
 def test_get_log_paging_by_json_body(server: HubServer) -> None:
     message_id = _thirty_terms(server)
     response = get_log(server, message_id, body={"limit": 3, "offset": 2})
     assert _sis_ids(response) == ["T02", "T03", "T04"]
     assert response.json()["qtdeRegistros"] == 30
-    # the body wins over the query, field by field
+    assert _sis_ids(get_log(server, message_id, body={"limit": 10, "offset": 25})) == [
+        f"T{i}" for i in range(25, 30)
+    ]
+    assert _sis_ids(get_log(server, message_id, body={"offset": 40})) == []
+
+
+def test_get_log_ignores_paging_in_the_query_string(server: HubServer) -> None:
+    """The document ("Data Consultation") pages in the JSON body only: a client paging by
+    query string gets the defaults, the first 25 items, on every page."""
+    message_id = _thirty_terms(server)
+    response = get_log(server, message_id, params={"limit": 10, "offset": 25})
+    assert _sis_ids(response) == [f"T{i:02}" for i in range(25)]
     response = get_log(server, message_id, params={"limit": 1, "offset": 7}, body={"limit": 2})
-    assert _sis_ids(response) == ["T07", "T08"]
+    assert _sis_ids(response) == ["T00", "T01"]
 
 
 @pytest.mark.parametrize(
-    ("params", "body"),
-    [
-        ({"limit": 0}, None),
-        ({"limit": 1001}, None),
-        ({"limit": "abc"}, None),
-        ({"offset": -1}, None),
-        (None, {"limit": 2.5}),
-        (None, {"limit": "5x"}),
-        (None, [1]),
-    ],
-)
-def test_get_log_bad_paging_is_400(server: HubServer, params: Any, body: Any) -> None:
+    "body",
+    [{"limit": 0}, {"limit": 1001}, {"limit": "abc"}, {"offset": -1}, {"limit": 2.5},
+     {"limit": "5x"}, [1]],
+)  # fmt: skip
+def test_get_log_bad_paging_is_400(server: HubServer, body: Any) -> None:
     message_id = _thirty_terms(server)
-    response = get_log(server, message_id, params=params, body=body)
+    response = get_log(server, message_id, body=body)
     assert response.status_code == 400 and "message" in response.json()
 
 
 def test_get_log_accepts_limit_1000(server: HubServer) -> None:
     message_id = _thirty_terms(server)
-    assert len(_sis_ids(get_log(server, message_id, params={"limit": "1000"}))) == 30
+    assert len(_sis_ids(get_log(server, message_id, body={"limit": "1000"}))) == 30
+
+
+def test_refuse_objects_refuses_the_whole_envelope_with_400(server: HubServer) -> None:
+    server.configure(refuse_objects=["term:T07"])
+    response = post(server, envelope(event("insert", term=[term("T06"), term("T07")])))
+    assert response.status_code == 400
+    assert response.json() == {"message": "Invalid Request: term T07: object refused"}
+    message_id = send(server, event("insert", term=[term("T06")]))
+    assert server.wait_idle(5) and get_log(server, message_id).json()["status"] == 4
+    assert set(server.state_snapshot()["term"]) == {"T06"}
+
+
+def test_null_message_ids_are_processed_but_not_named(server: HubServer) -> None:
+    server.configure(null_message_ids=1)
+    response = post(server, envelope(event("insert", term=[term("T01")])))
+    assert response.status_code == 200 and response.json() == {"messageId": None}
+    assert server.wait_idle(5) and set(server.state_snapshot()["term"]) == {"T01"}
+    assert server.options.null_message_ids == 0
+    assert send(server, event("insert", term=[term("T02")]))
+
+
+def test_forgotten_messages_are_404_and_the_state_stays(server: HubServer) -> None:
+    message_id = send(server, event("insert", term=[term("T01")]))
+    assert server.wait_idle(5)
+    response = requests.post(f"{server.origin}/_sandbox/messages/forget", timeout=5)
+    assert response.json() == {"forgotten": 1}
+    assert get_log(server, message_id).status_code == 404
+    assert set(server.state_snapshot()["term"]) == {"T01"}
 
 
 # -- inserts: valid objects ------------------------------------------------------------------
