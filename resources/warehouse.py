@@ -3,10 +3,17 @@
 Nothing here touches the database file at import. ``WarehouseResource.connection()`` opens it on
 use (waiting briefly while another process holds DuckDB's single-writer lock), brings the schema
 up to date and always closes it again, so no process keeps the file locked between steps.
+
+The warehouse holds personal data, so its files are private to the user running hubsync (0600,
+a folder hubsync creates 0700): opening it makes the process create files without group or
+other permissions from then on (DuckDB's write-ahead log comes and goes with every checkpoint),
+and a warehouse file or log left readable by others is made private.
 """
 
 import json
+import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -255,8 +262,31 @@ def _duckdb_detail(exc: duckdb.Error) -> str:
     return str(exc).removeprefix("IO Error: ")
 
 
+PRIVATE_UMASK = 0o077
+
+
+def make_new_files_private() -> None:
+    """From now on this process creates files 0600 and folders 0700 (the umask only tightens)."""
+    os.umask(os.umask(PRIVATE_UMASK) | PRIVATE_UMASK)
+
+
+def _make_private(path: Path) -> None:
+    """Take group and other permissions off ``path`` (when it exists and is ours to change)."""
+    for file in (path, path.with_name(path.name + ".wal")):
+        try:
+            mode = file.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                file.chmod(stat.S_IMODE(mode) & ~(stat.S_IRWXG | stat.S_IRWXO))
+        except OSError:
+            pass  # absent, or another user's file: DuckDB reports what matters on open
+
+
 def connect(path: Path, lock_timeout_s: float = 10.0) -> duckdb.DuckDBPyConnection:
-    """Open the DuckDB file, creating its folder, retrying while another process holds the lock."""
+    """Open the DuckDB file, creating its folder, retrying while another process holds the lock.
+
+    The file, its write-ahead log and a folder created here are private to this user."""
+    make_new_files_private()
+    _make_private(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
