@@ -22,13 +22,12 @@ from resources.hub import hub_resource
 from resources.lms import lms_resource
 from resources.settings import Settings, load_settings
 from resources.studip import studip_resource
-from sandbox.http import Request, Response
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
+from tests.faults import hostile
 from tests.scripted_server import ScriptedServer, scripted_server
 
 SYSTEMS = {"co": "CAMPUSonline", "studip": "Stud.IP", "lms": "LMS", "hub": "HUB"}
-DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
 
 
 @pytest.fixture(scope="module")
@@ -98,12 +97,7 @@ def test_no_client_follows_a_redirect(sandbox: Sandbox, sink: ScriptedServer, ca
     LMS password on to the host it named, and the HUB accepted that host's messageId."""
     server, path, call = REDIRECTED[case]
 
-    def redirect(request: Request, response: Response) -> Response:
-        if path.lower() not in request.path.lower():
-            return response
-        return Response(307, b"", headers={"Location": f"{sink.url}{request.path}"})
-
-    sandbox.servers[server].add_response_filter(redirect)
+    sandbox.servers[server].add_response_filter(hostile.redirect(path, to=sink.url))
     with pytest.raises(ApiError) as caught:
         call(settings(sandbox))
     assert sink.requests == [], "nothing may reach the host a redirect names"
@@ -116,22 +110,9 @@ def test_no_client_follows_a_redirect(sandbox: Sandbox, sink: ScriptedServer, ca
         assert isinstance(caught.value, RedirectRefused)
 
 
-def _repeat_first_page(path: str) -> Callable[[Request, Response], Response]:
-    """Answer every request for ``path`` with its first answer: a server ignoring paging."""
-    first: list[Response] = []
-
-    def rewrite(request: Request, response: Response) -> Response:
-        if path not in request.path.lower() or response.status != 200:
-            return response
-        first[:] = first or [response]
-        return first[0]
-
-    return rewrite
-
-
 def test_co_serving_the_same_full_page_again_fails_at_the_second_page(sandbox: Sandbox) -> None:
     """CO returned its first full page for every PageNr: 15,315 pages in 90 s, memory rising."""
-    sandbox.co.add_response_filter(_repeat_first_page("dmsstudents"))
+    sandbox.co.add_response_filter(hostile.repeat_first_page("dmsstudents"))
     before = sandbox.co.request_count("/pl/rest/")
     with pytest.raises(ApiError, match="paging does not end: page 2 repeats page 1"):
         co_students(settings(sandbox, CO_PAGE_SIZE="5"))
@@ -152,26 +133,18 @@ def test_co_pages_beyond_co_max_pages_fail_naming_the_setting(sandbox: Sandbox) 
     assert len(co_students(settings(sandbox, CO_PAGE_SIZE="5", CO_MAX_PAGES=str(pages)))) == pages
 
 
-def _growing_total(request: Request, response: Response) -> Response:
-    """Stud.IP's ``total`` always one page beyond the offset asked for."""
-    if request.path.endswith("/semesters") and response.status == 200:
-        body = json.loads(response.body)
-        offset, limit = int(request.query.get("offset", 0)), int(request.query.get("limit", 20))
-        body["pagination"]["total"] = offset + 2 * limit
-        return Response.json(body)
-    return response
-
-
 def test_studip_total_growing_with_the_same_items_fails_at_the_repeat(sandbox: Sandbox) -> None:
-    sandbox.studip.add_response_filter(_repeat_first_page("/semesters"))
-    sandbox.studip.add_response_filter(_growing_total)
+    sandbox.studip.add_response_filter(hostile.repeat_first_page("/semesters"))
+    sandbox.studip.add_response_filter(hostile.growing_studip_total("/semesters"))
     with pytest.raises(ApiError, match="paging does not end: page 1 repeats page 0"):
         studip_semesters(settings(sandbox))
     assert sandbox.studip.request_count("/semesters") <= 2 + 2  # this test and the redirect one
 
 
 def test_studip_pages_beyond_studip_max_pages_fail_naming_the_setting(sandbox: Sandbox) -> None:
-    sandbox.studip.add_response_filter(_growing_total)  # new semesters on every page
+    sandbox.studip.add_response_filter(
+        hostile.growing_studip_total("/semesters")
+    )  # new semesters on every page
     client = studip_resource(settings(sandbox, STUDIP_MAX_PAGES="4").studip).client()
     client.page_size = 1
     with pytest.raises(ApiError) as caught:
@@ -182,29 +155,20 @@ def test_studip_pages_beyond_studip_max_pages_fail_naming_the_setting(sandbox: S
     )
 
 
-def _lms_total_growing(request: Request, response: Response) -> Response:
-    """The LMS's ``TotalItems`` always a page beyond the next index, same items every time."""
-    if "getactiveregistrationdata" not in request.path.lower() or response.status != 200:
-        return response
-    body = json.loads(response.body)
-    paging = json.loads(request.body)
-    body["FirstIndexOfNextPage"] = paging["StartIndex"] + paging["PageSize"]
-    body["TotalItems"] = body["FirstIndexOfNextPage"] + paging["PageSize"]
-    return Response.json(body)
-
-
 def test_lms_total_items_growing_with_the_same_items_fails_at_the_repeat(
     sandbox: Sandbox,
 ) -> None:
-    sandbox.lms.add_response_filter(_repeat_first_page("getactiveregistrationdata"))
-    sandbox.lms.add_response_filter(_lms_total_growing)
+    sandbox.lms.add_response_filter(hostile.repeat_first_page("getactiveregistrationdata"))
+    sandbox.lms.add_response_filter(hostile.growing_lms_total("getactiveregistrationdata"))
     with pytest.raises(ApiError) as caught:
         lms_active(settings(sandbox, LMS_PAGE_SIZE="5"))
     assert "paging does not end: page 1 (StartIndex 4) repeats the page before" in str(caught.value)
 
 
 def test_lms_pages_beyond_lms_max_pages_fail_naming_the_setting(sandbox: Sandbox) -> None:
-    sandbox.lms.add_response_filter(_lms_total_growing)  # real items, then ever more pages
+    sandbox.lms.add_response_filter(
+        hostile.growing_lms_total("getactiveregistrationdata")
+    )  # real items, then ever more pages
     with pytest.raises(ApiError) as caught:
         lms_active(settings(sandbox, LMS_PAGE_SIZE="5", LMS_MAX_PAGES="6"))
     assert str(caught.value).startswith(
@@ -222,24 +186,13 @@ PAGES = {
 }
 
 
-def _spoil(
-    path: str, body: bytes, headers: dict[str, str]
-) -> Callable[[Request, Response], Response]:
-    def rewrite(request: Request, response: Response) -> Response:
-        if path not in request.path.lower():
-            return response
-        return Response(200, body, "application/json; charset=utf-8", dict(headers))
-
-    return rewrite
-
-
 @pytest.mark.parametrize("server", list(PAGES))
 def test_json_nested_too_deeply_fails_as_a_bad_page_naming_system_and_url(
     sandbox: Sandbox, server: str
 ) -> None:
     """It failed with a bare RecursionError, naming neither."""
     path, call = PAGES[server]
-    sandbox.servers[server].add_response_filter(_spoil(path, DEEP_JSON, {}))
+    sandbox.servers[server].add_response_filter(hostile.body(path, hostile.DEEP_JSON))
     with pytest.raises(ApiError) as caught:
         call(settings(sandbox))
     message = str(caught.value)
@@ -248,18 +201,13 @@ def test_json_nested_too_deeply_fails_as_a_bad_page_naming_system_and_url(
     assert "nests arrays or objects too deeply" in message
 
 
-def _gzip_of_zeros(megabytes: int) -> bytes:
-    import zlib
-
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
-    return (packer.compress(bytes(1024 * 1024)) + packer.flush()) * megabytes
-
-
 @pytest.mark.parametrize("server", ["co", "studip", "lms"])
 def test_a_gzip_bomb_fails_at_hubsync_max_response_mb(sandbox: Sandbox, server: str) -> None:
     path, call = PAGES[server]
-    bomb = _gzip_of_zeros(64)  # 64 KB on the wire
-    sandbox.servers[server].add_response_filter(_spoil(path, bomb, {"Content-Encoding": "gzip"}))
+    bomb = hostile.gzip_of_zeros(64)  # 64 KB on the wire
+    sandbox.servers[server].add_response_filter(
+        hostile.body(path, bomb, {"Content-Encoding": "gzip"})
+    )
     with pytest.raises(ApiError) as caught:
         call(settings(sandbox, HUBSYNC_MAX_RESPONSE_MB="8"))
     message = str(caught.value)
