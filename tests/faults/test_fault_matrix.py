@@ -25,9 +25,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from sandbox.http import FaultConfig, Request
+from sandbox.http import FaultConfig, Request, Response
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
+from tests.faults import hostile
 from tests.faults.support import (
     SyncHarness,
     SyncOutcome,
@@ -50,7 +51,14 @@ SOURCE_TABLES = {
 }
 SYSTEM_NAMES = {"co": "CAMPUSonline", "studip": "Stud.IP", "lms": "LMS", "hub": "HUB"}
 # What a clean failure may raise: the clients' errors and Dagster failures, nothing accidental.
-CLEAN_ERRORS = ("ApiError", "Failure", "StudipError", "StudipAuthError", "StudipNotFound")
+CLEAN_ERRORS = (
+    "ApiError",
+    "RedirectRefused",
+    "Failure",
+    "StudipError",
+    "StudipAuthError",
+    "StudipNotFound",
+)
 
 
 def _script(kind: str, *, skip: int = 1, times: int = 2) -> list[str]:
@@ -68,6 +76,7 @@ TRANSPORT = {
     "truncated JSON": {"script": _script("truncate", times=1)},
 }
 HUB_POST = {"path_filter": "/sync/v1"}
+ELSEWHERE = "http://127.0.0.1:9"  # where the redirects point; never contacted
 HUB_LOG = {"path_filter": "/getLog/"}
 TRUNCATE = TRANSPORT["truncated JSON"]
 
@@ -81,6 +90,8 @@ class Case:
         default_factory=dict
     )
     item_error_rate: float = 0.0
+    # server -> a fresh response filter making its answers hostile (tests/faults/hostile.py)
+    filters: dict[str, Callable[[], hostile.ResponseFilter]] = field(default_factory=dict)
 
 
 def _expire_co_tokens(sandbox: Sandbox) -> Callable[[Request, int], None]:
@@ -123,6 +134,29 @@ CASES = [
         hooks={"co": _expire_co_tokens, "lms": _expire_lms_tokens},
     ),
     Case("HUB accepts, then items fail", "item errors", item_error_rate=0.2),
+    # Hostile or broken upstreams (issue 18): each must fail the sync cleanly, naming the system.
+    Case("redirect to another host (CO, LMS)", "redirect", filters={
+        "co": lambda: hostile.redirect("/pl/rest/", to=ELSEWHERE),
+        "lms": lambda: hostile.redirect("/oauth2/token", to=ELSEWHERE),
+    }),
+    Case("redirect to another host (HUB POST)", "redirect", filters={
+        "hub": lambda: hostile.redirect("/sync/v1", to=ELSEWHERE),
+    }),
+    Case("endless paging (CO, Stud.IP, LMS)", "endless paging", filters={
+        "co": lambda: hostile.repeat_first_page("dmsstudents"),
+        "studip": lambda: hostile.both(
+            hostile.repeat_first_page("/semesters"), hostile.growing_studip_total("/semesters")
+        ),
+        "lms": lambda: hostile.both(
+            hostile.repeat_first_page("getactive"), hostile.growing_lms_total("getactive")
+        ),
+    }),
+    Case("gzip bomb (CO), JSON nested too deeply (LMS)", "hostile body", filters={
+        "co": lambda: hostile.body(
+            "dmsstudies", hostile.gzip_of_zeros(64), {"Content-Encoding": "gzip"}
+        ),
+        "lms": lambda: hostile.body("getcompleted", hostile.DEEP_JSON),
+    }),
 ]  # fmt: skip
 
 
@@ -149,7 +183,14 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncHarness]:
         running_sandbox(port_base=0, world=world, options=HUB_OPTIONS) as sandbox,
         dg.instance_for_test() as instance,
     ):
-        yield SyncHarness(sandbox, folder / "w.duckdb", instance)
+        # Small CO pages and response limit, so that endless paging and bombs show in 30 students
+        yield SyncHarness(
+            sandbox,
+            folder / "w.duckdb",
+            instance,
+            CO_PAGE_SIZE="10",
+            HUBSYNC_MAX_RESPONSE_MB="16",
+        )
     _write_report()
 
 
@@ -199,6 +240,9 @@ def _configure(sandbox: Sandbox, case: Case) -> None:
         sandbox.servers[server].faults.configure(FaultConfig(**config))
     for server, make_hook in case.hooks.items():
         sandbox.servers[server].add_request_hook(make_hook(sandbox))
+    FILTERED.clear()
+    for server, make_filter in case.filters.items():
+        sandbox.servers[server].add_response_filter(_noting(server, make_filter()))
     sandbox.hub.configure(item_error_rate=case.item_error_rate, item_error_seed=7)
 
 
@@ -209,8 +253,22 @@ def _clear(sandbox: Sandbox) -> None:
     sandbox.hub.configure(item_error_rate=0.0)
 
 
+FILTERED: set[str] = set()  # servers whose filter changed an answer in the current case
+
+
+def _noting(server: str, rewrite: hostile.ResponseFilter) -> hostile.ResponseFilter:
+    def noted(request: Request, response: Response) -> Response:
+        changed = rewrite(request, response)
+        if changed is not response:
+            FILTERED.add(server)
+        return changed
+
+    return noted
+
+
 def _faulted_servers(sandbox: Sandbox, case: Case, before: dict[str, int]) -> list[str]:
     hit = [s for s in SERVERS if sum(sandbox.servers[s].injected.values()) > before[s]]
+    hit += [s for s in SERVERS if s in FILTERED and s not in hit]
     return hit + [s for s in case.hooks if s not in hit]
 
 
