@@ -408,3 +408,33 @@ def test_each_invalid_value_is_refused_at_load_naming_the_variable(
     assert len(error.errors) == 1
     assert str(error).startswith(f"{name} {requirement}")
     assert repr(value.strip()) in str(error)
+
+
+def test_limits_reach_the_clients() -> None:
+    """The page caps and the response limit are not only validated: the clients apply them."""
+    from resources.campusonline import campusonline_resource
+    from resources.http import MB
+    from resources.lms import lms_resource
+    from resources.studip import studip_resource
+
+    defaults = load_settings({})
+    assert (defaults.co.max_pages, defaults.studip.max_pages, defaults.lms.max_pages) == (
+        10000,
+        10000,
+        10000,
+    )
+    assert defaults.co.max_response_mb == 256 and not defaults.allow_http
+    settings = load_settings(
+        {
+            "CO_MAX_PAGES": "7",
+            "STUDIP_MAX_PAGES": "8",
+            "LMS_MAX_PAGES": "9",
+            "HUBSYNC_MAX_RESPONSE_MB": "3",
+        }
+    )
+    with campusonline_resource(settings.co, in_process=True).client() as co:
+        assert (co.max_pages, co.http.max_response_bytes) == (7, 3 * MB)
+    studip = studip_resource(settings.studip).client()
+    assert (studip.max_pages, studip.http.max_response_bytes) == (8, 3 * MB)
+    with lms_resource(settings.lms).client() as lms:
+        assert (lms.max_pages, lms.http.max_response_bytes) == (9, 3 * MB)
