@@ -235,16 +235,13 @@ class HttpClient:
         _guard_json(response)
 
     def _redirect_error(self, response: requests.Response, method: str) -> RedirectRefused:
-        target = urlsplit(urljoin(response.url, response.headers.get("Location", "")))
-        host = target.hostname or "?"
-        shown = f"{host}:{target.port}" if target.port else host
         return RedirectRefused(
             self.system,
             method,
             response.url,
-            f"redirected to {shown}; hubsync does not follow redirects (they would carry "
-            "credentials and data to another address): set the API URL to the address that "
-            "answers itself",
+            f"redirected to {_location_host(response)}; hubsync does not follow redirects "
+            "(they would carry credentials and data to another address): set the API URL to "
+            "the address that answers itself",
             response.status_code,
         )
 
@@ -325,6 +322,18 @@ def _guard_json(response: requests.Response) -> None:
             raise requests.exceptions.JSONDecodeError(NESTED_TOO_DEEPLY, "", 0) from None
 
     response.json = json_or_value_error  # type: ignore[method-assign]
+
+
+def _location_host(response: requests.Response) -> str:
+    """The host (and port) a redirect points at; never its path or query, which may hold
+    tokens."""
+    try:
+        target = urlsplit(urljoin(response.url, response.headers.get("Location", "")))
+        port = target.port
+    except ValueError:  # a malformed Location
+        return "an unusable Location"
+    host = target.hostname or "?"
+    return f"{host}:{port}" if port else host
 
 
 def _megabytes(size: int) -> str:

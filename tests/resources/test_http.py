@@ -167,3 +167,10 @@ def test_json_nested_too_deeply_is_a_bad_page_not_a_recursion_error() -> None:
             response.json()
     assert str(caught.value).startswith(f"Stud.IP: GET {api.url}/page -> 200: the body is not")
     assert "nests arrays or objects too deeply" in str(caught.value)
+
+
+@responses.activate
+def test_a_redirect_with_a_malformed_location_is_refused_too(client: HttpClient) -> None:
+    responses.get(f"{BASE}/x", status=302, headers={"Location": "http://elsewhere:port/"})
+    with pytest.raises(RedirectRefused, match="redirected to an unusable Location"):
+        client.request("GET", "/x", retry=True)
