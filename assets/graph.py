@@ -21,9 +21,14 @@ what the end-to-end tests compare against.
 Values the HUB requires but no source has are never invented: a person without a user code
 (an applicant without matriculation number), without a date of birth (most LMS-only crew), or
 with a teacher role but no CPF or e-mail is not sent; ``persons.unsendable_reason`` says why.
+
+Text sent to the HUB carries no control characters (NUL, line breaks, C1) and no bidi
+embedding, override or isolate characters (a U+202E makes a name display as another): they
+are removed from ``hub_desired`` and counted; the raw pages keep them as received.
 """
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -428,6 +433,50 @@ DROP_EXPLANATIONS = {
     "lms_registrations_without_sendable_person": "LMS registrations are of persons the HUB "
     "cannot take (see unsendable_by_reason)",
 }
+# C0 and C1 control characters, the line and paragraph separators, and the bidi embedding,
+# override and isolate characters (the "Trojan Source" set, CVE-2021-42574).
+UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_RE2 = r"[\x00-\x1f\x7f-\x9f\x{2028}\x{2029}\x{202a}-\x{202e}\x{2066}-\x{2069}]"
+# A payload (JSON text) that may hold one: raw, or escaped as \u00XX, \u20XX or \n etc. It
+# over-matches (an escaped backslash before an n, a Python-escaped accent); each row it finds
+# is looked at in full.
+_MAYBE_UNSAFE_JSON = _UNSAFE_RE2 + r"|\\u00|\\u20[26]|\\[bfnrt]"
+
+
+def clean_text(value: object) -> object:
+    """``value`` with UNSAFE_TEXT removed from every string in it (JSON values)."""
+    if isinstance(value, str):
+        return UNSAFE_TEXT.sub("", value)
+    if isinstance(value, list):
+        return [clean_text(item) for item in value]
+    if isinstance(value, dict):
+        return {name: clean_text(item) for name, item in value.items()}
+    return value
+
+
+def clean_hub_desired(conn: duckdb.DuckDBPyConnection) -> int:
+    """Remove UNSAFE_TEXT from the keys and payloads of ``hub_desired``; how many objects had
+    some. One place for every object type, after they are built in SQL."""
+    # Keys and sis_ids are made of codes the payload holds too, so the payload tells (0.3 s
+    # for the 500,000 objects of 100,000 students).
+    rows = conn.execute(
+        "SELECT rowid, key, sis_id, payload FROM hub_desired WHERE regexp_matches(payload, ?)",
+        [_MAYBE_UNSAFE_JSON],
+    ).fetchall()
+    cleaned = 0
+    for rowid, key, sis_id, payload in rows:
+        parsed = json.loads(payload)
+        clean_payload = clean_text(parsed)
+        clean_key, clean_sis_id = clean_text(key), clean_text(sis_id)
+        if (clean_key, clean_sis_id, clean_payload) == (key, sis_id, parsed):
+            continue
+        text = json.dumps(clean_payload, ensure_ascii=False, separators=(",", ":"))
+        conn.execute(
+            "UPDATE hub_desired SET key = ?, sis_id = ?, payload = ? WHERE rowid = ?",
+            [clean_key, clean_sis_id, text, rowid],
+        )
+        cleaned += 1
+    return cleaned
 
 
 @dataclass
@@ -435,6 +484,7 @@ class DesiredSummary:
     counts: dict[str, int]
     unsendable: dict[str, str]
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> records left out
+    cleaned: int = 0  # objects that had control or bidi characters removed
 
 
 def build_hub_desired(
@@ -449,6 +499,7 @@ def build_hub_desired(
         conn.execute(DESIRED_USERS_SQL)
         conn.execute(DESIRED_COURSES_SQL)
         conn.execute(DESIRED_LMS_SQL)
+        cleaned = clean_hub_desired(conn)
         unsendable = dict(
             conn.execute(
                 "SELECT person_key, reason FROM g_users WHERE reason IS NOT NULL"
@@ -456,7 +507,7 @@ def build_hub_desired(
         )
         dropped = dict(conn.execute(DROPPED_SQL).fetchall())
     counts = conn.execute("SELECT object_type, count(*) FROM hub_desired GROUP BY 1").fetchall()
-    return DesiredSummary(dict(counts), unsendable, dropped)
+    return DesiredSummary(dict(counts), unsendable, dropped, cleaned)
 
 
 # -- assets -----------------------------------------------------------------------------------
@@ -522,6 +573,7 @@ def hub_desired(
             **{f"dropped_{name}": n for name, n in summary.dropped.items()},
             "unsendable_persons": len(summary.unsendable),
             "unsendable_by_reason": dg.MetadataValue.json(reasons),
+            "text_cleaned_objects": summary.cleaned,
             "dagster/row_count": sum(summary.counts.values()),
             "duration_s": round(time.perf_counter() - started, 3),
         }

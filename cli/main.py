@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from cli.home import load_project_dotenv, prepare_dagster_home
 from cli.reachability import unreachable_message
+from resources.private_files import make_new_files_private
 from resources.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) ->
     import dagster as dg
 
     from assets.sync import has_successful_full_sync
-    from cli.runs import render_summary, run_sync
+    from cli.runs import SyncKeyTaken, render_summary, run_sync
     from pipelines.definitions import build_definitions
     from pipelines.partitions import SyncMode, new_sync_key
 
@@ -103,7 +104,11 @@ def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) ->
     if sources:
         groups = ["sync", *(SOURCES[code].asset_group for code in sources)]
         selection = list(dg.AssetSelection.groups(*groups).resolve(defs.resolve_asset_graph()))
-    report = run_sync(defs, mode, new_sync_key(mode), asset_selection=selection)
+    try:
+        report = run_sync(defs, mode, new_sync_key(mode), asset_selection=selection)
+    except SyncKeyTaken as exc:
+        print(f"hubsync: {exc}", file=sys.stderr)
+        return 1
     print(render_summary(report, warehouse=settings.warehouse_path))
     return 0 if report.success else 1
 
@@ -366,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command.run is None:
         assert command.needs is not None, f"{command.name} has neither a handler nor needs"
         return _not_landed(command.name, command.needs)
+    make_new_files_private()  # the warehouse, sandbox state, Dagster's run storage
     load_project_dotenv()
     try:
         return command.run(args)

@@ -5,6 +5,7 @@ Dagster's console logger prints every framework event at DEBUG; it is silenced a
 printed from the run's event stream instead (step start/finish, INFO-level log messages).
 """
 
+import fcntl
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 import dagster as dg
+import sqlalchemy.exc
 from dagster._core.definitions.dependency import NodeHandle
 from dagster._utils.error import SerializableErrorInfo  # the error in failure events
 
@@ -157,6 +159,34 @@ def check_labels(job: dg.JobDefinition) -> dict[str, str]:
     return labels
 
 
+class SyncKeyTaken(RuntimeError):
+    """Another sync already took the key: both started in the same second."""
+
+
+def claim_sync_key(instance: dg.DagsterInstance, key: str) -> None:
+    """Add ``key`` to the sync_runs partitions for this sync alone.
+
+    Two syncs started in the same second make the same key; the second must not run it too.
+    Dagster checks for a key and then inserts it, which is not atomic: two at once both passed
+    the check and the loser's insert failed on the unique index (a raw IntegrityError). The
+    check and the insert are therefore made under a lock file in the instance folder (the
+    syncs of one warehouse run on one host); a key added by anything else is still refused.
+    """
+    taken = SyncKeyTaken(
+        f"another sync took the key {key} (started in the same second); "
+        "this one did nothing: start it again"
+    )
+    lock_path = Path(instance.root_directory) / ".sync-key.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if instance.has_dynamic_partition(sync_runs_partitions.name, key):
+            raise taken
+        try:
+            instance.add_dynamic_partitions(sync_runs_partitions.name, [key])
+        except sqlalchemy.exc.IntegrityError:  # added at this moment by a daemon, not a sync
+            raise taken from None
+
+
 def run_sync(
     defs: dg.Definitions,
     mode: SyncMode,
@@ -174,7 +204,7 @@ def run_sync(
     with dg.DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance):
             print(f"hubsync: run {run_id} had died unfinished; marked failed", file=out)
-        instance.add_dynamic_partitions(sync_runs_partitions.name, [key])
+        claim_sync_key(instance, key)
         # Called synchronously for every event of the run (the in-process executor runs here).
         instance.add_event_listener(report.run_id, _Progress(report, out))
         print(f"hubsync: {mode} sync {key} (run {report.run_id})", file=out, flush=True)

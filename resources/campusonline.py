@@ -14,6 +14,7 @@ for ``LastSyncDate``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,16 @@ import dagster as dg
 import requests
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
-from resources.http import ApiError, HttpClient, RetryPolicy, page_errors, reject_bad_text
+from resources.http import (
+    DEFAULT_MAX_PAGES,
+    DEFAULT_MAX_RESPONSE_MB,
+    MB,
+    ApiError,
+    HttpClient,
+    RetryPolicy,
+    page_errors,
+    reject_bad_text,
+)
 from resources.settings import CampusOnlineSettings, secret_config
 
 CO_TIMESTAMP_FORMAT = "%d.%m.%YT%H:%M:%S"
@@ -304,12 +314,14 @@ class CampusOnlineClient:
         client_secret: str,
         zone: ZoneInfo,
         page_size: int,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
+        if page_size < 1 or max_pages < 1:
+            raise ValueError("page_size and max_pages must be at least 1")
         self.http = http
         self.zone = zone
         self.page_size = page_size
+        self.max_pages = max_pages
         self._client_id = client_id
         self._client_secret = client_secret
         self._token: str | None = None
@@ -388,9 +400,16 @@ class CampusOnlineClient:
         last_sync: datetime | None = None,
         only_inactive: bool = False,
     ) -> Iterator[CoPage]:
-        """Every page of one call, fetched lazily; ends after the first short page."""
+        """Every page of one call, fetched lazily; ends after the first short page.
+
+        A page that repeats an earlier one (a server ignoring ``PageNr``) or more than
+        ``max_pages`` pages (``CO_MAX_PAGES``) mean the paging would never end: ``ApiError``.
+        """
         page_nr = 1
+        earlier: dict[bytes, int] = {}  # digest of each full page's row ids -> its number
         while True:
+            if page_nr > self.max_pages:
+                raise self._endless(service, f"more than {self.max_pages} pages (CO_MAX_PAGES)")
             params = self.query(
                 service,
                 filter=filter,
@@ -400,10 +419,22 @@ class CampusOnlineClient:
             )
             with page_errors(f"page {page_nr}"):
                 page = self._page(service, page_nr, params)
-            yield page
             if len(page.rows) < self.page_size:
+                yield page
                 return
+            first = earlier.setdefault(_row_ids_digest(service, page.rows), page_nr)
+            if first != page_nr:
+                raise self._endless(service, f"page {page_nr} repeats page {first}")
+            yield page
             page_nr += 1
+
+    def _endless(self, service: CoService, why: str) -> ApiError:
+        return ApiError(
+            self.http.system,
+            "GET",
+            self.http.url(f"/pl/rest/{service.name}/"),
+            f"paging does not end: {why}",
+        )
 
     def rows(
         self,
@@ -449,6 +480,13 @@ class CampusOnlineClient:
         self.close()
 
 
+def _row_ids_digest(service: CoService, rows: list[Any]) -> bytes:
+    """What identifies a page's content: the ids of its rows, in order."""
+    id_field = service.model.id_field
+    ids = [row.get(id_field) if isinstance(row, dict) else None for row in rows]
+    return hashlib.sha1(repr(ids).encode()).digest()
+
+
 def _oauth_error(response: requests.Response) -> str:
     try:
         error = response.json().get("error")
@@ -482,6 +520,14 @@ class CampusOnlineResource(dg.ConfigurableResource):
     client_secret: str = Field(description="OAuth2 client secret (CO_CLIENT_SECRET).")
     timezone: str = Field(default="Europe/Vienna", description="CO's zone (CO_TIMEZONE).")
     page_size: int = Field(default=20000, ge=1, description="Records per page (CO_PAGE_SIZE).")
+    max_pages: int = Field(
+        default=DEFAULT_MAX_PAGES, ge=1, description="Pages per call at most (CO_MAX_PAGES)."
+    )
+    max_response_mb: int = Field(
+        default=DEFAULT_MAX_RESPONSE_MB,
+        ge=1,
+        description="Decoded size of a response at most (HUBSYNC_MAX_RESPONSE_MB).",
+    )
     incremental_threshold: int = Field(
         default=200,
         ge=0,
@@ -501,6 +547,7 @@ class CampusOnlineResource(dg.ConfigurableResource):
             self.api_url,
             timeout=(self.connect_timeout_s, self.read_timeout_s),
             retry_policy=retry_policy or RetryPolicy(attempts=self.retry_attempts),
+            max_response_bytes=self.max_response_mb * MB,
         )
         return CampusOnlineClient(
             http,
@@ -508,6 +555,7 @@ class CampusOnlineResource(dg.ConfigurableResource):
             client_secret=self.client_secret,
             zone=self.zone,
             page_size=self.page_size,
+            max_pages=self.max_pages,
         )
 
     def web_url(self) -> str:
@@ -553,5 +601,7 @@ def campusonline_resource(
         client_secret=secret,
         timezone=settings.timezone.key,
         page_size=settings.page_size,
+        max_pages=settings.max_pages,
+        max_response_mb=settings.max_response_mb,
         incremental_threshold=settings.incremental_threshold,
     )

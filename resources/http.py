@@ -7,6 +7,11 @@ server's ``Retry-After`` when it sends one, else an exponential backoff with jit
 
 Errors are :class:`ApiError` with a message that names the system, the method, the URL (without
 its query string, which may carry filters or tokens) and the status, never a credential.
+
+Upstreams are not trusted to behave: a redirect is refused, not followed (the client would send
+its API key, credentials or personal data on to wherever ``Location`` points); a body is read in
+chunks and refused once it decodes to more than ``max_response_bytes`` (a small gzip bomb
+decodes to gigabytes); JSON nested too deeply to parse is a bad page, not a ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -19,13 +24,19 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NameResolutionError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MB = 1024 * 1024
+DEFAULT_MAX_RESPONSE_MB = 256  # HUBSYNC_MAX_RESPONSE_MB
+DEFAULT_MAX_PAGES = 10_000  # CO_MAX_PAGES, STUDIP_MAX_PAGES, LMS_MAX_PAGES
+# Bytes read from the socket at a time. urllib3 decodes at most this much per read, so a
+# compressed body cannot balloon in memory between two checks of the limit.
+READ_CHUNK_BYTES = 64 * 1024
 TRANSIENT_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,
@@ -113,8 +124,13 @@ class RequestStats:
             }
 
 
+class RedirectRefused(ApiError):
+    """The server answered with a redirect, which hubsync never follows."""
+
+
 class HttpClient:
-    """A session with a connection pool, default timeouts and opt-in retries."""
+    """A session with a connection pool, default timeouts and opt-in retries; redirects are
+    refused and bodies larger than ``max_response_bytes`` (decoded) are not read."""
 
     def __init__(
         self,
@@ -125,8 +141,12 @@ class HttpClient:
         retry_policy: RetryPolicy | None = None,
         pool_size: int = 10,
         sleep: Callable[[float], None] = time.sleep,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_MB * MB,
     ) -> None:
+        if max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be at least 1")
         self.system = system
+        self.max_response_bytes = max_response_bytes
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy()
@@ -146,15 +166,19 @@ class HttpClient:
         """Send a request; with ``retry``, repeat it on transient failures and 429/5xx.
 
         Returns the last response whatever its status (callers map statuses to their own
-        errors); raises :class:`ApiError` when no response arrived at all.
+        errors), its body read; raises :class:`ApiError` when no response arrived at all, when
+        the body is too large, and :class:`RedirectRefused` for a redirect.
         """
         url = self.url(path)
         kwargs.setdefault("timeout", self.timeout)
+        kwargs["allow_redirects"] = False
+        kwargs["stream"] = True  # read by _read_body, which stops at max_response_bytes
         attempts = self.retry_policy.attempts if retry else 1
         for attempt in range(1, attempts + 1):
             started = time.perf_counter()
             try:
                 response = self.session.request(method, url, **kwargs)
+                self._read_body(response, method)
             except TRANSIENT_ERRORS as exc:
                 self.stats.record(None, time.perf_counter() - started, attempt > 1)
                 if attempt == attempts or _unresolvable(exc):
@@ -169,11 +193,57 @@ class HttpClient:
                 self._sleep(self.retry_policy.delay(attempt, None))
                 continue
             self.stats.record(response, time.perf_counter() - started, attempt > 1)
+            if response.is_redirect:
+                raise self._redirect_error(response, method)
             if response.status_code in RETRY_STATUSES and attempt < attempts:
                 self._sleep(self.retry_policy.delay(attempt, response))
                 continue
             return response
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _read_body(self, response: requests.Response, method: str) -> None:
+        """Read the body in chunks, refusing it once it decodes to more than the limit."""
+        limit = self.max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(READ_CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(
+                        self.system,
+                        method,
+                        response.url,
+                        f"the response body is larger than {_megabytes(limit)} decoded "
+                        "(HUBSYNC_MAX_RESPONSE_MB); refused without reading the rest",
+                        response.status_code,
+                    )
+                chunks.append(chunk)
+        except requests.exceptions.ContentDecodingError as exc:
+            raise ApiError(
+                self.system,
+                method,
+                response.url,
+                f"the response body could not be decoded: {_reason(exc)}",
+                response.status_code,
+            ) from None
+        finally:
+            if size > limit:
+                response.close()  # drop the connection instead of draining the rest
+        # What Response.content would hold had requests read the body itself.
+        response._content = b"".join(chunks)
+        _guard_json(response)
+
+    def _redirect_error(self, response: requests.Response, method: str) -> RedirectRefused:
+        return RedirectRefused(
+            self.system,
+            method,
+            response.url,
+            f"redirected to {_location_host(response)}; hubsync does not follow redirects "
+            "(they would carry credentials and data to another address): set the API URL to "
+            "the address that answers itself",
+            response.status_code,
+        )
 
     def error(self, response: requests.Response, message: str) -> ApiError:
         """An :class:`ApiError` for a response the caller cannot use."""
@@ -200,6 +270,9 @@ class HttpClient:
                 return json.loads(content.decode("utf-8", errors="replace"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise self.error(response, f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            message = f"the body is not usable JSON ({NESTED_TOO_DEEPLY})"
+            raise self.error(response, message) from None
 
     def close(self) -> None:
         self.session.close()
@@ -229,6 +302,42 @@ def reject_bad_text(data: Any, fields: Iterable[str]) -> Any:
             if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
                 raise ValueError(f"{name} is longer than {MAX_TEXT_CHARS} characters")
     return data
+
+
+NESTED_TOO_DEEPLY = "it nests arrays or objects too deeply to parse"
+
+
+def _guard_json(response: requests.Response) -> None:
+    """Make ``response.json()`` raise a ``ValueError`` for JSON nested too deeply to parse.
+
+    Python's parser raises ``RecursionError`` there, which the clients' ``except ValueError``
+    around ``response.json()`` (error bodies, token answers, the HUB's messageId) would miss.
+    """
+    parse = response.json
+
+    def json_or_value_error(**kwargs: Any) -> Any:
+        try:
+            return parse(**kwargs)
+        except RecursionError:
+            raise requests.exceptions.JSONDecodeError(NESTED_TOO_DEEPLY, "", 0) from None
+
+    response.json = json_or_value_error  # type: ignore[method-assign]
+
+
+def _location_host(response: requests.Response) -> str:
+    """The host (and port) a redirect points at; never its path or query, which may hold
+    tokens."""
+    try:
+        target = urlsplit(urljoin(response.url, response.headers.get("Location", "")))
+        port = target.port
+    except ValueError:  # a malformed Location
+        return "an unusable Location"
+    host = target.hostname or "?"
+    return f"{host}:{port}" if port else host
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / MB:g} MB"
 
 
 def _unresolvable(exc: Exception) -> bool:

@@ -30,7 +30,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from resources.http import ApiError, HttpClient, RetryPolicy, body_excerpt
+from resources.http import ApiError, HttpClient, RedirectRefused, RetryPolicy, body_excerpt
 
 if TYPE_CHECKING:
     from resources.settings import HubSettings
@@ -256,6 +256,8 @@ class HubClient:
                 response = self.http.request(
                     "POST", "/sync/v1", data=envelope_json.encode(), headers=headers
                 )
+            except RedirectRefused:
+                raise  # not sent on, nothing queued: HUB_API_URL is wrong, so fail loudly
             except ApiError as exc:
                 cause = exc.transport_error
                 if cause is None or not _not_sent(cause):

@@ -31,7 +31,16 @@ import requests
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from requests.adapters import HTTPAdapter
 
-from resources.http import ApiError, HttpClient, RetryPolicy, page_errors, reject_bad_text
+from resources.http import (
+    DEFAULT_MAX_PAGES,
+    DEFAULT_MAX_RESPONSE_MB,
+    MB,
+    ApiError,
+    HttpClient,
+    RetryPolicy,
+    page_errors,
+    reject_bad_text,
+)
 from resources.settings import LmsSettings, secret_config
 
 SYSTEM = "LMS"
@@ -220,10 +229,12 @@ class LmsClient:
         password: str,
         org_path: str,
         page_size: int = 10_000,
+        max_pages: int = DEFAULT_MAX_PAGES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if page_size < 1:
-            raise ValueError("page_size must be at least 1")
+        if page_size < 1 or max_pages < 1:
+            raise ValueError("page_size and max_pages must be at least 1")
+        self.max_pages = max_pages
         self.http = http
         self.username = username
         self._password = password
@@ -386,7 +397,10 @@ class LmsClient:
         """Every page of ``endpoint`` for registrations modified after ``from_date`` (minus the
         server's 5-minute overlap); ``None`` reads from the beginning of time.
 
-        Pages overlap (see the module docstring), so an item can come twice.
+        Pages overlap (see the module docstring), so an item can come twice. A page that
+        repeats the previous one although the cursor moved on (a server ignoring
+        ``StartIndex``), or more than ``max_pages`` pages (``LMS_MAX_PAGES``; a ``TotalItems``
+        that keeps growing) mean the paging would never end: ``ApiError``.
         """
         query = {"orgPath": self.org_path}
         if from_date is not None:
@@ -394,7 +408,10 @@ class LmsClient:
         overlap = min(self.page_size - 1, max(1, self.page_size // 100))
         seen: set[str] = set()
         start, page_nr = 0, 0
+        previous: tuple[int, list[str]] = (-1, [])  # StartIndex and ids of the last page kept
         while True:
+            if page_nr >= self.max_pages:
+                raise self._endless(endpoint, f"more than {self.max_pages} pages (LMS_MAX_PAGES)")
             with page_errors(f"page {page_nr}, StartIndex {start}"):
                 page, envelope = self._page(endpoint, query, start, page_nr)
             page_nr += 1
@@ -406,14 +423,24 @@ class LmsClient:
                 start = max(0, start - 2 * overlap)
                 overlap = min(self.page_size - 1, 2 * overlap)
                 continue
+            ids = list(_ids(envelope.Items))
+            if ids and start > previous[0] and ids == previous[1]:
+                raise self._endless(
+                    endpoint, f"page {page_nr - 1} (StartIndex {start}) repeats the page before"
+                )
+            previous = (start, ids)
             yield page
-            seen.update(_ids(envelope.Items))
+            seen.update(ids)
             next_index = envelope.FirstIndexOfNextPage
             if next_index >= envelope.TotalItems:
                 return
             if next_index <= start:
                 raise self._paging_error(endpoint, start, envelope)
             start = max(start + 1, next_index - overlap)
+
+    def _endless(self, endpoint: Endpoint, why: str) -> ApiError:
+        url = self.http.url(ENDPOINT_PATHS[endpoint])
+        return ApiError(SYSTEM, "POST", url, f"paging does not end: {why}")
 
     def _paging_error(self, endpoint: Endpoint, start: int, envelope: PageEnvelope) -> ApiError:
         return ApiError(
@@ -467,6 +494,14 @@ class LmsResource(dg.ConfigurableResource):
     password: str = Field(description="Its password (LMS_PASSWORD, secret).")
     org_path: str = Field(description="Org path, the token scope and orgPath (LMS_ORG_PATH).")
     page_size: int = Field(default=10_000, ge=1, description="Registrations per page.")
+    max_pages: int = Field(
+        default=DEFAULT_MAX_PAGES, ge=1, description="Pages per call at most (LMS_MAX_PAGES)."
+    )
+    max_response_mb: int = Field(
+        default=DEFAULT_MAX_RESPONSE_MB,
+        ge=1,
+        description="Decoded size of a response at most (HUBSYNC_MAX_RESPONSE_MB).",
+    )
     student_id_field: str = Field(
         default=STUDENT_ID_FIELD,
         description="The OrgProfileFieldValue holding the matriculation number "
@@ -482,6 +517,7 @@ class LmsResource(dg.ConfigurableResource):
             self.api_url,
             timeout=(10, self.timeout_s),
             retry_policy=RetryPolicy(attempts=self.retry_attempts, backoff_s=self.retry_backoff_s),
+            max_response_bytes=self.max_response_mb * MB,
         )
         return LmsClient(
             http,
@@ -489,6 +525,7 @@ class LmsResource(dg.ConfigurableResource):
             password=self.password,
             org_path=self.org_path,
             page_size=self.page_size,
+            max_pages=self.max_pages,
         )
 
 
@@ -500,5 +537,7 @@ def lms_resource(settings: LmsSettings) -> LmsResource:
         password=secret_config("LMS_PASSWORD"),
         org_path=settings.org_path,
         page_size=settings.page_size,
+        max_pages=settings.max_pages,
+        max_response_mb=settings.max_response_mb,
         student_id_field=settings.student_id_field,
     )

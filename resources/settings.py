@@ -4,8 +4,13 @@ Every setting comes from an environment variable; an unset (or empty) variable m
 default, so a fresh checkout talks to the simulated systems of ``hubsync sandbox`` out of the box.
 ``load_settings`` validates everything at once and raises one ``ConfigError`` listing each bad
 variable; secret values never appear in error messages or reprs.
+
+Real systems and the sandbox do not mix: once an ``*_API_URL`` names another machine, every
+``*_API_URL`` must be set and that system's credentials too (their defaults are the sandbox's
+public ones), and plain http to another machine needs ``HUBSYNC_ALLOW_HTTP=1``.
 """
 
+import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -42,12 +47,17 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STUDIP_STUDENT_ID_FIELD", "Matrikelnummer"),
     Variable("LMS_STUDENT_ID_FIELD", "StudentId"),
     Variable("HUBSYNC_AUTOMATION", "on"),
+    # Limits against broken or hostile upstreams: the decoded size of one response, and pages
+    # per call (CO_MAX_PAGES etc., far above what any university needs).
+    Variable("HUBSYNC_MAX_RESPONSE_MB", "256"),
+    Variable("HUBSYNC_ALLOW_HTTP", "0"),
     Variable("CO_API_URL", "http://127.0.0.1:8701"),
     Variable("CO_CLIENT_ID", "hubsync"),
     Variable("CO_CLIENT_SECRET", "sandbox-co-secret", secret=True),
     Variable("CO_TIMEZONE", "Europe/Vienna"),
     Variable("CO_PAGE_SIZE", "20000"),
     Variable("CO_INCREMENTAL_THRESHOLD", "200"),
+    Variable("CO_MAX_PAGES", "10000"),
     Variable("STUDIP_API_URL", "http://127.0.0.1:8702/api.php"),
     Variable("STUDIP_USERNAME", "hubsync-api"),
     Variable("STUDIP_PASSWORD", "sandbox-studip-password", secret=True),
@@ -61,11 +71,13 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STUDIP_SEED_USERS", "lehre.koordination"),
     Variable("STUDIP_SEMESTERS", "current,next"),
     Variable("STUDIP_CONCURRENCY", "8"),
+    Variable("STUDIP_MAX_PAGES", "10000"),
     Variable("LMS_API_URL", "http://127.0.0.1:8703"),
     Variable("LMS_USERNAME", "hubsync"),
     Variable("LMS_PASSWORD", "sandbox-lms-password", secret=True),
     Variable("LMS_ORG_PATH", "/Root/Sandbox"),
     Variable("LMS_PAGE_SIZE", "10000"),
+    Variable("LMS_MAX_PAGES", "10000"),
     Variable("HUB_API_URL", "http://127.0.0.1:8704/sandbox"),
     Variable("HUB_API_KEY", "sandbox-hub-key", secret=True),
     Variable("HUB_ORG_ID", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
@@ -89,6 +101,13 @@ STUDIP_OAUTH_VARIABLES = (
     "STUDIP_OAUTH_TOKEN",
     "STUDIP_OAUTH_TOKEN_SECRET",
 )
+# What a real system needs besides its URL: the defaults are the sandbox's public values.
+REAL_SYSTEM_VARIABLES = {
+    "CO_API_URL": ("CO_CLIENT_SECRET",),
+    "STUDIP_API_URL": ("STUDIP_PASSWORD",),  # or the four STUDIP_OAUTH_* variables
+    "LMS_API_URL": ("LMS_PASSWORD", "LMS_ORG_PATH"),
+    "HUB_API_URL": ("HUB_API_KEY", "HUB_ORG_ID"),
+}
 
 
 class ConfigError(ValueError):
@@ -107,6 +126,8 @@ class CampusOnlineSettings:
     timezone: ZoneInfo
     page_size: int
     incremental_threshold: int
+    max_pages: int  # per call: more means the paging does not end
+    max_response_mb: int  # decoded size of one response at most
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +148,8 @@ class StudipSettings:
     semesters: tuple[str, ...]
     concurrency: int
     student_id_field: str  # the user datafield holding the matriculation number
+    max_pages: int  # per call: more means the paging does not end
+    max_response_mb: int  # decoded size of one response at most
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +160,8 @@ class LmsSettings:
     org_path: str
     page_size: int
     student_id_field: str  # the OrgProfileFieldValue holding the matriculation number
+    max_pages: int  # per call: more means the paging does not end
+    max_response_mb: int  # decoded size of one response at most
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +185,7 @@ class Settings:
     keep_days: int
     match_rules: tuple[str, ...]  # identity rules in priority order: studid, email, login
     automation: bool  # sensors and schedules start running (on) or stopped (off)
+    allow_http: bool  # plain http to hosts other than this machine is allowed
     co: CampusOnlineSettings
     studip: StudipSettings
     lms: LmsSettings
@@ -296,6 +322,14 @@ class _Reader:
         )
         return self._parse(name, parse, requirement)
 
+    def flag(self, name: str) -> bool:
+        def parse(value: str) -> bool:
+            if value not in ("0", "1"):
+                raise ValueError(value)
+            return value == "1"
+
+        return self._parse(name, parse, "must be 0 or 1")
+
     def switch(self, name: str) -> bool:
         def parse(value: str) -> bool:
             if value.lower() not in ("on", "off"):
@@ -383,12 +417,62 @@ def _message_max_age(read: _Reader, ack_timeout: float) -> float:
     return max_age
 
 
+def is_loopback(host: str) -> bool:
+    """``host`` is this machine (localhost, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _real_system_errors(settings: Settings, env: Mapping[str, str]) -> list[str]:
+    """Problems of a configuration that mixes real systems (a URL naming another machine) with
+    sandbox settings, or sends to another machine over plain http."""
+    urls = {
+        "CO_API_URL": settings.co.api_url,
+        "STUDIP_API_URL": settings.studip.api_url,
+        "LMS_API_URL": settings.lms.api_url,
+        "HUB_API_URL": settings.hub.api_url,
+    }
+    real = [name for name, url in urls.items() if not is_loopback(urlsplit(url).hostname or "")]
+    errors = []
+    unset = [name for name in API_URL_VARIABLES if not _is_set(env, name)]
+    if real and unset:
+        errors.append(
+            f"{', '.join(real)} name{'s' if len(real) == 1 else ''} a real system but "
+            f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set and would point "
+            "at the sandbox on this machine; set every *_API_URL (or none, for the sandbox)"
+        )
+    for name in real:
+        needed = REAL_SYSTEM_VARIABLES[name]
+        if name == "STUDIP_API_URL" and settings.studip.oauth1 is not None:
+            needed = ()
+        missing = [variable for variable in needed if not _is_set(env, variable)]
+        if missing:
+            errors.append(
+                f"{name} names a real system but {', '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set: the default is the sandbox's "
+                "public value; set it for the real system"
+            )
+        if urlsplit(urls[name]).scheme == "http" and not settings.allow_http:
+            errors.append(
+                f"{name} sends credentials and personal data over plain http to another "
+                f"machine ({urlsplit(urls[name]).hostname}); use https, or set "
+                "HUBSYNC_ALLOW_HTTP=1 if the network is trusted"
+            )
+    return errors
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate all settings from ``env`` (default: ``os.environ``).
 
-    Raises ``ConfigError`` naming every variable that holds an unusable value.
+    Raises ``ConfigError`` naming every variable that holds an unusable value; once every value
+    is usable, also for a mix of real systems and sandbox settings (see the module docstring).
     """
     read = _Reader(os.environ if env is None else env)
+    max_response_mb = read.integer("HUBSYNC_MAX_RESPONSE_MB", 1)
     settings = Settings(
         warehouse_path=read.path("HUBSYNC_WAREHOUSE"),
         incremental_interval_s=read.integer("HUBSYNC_INCREMENTAL_INTERVAL", 1),
@@ -396,6 +480,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         keep_days=read.integer("HUBSYNC_KEEP_DAYS", 1),
         match_rules=read.rules("HUBSYNC_MATCH_RULES"),
         automation=read.switch("HUBSYNC_AUTOMATION"),
+        allow_http=read.flag("HUBSYNC_ALLOW_HTTP"),
         co=CampusOnlineSettings(
             api_url=read.url("CO_API_URL"),
             client_id=read.text("CO_CLIENT_ID"),
@@ -403,6 +488,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             timezone=read.zone("CO_TIMEZONE"),
             page_size=read.integer("CO_PAGE_SIZE", 1),
             incremental_threshold=read.integer("CO_INCREMENTAL_THRESHOLD", 0),
+            max_pages=read.integer("CO_MAX_PAGES", 1),
+            max_response_mb=max_response_mb,
         ),
         studip=StudipSettings(
             api_url=read.url("STUDIP_API_URL", path_suffix="/api.php"),
@@ -413,6 +500,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             semesters=read.items("STUDIP_SEMESTERS", required="semester"),
             concurrency=read.integer("STUDIP_CONCURRENCY", 1, 64),
             student_id_field=read.text("STUDIP_STUDENT_ID_FIELD"),
+            max_pages=read.integer("STUDIP_MAX_PAGES", 1),
+            max_response_mb=max_response_mb,
         ),
         lms=LmsSettings(
             api_url=read.url("LMS_API_URL"),
@@ -421,6 +510,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             org_path=read.org_path("LMS_ORG_PATH"),
             page_size=read.integer("LMS_PAGE_SIZE", 1),
             student_id_field=read.text("LMS_STUDENT_ID_FIELD"),
+            max_pages=read.integer("LMS_MAX_PAGES", 1),
+            max_response_mb=max_response_mb,
         ),
         hub=HubSettings(
             api_url=read.url("HUB_API_URL"),
@@ -437,6 +528,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
     if read.errors:
         raise ConfigError(read.errors)
+    errors = _real_system_errors(settings, read.env)
+    if errors:
+        raise ConfigError(errors)
     return settings
 
 

@@ -22,6 +22,7 @@ gets a 401 with body ``""`` there, which is told apart from a refused login (HTM
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import re
@@ -47,7 +48,16 @@ from pydantic import (
 from requests.auth import HTTPBasicAuth
 from requests_oauthlib import OAuth1
 
-from resources.http import ApiError, HttpClient, RetryPolicy, page_errors, reject_bad_text
+from resources.http import (
+    DEFAULT_MAX_PAGES,
+    DEFAULT_MAX_RESPONSE_MB,
+    MB,
+    ApiError,
+    HttpClient,
+    RetryPolicy,
+    page_errors,
+    reject_bad_text,
+)
 from resources.settings import StudipSettings, secret_config
 
 SYSTEM = "Stud.IP"
@@ -318,10 +328,18 @@ def _member_key(raw: Any) -> str | None:
 class StudipClient:
     """Typed access to the Stud.IP REST API (thread-safe: the crawl calls it from a pool)."""
 
-    def __init__(self, http: HttpClient, *, page_size: int = 100, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        http: HttpClient,
+        *,
+        page_size: int = 100,
+        concurrency: int = 8,
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> None:
         self.http = http
         self.page_size = page_size
         self.concurrency = concurrency
+        self.max_pages = max_pages
 
     # -- low level -----------------------------------------------------------------------------
 
@@ -405,7 +423,9 @@ class StudipClient:
 
         Stops when ``offset + items >= total`` (offset = the one sent; the reported one is
         rounded down) or a page is empty; ``links`` are ignored. A 404 yields one empty page
-        with ``found=False`` (the object is gone: data, not a crash).
+        with ``found=False`` (the object is gone: data, not a crash). A page that repeats an
+        earlier one (a ``total`` that grows while the same items come back) or more than
+        ``max_pages`` pages (``STUDIP_MAX_PAGES``) mean the paging would never end: ``ApiError``.
         """
         filters = dict(filters or {})
         limit = limit or self.page_size
@@ -414,7 +434,11 @@ class StudipClient:
         )
         offset = 0
         page_nr = 0
+        earlier: dict[bytes, int] = {}  # digest of each page's collection -> its number
         while True:
+            if page_nr >= self.max_pages:
+                why = f"more than {self.max_pages} pages (STUDIP_MAX_PAGES)"
+                raise ApiError(SYSTEM, "GET", self.http.url(path), f"paging does not end: {why}")
             params = {**filters, "offset": offset, "limit": limit}
             fetched_at = datetime.now(UTC)
             try:
@@ -436,6 +460,11 @@ class StudipClient:
                     response, f"{route}: not a Stud.IP collection ({exc}) [page {page_nr}]"
                 ) from None
             count = len(records) + len(rejected)
+            first = earlier.setdefault(hashlib.sha1(repr(collection).encode()).digest(), page_nr)
+            if count and first != page_nr:
+                raise self.http.error(
+                    response, f"paging does not end: page {page_nr} repeats page {first}"
+                )
             yield StudipPage(
                 route, request_key, params, page_nr, response.content, total, records,
                 rejected, fetched_at, subject=subject,
@@ -783,6 +812,14 @@ class StudIPResource(dg.ConfigurableResource):
         "(STUDIP_STUDENT_ID_FIELD).",
     )
     page_size: int = Field(default=100, ge=1, description="Items requested per page.")
+    max_pages: int = Field(
+        default=DEFAULT_MAX_PAGES, ge=1, description="Pages per call at most (STUDIP_MAX_PAGES)."
+    )
+    max_response_mb: int = Field(
+        default=DEFAULT_MAX_RESPONSE_MB,
+        ge=1,
+        description="Decoded size of a response at most (HUBSYNC_MAX_RESPONSE_MB).",
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Read timeout per request.")
     retry_attempts: int = Field(
         default=5, ge=1, description="Tries per request on 429, 5xx and dropped connections."
@@ -801,6 +838,7 @@ class StudIPResource(dg.ConfigurableResource):
             retry_policy=retry_policy
             or RetryPolicy(attempts=self.retry_attempts, backoff_s=self.retry_backoff_s),
             pool_size=self.concurrency,
+            max_response_bytes=self.max_response_mb * MB,
         )
         if self.uses_oauth1:
             http.session.auth = OAuth1(
@@ -812,7 +850,9 @@ class StudIPResource(dg.ConfigurableResource):
             )
         else:
             http.session.auth = HTTPBasicAuth(self.username, self.password)
-        return StudipClient(http, page_size=self.page_size, concurrency=self.concurrency)
+        return StudipClient(
+            http, page_size=self.page_size, concurrency=self.concurrency, max_pages=self.max_pages
+        )
 
 
 def is_user_id(text: str) -> bool:
@@ -885,5 +925,7 @@ def studip_resource(settings: StudipSettings) -> StudIPResource:
         seed_users=list(settings.seed_users),
         semesters=list(settings.semesters),
         concurrency=settings.concurrency,
+        max_pages=settings.max_pages,
+        max_response_mb=settings.max_response_mb,
         student_id_field=settings.student_id_field,
     )

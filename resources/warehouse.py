@@ -3,10 +3,16 @@
 Nothing here touches the database file at import. ``WarehouseResource.connection()`` opens it on
 use (waiting briefly while another process holds DuckDB's single-writer lock), brings the schema
 up to date and always closes it again, so no process keeps the file locked between steps.
+
+The warehouse holds personal data, so its files are private to the user running hubsync (0600,
+a folder hubsync creates 0700): opening it makes the process create files without group or
+other permissions from then on (DuckDB's write-ahead log comes and goes with every checkpoint),
+and a warehouse file or log left readable by others is made private.
 """
 
 import json
 import re
+import stat
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +29,7 @@ from resources.campusonline_schema import CAMPUSONLINE_SCHEMA
 from resources.graph_schema import GRAPH_SCHEMA, GRAPH_VIEWS
 from resources.hub_schema import HUB_REFUSALS_SCHEMA, HUB_SCHEMA
 from resources.lms_schema import LMS_SCHEMA
+from resources.private_files import make_new_files_private
 
 
 class WarehouseError(RuntimeError):
@@ -267,8 +274,23 @@ def _duckdb_detail(exc: duckdb.Error) -> str:
     return str(exc).removeprefix("IO Error: ")
 
 
+def _make_private(path: Path) -> None:
+    """Take group and other permissions off ``path`` (when it exists and is ours to change)."""
+    for file in (path, path.with_name(path.name + ".wal")):
+        try:
+            mode = file.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                file.chmod(stat.S_IMODE(mode) & ~(stat.S_IRWXG | stat.S_IRWXO))
+        except OSError:
+            pass  # absent, or another user's file: DuckDB reports what matters on open
+
+
 def connect(path: Path, lock_timeout_s: float = 10.0) -> duckdb.DuckDBPyConnection:
-    """Open the DuckDB file, creating its folder, retrying while another process holds the lock."""
+    """Open the DuckDB file, creating its folder, retrying while another process holds the lock.
+
+    The file, its write-ahead log and a folder created here are private to this user."""
+    make_new_files_private()
+    _make_private(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -477,3 +477,25 @@ def test_ui_listens_on_loopback_unless_a_host_is_given(
     default, exposed = commands
     assert default[default.index("--host") + 1] == "127.0.0.1"
     assert exposed[exposed.index("--host") + 1] == "0.0.0.0"
+
+
+def test_a_sync_whose_key_another_sync_took_says_so_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second of two syncs started in the same second printed a raw IntegrityError
+    traceback (or ran the same key a second time)."""
+    key = "incr-20261203T230000Z"
+    monkeypatch.setattr("pipelines.partitions.new_sync_key", lambda mode, now=None: key)
+    home.prepare_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("sync_runs", [key])  # the other sync's
+        runs_before = len(instance.get_runs())
+
+    code, out, err = run(capsys, "sync")
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"hubsync: another sync took the key {key} (started in the same second); "
+        "this one did nothing: start it again"
+    ]
+    with dg.DagsterInstance.get() as instance:
+        assert len(instance.get_runs()) == runs_before

@@ -1,9 +1,20 @@
 """The end-of-sync summary stays on one screen: headline numbers only, steps in run order,
-readable check names, the warehouse it wrote and what unsendable_persons means."""
+readable check names, the warehouse it wrote and what unsendable_persons means; a sync key is
+one sync's alone."""
 
+import threading
 from pathlib import Path
 
-from cli.runs import StepReport, SyncReport, check_labels, render_summary
+import dagster as dg
+
+from cli.runs import (
+    StepReport,
+    SyncKeyTaken,
+    SyncReport,
+    check_labels,
+    claim_sync_key,
+    render_summary,
+)
 from pipelines.definitions import defs
 
 
@@ -100,3 +111,42 @@ def test_check_steps_are_labelled_by_their_check() -> None:
     )
     assert labels["hub_payload_hub_deletes_within_limit"] == "check hub_deletes_within_limit"
     assert "persons" not in labels and "hub_payload" not in labels
+
+
+def _race_for(key: str, instances: list[dg.DagsterInstance]) -> list[str]:
+    """Every instance claims ``key`` at the same moment; what each one got."""
+    barrier = threading.Barrier(len(instances))
+    outcomes: list[str] = []
+
+    def claim(instance: dg.DagsterInstance) -> None:
+        barrier.wait()
+        try:
+            claim_sync_key(instance, key)
+            outcomes.append("claimed")
+        except SyncKeyTaken as exc:
+            assert key in str(exc) and "same second" in str(exc)
+            outcomes.append("taken")
+        except Exception as exc:  # noqa: BLE001 - what the race raised is the point
+            outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=claim, args=(instance,)) for instance in instances]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return sorted(outcomes)
+
+
+def test_two_syncs_claiming_one_key_at_once_leave_it_to_one(module_dagster_home: Path) -> None:
+    """Two syncs started in the same second make the same key. Dagster checks for a key and
+    then inserts it, so racing claims failed with a raw IntegrityError (unique index); now one
+    sync gets the key and every other one SyncKeyTaken."""
+    racers = 4
+    instances = [dg.DagsterInstance.from_config(str(module_dagster_home)) for _ in range(racers)]
+    try:
+        for n in range(5):
+            outcomes = _race_for(f"full-20261203T2300{n:02d}Z", instances)
+            assert outcomes == ["claimed"] + ["taken"] * (racers - 1), outcomes
+    finally:
+        for instance in instances:
+            instance.dispose()

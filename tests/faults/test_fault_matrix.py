@@ -26,9 +26,10 @@ import duckdb
 import pytest
 
 from sandbox.expected import expected_hub_state
-from sandbox.http import FaultConfig, Request
+from sandbox.http import FaultConfig, Request, Response
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
+from tests.faults import hostile
 from tests.faults.support import (
     SyncHarness,
     SyncOutcome,
@@ -51,7 +52,14 @@ SOURCE_TABLES = {
 }
 SYSTEM_NAMES = {"co": "CAMPUSonline", "studip": "Stud.IP", "lms": "LMS", "hub": "HUB"}
 # What a clean failure may raise: the clients' errors and Dagster failures, nothing accidental.
-CLEAN_ERRORS = ("ApiError", "Failure", "StudipError", "StudipAuthError", "StudipNotFound")
+CLEAN_ERRORS = (
+    "ApiError",
+    "RedirectRefused",
+    "Failure",
+    "StudipError",
+    "StudipAuthError",
+    "StudipNotFound",
+)
 
 
 def _script(kind: str, *, skip: int = 1, times: int = 2) -> list[str]:
@@ -69,6 +77,7 @@ TRANSPORT = {
     "truncated JSON": {"script": _script("truncate", times=1)},
 }
 HUB_POST = {"path_filter": "/sync/v1"}
+ELSEWHERE = "http://127.0.0.1:9"  # where the redirects point; never contacted
 HUB_LOG = {"path_filter": "/getLog/"}
 TRUNCATE = TRANSPORT["truncated JSON"]
 
@@ -84,6 +93,8 @@ class Case:
     item_error_rate: float = 0.0
     # HUB behaviour set through sandbox.hub.configure for the faulted sync (see sandbox/hub.py)
     hub_options: Callable[[Sandbox], dict] | None = None
+    # server -> a fresh response filter making its answers hostile (tests/faults/hostile.py)
+    filters: dict[str, Callable[[], hostile.ResponseFilter]] = field(default_factory=dict)
 
 
 def _expire_co_tokens(sandbox: Sandbox) -> Callable[[Request, int], None]:
@@ -137,6 +148,32 @@ CASES = [
     Case("HUB refuses one object (400)", "400 refusal", hub_options=_refuse_a_changed_user),
     Case("HUB answers messageId null", "null messageId",
          hub_options=lambda sandbox: {"null_message_ids": 1}),
+    # Hostile or broken upstreams (issue 18): each must fail the sync cleanly, naming the system.
+    Case("redirect to another host (CO, LMS)", "redirect", filters={
+        "co": lambda: hostile.redirect("/pl/rest/", to=ELSEWHERE),
+        "lms": lambda: hostile.redirect("/oauth2/token", to=ELSEWHERE),
+    }),
+    Case("redirect to another host (HUB POST)", "redirect", filters={
+        "hub": lambda: hostile.redirect("/sync/v1", to=ELSEWHERE),
+    }),
+    Case("endless paging (CO, LMS)", "endless paging", filters={
+        "co": lambda: hostile.repeat_first_page("dmsstudents"),
+        "lms": lambda: hostile.both(
+            hostile.repeat_first_page("getactive"), hostile.growing_lms_total("getactive")
+        ),
+    }),
+    # Stud.IP in its own run: a failed CO step skips its crawl.
+    Case("endless paging (Stud.IP)", "endless paging", filters={
+        "studip": lambda: hostile.both(
+            hostile.repeat_first_page("/semesters"), hostile.growing_studip_total("/semesters")
+        ),
+    }),
+    Case("gzip bomb (CO), JSON nested too deeply (LMS)", "hostile body", filters={
+        "co": lambda: hostile.body(
+            "dmsstudies", hostile.gzip_of_zeros(64), {"Content-Encoding": "gzip"}
+        ),
+        "lms": lambda: hostile.body("getcompleted", hostile.DEEP_JSON),
+    }),
 ]  # fmt: skip
 
 
@@ -163,7 +200,14 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncHarness]:
         running_sandbox(port_base=0, world=world, options=HUB_OPTIONS) as sandbox,
         dg.instance_for_test() as instance,
     ):
-        yield SyncHarness(sandbox, folder / "w.duckdb", instance)
+        # Small CO pages and response limit, so that endless paging and bombs show in 30 students
+        yield SyncHarness(
+            sandbox,
+            folder / "w.duckdb",
+            instance,
+            CO_PAGE_SIZE="10",
+            HUBSYNC_MAX_RESPONSE_MB="16",
+        )
     _write_report()
 
 
@@ -214,6 +258,9 @@ def _configure(sandbox: Sandbox, case: Case) -> None:
         sandbox.servers[server].faults.configure(FaultConfig(**config))
     for server, make_hook in case.hooks.items():
         sandbox.servers[server].add_request_hook(make_hook(sandbox))
+    FILTERED.clear()
+    for server, make_filter in case.filters.items():
+        sandbox.servers[server].add_response_filter(_noting(server, make_filter()))
     sandbox.hub.configure(item_error_rate=case.item_error_rate, item_error_seed=7)
     if case.hub_options:
         sandbox.hub.configure(**case.hub_options(sandbox))
@@ -228,8 +275,22 @@ def _clear(sandbox: Sandbox) -> None:
     )
 
 
+FILTERED: set[str] = set()  # servers whose filter changed an answer in the current case
+
+
+def _noting(server: str, rewrite: hostile.ResponseFilter) -> hostile.ResponseFilter:
+    def noted(request: Request, response: Response) -> Response:
+        changed = rewrite(request, response)
+        if changed is not response:
+            FILTERED.add(server)
+        return changed
+
+    return noted
+
+
 def _faulted_servers(sandbox: Sandbox, case: Case, before: dict[str, int]) -> list[str]:
     hit = [s for s in SERVERS if sum(sandbox.servers[s].injected.values()) > before[s]]
+    hit += [s for s in SERVERS if s in FILTERED and s not in hit]
     return hit + [s for s in case.hooks if s not in hit]
 
 

@@ -19,7 +19,7 @@ from pipelines.definitions import build_definitions
 from pipelines.sensors import failure_text, plan_incremental_sync
 from resources.settings import load_settings
 
-HUB_URL = "http://hub.test/sandbox"
+HUB_URL = "http://127.0.0.1:9/sandbox"  # answered by responses, never contacted
 LOG_URL = re.compile(re.escape(HUB_URL) + r"/.*getLog/(?P<id>[\w-]+)")
 
 

@@ -421,8 +421,9 @@ def test_paging_stops_on_a_short_page() -> None:
 @responses.activate
 def test_an_exactly_full_last_page_costs_one_empty_page() -> None:
     add_token()
-    responses.get(APPLICANTS_URL, json=envelope("DMSApplicants", [FULL_APPLICATION] * 2))
-    responses.get(APPLICANTS_URL, json=envelope("DMSApplicants", [FULL_APPLICATION] * 2))
+    for first in (1, 3):  # two full pages of other applications (a repeated page would fail)
+        rows = [{**FULL_APPLICATION, "BEWERBUNGNR": nr} for nr in (first, first + 1)]
+        responses.get(APPLICANTS_URL, json=envelope("DMSApplicants", rows))
     responses.get(APPLICANTS_URL, json=envelope("DMSApplicants", []))
     pages = list(make_client(page_size=2).pages(APPLICATIONS))
     assert [len(p.rows) for p in pages] == [2, 2, 0]

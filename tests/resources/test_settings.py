@@ -15,6 +15,20 @@ from resources.settings import (
 )
 
 SECRET_NAMES = [v.name for v in VARIABLES if v.secret]
+# A complete configuration of real systems: every URL, and the credentials whose defaults are
+# the sandbox's public values.
+REAL = {
+    "CO_API_URL": "https://campus.example.org/co/dms",
+    "CO_CLIENT_SECRET": "co-secret-zz3",
+    "STUDIP_API_URL": "https://studip.example.org/api.php",
+    "STUDIP_PASSWORD": "studip-password-zz4",
+    "LMS_API_URL": "https://example.marinels.com",
+    "LMS_PASSWORD": "lms-password-zz5",
+    "LMS_ORG_PATH": "/Root/Example",
+    "HUB_API_URL": "https://apihub.example.org/prod",
+    "HUB_API_KEY": "hub-key-zz6",
+    "HUB_ORG_ID": "org-zz7",
+}
 OAUTH = {
     "STUDIP_OAUTH_CONSUMER_KEY": "consumer-key",
     "STUDIP_OAUTH_CONSUMER_SECRET": "oauth-consumer-secret-zz1",
@@ -74,6 +88,7 @@ def test_relative_warehouse_resolves_against_the_project_root(
 def test_values_are_parsed_and_normalised() -> None:
     settings = load_settings(
         {
+            **REAL,
             "STUDIP_API_URL": "https://studip.example.org/api.php/",
             "HUB_API_URL": " https://apihub.example.org/prod/ ",
             "LMS_ORG_PATH": "/Root/Uni/",
@@ -108,10 +123,66 @@ def test_empty_values_mean_the_default() -> None:
     assert settings.uses_sandbox
 
 
+def test_api_urls_mean_real_systems() -> None:
+    settings = load_settings(REAL)
+    assert not settings.uses_sandbox
+    assert settings.hub.api_key.get_secret_value() == "hub-key-zz6"
+    # a sandbox on other ports of this machine is no real system: the sandbox credentials do
+    local = {
+        "CO_API_URL": "http://127.0.0.1:9701",
+        "STUDIP_API_URL": "http://localhost:9702/api.php",
+        "LMS_API_URL": "http://[::1]:9703",
+        "HUB_API_URL": "http://127.0.0.2:9704/sandbox",
+    }
+    assert not load_settings(local).uses_sandbox
+    assert load_settings({"HUB_API_URL": "http://127.0.0.1:9704/sandbox"}).hub.api_url
+
+
 @pytest.mark.parametrize("name", ["CO_API_URL", "STUDIP_API_URL", "LMS_API_URL", "HUB_API_URL"])
-def test_any_api_url_means_real_systems(name: str) -> None:
-    url = "https://x.example.org/api.php"
-    assert not load_settings({name: url}).uses_sandbox
+def test_one_real_api_url_with_the_others_unset_is_refused(name: str) -> None:
+    """A half-configured production would send real data to (or read it from) the sandbox
+    defaults on this machine."""
+    env = {name: REAL[name], **{k: v for k, v in REAL.items() if not k.endswith("_API_URL")}}
+    error = config_error(env)
+    (message,) = error.errors
+    assert message.startswith(f"{name} names a real system but ")
+    others = [
+        n for n in ("CO_API_URL", "STUDIP_API_URL", "LMS_API_URL", "HUB_API_URL") if n != name
+    ]
+    assert f"{', '.join(others)} are not set" in message
+    assert not any(secret in str(error) for secret in REAL.values() if "zz" in secret)
+
+
+def test_a_real_system_with_sandbox_credentials_is_refused() -> None:
+    needed = {
+        "CO_CLIENT_SECRET": "CO_API_URL",
+        "STUDIP_PASSWORD": "STUDIP_API_URL",
+        "LMS_PASSWORD": "LMS_API_URL",
+        "LMS_ORG_PATH": "LMS_API_URL",
+        "HUB_API_KEY": "HUB_API_URL",
+        "HUB_ORG_ID": "HUB_API_URL",
+    }
+    for variable, url in needed.items():
+        env = {k: v for k, v in REAL.items() if k != variable}
+        (message,) = config_error(env).errors
+        assert message.startswith(f"{url} names a real system but {variable} is not set"), message
+        assert "sandbox's public value" in message
+    # the whole HUB at once: the public sandbox key and org would go to the real HUB
+    env = {k: v for k, v in REAL.items() if k not in ("HUB_API_KEY", "HUB_ORG_ID")}
+    assert "HUB_API_KEY, HUB_ORG_ID are not set" in str(config_error(env))
+    # Stud.IP with OAuth1 needs no password
+    oauth = {k: v for k, v in REAL.items() if k != "STUDIP_PASSWORD"} | OAUTH
+    assert load_settings(oauth).studip.oauth1 is not None
+
+
+def test_plain_http_to_another_machine_needs_hubsync_allow_http() -> None:
+    env = REAL | {"LMS_API_URL": "http://lms.example.org", "HUB_API_URL": "http://hub.test/prod"}
+    error = config_error(env)
+    assert [e.split()[0] for e in error.errors] == ["LMS_API_URL", "HUB_API_URL"]
+    assert "plain http to another machine (lms.example.org)" in error.errors[0]
+    assert "HUBSYNC_ALLOW_HTTP=1" in error.errors[0]
+    assert load_settings(env | {"HUBSYNC_ALLOW_HTTP": "1"}).allow_http
+    assert not load_settings(REAL).allow_http
 
 
 @pytest.mark.parametrize(
@@ -312,6 +383,11 @@ INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
     ],
     "HUBSYNC_MATCH_RULES": [("studid;email", "must list identity rules in priority order")],
     "HUBSYNC_AUTOMATION": [("true", "must be on or off")],
+    "HUBSYNC_MAX_RESPONSE_MB": [("0", "must be a positive integer")],
+    "HUBSYNC_ALLOW_HTTP": [("yes", "must be 0 or 1")],
+    "CO_MAX_PAGES": [("unlimited", "must be a positive integer")],
+    "STUDIP_MAX_PAGES": [("0", "must be a positive integer")],
+    "LMS_MAX_PAGES": [("-1", "must be a positive integer")],
 }
 FREE_TEXT = {
     "CO_CLIENT_ID",
@@ -345,3 +421,33 @@ def test_each_invalid_value_is_refused_at_load_naming_the_variable(
     assert len(error.errors) == 1
     assert str(error).startswith(f"{name} {requirement}")
     assert repr(value.strip()) in str(error)
+
+
+def test_limits_reach_the_clients() -> None:
+    """The page caps and the response limit are not only validated: the clients apply them."""
+    from resources.campusonline import campusonline_resource
+    from resources.http import MB
+    from resources.lms import lms_resource
+    from resources.studip import studip_resource
+
+    defaults = load_settings({})
+    assert (defaults.co.max_pages, defaults.studip.max_pages, defaults.lms.max_pages) == (
+        10000,
+        10000,
+        10000,
+    )
+    assert defaults.co.max_response_mb == 256 and not defaults.allow_http
+    settings = load_settings(
+        {
+            "CO_MAX_PAGES": "7",
+            "STUDIP_MAX_PAGES": "8",
+            "LMS_MAX_PAGES": "9",
+            "HUBSYNC_MAX_RESPONSE_MB": "3",
+        }
+    )
+    with campusonline_resource(settings.co, in_process=True).client() as co:
+        assert (co.max_pages, co.http.max_response_bytes) == (7, 3 * MB)
+    studip = studip_resource(settings.studip).client()
+    assert (studip.max_pages, studip.http.max_response_bytes) == (8, 3 * MB)
+    with lms_resource(settings.lms).client() as lms:
+        assert (lms.max_pages, lms.http.max_response_bytes) == (9, 3 * MB)

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -301,3 +303,46 @@ def test_raw_table_names_are_checked(pages_warehouse: WarehouseResource) -> None
     with pytest.raises(WarehouseError, match=r"raw_page_table_ddl\('raw_missing'\)"):
         with pages_warehouse.page_writer("raw_missing", "full-1"):
             pass
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The usual umask (files 0644), restored afterwards: opening the warehouse tightens it."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_warehouse_its_log_and_its_new_folder_are_private(
+    tmp_path: Path, umask_022: None
+) -> None:
+    """Personal data: with umask 022 the file was created 0644, readable by every local user."""
+    path = tmp_path / "new" / "w.duckdb"
+    warehouse = WarehouseResource(path=str(path))
+    with warehouse.connection() as conn:
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE t AS SELECT range AS i FROM range(1000)")
+        conn.execute("COMMIT")
+        conn.execute("INSERT INTO t SELECT range FROM range(10)")
+        wal = path.with_name("w.duckdb.wal")
+        assert wal.exists(), "the write-ahead log exists while the connection is open"
+        assert _mode(wal) == 0o600
+    assert _mode(path) == 0o600
+    assert _mode(path.parent) == 0o700
+
+
+def test_an_existing_readable_warehouse_is_made_private_on_open(
+    tmp_path: Path, umask_022: None
+) -> None:
+    path = tmp_path / "w.duckdb"
+    duckdb.connect(str(path)).close()
+    path.chmod(0o644)
+    with WarehouseResource(path=str(path)).connection():
+        pass
+    assert _mode(path) == 0o600
