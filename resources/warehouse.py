@@ -20,7 +20,7 @@ import duckdb
 from pydantic import Field
 
 from resources.campusonline_schema import CAMPUSONLINE_SCHEMA
-from resources.graph_schema import GRAPH_SCHEMA, GRAPH_VIEWS
+from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_VIEWS
 from resources.hub_schema import HUB_SCHEMA
 from resources.lms_schema import LMS_SCHEMA
 
@@ -178,6 +178,7 @@ MIGRATIONS: list[Migration] = [
     Migration("hub: desired and acknowledged state, events, batches, log", HUB_SCHEMA),
     Migration("graph: persons and identity links", GRAPH_SCHEMA),
     Migration("graph: views joining persons to every source", GRAPH_VIEWS),
+    Migration("graph: identity conflicts and blocked persons", GRAPH_CONFLICTS_SCHEMA),
 ]
 
 
