@@ -28,6 +28,7 @@ from sandbox.world import (
     LMS_STUDENT_ID_FIELD,
     CoStudent,
     LmsLearner,
+    LmsRegistration,
     Person,
     StudipUser,
     World,
@@ -486,3 +487,44 @@ def test_a_conflict_changing_an_existing_persons_links_blocks_only_that_person(
         build_hub_desired(conn, VIENNA, TODAY)
         assert conn.execute("SELECT count(*) FROM person_blocks").fetchone() == (0,)
         assert desired_state(conn) == expected_hub_state(world).state
+
+
+def test_an_lms_learner_showing_a_students_email_does_not_displace_the_student_id_match(
+    warehouse: WarehouseResource,
+) -> None:
+    """The same rule for the LMS: a learner whose login sorts first and who shows a student's
+    e-mail loses to the learner carrying the student's StudentId."""
+    world = World(seed=16, students=200, today=TODAY)
+    students = {s.studid: s for s in world.co_students.values() if s.studid and s.email_tu}
+    registered = {r.login: r for r in world.lms_registrations.values()}
+    learner = next(
+        lr
+        for login, lr in sorted(world.lms_learners.items())
+        if login in registered and lr.profile.get(LMS_STUDENT_ID_FIELD) in students
+    )
+    student = students[learner.profile[LMS_STUDENT_ID_FIELD]]
+    pid = max(world.persons) + 1
+    world.persons[pid] = Person(pid, "Ima", "Postor", "X", date(1970, 1, 1), "external")
+    impostor = LmsLearner("0-impostor", "0-impostor", pid, student.email_tu, "", {})
+    world.lms_learners[impostor.login] = impostor
+    template = registered[learner.login]
+    world.lms_registrations["0-registration"] = LmsRegistration(
+        "0-registration", template.course_id, impostor.login, template.registration_date,
+        1, 2, None, template.modified_at,
+    )  # fmt: skip
+    expected = expected_hub_state(world)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        links = {
+            login: (person, rule)
+            for login, person, rule in conn.execute(
+                "SELECT source_id, person_key, rule FROM person_links WHERE system = 'lms'"
+            ).fetchall()
+        }
+        assert desired_state(conn) == expected.state
+    person = f"co:{student.stpersonnr}"
+    assert links[learner.login] == (person, "studid")
+    assert links[impostor.login] == (f"lms:{impostor.login}", "conflict")
+    assert expected.persons[person].lms.login == learner.login
