@@ -416,8 +416,11 @@ def _insert_staged(
 
 
 def rebuild_current_state(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, dict[str, int]]:
-    """Rebuild ``co_*`` as of ``key``: the latest full (or fallback) sync at or before it,
-    overlaid with the incremental syncs after that one up to ``key``.
+    """Rebuild ``co_*`` as of ``key``: the base, overlaid with the syncs after it up to
+    ``key``. The base is ``key`` itself when it is full (or a fallback), else the latest full
+    sync before it that succeeded: a full sync that failed (one the mass-delete guard blocked)
+    only overlays the rows it read and deletes nothing, or every sync after it would be built on
+    its snapshot and be blocked too.
 
     Incremental syncs contribute the rows of the students they re-read: the student row from the
     person fetch, else from the delta, and the student's studies and applications as re-read
@@ -428,10 +431,15 @@ def rebuild_current_state(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str
         """
         CREATE OR REPLACE TEMP TABLE co_chain AS
         WITH target AS (SELECT sync_started_at FROM co_sync_cursor WHERE sync_key = $key),
-        base AS (
+        base AS (  -- a full sync that failed (blocked by the delete guard, say) is no base
             SELECT coalesce(max(c.sync_started_at), '-infinity'::TIMESTAMPTZ) AS started_at
             FROM co_sync_cursor c, target t
             WHERE c.effective_mode <> 'incremental' AND c.sync_started_at <= t.sync_started_at
+              AND (c.sync_key = $key
+                   OR EXISTS (SELECT 1 FROM sync_runs r
+                              WHERE r.key = c.sync_key AND r.status = 'success')
+                   -- landed without sync bookkeeping (the CO assets materialized alone)
+                   OR NOT EXISTS (SELECT 1 FROM sync_runs r WHERE r.key = c.sync_key))
         )
         SELECT c.sync_key, c.sync_started_at, c.effective_mode <> 'incremental' AS is_full
         FROM co_sync_cursor c, base b, target t
