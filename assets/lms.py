@@ -8,7 +8,7 @@ incremental sync sends that ``nextFromDate``; nothing is stored unless both endp
 to the end, so a failed sync advances nothing. A full sync reads from the beginning of time.
 
 ``lms_current_state`` rebuilds ``lms_registrations``, ``lms_courses`` and ``lms_learners`` in
-SQL: the items of the latest full sync overlaid with every later sync, one row per
+SQL: the items of the latest successful full sync overlaid with every later sync, one row per
 ``RegistrationId`` (the latest fetched wins: a later sync, then the completed endpoint, which is
 read after the active one, then the later page and position). A registration absent from the
 latest full sync is gone. ``changed_in_sync`` names the sync that last changed a row.
