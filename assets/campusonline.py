@@ -326,12 +326,69 @@ def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dic
                 counts[code].rows += _insert_staged(conn, service, batch)
                 batch = []
         counts[code].rows += _insert_staged(conn, service, batch)
+        counts[code].rows -= quarantine_duplicates(conn, key, service)
         (counts[code].quarantined,) = conn.execute(
             "SELECT count(*) FROM quarantine WHERE source = 'co' AND sync_key = ? "
             "AND record_type = ?",
             [key, RECORD_TYPES[code]],
         ).fetchall()[0]
     return counts
+
+
+# Which read of one sync a staged row belongs to: within one read an id must occur once.
+_READ = (
+    "CASE WHEN request_key LIKE '%:person:%' THEN 'person' "
+    "WHEN request_key LIKE '%:delta' THEN 'delta' ELSE 'snapshot' END"
+)
+DUPLICATE_REASON = "duplicate"
+
+
+def quarantine_duplicates(conn: duckdb.DuckDBPyConnection, key: str, service: CoService) -> int:
+    """Quarantine every copy of an id that one read of the sync (the full snapshot, the delta,
+    the per-student re-reads) returned more than once with different content, and take them
+    out of staging; return how many rows went. Picking one copy by page order let a second
+    ``STPERSONNR`` row ("Impostor", born 1970-01-01) replace the student; instead the id keeps
+    its current record (``_rebuild_table``) until CO answers unambiguously. Identical copies
+    are one record."""
+    table, id_field = STAGING_TABLES[service.code], service.model.id_field
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE co_duplicates AS
+        SELECT {id_field} AS id, {_READ} AS read, count(*) AS copies FROM {table}
+        WHERE sync_key = ? GROUP BY ALL HAVING count(DISTINCT row_hash) > 1
+        """,
+        [key],
+    )
+    (removed,) = conn.execute(
+        f"""
+        SELECT count(*) FROM {table} s JOIN co_duplicates d
+        ON d.id = s.{id_field} AND d.read = ({_READ}) WHERE s.sync_key = ?
+        """,
+        [key],
+    ).fetchone() or (0,)
+    if not removed:
+        return 0
+    conn.execute(
+        f"""
+        INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw)
+        SELECT 'co', ?, s.{id_field}::VARCHAR,
+               '{DUPLICATE_REASON} {id_field} ' || s.{id_field} || ': ' || d.copies
+                   || ' different rows in one ' || d.read || ' read; all quarantined, the '
+                   || 'current record is kept',
+               ?, to_json(s)
+        FROM {table} s JOIN co_duplicates d ON d.id = s.{id_field} AND d.read = ({_READ})
+        WHERE s.sync_key = ?
+        """,
+        [RECORD_TYPES[service.code], key, key],
+    )
+    conn.execute(
+        f"""
+        DELETE FROM {table} s USING co_duplicates d
+        WHERE s.sync_key = ? AND d.id = s.{id_field} AND d.read = ({_READ})
+        """,
+        [key],
+    )
+    return int(removed)
 
 
 def _pages(conn: duckdb.DuckDBPyConnection, table: str, key: str) -> Iterator[tuple[str, int, str]]:
@@ -416,8 +473,11 @@ def _insert_staged(
 
 
 def rebuild_current_state(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, dict[str, int]]:
-    """Rebuild ``co_*`` as of ``key``: the latest full (or fallback) sync at or before it,
-    overlaid with the incremental syncs after that one up to ``key``.
+    """Rebuild ``co_*`` as of ``key``: the base, overlaid with the syncs after it up to
+    ``key``. The base is ``key`` itself when it is full (or a fallback), else the latest full
+    sync before it that succeeded: a full sync that failed (one the mass-delete guard blocked)
+    only overlays the rows it read and deletes nothing, or every sync after it would be built on
+    its snapshot and be blocked too.
 
     Incremental syncs contribute the rows of the students they re-read: the student row from the
     person fetch, else from the delta, and the student's studies and applications as re-read
@@ -428,10 +488,15 @@ def rebuild_current_state(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str
         """
         CREATE OR REPLACE TEMP TABLE co_chain AS
         WITH target AS (SELECT sync_started_at FROM co_sync_cursor WHERE sync_key = $key),
-        base AS (
+        base AS (  -- a full sync that failed (blocked by the delete guard, say) is no base
             SELECT coalesce(max(c.sync_started_at), '-infinity'::TIMESTAMPTZ) AS started_at
             FROM co_sync_cursor c, target t
             WHERE c.effective_mode <> 'incremental' AND c.sync_started_at <= t.sync_started_at
+              AND (c.sync_key = $key
+                   OR EXISTS (SELECT 1 FROM sync_runs r
+                              WHERE r.key = c.sync_key AND r.status = 'success')
+                   -- landed without sync bookkeeping (the CO assets materialized alone)
+                   OR NOT EXISTS (SELECT 1 FROM sync_runs r WHERE r.key = c.sync_key))
         )
         SELECT c.sync_key, c.sync_started_at, c.effective_mode <> 'incremental' AS is_full
         FROM co_sync_cursor c, base b, target t
@@ -487,8 +552,16 @@ def _rebuild_table(conn: duckdb.DuckDBPyConnection, key: str, service: CoService
                CASE WHEN o.row_hash = p.row_hash THEN o.changed_in_sync ELSE $key END
                    AS changed_in_sync
         FROM picked p LEFT JOIN {CURRENT_TABLES[code]} o ON o.{id_field} = p.{id_field}
+        UNION ALL  -- ids quarantined as duplicates in the chain keep their current record
+        SELECT {_sql_columns(service, "o.")}, o.row_hash, o.changed_in_sync
+        FROM {CURRENT_TABLES[code]} o
+        WHERE o.{id_field} NOT IN (SELECT {id_field} FROM picked)
+          AND o.{id_field}::VARCHAR IN (
+              SELECT q.record_key FROM quarantine q JOIN co_chain ch USING (sync_key)
+              WHERE q.source = 'co' AND q.record_type = $record_type
+                AND starts_with(q.reason, '{DUPLICATE_REASON} '))
         """,
-        {"key": key},
+        {"key": key, "record_type": RECORD_TYPES[code]},
     )
     table = CURRENT_TABLES[code]
     (removed,) = conn.execute(

@@ -13,9 +13,17 @@ LMS_STUDENT_ID_FIELD), first match wins:
    ``StudentId`` profile field, else who has its e-mail (CO or Stud.IP, case-insensitive), else
    whose Stud.IP username equals its login.
 
-Within a rule the smallest person key wins; when several records of one system pick the same
-person, the smallest id joins it and the others stay persons of their own (rule ``conflict``,
-counted by a check). ``sandbox/expected.py`` implements the same rules independently, which is
+Within a rule the smallest person key wins. When several records of one system claim the same
+person, the claim by the stronger rule (earlier in HUBSYNC_MATCH_RULES) joins it, among equally
+strong claims the smallest id; the others are conflicts (``person_conflicts``) and stay persons of
+their own (rule ``conflict``). A Stud.IP account that merely shows a student's e-mail therefore
+never displaces the account carrying the student's matriculation number.
+
+A conflict that would change the links or roles an existing person had (``persons`` of the last
+build) blocks that person: ``person_blocks`` keeps the links, roles and HUB code last accepted,
+and ``hub_desired`` keeps the person's user and links as the HUB acknowledged them (and sends
+nothing for the persons whose claims lost to it) until the conflict is gone. Other persons are
+delivered as usual. ``sandbox/expected.py`` implements the same rules independently, which is
 what the end-to-end tests compare against.
 
 Values the HUB requires but no source has are never invented: a person without a user code
@@ -85,7 +93,7 @@ LMS_CANDIDATES = {
 
 def _choices_sql(candidates: dict[str, str], rules: Sequence[str], field: str) -> str:
     """CTEs ``rule_<name>`` in priority order (each leaving out what an earlier one matched),
-    then ``choices`` (id, choice, rule)."""
+    then ``choices`` (id, choice, rule, strength: 0 for the strongest rule)."""
     ctes, earlier = [], []
     for rule in (r for r in rules if r in candidates):
         sql = candidates[rule].format(field=field)
@@ -95,8 +103,14 @@ def _choices_sql(candidates: dict[str, str], rules: Sequence[str], field: str) -
             + (f" WHERE id NOT IN ({taken}))" if earlier else ")")
         )
         earlier.append(rule)
-    union = " UNION ALL ".join(f"SELECT id, choice, '{r}' AS rule FROM rule_{r}" for r in earlier)
-    empty = "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS choice, NULL::VARCHAR AS rule LIMIT 0"
+    union = " UNION ALL ".join(
+        f"SELECT id, choice, '{r}' AS rule, {i} AS strength FROM rule_{r}"
+        for i, r in enumerate(earlier)
+    )
+    empty = (
+        "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS choice, NULL::VARCHAR AS rule, "
+        "0 AS strength LIMIT 0"
+    )
     return ", ".join([*ctes, f"choices AS ({union or empty})"])
 
 
@@ -113,13 +127,14 @@ CREATE OR REPLACE TEMP TABLE g_studip AS
 WITH {_choices_sql(STUDIP_CANDIDATES, rules, field)},
 ranked AS (
     SELECT u.user_id, u.username, lower(u.email) AS email, c.choice, c.rule,
-           row_number() OVER (PARTITION BY c.choice ORDER BY u.user_id) AS rank
+           row_number() OVER (PARTITION BY c.choice ORDER BY c.strength, u.user_id) AS rank
     FROM studip_users u LEFT JOIN choices c ON c.id = u.user_id
 )
 SELECT user_id, username, email,
        CASE WHEN choice IS NOT NULL AND rank = 1 THEN choice ELSE 'studip:' || user_id END
            AS person_key,
-       CASE WHEN choice IS NULL THEN 'own' WHEN rank = 1 THEN rule ELSE 'conflict' END AS rule
+       CASE WHEN choice IS NULL THEN 'own' WHEN rank = 1 THEN rule ELSE 'conflict' END AS rule,
+       choice AS claimed, rule AS claim_rule
 FROM ranked;
 
 CREATE OR REPLACE TEMP TABLE g_lms AS
@@ -132,13 +147,15 @@ WITH learners AS (
 ), {_choices_sql(LMS_CANDIDATES, rules, field)},
 ranked AS (
     SELECT l.OrganizationLoginId AS login, c.choice, c.rule,
-           row_number() OVER (PARTITION BY c.choice ORDER BY l.OrganizationLoginId) AS rank
+           row_number() OVER (
+               PARTITION BY c.choice ORDER BY c.strength, l.OrganizationLoginId) AS rank
     FROM learners l LEFT JOIN choices c ON c.id = l.OrganizationLoginId
 )
 SELECT login,
        CASE WHEN choice IS NOT NULL AND rank = 1 THEN choice ELSE 'lms:' || login END
            AS person_key,
-       CASE WHEN choice IS NULL THEN 'own' WHEN rank = 1 THEN rule ELSE 'conflict' END AS rule
+       CASE WHEN choice IS NULL THEN 'own' WHEN rank = 1 THEN rule ELSE 'conflict' END AS rule,
+       choice AS claimed, rule AS claim_rule
 FROM ranked;
 
 DELETE FROM person_links;
@@ -146,6 +163,16 @@ INSERT INTO person_links
 SELECT 'co', STPERSONNR::VARCHAR, person_key, 'anchor' FROM g_co
 UNION ALL SELECT 'studip', user_id, person_key, rule FROM g_studip
 UNION ALL SELECT 'lms', login, person_key, rule FROM g_lms;
+
+CREATE OR REPLACE TEMP TABLE g_conflicts AS
+SELECT 'studip' AS system, l.user_id AS source_id, l.claimed AS claimed_person,
+       l.claim_rule AS rule, w.user_id AS winner_id, w.rule AS winner_rule
+FROM g_studip l JOIN g_studip w ON w.person_key = l.claimed
+WHERE l.rule = 'conflict'
+UNION ALL
+SELECT 'lms', l.login, l.claimed, l.claim_rule, w.login, w.rule
+FROM g_lms l JOIN g_lms w ON w.person_key = l.claimed
+WHERE l.rule = 'conflict';
 """
 
 
@@ -184,7 +211,50 @@ LEFT JOIN g_co c USING (person_key)
 LEFT JOIN g_studip s USING (person_key)  -- at most one of each system per person
 LEFT JOIN g_lms l USING (person_key)
 LEFT JOIN studip_roles r ON r.user_id = s.user_id;
+"""
 
+# Runs between the new graph (g_persons, g_conflicts) and its storing: ``persons`` still holds
+# the last build. A person is blocked when a conflict over it changes the links it had (the
+# ones last accepted: its ``person_blocks`` row while it is blocked, else its ``persons`` row);
+# so are the persons of the records whose claims on it lost, which exist because of it.
+BLOCKS_SQL = """
+CREATE OR REPLACE TEMP TABLE g_accepted AS
+SELECT person_key, accepted_studip_user_id AS studip_user_id,
+       accepted_lms_login AS lms_login, accepted_roles AS roles
+FROM person_blocks
+UNION ALL
+SELECT person_key, studip_user_id, lms_login, roles FROM persons p
+WHERE NOT EXISTS (SELECT 1 FROM person_blocks b WHERE b.person_key = p.person_key);
+
+CREATE OR REPLACE TEMP TABLE g_blocked AS
+WITH claimed AS (
+    SELECT DISTINCT c.claimed_person AS person_key
+    FROM g_conflicts c
+    JOIN g_accepted a ON a.person_key = c.claimed_person AND a.roles IS NOT NULL
+    LEFT JOIN g_persons n ON n.person_key = c.claimed_person
+    WHERE n.studip_user_id IS DISTINCT FROM a.studip_user_id
+       OR n.lms_login IS DISTINCT FROM a.lms_login
+)
+SELECT person_key, 'an identity conflict would change its links' AS reason FROM claimed
+UNION
+SELECT c.system || ':' || c.source_id,
+       'its claim lost an identity conflict over a blocked person'
+FROM g_conflicts c JOIN claimed ON claimed.person_key = c.claimed_person;
+
+DELETE FROM person_blocks
+WHERE person_key NOT IN (SELECT person_key FROM g_blocked);
+
+INSERT INTO person_blocks
+SELECT b.person_key, b.reason, p.studip_user_id, p.lms_login, p.roles, p.hub_code, now()
+FROM g_blocked b LEFT JOIN persons p USING (person_key)
+WHERE NOT EXISTS (SELECT 1 FROM person_blocks o WHERE o.person_key = b.person_key);
+
+DELETE FROM person_conflicts;
+INSERT INTO person_conflicts
+SELECT c.*, c.claimed_person IN (SELECT person_key FROM g_blocked) FROM g_conflicts c;
+"""
+
+STORE_PERSONS_SQL = """
 DELETE FROM persons WHERE NOT EXISTS (
     SELECT 1 FROM g_persons n
     WHERE n.person_key = persons.person_key
@@ -230,6 +300,8 @@ def resolve_identities(
     with transaction(conn):
         conn.execute(identity_sql(rules, studip_field))
         conn.execute(PERSONS_SQL)
+        conn.execute(BLOCKS_SQL)
+        conn.execute(STORE_PERSONS_SQL)
     rows = conn.execute("SELECT system || ':' || rule, count(*) FROM person_links GROUP BY 1")
     return dict(rows.fetchall())
 
@@ -355,6 +427,45 @@ SELECT DISTINCT 'sectionstudent', key, sis_id, json_object(
 FROM (SELECT section, hub_code, concat_ws('|', section, hub_code, term_code) AS key, term_code,
              sha1('sectionstudent|' || key)[:20] AS sis_id
       FROM g_lms WHERE hub_code IS NOT NULL);
+"""
+
+# Blocked persons (``person_blocks``) keep what the HUB acknowledged: their user and links as
+# built from the new graph are replaced by the acknowledged ones (under the HUB code last
+# accepted), so the diff sends nothing for them; a link whose section is no longer desired
+# is left out with its section.
+BLOCKED_DESIRED_SQL = """
+CREATE OR REPLACE TEMP TABLE g_blocked_codes AS
+SELECT accepted_hub_code AS code, true AS accepted FROM person_blocks
+WHERE accepted_hub_code IS NOT NULL
+UNION
+SELECT p.hub_code, false FROM person_blocks b JOIN persons p USING (person_key)
+WHERE p.hub_code IS NOT NULL;
+
+CREATE OR REPLACE TEMP TABLE g_link_people AS
+SELECT object_type, key, CASE object_type WHEN 'sectionstudent' THEN payload->>'$.student.code'
+                                          ELSE payload->>'$.teacher.code' END AS code,
+       payload->>'$.section.code' AS section
+FROM hub_state WHERE object_type IN ('sectionstudent', 'sectionteacher')
+  AND payload IS NOT NULL;
+
+DELETE FROM hub_desired
+WHERE (object_type = 'user' AND key IN (SELECT code FROM g_blocked_codes))
+   OR (object_type = 'sectionstudent'
+       AND payload->>'$.student.code' IN (SELECT code FROM g_blocked_codes))
+   OR (object_type = 'sectionteacher'
+       AND payload->>'$.teacher.code' IN (SELECT code FROM g_blocked_codes));
+
+INSERT INTO hub_desired
+SELECT s.object_type, s.key, s.sis_id, s.payload, 'blocked'
+FROM hub_state s
+WHERE s.payload IS NOT NULL AND (
+    (s.object_type = 'user'
+     AND s.key IN (SELECT code FROM g_blocked_codes WHERE accepted))
+    OR EXISTS (
+        SELECT 1 FROM g_link_people l
+        WHERE l.object_type = s.object_type AND l.key = s.key
+          AND l.code IN (SELECT code FROM g_blocked_codes WHERE accepted)
+          AND l.section IN (SELECT key FROM hub_desired WHERE object_type = 'section')));
 """
 
 
@@ -485,6 +596,7 @@ class DesiredSummary:
     unsendable: dict[str, str]
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> records left out
     cleaned: int = 0  # objects that had control or bidi characters removed
+    blocked: int = 0  # persons whose HUB changes an identity conflict holds back
 
 
 def build_hub_desired(
@@ -500,6 +612,8 @@ def build_hub_desired(
         conn.execute(DESIRED_COURSES_SQL)
         conn.execute(DESIRED_LMS_SQL)
         cleaned = clean_hub_desired(conn)
+        conn.execute(BLOCKED_DESIRED_SQL)
+        (blocked,) = conn.execute("SELECT count(*) FROM person_blocks").fetchone() or (0,)
         unsendable = dict(
             conn.execute(
                 "SELECT person_key, reason FROM g_users WHERE reason IS NOT NULL"
@@ -507,7 +621,7 @@ def build_hub_desired(
         )
         dropped = dict(conn.execute(DROPPED_SQL).fetchall())
     counts = conn.execute("SELECT object_type, count(*) FROM hub_desired GROUP BY 1").fetchall()
-    return DesiredSummary(dict(counts), unsendable, dropped, cleaned)
+    return DesiredSummary(dict(counts), unsendable, dropped, cleaned, int(blocked))
 
 
 # -- assets -----------------------------------------------------------------------------------
@@ -525,6 +639,14 @@ SOURCE_TABLES = [
 ]
 
 
+def conflict_counts(conn: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """(identity conflicts of the last build, persons blocked from delivery by them)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM person_conflicts), (SELECT count(*) FROM person_blocks)"
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 @dg.asset(group_name="graph", kinds={"duckdb"}, pool="duckdb", deps=SOURCE_TABLES)
 def persons(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, graph_settings: GraphSettings
@@ -540,9 +662,18 @@ def persons(
             conn, graph_settings.match_rules, graph_settings.studip_student_id_field
         )
         total = conn.execute("SELECT count(*) FROM persons").fetchall()[0][0]
+        conflicts, blocked = conflict_counts(conn)
+    if conflicts:
+        context.log.warning(
+            f"{conflicts} identity conflict(s): the weaker claims stay unlinked; {blocked} "
+            "person(s) blocked from delivery until resolved (see person_conflicts, "
+            "person_blocks)"
+        )
     return dg.MaterializeResult(
         metadata={
             "persons": total,
+            "identity_conflicts": conflicts,
+            "blocked_persons": blocked,
             **{f"links_{rule.replace(':', '_')}": n for rule, n in rules.items()},
             "dagster/row_count": total,
             "duration_s": round(time.perf_counter() - started, 3),
@@ -572,6 +703,7 @@ def hub_desired(
             **{f"desired_{kind}": n for kind, n in sorted(summary.counts.items())},
             **{f"dropped_{name}": n for name, n in summary.dropped.items()},
             "unsendable_persons": len(summary.unsendable),
+            "blocked_persons": summary.blocked,
             "unsendable_by_reason": dg.MetadataValue.json(reasons),
             "text_cleaned_objects": summary.cleaned,
             "dagster/row_count": sum(summary.counts.values()),
@@ -580,19 +712,51 @@ def hub_desired(
     )
 
 
+CONFLICTS_LISTED = 100  # conflicts and blocked persons named in the check's metadata
+
+
 @dg.asset_check(asset=persons, pool="duckdb")
 def persons_unmatched_and_conflicting(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    """Non-blocking: how many records of each system stayed unmatched or lost a conflict."""
+    """Warns (does not block the sync) when records lost an identity conflict: how many records
+    of each system stayed unmatched or lost, the conflicts (ids only: the losing record, the
+    person it claimed by which rule, the record that won by which rule) and the persons whose
+    delivery they block."""
     with warehouse.connection() as conn:
         rows = conn.execute(
             "SELECT system, rule, count(*) FROM person_links WHERE rule IN "
             "('own', 'conflict') GROUP BY ALL ORDER BY 1, 2"
         ).fetchall()
+        conflicts = conn.execute(
+            "SELECT system, source_id, claimed_person, rule, winner_id, winner_rule, blocked "
+            "FROM person_conflicts ORDER BY ALL LIMIT ?",
+            [CONFLICTS_LISTED],
+        ).fetchall()
+        blocked = conn.execute(
+            "SELECT person_key, reason FROM person_blocks ORDER BY 1 LIMIT ?", [CONFLICTS_LISTED]
+        ).fetchall()
+        n_conflicts, n_blocked = conflict_counts(conn)
     counts = {f"{system}_{rule}": n for system, rule, n in rows}
+    listed = [
+        {
+            "record": f"{system}:{source_id}",
+            "claimed": claimed,
+            "rule": rule,
+            "winner": f"{system}:{winner}",
+            "winner_rule": winner_rule,
+            "blocked": is_blocked,
+        }
+        for system, source_id, claimed, rule, winner, winner_rule, is_blocked in conflicts
+    ]
     return dg.AssetCheckResult(
-        passed=not any(r == "conflict" for _, r, _ in rows),
+        passed=n_conflicts == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"counts": dg.MetadataValue.json(counts)},
+        metadata={
+            "counts": dg.MetadataValue.json(counts),
+            "identity_conflicts": n_conflicts,
+            "blocked_persons": n_blocked,
+            "conflicts": dg.MetadataValue.json(listed),
+            "blocked": dg.MetadataValue.json(dict(blocked)),
+        },
     )
 
 

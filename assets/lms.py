@@ -8,7 +8,7 @@ incremental sync sends that ``nextFromDate``; nothing is stored unless both endp
 to the end, so a failed sync advances nothing. A full sync reads from the beginning of time.
 
 ``lms_current_state`` rebuilds ``lms_registrations``, ``lms_courses`` and ``lms_learners`` in
-SQL: the items of the latest full sync overlaid with every later sync, one row per
+SQL: the items of the latest successful full sync overlaid with every later sync, one row per
 ``RegistrationId`` (the latest fetched wins: a later sync, then the completed endpoint, which is
 read after the active one, then the later page and position). A registration absent from the
 latest full sync is gone. ``changed_in_sync`` names the sync that last changed a row.
@@ -397,9 +397,14 @@ _LEARNER_CONTENT = [c for c in LEARNER_SCHEMA if c not in ("row_hash", "changed_
 _OLDEST_FIRST = "l.started, i.endpoint = 'completed', i.page_nr, i.item_nr"
 
 
-def build_current_items(conn: duckdb.DuckDBPyConnection, as_of: datetime) -> None:
-    """Temp table ``lms_current_items``: per RegistrationId its latest item among the latest
-    full landing up to ``as_of`` and every later landing (all landings if none is full)."""
+def build_current_items(
+    conn: duckdb.DuckDBPyConnection, as_of: datetime, key: str | None = None
+) -> None:
+    """Temp table ``lms_current_items``: per RegistrationId its latest item among the base and
+    every later landing up to ``as_of`` (all landings if there is no base). The base is the
+    latest full landing whose sync succeeded, or ``key``'s own: a full sync that failed (one the
+    mass-delete guard blocked, say) is overlaid like any later landing, it deletes nothing, or
+    every sync after it would be built on its snapshot and blocked too."""
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE lms_current_items AS
@@ -409,7 +414,12 @@ def build_current_items(conn: duckdb.DuckDBPyConnection, as_of: datetime) -> Non
         ),
         base AS (
             SELECT coalesce(max(started), '-infinity'::TIMESTAMPTZ) AS started
-            FROM landings WHERE mode = 'full'
+            FROM landings l WHERE mode = 'full' AND (
+                l.sync_key = ?
+                OR EXISTS (SELECT 1 FROM sync_runs r
+                           WHERE r.key = l.sync_key AND r.status = 'success')
+                -- landed without sync bookkeeping (the LMS assets materialized alone)
+                OR NOT EXISTS (SELECT 1 FROM sync_runs r WHERE r.key = l.sync_key))
         ),
         ranked AS (
             SELECT i.*, l.started,
@@ -421,7 +431,7 @@ def build_current_items(conn: duckdb.DuckDBPyConnection, as_of: datetime) -> Non
         SELECT * FROM ranked
         QUALIFY row_number() OVER (PARTITION BY RegistrationId ORDER BY fetch_rank DESC) = 1
         """,
-        [as_of],
+        [as_of, key],
     )
 
 
@@ -530,7 +540,7 @@ def update_current_state(
 ) -> tuple[dict[str, StateChange], dict[str, int]]:
     as_of = parse_sync_key(key).started_at
     with transaction(conn):
-        build_current_items(conn, as_of)
+        build_current_items(conn, as_of, key)
         build_new_state(conn, student_id_field)
         (resent,) = conn.execute(
             """

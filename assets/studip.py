@@ -340,10 +340,34 @@ def _columns(conn: Sql, table: str) -> set[str]:
     return {name for (name,) in rows}
 
 
+UNSYNCED = "(SELECT key FROM unsynced)"  # filled by note_unsynced_keys
+
+
+def note_unsynced_keys(conn: Sql, sync_key: str) -> list[str]:
+    """Temp table ``unsynced``: ``sync_key`` and every sync started after the last
+    successful one. A failed sync leaves the rows it changed marked with its key (a re-read
+    that finds them unchanged keeps the mark), so the next crawl must take those keys too or
+    it misses every change since the last successful sync."""
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE unsynced AS
+        SELECT $sync_key AS key
+        UNION
+        SELECT key FROM sync_runs
+        WHERE key <> $sync_key AND started_at > (
+            SELECT coalesce(max(started_at), '-infinity'::TIMESTAMPTZ) FROM sync_runs
+            WHERE status = 'success' AND key <> $sync_key)
+        """,
+        {"sync_key": sync_key},
+    )
+    return [k for (k,) in conn.execute("SELECT key FROM unsynced ORDER BY 1").fetchall()]
+
+
 def changed_studip_user_ids(
     conn: Sql, sync_key: str, student_id_field: str = "Matrikelnummer"
 ) -> list[str]:
-    """Stud.IP user ids of the persons CAMPUSonline or the LMS changed in sync ``sync_key``.
+    """Stud.IP user ids of the persons CAMPUSonline or the LMS changed in sync ``sync_key`` or
+    in a sync after the last successful one (``note_unsynced_keys``).
 
     Reads ``co_students`` (STUDID, EMAILADDRESSTU; also of students whose ``co_studies`` or
     ``co_applications`` rows changed) and ``lms_learners`` (StudentId,
@@ -353,6 +377,7 @@ def changed_studip_user_ids(
     one user too many is harmless; missing one is not). A source whose table does not exist yet
     has no changes. The person graph will replace this mapping.
     """
+    note_unsynced_keys(conn, sync_key)
     # The changed records first, then one equi-join per rule: an OR of join conditions (or an
     # OR-ed IN filter) makes DuckDB compare every student with every user, O(N²) per sync.
     matches: list[str] = []
@@ -360,12 +385,15 @@ def changed_studip_user_ids(
     if {"studid", "emailaddresstu", "changed_in_sync"} <= co:
         # a study or application change changes the person's courses too (e.g. a leave)
         related = [
-            f"SELECT STPERSONNR FROM {table} WHERE changed_in_sync = $sync_key"
+            f"SELECT STPERSONNR FROM {table} WHERE changed_in_sync IN {UNSYNCED}"
             for table in ("co_studies", "co_applications")
             if {"stpersonnr", "changed_in_sync"} <= _columns(conn, table)
         ]
         persons = " UNION ".join(
-            ["SELECT STPERSONNR FROM co_students WHERE changed_in_sync = $sync_key", *related]
+            [
+                f"SELECT STPERSONNR FROM co_students WHERE changed_in_sync IN {UNSYNCED}",
+                *related,
+            ]
         )
         changed = (
             "(SELECT CAST(STUDID AS VARCHAR) AS studid, lower(EMAILADDRESSTU) AS email "
@@ -380,7 +408,8 @@ def changed_studip_user_ids(
     if {"studentid", "emailaddress", "organizationloginid", "changed_in_sync"} <= lms:
         changed = (
             "(SELECT CAST(StudentId AS VARCHAR) AS studid, lower(EmailAddress) AS email, "
-            "OrganizationLoginId AS login FROM lms_learners WHERE changed_in_sync = $sync_key)"
+            "OrganizationLoginId AS login FROM lms_learners "
+            f"WHERE changed_in_sync IN {UNSYNCED})"
         )
         matches += [
             f"SELECT u.user_id FROM {changed} l JOIN studip_users u "
@@ -401,8 +430,7 @@ def changed_studip_user_ids(
         return []
     sql = " UNION ".join(matches)
     rows = conn.execute(
-        f"SELECT DISTINCT user_id FROM ({sql}) ORDER BY 1",
-        {"sync_key": sync_key, "field": student_id_field},
+        f"SELECT DISTINCT user_id FROM ({sql}) ORDER BY 1", {"field": student_id_field}
     )
     return [user_id for (user_id,) in rows.fetchall()]
 
@@ -413,12 +441,12 @@ def _changed_source_ids(conn: Sql, co: set[str], lms: set[str]) -> list[tuple[st
     if {"stpersonnr", "changed_in_sync"} <= co:
         changed.append(
             ("co", "SELECT CAST(STPERSONNR AS VARCHAR) FROM co_students "
-                   "WHERE changed_in_sync = $sync_key")
+                   f"WHERE changed_in_sync IN {UNSYNCED}")
         )  # fmt: skip
     if {"organizationloginid", "changed_in_sync"} <= lms:
         changed.append(
             ("lms", "SELECT OrganizationLoginId FROM lms_learners "
-                    "WHERE changed_in_sync = $sync_key")
+                    f"WHERE changed_in_sync IN {UNSYNCED}")
         )  # fmt: skip
     return changed
 
@@ -447,6 +475,7 @@ def unlinked_changed_persons(conn: Sql, sync_key: str) -> list[UnlinkedPerson]:
     university, each result page a request) and LMS learners (searched by login)."""
     if not {"system", "source_id", "person_key"} <= _columns(conn, "person_links"):
         return []
+    note_unsynced_keys(conn, sync_key)
     no_studip = (
         "NOT EXISTS (SELECT 1 FROM person_links c JOIN person_links u ON u.person_key = "
         "c.person_key AND u.system = 'studip' WHERE c.system = '{system}' AND c.source_id = {id})"
@@ -458,18 +487,18 @@ def unlinked_changed_persons(conn: Sql, sync_key: str) -> list[UnlinkedPerson]:
         parts.append(
             "SELECT trim(coalesce(GIVENNAME, '') || ' ' || FAMILYNAME), "
             "CAST(STUDID AS VARCHAR), lower(EMAILADDRESSTU), NULL "
-            "FROM co_students WHERE changed_in_sync = $sync_key AND FAMILYNAME IS NOT NULL AND "
+            f"FROM co_students WHERE changed_in_sync IN {UNSYNCED} AND FAMILYNAME IS NOT NULL AND "
             + no_studip.format(system="co", id="CAST(STPERSONNR AS VARCHAR)")
         )
     if {"organizationloginid", "studentid", "changed_in_sync"} <= _columns(conn, "lms_learners"):
         parts.append(
             "SELECT OrganizationLoginId, CAST(StudentId AS VARCHAR), lower(EmailAddress), "
-            "OrganizationLoginId FROM lms_learners WHERE changed_in_sync = $sync_key AND "
+            f"OrganizationLoginId FROM lms_learners WHERE changed_in_sync IN {UNSYNCED} AND "
             + no_studip.format(system="lms", id="OrganizationLoginId")
         )
     if not parts:
         return []
-    rows = conn.execute(" UNION ".join(parts) + " ORDER BY 1, 2", {"sync_key": sync_key})
+    rows = conn.execute(" UNION ".join(parts) + " ORDER BY 1, 2")
     return [UnlinkedPerson(*row) for row in rows.fetchall()]
 
 

@@ -63,6 +63,7 @@ def summarize_sync(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, Any]:
         "pages": sum(t["pages"] for t in raw.values()),
         "records": sum(t["records"] for t in raw.values()),
         "quarantined": int(quarantined),
+        **_identity_conflicts(conn),
         "raw": raw,
     }
 
@@ -130,6 +131,23 @@ def hub_failure(hub: dict[str, Any]) -> str | None:
             "HUB_MESSAGE_MAX_AGE: given up as unknown outcome, their objects sent again"
         )
     return " | ".join(parts) or None
+
+
+def _identity_conflicts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Identity conflicts of the graph build and the persons they block from delivery."""
+    tables = {
+        name
+        for (name,) in conn.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' "
+            "AND table_name IN ('person_conflicts', 'person_blocks')"
+        ).fetchall()
+    }
+    if len(tables) < 2:
+        return {}
+    conflicts, blocked = conn.execute(
+        "SELECT (SELECT count(*) FROM person_conflicts), (SELECT count(*) FROM person_blocks)"
+    ).fetchone() or (0, 0)
+    return {"identity_conflicts": int(conflicts), "blocked_persons": int(blocked)}
 
 
 def finish_sync_run(
@@ -265,6 +283,8 @@ def sync_summary(
         "pages": summary["pages"],
         "records": summary["records"],
         "quarantined": summary["quarantined"],
+        "identity_conflicts": summary.get("identity_conflicts", 0),
+        "blocked_persons": summary.get("blocked_persons", 0),
         "raw_tables": dg.MetadataValue.json(summary["raw"]),
         "objects_refused": hub["objects_refused"],
         "items_failed_by_type": dg.MetadataValue.json(hub["items_failed"]),

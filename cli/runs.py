@@ -273,6 +273,8 @@ HEADLINE_NUMBERS = frozenset(
         "quarantined",
         "persons",
         "unsendable_persons",
+        "identity_conflicts",
+        "blocked_persons",
         "events",
         "batches_posted",
         "items_applied",

@@ -18,6 +18,29 @@ CREATE TABLE person_links (
 );
 """
 
+# Identity conflicts (rebuilt by every graph build) and the persons whose delivery they hold
+# back (kept across builds: the links and roles last accepted, until the conflict is gone).
+GRAPH_CONFLICTS_SCHEMA = """
+CREATE TABLE person_conflicts (
+    system VARCHAR NOT NULL,           -- studip | lms: the record whose claim lost
+    source_id VARCHAR NOT NULL,
+    claimed_person VARCHAR NOT NULL,   -- the person it claimed (it stays a person of its own)
+    rule VARCHAR NOT NULL,             -- the rule of its claim
+    winner_id VARCHAR NOT NULL,        -- the record of the same system that joined the person
+    winner_rule VARCHAR NOT NULL,
+    blocked BOOLEAN NOT NULL           -- the conflict holds back the person's HUB changes
+);
+CREATE TABLE person_blocks (
+    person_key VARCHAR PRIMARY KEY,    -- a person whose HUB changes are not delivered
+    reason VARCHAR NOT NULL,
+    accepted_studip_user_id VARCHAR,   -- the links, roles and HUB code last accepted
+    accepted_lms_login VARCHAR,        -- (all NULL: a person that did not exist before)
+    accepted_roles VARCHAR[],
+    accepted_hub_code VARCHAR,
+    blocked_at TIMESTAMPTZ NOT NULL
+);
+"""
+
 # Each person joined to the records of every source that belong to them (one row per record).
 GRAPH_VIEWS = """
 CREATE VIEW person_co_students AS

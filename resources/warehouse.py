@@ -26,7 +26,7 @@ import duckdb
 from pydantic import Field
 
 from resources.campusonline_schema import CAMPUSONLINE_SCHEMA
-from resources.graph_schema import GRAPH_SCHEMA, GRAPH_VIEWS
+from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_VIEWS
 from resources.hub_schema import HUB_REFUSALS_SCHEMA, HUB_SCHEMA
 from resources.lms_schema import LMS_SCHEMA
 from resources.private_files import make_new_files_private
@@ -197,6 +197,7 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
     Migration("hub: refused objects and messages given up", HUB_REFUSALS_SCHEMA),
+    Migration("graph: identity conflicts and blocked persons", GRAPH_CONFLICTS_SCHEMA),
 ]
 
 

@@ -21,9 +21,12 @@ Identity resolution (the default rules of DESIGN §5, in this order):
    ``StudentId`` profile field, else who has its e-mail in CO or in the matched Stud.IP user
    (case-insensitive), else whose matched Stud.IP username equals its login.
 
-When several records of one system match the same person (a conflict), the one with the
-smallest id (Stud.IP ``user_id``, LMS login) joins it and the others stay persons of their own.
-Unmatched records are persons of their own too.
+When several records of one system match the same person (a conflict), the one matched by the
+earliest rule of the list above joins it (a matriculation number beats an e-mail, an e-mail a
+login), among records matched by the same rule the one with the smallest id (Stud.IP
+``user_id``, LMS login); the others stay persons of their own. Unmatched records are persons of
+their own too. (The world has no history: persons the pipeline holds back because a conflict
+would change their existing links are the end-to-end tests' business, not this projection's.)
 
 Person keys are ``co:<STPERSONNR>``, ``studip:<user_id>``, ``lms:<login>``.
 
@@ -259,19 +262,27 @@ def _resolve_identities(world: World, reached_users: set[str]) -> dict[str, Pers
     return persons
 
 
-def _first_rule(*rules: list[str]) -> str | None:
-    """The smallest candidate of the first rule that has any."""
-    return next((min(candidates) for candidates in rules if candidates), None)
+Claim = tuple[int, str]  # (the rule's place in the order: 0 is the strongest, person key)
 
 
-def _winners(choices: dict[str, str | None]) -> dict[str, str]:
-    """record → the person it joins: per chosen person, the smallest record that chose it."""
-    taken: dict[str, str] = {}
-    for record in sorted(choices):
-        choice = choices[record]
-        if choice is not None:
-            taken.setdefault(choice, record)
-    return {record: person for person, record in taken.items()}
+def _first_rule(*rules: list[str]) -> Claim | None:
+    """The smallest candidate of the first rule that has any, with that rule's place."""
+    return next(
+        ((strength, min(candidates)) for strength, candidates in enumerate(rules) if candidates),
+        None,
+    )
+
+
+def _winners(claims: dict[str, Claim | None]) -> dict[str, str]:
+    """record → the person it joins: per claimed person, the record claiming it by the
+    strongest rule, the smallest such record on a tie."""
+    best: dict[str, tuple[int, str]] = {}
+    for record, claim in claims.items():
+        if claim is None:
+            continue
+        strength, person = claim
+        best[person] = min(best.get(person, (strength, record)), (strength, record))
+    return {record: person for person, (_, record) in best.items()}
 
 
 def _assign_roles(world: World, persons: dict[str, Person], courses: set[str]) -> None:

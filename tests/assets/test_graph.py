@@ -39,6 +39,9 @@ from sandbox.world import (
     STUDYGROUP_CLASSES,
     CoStudent,
     LmsLearner,
+    LmsRegistration,
+    Person,
+    StudipUser,
     World,
 )
 
@@ -438,3 +441,189 @@ def test_the_run_warns_about_what_the_mapping_left_out(warehouse: WarehouseResou
         "section: no Stud.IP semester covers today" in message
         for message in warnings
     ), warnings
+
+
+# -- identity conflicts (issue 18) -------------------------------------------------------------
+
+SMALLEST_USER_ID = "0" * 32  # sorts before every generated Stud.IP user id
+
+
+def _add_account(
+    world: World, user_id: str, *, email: str, perms: str = "autor", **datafields: str
+) -> StudipUser:
+    """A Stud.IP account of a new human (born 1970-01-01), as an admin or a self-registration
+    would create it; the caller enrols it somewhere the crawl reaches."""
+    pid = max(world.persons) + 1
+    world.persons[pid] = Person(pid, "Ima", "Postor", "X", date(1970, 1, 1), "guest")
+    user = StudipUser(user_id, f"impostor{pid}", pid, perms, email, dict(datafields), [])
+    world.studip_users[user_id] = user
+    return user
+
+
+def _student_with_account(world: World, *, by_studid: bool) -> tuple[CoStudent, StudipUser]:
+    """An active student whose reached Stud.IP account carries their matriculation number
+    (``by_studid``) or only their e-mail."""
+    reached, _ = crawl_studip(world, default_semester_ids(world), default_seed_ids(world))
+    for student in sorted(world.co_students.values(), key=lambda s: s.stpersonnr):
+        user = world.studip_user_of(student.pid)
+        if not (student.active and student.studid and student.email_tu and user):
+            continue
+        if user.user_id in reached and world.user_courses.get(user.user_id):
+            has_studid = user.datafields.get("Matrikelnummer") == student.studid
+            if has_studid == by_studid:
+                return student, user
+    raise AssertionError("no such student in this world")
+
+
+def _other_course(world: World, user: StudipUser) -> str:
+    """A reached course of the current semester ``user`` is not a member of."""
+    _, courses = crawl_studip(world, default_semester_ids(world), default_seed_ids(world))
+    return next(
+        c
+        for c in sorted(courses)
+        if user.user_id not in world.memberships[c]
+        and world.studip_courses[c].start_semester == world.current_semester.semester_id
+    )
+
+
+def _links_of(state: dict[str, dict[str, dict]], code: str) -> set[str]:
+    return {k for k, o in state["sectionstudent"].items() if o["student"]["code"] == code} | {
+        k for k, o in state["sectionteacher"].items() if o["teacher"]["code"] == code
+    }
+
+
+def test_an_account_showing_a_students_email_does_not_displace_the_matriculation_match(
+    warehouse: WarehouseResource,
+) -> None:
+    """The stronger rule wins whatever the ids: before, the impostor (smallest user id) joined
+    the student and the student's course links became the impostor's."""
+    world = World(seed=16, students=200, today=TODAY)
+    student, account = _student_with_account(world, by_studid=True)
+    impostor = _add_account(world, SMALLEST_USER_ID, email=student.email_tu.upper())
+    impostor_course = _other_course(world, account)
+    world.enrol(impostor_course, impostor.user_id, "autor")
+    expected = expected_hub_state(world)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        desired = desired_state(conn)
+        links = _studip_links(conn)
+        conflicts = conn.execute(
+            "SELECT system, source_id, claimed_person, rule, winner_id, winner_rule, blocked "
+            "FROM person_conflicts"
+        ).fetchall()
+    person = f"co:{student.stpersonnr}"
+    assert links[account.user_id] == (person, "studid")
+    assert links[impostor.user_id] == (f"studip:{impostor.user_id}", "conflict")
+    assert conflicts == [
+        ("studip", impostor.user_id, person, "email", account.user_id, "studid", False)
+    ]
+    assert expected.persons[person].studip.user_id == account.user_id  # the oracle agrees
+    assert desired == expected.state
+    courses = {key.split("|")[0] for key in _links_of(desired, student.studid)}
+    studip_courses = {c for c in courses if not c.startswith("lms-")}
+    assert studip_courses and studip_courses <= world.user_courses[account.user_id]
+    assert impostor_course not in courses
+
+
+def test_a_conflict_changing_an_existing_persons_links_blocks_only_that_person(
+    warehouse: WarehouseResource,
+) -> None:
+    """An account appears carrying the matriculation number of a student whose account matched
+    by e-mail: it wins by the stronger rule, which would move the student's links (and, as a
+    dozent, their roles). The student keeps what the HUB acknowledged, the displaced account is
+    not sent as a person of its own, everyone else is delivered; without the conflict the block
+    lifts."""
+    world = World(seed=16, students=200, today=TODAY)
+    student, account = _student_with_account(world, by_studid=False)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        acknowledged = desired_state(conn)
+        conn.execute(  # the HUB acknowledged all of it
+            "INSERT INTO hub_state SELECT object_type, key, sis_id, payload, true, ?, NULL, now() "
+            "FROM hub_desired",
+            [KEY],
+        )
+        claimer = _add_account(
+            world, SMALLEST_USER_ID, email="x@example.org", perms="dozent",
+            Matrikelnummer=student.studid,
+        )  # fmt: skip
+        world.enrol(_other_course(world, account), claimer.user_id, "dozent")
+        load_sources(conn, world)
+        resolve_identities(conn)
+        summary = build_hub_desired(conn, VIENNA, TODAY)
+        desired = desired_state(conn)
+        blocks = dict(conn.execute("SELECT person_key, reason FROM person_blocks").fetchall())
+        expected = expected_hub_state(world).state
+
+        person = f"co:{student.stpersonnr}"
+        assert set(blocks) == {person, f"studip:{account.user_id}"}
+        assert summary.blocked == 2
+        # what the conflict would do: a lecturer without CPF, not sendable (the HUB user deleted)
+        assert student.studid not in expected["user"]
+        assert desired["user"][student.studid] == acknowledged["user"][student.studid]
+        assert _links_of(desired, student.studid) == _links_of(acknowledged, student.studid)
+        assert account.username not in desired["user"]  # the displaced account is held back
+        # every other person is delivered as the world says
+        held = {student.studid, account.username}
+        for kind in OBJECT_TYPES:
+            for key in set(expected[kind]) | set(desired[kind]):
+                if kind == "user" and key in held or any(f"|{c}|" in f"|{key}|" for c in held):
+                    continue
+                assert desired[kind].get(key) == expected[kind].get(key), (kind, key)
+
+        resolve_identities(conn)  # still in conflict on the next build: still blocked
+        build_hub_desired(conn, VIENNA, TODAY)
+        assert desired_state(conn) == desired
+
+        world.drop(_other_course(world, account), claimer.user_id)  # the conflict is resolved
+        del world.studip_users[claimer.user_id]
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        assert conn.execute("SELECT count(*) FROM person_blocks").fetchone() == (0,)
+        assert desired_state(conn) == expected_hub_state(world).state
+
+
+def test_an_lms_learner_showing_a_students_email_does_not_displace_the_student_id_match(
+    warehouse: WarehouseResource,
+) -> None:
+    """The same rule for the LMS: a learner whose login sorts first and who shows a student's
+    e-mail loses to the learner carrying the student's StudentId."""
+    world = World(seed=16, students=200, today=TODAY)
+    students = {s.studid: s for s in world.co_students.values() if s.studid and s.email_tu}
+    registered = {r.login: r for r in world.lms_registrations.values()}
+    learner = next(
+        lr
+        for login, lr in sorted(world.lms_learners.items())
+        if login in registered and lr.profile.get(LMS_STUDENT_ID_FIELD) in students
+    )
+    student = students[learner.profile[LMS_STUDENT_ID_FIELD]]
+    pid = max(world.persons) + 1
+    world.persons[pid] = Person(pid, "Ima", "Postor", "X", date(1970, 1, 1), "external")
+    impostor = LmsLearner("0-impostor", "0-impostor", pid, student.email_tu, "", {})
+    world.lms_learners[impostor.login] = impostor
+    template = registered[learner.login]
+    world.lms_registrations["0-registration"] = LmsRegistration(
+        "0-registration", template.course_id, impostor.login, template.registration_date,
+        1, 2, None, template.modified_at,
+    )  # fmt: skip
+    expected = expected_hub_state(world)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        links = {
+            login: (person, rule)
+            for login, person, rule in conn.execute(
+                "SELECT source_id, person_key, rule FROM person_links WHERE system = 'lms'"
+            ).fetchall()
+        }
+        assert desired_state(conn) == expected.state
+    person = f"co:{student.stpersonnr}"
+    assert links[learner.login] == (person, "studid")
+    assert links[impostor.login] == (f"lms:{impostor.login}", "conflict")
+    assert expected.persons[person].lms.login == learner.login

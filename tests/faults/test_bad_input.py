@@ -17,6 +17,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from sandbox.http import Response
 from sandbox.server import running_sandbox
 from sandbox.world import World
 from tests.faults.corrupt import RecordCorrupter, not_json
@@ -134,3 +135,56 @@ def test_a_page_that_is_not_json_fails_the_source_naming_url_and_page(
                 harness, f"SELECT count(*) FROM {table} WHERE sync_key = ?", outcome.key
             )
             assert landed == [(0,)], f"{source}: {table} has a partial landing"
+
+
+def _duplicate_student(stpersonnr: int):
+    """A response filter: the full students list shows ``stpersonnr`` twice, the second row an
+    impostor's (other name, born 1970-01-01), after the real one on the same page."""
+
+    def rewrite(request, response):
+        if response.status != 200 or "dmsstudents" not in request.path.lower():
+            return response
+        payload = json.loads(response.body)
+        rows = payload.get("resource", [])
+        for row in list(rows):
+            if row["content"]["DMSStudents"].get("STPERSONNR") == stpersonnr:
+                fake = json.loads(json.dumps(row))
+                fake["content"]["DMSStudents"].update(
+                    GIVENNAME="Impostor", FAMILYNAME="Impostor", BIRTHDATE={"value": "1970-01-01"}
+                )
+                rows.append(fake)
+        return Response.json(payload)
+
+    return rewrite
+
+
+def test_a_duplicated_person_number_in_one_snapshot_is_quarantined_not_resolved_by_order(
+    harness: SyncHarness,
+) -> None:
+    """Before, the later copy won: the HUB user became "Impostor Impostor", born 1970-01-01."""
+    sandbox = harness.sandbox
+    assert harness.sync("full").success
+    student = next(s for s in sandbox.world.co_students.values() if s.active and s.studid)
+    before = sandbox.hub.state_snapshot()["user"][student.studid]
+    sandbox.co.add_response_filter(_duplicate_student(student.stpersonnr))
+    try:
+        outcome = harness.sync("full")
+    finally:
+        sandbox.co.clear_request_hooks()
+    assert outcome.success, outcome.errors
+    assert sandbox.hub.state_snapshot()["user"][student.studid] == before
+    rows = _query(
+        harness,
+        "SELECT record_type, record_key, reason FROM quarantine WHERE sync_key = ?",
+        outcome.key,
+    )
+    copies = [r for r in rows if r[1] == str(student.stpersonnr)]
+    assert len(copies) == 2 and all(
+        r[0] == "student" and r[2].startswith("duplicate STPERSONNR") for r in copies
+    ), rows
+    (summary,) = _query(harness, "SELECT summary FROM sync_runs WHERE key = ?", outcome.key)[0]
+    assert json.loads(summary)["quarantined"] >= 2
+    (count,) = _query(
+        harness, "SELECT count(*) FROM co_students WHERE STPERSONNR = ?", student.stpersonnr
+    )[0]
+    assert count == 1  # the student's current record is kept
