@@ -47,6 +47,7 @@ from resources.hub import (
     SyncLog,
     envelope,
 )
+from resources.hub_identity import HubIdentity, HubIdentityError, check_hub_identity
 from resources.warehouse import WarehouseResource, transaction
 
 OBJECT_TYPES = tuple(OBJECT_MODELS)  # dependency order
@@ -882,6 +883,7 @@ def hub_delivery(
     started = time.monotonic()
     client = hub.client()
     with warehouse.connection() as conn:
+        ensure_same_hub(conn, hub)
         summary = deliver(
             conn,
             client,
@@ -895,6 +897,15 @@ def hub_delivery(
         context.log.warning("delivery stopped early: %s", summary.stopped)
     metadata = _delivery_metadata(summary, client, pending)
     return dg.MaterializeResult(metadata={**metadata, "duration_s": _since(started)})
+
+
+def ensure_same_hub(conn: duckdb.DuckDBPyConnection, hub: HubResource) -> None:
+    """Before any request to the HUB: refuse one other than the HUB ``hub_state`` came from
+    (see resources/hub_identity.py; ``hubsync hub-reset`` switches)."""
+    try:
+        check_hub_identity(conn, HubIdentity.of(hub.api_url, hub.org_id))
+    except HubIdentityError as exc:
+        raise dg.Failure(str(exc)) from None
 
 
 def _since(started: float) -> float:
@@ -930,6 +941,7 @@ def hub_acknowledgement(
     started = time.monotonic()
     client = hub.client()
     with warehouse.connection() as conn:
+        ensure_same_hub(conn, hub)
         outcomes, unfinished = acknowledge(
             conn,
             client,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from cli import campusonline
 from cli.home import load_project_dotenv, prepare_dagster_home
+from cli.hub_reset import hub_reset, hub_reset_arguments
 from resources.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
 from resources.warehouse import WarehouseError, WarehouseResource
 
@@ -245,6 +246,8 @@ COMMANDS: tuple[Command, ...] = (
             campusonline.show_applications, arguments=_student_id),
     Command("export", "write a warehouse table, or the students, to stdout", _export,
             arguments=_export_arguments),
+    Command("hub-reset", "forget what the HUB acknowledged (after switching or restoring "
+            "the HUB); the next sync sends everything", hub_reset, arguments=hub_reset_arguments),
 )  # fmt: skip
 COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
 PASSTHROUGH = "sandbox"  # its arguments, --help included, go to `sandbox.server.main` unparsed

@@ -178,6 +178,17 @@ MIGRATIONS: list[Migration] = [
     Migration("hub: desired and acknowledged state, events, batches, log", HUB_SCHEMA),
     Migration("graph: persons and identity links", GRAPH_SCHEMA),
     Migration("graph: views joining persons to every source", GRAPH_VIEWS),
+    # resources/hub_identity.py: the HUB that hub_state belongs to (one row).
+    Migration(
+        "hub: identity of the HUB the acknowledged state belongs to",
+        """
+        CREATE TABLE hub_identity (
+            api_url VARCHAR NOT NULL,        -- HUB_API_URL without user info or query
+            org_id VARCHAR NOT NULL,         -- HUB_ORG_ID
+            since TIMESTAMPTZ NOT NULL       -- first delivery, or the last hubsync hub-reset
+        );
+        """,
+    ),
 ]
 
 

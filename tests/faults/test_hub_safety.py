@@ -3,6 +3,9 @@
 * Every student exmatriculated in CAMPUSonline at once (a broken CO view, a bad data load): the
   HUB would get one ``arquived`` status update per student, which hides them as surely as a
   delete. The mass-delete guard counts those archivals with the deletes and blocks delivery.
+* The warehouse pointed at another HUB (HUB_API_URL and HUB_ORG_ID changed): its acknowledged
+  state belongs to the first HUB, so delivery refuses, naming both, until ``hubsync hub-reset``;
+  the next full sync then leaves the new HUB at exactly the expected state.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import dagster as dg
 import duckdb
 import pytest
 
+from sandbox.expected import expected_hub_state
+from sandbox.hub import HubServer
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import LOCAL_ZONE, World, semester_token
 from tests.faults.support import SyncHarness, converged
@@ -94,3 +99,79 @@ def test_exmatriculating_every_student_is_blocked_as_a_mass_delete(
     evaluation = record.event.dagster_event.event_specific_data  # type: ignore[union-attr]
     assert evaluation.passed is False
     assert evaluation.metadata["archivals"].value == {"user": archived}
+
+
+# -- another HUB ----------------------------------------------------------------------------------
+
+OTHER_ORG = "aa" * 16
+
+
+@pytest.fixture
+def hub_b(sandbox: Sandbox) -> Iterator[HubServer]:
+    """A second, empty HUB (another environment and organization) beside the sandbox's."""
+    server = HubServer(sandbox.world, env="prod", org_id=OTHER_ORG, processing_delay_ms=0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_warehouse_pointed_at_another_hub_refuses_until_hub_reset(
+    sandbox: Sandbox,
+    hub_b: HubServer,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    warehouse = tmp_path / "w.duckdb"
+    hub_a = sandbox.hub
+    at_a = SyncHarness(sandbox, warehouse, instance)
+    assert at_a.sync("full").success
+    assert converged(sandbox)
+    sandbox.world.step(seed=3)  # something new to send
+    sandbox.world.clock.advance(900)
+    messages_a = len(hub_a.messages())
+
+    env_b = {"HUB_API_URL": hub_b.base_url, "HUB_ORG_ID": OTHER_ORG}
+    at_b = SyncHarness(sandbox, warehouse, instance, **env_b)
+    at_b._next_start = at_a._next_start  # new sync keys only
+    refused = at_b.sync("full")
+
+    assert not refused.success
+    [error] = [e for e in refused.errors if e.startswith("hub_delivery:")]
+    assert f"{hub_a.base_url} (HUB_ORG_ID {hub_a.org_id})" in error
+    assert f"{hub_b.base_url} (HUB_ORG_ID {OTHER_ORG})" in error
+    assert "HUB_API_URL and HUB_ORG_ID now point at" in error
+    assert "hubsync hub-reset" in error
+    assert hub_b.api_key not in error
+    assert hub_b.request_count() == 0, "not one request reached the other HUB"
+    assert len(hub_a.messages()) == messages_a
+    assert at_b.sync_status(refused.key)[0] == "failed"
+    refused_again = at_b.sync("incremental")
+    assert not refused_again.success, "and it stays refused"
+
+    from cli.main import main
+
+    for name, value in {**sandbox.env, **env_b, "HUBSYNC_WAREHOUSE": str(warehouse)}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["hub-reset"]) == 1, "without --yes it only says what it would do"
+    assert "Nothing changed" in capsys.readouterr().err
+    assert main(["hub-reset", "--yes"]) == 0
+    said = capsys.readouterr().out
+    assert f"now belongs to the HUB {hub_b.base_url} (HUB_ORG_ID {OTHER_ORG})" in said
+    assert hub_b.api_key not in said
+
+    assert at_b.sync("full").success
+    assert hub_b.wait_idle(30)
+    assert hub_b.state_snapshot() == expected_hub_state(sandbox.world).state
+    assert hub_b.duplicate_inserts() == 0
+    assert len(hub_a.messages()) == messages_a, "the old HUB heard nothing more"
+    posted = _query(
+        warehouse,
+        "SELECT count(*) FROM hub_batches WHERE sync_key IN (?, ?) AND posted_at IS NOT NULL",
+        refused.key,
+        refused_again.key,
+    )[0][0]
+    assert posted == 0, "what was computed against the old HUB's state is never sent"
