@@ -79,9 +79,10 @@ def _process_started_at(pid: int) -> float | None:
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_alive(pid: int, run_started_at: float | None = None) -> bool:
-    """Whether ``pid`` still runs, and (when known) is no younger than the run: a process that
-    started after the run did is another one that got the dead worker's pid."""
+def worker_alive(pid: int, seen_at: float | None = None) -> bool:
+    """Whether ``pid`` still runs and (when known) had started by ``seen_at``, when the run's
+    worker was known to have that pid: a process started later is another one that got the
+    dead worker's pid."""
     try:
         started = _process_started_at(pid)
     except FileNotFoundError:
@@ -96,30 +97,36 @@ def worker_alive(pid: int, run_started_at: float | None = None) -> bool:
         return True
     if started is None:
         return False
-    return run_started_at is None or started <= run_started_at + _START_SLACK_S
+    return seen_at is None or started <= seen_at + _START_SLACK_S
 
 
-def worker_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
-    """The pid of the process executing ``run`` on this host, None when unknown or elsewhere.
+def worker_pid(
+    instance: dg.DagsterInstance, record: dg.RunRecord
+) -> tuple[int, float] | tuple[None, None]:
+    """The pid of the process executing the run on this host and a time it was known to run
+    (a later process with that pid is another one); ``(None, None)`` when unknown or elsewhere.
 
-    ``hubsync sync`` runs carry it in their tags (with the host). A run launched through the
-    instance's run launcher (from a sensor, a schedule or the UI) runs in a worker process that
-    the code location started by this host's daemon spawned; its engine events name the pid.
-    A run executed in some other process (``execute_in_process`` without the tags) is not
-    judged here: run monitoring's ``max_runtime_seconds`` is its backstop."""
+    ``hubsync sync`` runs carry the pid in their tags (with the host), from before the run was
+    created. A run launched through the instance's run launcher (from a sensor, a schedule or
+    the UI) runs in a worker process that the code location started by this host's daemon
+    spawned; its engine events name the pid. A run executed in some other process
+    (``execute_in_process`` without the tags) is not judged here: run monitoring's
+    ``max_runtime_seconds`` is its backstop."""
+    run = record.dagster_run
     if PID_TAG in run.tags:
-        if run.tags.get(HOST_TAG) != socket.gethostname():
-            return None
-        return int(run.tags[PID_TAG] or 0) or None
+        pid = int(run.tags[PID_TAG] or 0)
+        if run.tags.get(HOST_TAG) != socket.gethostname() or not pid:
+            return None, None
+        return pid, record.create_timestamp.timestamp()
     if run.remote_job_origin is None:
-        return None
+        return None, None
     events = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
     for entry in reversed(events):
         data = entry.dagster_event.event_specific_data if entry.dagster_event else None
         pid = getattr(data, "metadata", {}).get("pid")
         if pid is not None:
-            return int(pid.value)
-    return None
+            return int(pid.value), entry.timestamp
+    return None, None
 
 
 def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
@@ -128,18 +135,14 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     sync for ever and holds the pool's one slot, so every later sync would wait for it."""
     dead = []
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=_UNFINISHED)):
-        run = record.dagster_run
-        pid = worker_pid(instance, run)
-        if pid is None or pid == os.getpid():
-            continue
-        started = record.start_time or record.create_timestamp.timestamp()
-        if worker_alive(pid, started):
+        pid, seen_at = worker_pid(instance, record)
+        if pid is None or pid == os.getpid() or worker_alive(pid, seen_at):
             continue
         instance.report_run_failed(
-            run, message=f"the process {pid} running this run died before it ended"
+            record.dagster_run, message=f"the process {pid} running this run died before it ended"
         )
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        dead.append(run.run_id)
+        instance.event_log_storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+        dead.append(record.dagster_run.run_id)
     return dead
 
 

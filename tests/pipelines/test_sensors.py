@@ -175,7 +175,7 @@ def dead_pid() -> int:
     return process.pid
 
 
-def launched_run(instance: dg.DagsterInstance, key: str, pid: int) -> dg.DagsterRun:
+def launched_run(instance: dg.DagsterInstance, key: str, pid: int | None) -> dg.DagsterRun:
     """A STARTED sync run as the daemon launches it: through a code location, its worker's pid
     in an engine event (as the code server and the in-process executor report it)."""
     location = GrpcServerCodeLocationOrigin(host="localhost", port=4000, location_name="hs")
@@ -188,9 +188,10 @@ def launched_run(instance: dg.DagsterInstance, key: str, pid: int) -> dg.Dagster
             remote_job_origin=origin,
         )
     )
-    instance.report_engine_event(
-        f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid)
-    )
+    if pid is not None:
+        instance.report_engine_event(
+            f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid)
+        )
     return run
 
 
@@ -249,6 +250,29 @@ def test_a_sync_whose_process_may_live_still_blocks_the_sensor(
 
     assert data.run_requests == []
     assert "waits for it" in (data.skip_message or "")
+    assert instance.get_run_by_id(running.run_id).status == dg.DagsterRunStatus.STARTED  # type: ignore[union-attr]
+
+
+def test_a_launched_run_whose_worker_started_after_the_run_was_created_is_alive(
+    defs, instance
+) -> None:
+    """A daemon-launched run is created (queued) before its worker process starts: the worker
+    being younger than the run is no sign of a reused pid."""
+    add_sync_run(instance, "full", "full-20261123T020000Z", dg.DagsterRunStatus.SUCCESS)
+    running = launched_run(instance, "incr-20261123T021500Z", None)
+    time.sleep(2.5)  # past the start-time slack
+    worker = subprocess.Popen(["sleep", "30"])
+    try:
+        instance.report_engine_event(
+            f"Started process for run (pid: {worker.pid}).",
+            running,
+            EngineEventData.in_process(worker.pid),
+        )
+        data = evaluate(defs, "incremental_sync_sensor", instance)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert data.run_requests == [], "a live worker's run was taken for dead"
     assert instance.get_run_by_id(running.run_id).status == dg.DagsterRunStatus.STARTED  # type: ignore[union-attr]
 
 
