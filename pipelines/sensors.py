@@ -62,6 +62,7 @@ def _default_status(running: bool) -> dg.DefaultSensorStatus:
 PID_TAG = "hubsync/pid"
 HOST_TAG = "hubsync/host"
 _UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+_FIRST_ENGINE_EVENTS = 20
 _START_SLACK_S = 2.0  # /proc start times are in clock ticks from a boot time in whole seconds
 
 
@@ -120,8 +121,12 @@ def worker_pid(
         return pid, record.create_timestamp.timestamp()
     if run.remote_job_origin is None:
         return None, None
-    events = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-    for entry in reversed(events):
+    # The worker names its pid in its first engine events; a long run has many more events.
+    events = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=_FIRST_ENGINE_EVENTS
+    ).records
+    for event in events:
+        entry = event.event_log_entry
         data = entry.dagster_event.event_specific_data if entry.dagster_event else None
         pid = getattr(data, "metadata", {}).get("pid")
         if pid is not None:
