@@ -57,6 +57,7 @@ from resources.hub import (
     SyncLog,
     envelope,
 )
+from resources.hub_identity import HubIdentity, HubIdentityError, check_hub_identity
 from resources.warehouse import WarehouseResource, transaction
 
 OBJECT_TYPES = tuple(OBJECT_MODELS)  # dependency order
@@ -1185,6 +1186,7 @@ def hub_delivery(
     started = time.monotonic()
     client = hub.client()
     with warehouse.connection() as conn:
+        ensure_same_hub(conn, hub)
         summary = deliver(
             conn,
             client,
@@ -1204,6 +1206,15 @@ def hub_delivery(
         context.log.warning(note)
     metadata[HUB_NOTES_METADATA] = dg.MetadataValue.json(notes)
     return dg.MaterializeResult(metadata={**metadata, "duration_s": _since(started)})
+
+
+def ensure_same_hub(conn: duckdb.DuckDBPyConnection, hub: HubResource) -> None:
+    """Before any request to the HUB: refuse one other than the HUB ``hub_state`` came from
+    (see resources/hub_identity.py; ``hubsync hub-reset`` switches)."""
+    try:
+        check_hub_identity(conn, HubIdentity.of(hub.api_url, hub.org_id))
+    except HubIdentityError as exc:
+        raise dg.Failure(str(exc)) from None
 
 
 def _since(started: float) -> float:
@@ -1303,6 +1314,7 @@ def hub_acknowledgement(
     started = time.monotonic()
     client = hub.client()
     with warehouse.connection() as conn:
+        ensure_same_hub(conn, hub)
         outcomes, unfinished = acknowledge(
             conn,
             client,
@@ -1319,35 +1331,63 @@ def hub_acknowledgement(
 # -- guards -----------------------------------------------------------------------------------
 
 
+# What this sync's pending batches take away from the HUB, per object type: deletes, and updates
+# that archive an object (status -> 'arquived'), which hides it as surely as a delete does.
+REMOVALS_SQL = """
+WITH pending AS (
+    SELECT e.object_type, e.action, e.key, e.payload
+    FROM hub_events e JOIN hub_batches b USING (sync_key, batch_no)
+    WHERE e.sync_key = $sync_key AND b.status = 'pending'
+),
+removals AS (
+    SELECT p.object_type,
+           count(*) FILTER (WHERE p.action = 'delete') AS deletes,
+           count(*) FILTER (WHERE p.action = 'update') AS archivals
+    FROM pending p LEFT JOIN hub_state s USING (object_type, key)
+    WHERE p.action = 'delete'
+       OR (p.action = 'update' AND p.payload->>'$.status' = 'arquived'
+           AND (s.payload->>'$.status') IS DISTINCT FROM 'arquived')
+    GROUP BY 1
+)
+SELECT s.object_type, count(*) AS state,
+       coalesce(any_value(r.deletes), 0) AS deletes,
+       coalesce(any_value(r.archivals), 0) AS archivals
+FROM hub_state s LEFT JOIN removals r USING (object_type)
+GROUP BY 1 ORDER BY 1
+"""
+
+
+def removals_by_type(
+    conn: duckdb.DuckDBPyConnection, sync_key: str
+) -> list[tuple[str, int, int, int]]:
+    """(object type, acknowledged objects, deletes, archivals) of this sync's pending batches."""
+    return conn.execute(REMOVALS_SQL, {"sync_key": sync_key}).fetchall()
+
+
 @dg.asset_check(asset=hub_payload, blocking=True, pool="duckdb")
 def hub_deletes_within_limit(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, hub: HubResource
 ) -> dg.AssetCheckResult:
-    """Deletes above HUB_MAX_DELETE_SHARE of an object type's acknowledged state block delivery,
-    unless the run carries the tag ``hubsync/allow-deletes=true``."""
+    """Deletes and archivals (updates to status ``arquived``, e.g. every student
+    exmatriculated) above HUB_MAX_DELETE_SHARE of an object type's acknowledged state block
+    delivery, unless the run carries the tag ``hubsync/allow-deletes=true``."""
     sync_key = context.run.tags.get("dagster/partition", "")
     with warehouse.connection() as conn:
-        shares = conn.execute(
-            """
-            SELECT s.object_type, count(*) AS state,
-                   (SELECT count(*) FROM hub_events e JOIN hub_batches b USING (sync_key, batch_no)
-                    WHERE e.sync_key = ? AND e.action = 'delete' AND b.status = 'pending'
-                      AND e.object_type = s.object_type) AS deletes
-            FROM hub_state s GROUP BY s.object_type ORDER BY 1""",
-            [sync_key],
-        ).fetchall()
-    over = {t: d for t, n, d in shares if n and d / n > hub.max_delete_share}
+        shares = removals_by_type(conn, sync_key)
+    over = {t: d + a for t, n, d, a in shares if n and (d + a) / n > hub.max_delete_share}
+    archivals = {t: a for t, _, _, a in shares if a}
     allowed = context.run.tags.get(ALLOW_DELETES_TAG) == "true"
     return dg.AssetCheckResult(
         passed=not over or allowed,
         metadata={
             "deletes_over_limit": dg.MetadataValue.json(over),
+            "archivals": dg.MetadataValue.json(archivals),
             "max_delete_share": hub.max_delete_share,
             "override": allowed,
         },
         description=(
-            f"deletes above {hub.max_delete_share:.0%} of {', '.join(over)}; launch "
-            f"the run with tag {ALLOW_DELETES_TAG}=true to allow them"
+            f"deletes and archivals above {hub.max_delete_share:.0%} of {', '.join(over)}; "
+            f"launch the run with tag {ALLOW_DELETES_TAG}=true to allow them"
         )
         if over
         else None,

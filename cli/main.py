@@ -68,6 +68,18 @@ def _warehouse(settings: Settings) -> "WarehouseResource":
     return WarehouseResource(path=str(settings.warehouse_path))
 
 
+def _hub_reset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--yes", action="store_true", help="do it (without: only say what would be forgotten)"
+    )
+
+
+def _hub_reset(args: argparse.Namespace) -> int:
+    from cli.hub_reset import hub_reset  # opens the warehouse: imports Dagster
+
+    return hub_reset(args)
+
+
 def _campusonline(handler: str) -> Handler:
     """The CAMPUSonline command ``handler`` of cli/campusonline.py, imported when it runs."""
 
@@ -341,6 +353,8 @@ COMMANDS: tuple[Command, ...] = (
             _campusonline("show_applications"), arguments=_student_id),
     Command("export", "write a warehouse table, or the students, to stdout", _export,
             arguments=_export_arguments),
+    Command("hub-reset", "forget what the HUB acknowledged (after switching or restoring "
+            "the HUB); the next sync sends everything", _hub_reset, arguments=_hub_reset_arguments),
 )  # fmt: skip
 COMMANDS_BY_NAME = {command.name: command for command in COMMANDS}
 PASSTHROUGH = "sandbox"  # its arguments, --help included, go to `sandbox.server.main` unparsed

@@ -24,12 +24,9 @@ from dagster._utils.error import SerializableErrorInfo  # the error in failure e
 
 from assets.sync import SYNC_MODE_TAG
 from pipelines.partitions import SyncMode, sync_runs_partitions
+from pipelines.sensors import HOST_TAG, PID_TAG, reap_dead_runs
 
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-# Which process runs an in-process sync, so that a later one can tell that it died.
-PID_TAG = "hubsync/pid"
-HOST_TAG = "hubsync/host"
-_UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 _STEP_WRAPPER = dg.DagsterExecutionStepExecutionError.__name__
 _NOT_EXECUTING = "Dependencies for step "
 UNSENDABLE_REASONS = "unsendable_by_reason"  # hub_desired's metadata: persons per reason
@@ -229,33 +226,6 @@ def run_sync(
     if not report.success and report.error is None:
         report.error = "the run failed; see the run's logs in the Dagster UI"
     return report
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Runs a ``hubsync sync`` on this host started and never finished because its process died
-    (killed, out of memory): marked failed and their ``duckdb`` pool slot freed. Left alone,
-    such a run holds the pool's one slot and every later sync waits for it forever."""
-    dead = []
-    filters = dg.RunsFilter(statuses=_UNFINISHED, tags={HOST_TAG: socket.gethostname()})
-    for run in instance.get_runs(filters=filters):
-        pid = int(run.tags.get(PID_TAG, "0") or 0)
-        if pid and pid != os.getpid() and not _alive(pid):
-            instance.report_run_failed(
-                run, message=f"the hubsync process {pid} running this sync died before it ended"
-            )
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            dead.append(run.run_id)
-    return dead
 
 
 def _format_number(value: float) -> str:

@@ -11,10 +11,20 @@
 
 Sensors never open the warehouse (DuckDB allows one writer, and a sensor tick must not wait for
 a sync): they read the Dagster instance and, for the HUB log, make HTTP calls only.
+
+A run whose worker process died (killed, out of memory, the machine rebooted) stays STARTED for
+ever: Dagster's default run launcher cannot check its worker, so run monitoring (dagster.yaml)
+only catches it after ``max_runtime_seconds``. Before deciding whether a sync is running, the
+sensors and the nightly schedule look for such runs on this host and mark them failed
+(``reap_dead_runs``), which also frees their pool slot and lets ``sync_failure_sensor`` record
+them in ``sync_runs``.
 """
 
+import os
+import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import requests
@@ -43,9 +53,104 @@ def _default_status(running: bool) -> dg.DefaultSensorStatus:
     return dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
 
 
+# Which process runs a ``hubsync sync`` (in-process) run, so that a later look can tell it died.
+PID_TAG = "hubsync/pid"
+HOST_TAG = "hubsync/host"
+_UNFINISHED = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+_FIRST_ENGINE_EVENTS = 20
+_START_SLACK_S = 2.0  # /proc start times are in clock ticks from a boot time in whole seconds
+
+
+def _process_started_at(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds); None when it does not exist or is a zombie.
+    Linux only (``/proc``); elsewhere :func:`worker_alive` falls back to a signal-0 probe."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # zombie or dead: killed, not yet reaped by its parent
+        return None
+    boot = next(
+        float(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def worker_alive(pid: int, seen_at: float | None = None) -> bool:
+    """Whether ``pid`` still runs and (when known) had started by ``seen_at``, when the run's
+    worker was known to have that pid: a process started later is another one that got the
+    dead worker's pid."""
+    try:
+        started = _process_started_at(pid)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, IndexError, StopIteration):  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # someone else's process: alive
+            return True
+        return True
+    if started is None:
+        return False
+    return seen_at is None or started <= seen_at + _START_SLACK_S
+
+
+def worker_pid(
+    instance: dg.DagsterInstance, record: dg.RunRecord
+) -> tuple[int, float] | tuple[None, None]:
+    """The pid of the process executing the run on this host and a time it was known to run
+    (a later process with that pid is another one); ``(None, None)`` when unknown or elsewhere.
+
+    ``hubsync sync`` runs carry the pid in their tags (with the host), from before the run was
+    created. A run launched through the instance's run launcher (from a sensor, a schedule or
+    the UI) runs in a worker process that the code location started by this host's daemon
+    spawned; its engine events name the pid. A run executed in some other process
+    (``execute_in_process`` without the tags) is not judged here: run monitoring's
+    ``max_runtime_seconds`` is its backstop."""
+    run = record.dagster_run
+    if PID_TAG in run.tags:
+        pid = int(run.tags[PID_TAG] or 0)
+        if run.tags.get(HOST_TAG) != socket.gethostname() or not pid:
+            return None, None
+        return pid, record.create_timestamp.timestamp()
+    if run.remote_job_origin is None:
+        return None, None
+    # The worker names its pid in its first engine events; a long run has many more events.
+    events = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=_FIRST_ENGINE_EVENTS
+    ).records
+    for event in events:
+        entry = event.event_log_entry
+        data = entry.dagster_event.event_specific_data if entry.dagster_event else None
+        pid = getattr(data, "metadata", {}).get("pid")
+        if pid is not None:
+            return int(pid.value), entry.timestamp
+    return None, None
+
+
+def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed the runs that are STARTING/STARTED although their worker process on this host
+    is gone, and free their ``duckdb`` pool slot. Left alone, such a run counts as a running
+    sync for ever and holds the pool's one slot, so every later sync would wait for it."""
+    dead = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=_UNFINISHED)):
+        pid, seen_at = worker_pid(instance, record)
+        if pid is None or pid == os.getpid() or worker_alive(pid, seen_at):
+            continue
+        instance.report_run_failed(
+            record.dagster_run, message=f"the process {pid} running this run died before it ended"
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
+        dead.append(record.dagster_run.run_id)
+    return dead
+
+
 def active_runs(
     instance: dg.DagsterInstance, *, tags: dict[str, str] | None = None, job_name: str | None = None
 ) -> Sequence[dg.DagsterRun]:
+    """Runs queued or running, after marking failed those whose process died."""
+    reap_dead_runs(instance)
     return instance.get_runs(
         filters=dg.RunsFilter(tags=tags, job_name=job_name, statuses=ACTIVE_STATUSES), limit=5
     )

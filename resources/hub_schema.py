@@ -49,7 +49,7 @@ CREATE TABLE hub_batches (
     envelope JSON NOT NULL,            -- the exact text posted, stored before posting
     bytes INTEGER NOT NULL,
     status VARCHAR NOT NULL,           -- pending | posting | sent | acknowledged | unknown |
-                                       -- not_arrived | rejected | superseded
+                                       -- not_arrived | rejected | superseded | forgotten
     message_id VARCHAR,
     http_status INTEGER,
     http_body VARCHAR,                 -- the HUB's answer when it refused or failed

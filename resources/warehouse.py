@@ -198,6 +198,17 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration("hub: refused objects and messages given up", HUB_REFUSALS_SCHEMA),
     Migration("graph: identity conflicts and blocked persons", GRAPH_CONFLICTS_SCHEMA),
+    # resources/hub_identity.py: the HUB that hub_state belongs to (one row).
+    Migration(
+        "hub: identity of the HUB the acknowledged state belongs to",
+        """
+        CREATE TABLE hub_identity (
+            api_url VARCHAR NOT NULL,        -- HUB_API_URL without user info or query
+            org_id VARCHAR NOT NULL,         -- HUB_ORG_ID
+            since TIMESTAMPTZ NOT NULL       -- first delivery, or the last hubsync hub-reset
+        );
+        """,
+    ),
 ]
 
 

@@ -1,5 +1,7 @@
 """The Dagster daemon runs hubsync by itself: after a full sync, incremental_sync_sensor launches
-an incremental sync against the sandbox, and it succeeds.
+an incremental sync against the sandbox, and it succeeds, even though a ``hubsync sync`` was
+killed before (its run left STARTED, holding the duckdb pool slot: the sensor must see that its
+process is gone, and not skip "a sync is running" for ever).
 
 One of the slowest tests (a real daemon, code server and run worker): about a minute, most of it
 Dagster starting processes.
@@ -7,6 +9,7 @@ Dagster starting processes.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -121,6 +124,32 @@ def _wait_for_sensor_sync(
     pytest.fail(f"no sensor-launched incremental sync succeeded in {TIMEOUT_S} s")
 
 
+def _killed_hubsync_sync(sandbox: object) -> None:
+    """``hubsync sync`` in a forked process, SIGKILLed at its first CAMPUSonline request."""
+    from cli.main import main
+
+    def run() -> None:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            os._exit(main(["sync"]))
+
+    child = multiprocessing.get_context("fork").Process(target=run)
+
+    def kill(request: object, number: int) -> None:
+        if child.pid is not None:
+            os.kill(child.pid, signal.SIGKILL)
+
+    co = sandbox.servers["co"]  # type: ignore[attr-defined]
+    co.add_request_hook(kill)
+    try:
+        child.start()
+        child.join(TIMEOUT_S)
+    finally:
+        co.clear_request_hooks()
+    assert child.exitcode == -signal.SIGKILL, f"hubsync sync was not killed: {child.exitcode}"
+
+
 def test_the_daemon_launches_incremental_syncs_that_succeed(
     sandbox, environment, instance, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,6 +165,8 @@ def test_the_daemon_launches_incremental_syncs_that_succeed(
     assert full.success
     sandbox.world.step(seed=5)  # type: ignore[attr-defined]
     sandbox.world.clock.advance(900)  # type: ignore[attr-defined] # past CO's view refresh
+    _killed_hubsync_sync(sandbox)
+    [killed] = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
 
     log = tmp_path / "daemon.log"
     started = time.monotonic()
@@ -143,6 +174,8 @@ def test_the_daemon_launches_incremental_syncs_that_succeed(
         run = _wait_for_sensor_sync(instance, daemon, log)
     elapsed = time.monotonic() - started
 
+    killed = instance.get_run_by_id(killed.run_id)
+    assert killed is not None and killed.status == dg.DagsterRunStatus.FAILURE
     key = run.tags["dagster/partition"]
     assert key.startswith("incr-")
     assert run.tags.get("dagster/run_key") == key

@@ -1,7 +1,12 @@
 """The sensors, evaluated against an ephemeral instance; none of them may open DuckDB."""
 
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import time
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -9,6 +14,7 @@ import duckdb
 import pytest
 import responses
 from dagster._core.definitions.sensor_definition import SensorExecutionData
+from dagster._core.events import EngineEventData
 from dagster._core.remote_origin import (
     GrpcServerCodeLocationOrigin,
     RemoteJobOrigin,
@@ -16,7 +22,13 @@ from dagster._core.remote_origin import (
 )
 
 from pipelines.definitions import build_definitions
-from pipelines.sensors import failure_text, plan_incremental_sync
+from pipelines.sensors import (
+    HOST_TAG,
+    PID_TAG,
+    failure_text,
+    plan_incremental_sync,
+    worker_alive,
+)
 from resources.settings import load_settings
 
 HUB_URL = "http://127.0.0.1:9/sandbox"  # answered by responses, never contacted
@@ -60,9 +72,13 @@ def add_run(
 
 
 def add_sync_run(
-    instance: dg.DagsterInstance, mode: str, key: str, status: dg.DagsterRunStatus
+    instance: dg.DagsterInstance,
+    mode: str,
+    key: str,
+    status: dg.DagsterRunStatus,
+    tags: dict[str, str] | None = None,
 ) -> dg.DagsterRun:
-    tags = {"hubsync/sync": "true", "hubsync/mode": mode, "dagster/partition": key}
+    tags = {"hubsync/sync": "true", "hubsync/mode": mode, "dagster/partition": key, **(tags or {})}
     return add_run(instance, "sync_job", status, tags)
 
 
@@ -150,6 +166,136 @@ def test_finished_or_failed_syncs_do_not_block_the_sensor(defs, instance) -> Non
     data = evaluate(defs, "incremental_sync_sensor", instance)
 
     assert len(data.run_requests) == 1
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def launched_run(instance: dg.DagsterInstance, key: str, pid: int | None) -> dg.DagsterRun:
+    """A STARTED sync run as the daemon launches it: through a code location, its worker's pid
+    in an engine event (as the code server and the in-process executor report it)."""
+    location = GrpcServerCodeLocationOrigin(host="localhost", port=4000, location_name="hs")
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), "x")
+    run = instance.add_run(
+        dg.DagsterRun(
+            job_name="sync_job",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"hubsync/sync": "true", "hubsync/mode": "incremental", "dagster/partition": key},
+            remote_job_origin=origin,
+        )
+    )
+    if pid is not None:
+        instance.report_engine_event(
+            f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid)
+        )
+    return run
+
+
+def test_a_sync_whose_hubsync_process_died_no_longer_blocks_the_sensor(defs, instance) -> None:
+    add_sync_run(instance, "full", "full-20261123T020000Z", dg.DagsterRunStatus.SUCCESS)
+    here = {HOST_TAG: socket.gethostname()}
+    killed = add_sync_run(
+        instance,
+        "incremental",
+        "incr-20261123T021500Z",
+        dg.DagsterRunStatus.STARTED,
+        {PID_TAG: str(dead_pid()), **here},
+    )
+
+    data = evaluate(defs, "incremental_sync_sensor", instance)
+
+    assert len(data.run_requests) == 1, data.skip_message
+    run = instance.get_run_by_id(killed.run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.FAILURE
+    [failure] = instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert "died before it ended" in (failure.dagster_event.message or "")  # type: ignore[union-attr]
+
+
+def test_a_daemon_launched_sync_whose_worker_died_no_longer_blocks_the_sensor(
+    defs, instance
+) -> None:
+    add_sync_run(instance, "full", "full-20261123T020000Z", dg.DagsterRunStatus.SUCCESS)
+    killed = launched_run(instance, "incr-20261123T021500Z", dead_pid())
+
+    data = evaluate(defs, "incremental_sync_sensor", instance)
+
+    assert len(data.run_requests) == 1, data.skip_message
+    assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {PID_TAG: str(os.getppid()), HOST_TAG: socket.gethostname()},  # alive
+        {PID_TAG: "dead", HOST_TAG: "another-host"},  # not for this host to judge
+        {},  # no pid known (e.g. a run executed by some other process)
+    ],
+    ids=["alive", "other host", "unknown"],
+)
+def test_a_sync_whose_process_may_live_still_blocks_the_sensor(
+    defs, instance, tags: dict[str, str]
+) -> None:
+    add_sync_run(instance, "full", "full-20261123T020000Z", dg.DagsterRunStatus.SUCCESS)
+    if tags.get(PID_TAG) == "dead":
+        tags = {**tags, PID_TAG: str(dead_pid())}
+    running = add_sync_run(
+        instance, "incremental", "incr-20261123T021500Z", dg.DagsterRunStatus.STARTED, tags
+    )
+
+    data = evaluate(defs, "incremental_sync_sensor", instance)
+
+    assert data.run_requests == []
+    assert "waits for it" in (data.skip_message or "")
+    assert instance.get_run_by_id(running.run_id).status == dg.DagsterRunStatus.STARTED  # type: ignore[union-attr]
+
+
+def test_a_launched_run_whose_worker_started_after_the_run_was_created_is_alive(
+    defs, instance
+) -> None:
+    """A daemon-launched run is created (queued) before its worker process starts: the worker
+    being younger than the run is no sign of a reused pid."""
+    add_sync_run(instance, "full", "full-20261123T020000Z", dg.DagsterRunStatus.SUCCESS)
+    running = launched_run(instance, "incr-20261123T021500Z", None)
+    time.sleep(2.5)  # past the start-time slack
+    worker = subprocess.Popen(["sleep", "30"])
+    try:
+        instance.report_engine_event(
+            f"Started process for run (pid: {worker.pid}).",
+            running,
+            EngineEventData.in_process(worker.pid),
+        )
+        data = evaluate(defs, "incremental_sync_sensor", instance)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert data.run_requests == [], "a live worker's run was taken for dead"
+    assert instance.get_run_by_id(running.run_id).status == dg.DagsterRunStatus.STARTED  # type: ignore[union-attr]
+
+
+def test_the_hub_log_sensor_is_not_blocked_by_a_dead_sync_either(defs, instance) -> None:
+    launched_run(instance, "incr-20261123T021500Z", dead_pid())
+    data = evaluate(defs, "hub_log_sensor", instance)
+    assert data.skip_message == "no HUB batches are pending"
+
+
+def test_a_zombie_or_a_younger_process_with_the_pid_is_no_live_worker() -> None:
+    process = subprocess.Popen(["sleep", "30"])
+    try:
+        assert worker_alive(process.pid, time.time())
+        assert not worker_alive(process.pid, time.time() - 60), "the pid was reused"
+        os.kill(process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while worker_alive(process.pid):  # killed, not yet reaped: a zombie
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        process.kill()
+        process.wait()
+    assert not worker_alive(process.pid)
 
 
 def test_incremental_interval_and_default_status_come_from_settings(defs) -> None:
@@ -322,3 +468,14 @@ def test_a_canceled_sync_run_is_recorded_as_failed(defs, instance) -> None:
         "sync_key": "incr-20261123T101500Z",
         "error": f"run {run.run_id} was canceled",
     }
+
+
+def test_the_instance_monitors_runs_and_frees_the_slots_of_dead_ones(tmp_path) -> None:
+    from resources.settings import PROJECT_ROOT
+
+    (tmp_path / "dagster.yaml").write_bytes((PROJECT_ROOT / "dagster.yaml").read_bytes())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:  # loads: no resume attempts
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+        assert instance.run_monitoring_max_runtime_seconds >= 6 * 3600
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] > 0
