@@ -200,13 +200,16 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncHarness]:
         running_sandbox(port_base=0, world=world, options=HUB_OPTIONS) as sandbox,
         dg.instance_for_test() as instance,
     ):
-        # Small CO pages and response limit, so that endless paging and bombs show in 30 students
+        # Small CO pages and response limit, so that endless paging and bombs show in 30 students.
+        # In so small a world one step's dropped enrolments can pass the 10 % mass-delete guard
+        # (tests/faults/test_hub_safety.py tests it): here it would block the recovery syncs.
         yield SyncHarness(
             sandbox,
             folder / "w.duckdb",
             instance,
             CO_PAGE_SIZE="10",
             HUBSYNC_MAX_RESPONSE_MB="16",
+            HUB_MAX_DELETE_SHARE="0.5",
         )
     _write_report()
 

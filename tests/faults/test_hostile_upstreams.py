@@ -105,7 +105,7 @@ def test_no_client_follows_a_redirect(sandbox: Sandbox, sink: ScriptedServer, ca
     origin = sandbox.servers[server].origin
     assert message.startswith(f"{SYSTEMS[server]}: "), message
     assert f"{origin}/" in message and path.lower() in message.lower(), message
-    assert f"-> 307: redirected to {sink.host}" in message, message
+    assert "-> 307: " in message and f"redirected to {sink.host};" in message, message
     if server != "studip":  # Stud.IP wraps every error in its own, naming the route
         assert isinstance(caught.value, RedirectRefused)
 

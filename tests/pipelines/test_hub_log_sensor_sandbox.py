@@ -88,6 +88,7 @@ def test_the_log_sensor_acknowledges_batches_a_sync_stopped_waiting_for(
     warehouse = tmp_path / "w.duckdb"
     impatient = definitions(sandbox, warehouse, ack_timeout_s=0.2)
 
+    sandbox.hub.configure(processing_delay_ms=3_600_000)  # held until released below
     full_sync(impatient, instance, "full-20261123T020000Z")
     pending = pending_ids(instance, "hub_acknowledgement")
     assert pending, "the sync waited long enough for every batch; nothing left for the sensor"
@@ -96,6 +97,8 @@ def test_the_log_sensor_acknowledges_batches_a_sync_stopped_waiting_for(
     waiting = evaluate_log_sensor(impatient, instance, monkeypatch)
     assert waiting.run_requests == []
     assert waiting.skip_message == f"{len(pending)} HUB batches are still processing"
+
+    sandbox.hub.configure(processing_delay_ms=int(PROCESSING_S * 1000))  # the HUB goes on
 
     deadline = time.monotonic() + 10 * PROCESSING_S
     while (data := evaluate_log_sensor(impatient, instance, monkeypatch)).run_requests == []:
