@@ -663,6 +663,7 @@ class StudipServer(SandboxServer):
         self.token = token
         self.token_secret = token_secret
         self.api_account_is_root = api_account_is_root
+        self.jsonapi_refusal: int | None = None  # 401/403: the JSON:API refuses the account
         self._routes_lock = threading.Lock()
         self._disabled = self._checked_templates(disabled_routes)
         self._course_cache: dict[str, CourseIndex] = {}

@@ -21,8 +21,10 @@ Choices the recordings do not fix: users are listed in the world's insertion ord
 while a client pages shifts nobody before it; a deleted one shifts every later one down), courses
 by id, memberships dozent→user then by username. A non-root API account may list ``/users`` with
 the relationships (as the recordings of test_admin and test_dozent show) and its ``/users/me``
-says ``permission: autor``. Only the requesting account has the ``blubber-default-thread``
-relationship. Requests are counted per route template like the classic ones.
+says ``permission: autor``. ``StudipServer.jsonapi_refusal`` (401 or 403) makes every JSON:API
+request fail so, as an installation that refuses the account there would. Only the requesting
+account has the ``blubber-default-thread`` relationship. Requests are counted per route
+template like the classic ones.
 """
 
 from __future__ import annotations
@@ -133,8 +135,11 @@ class JsonApi:
     def dispatch(self, request: Request) -> tuple[Response, str]:
         path = request.path[len(JSONAPI_PREFIX) :].rstrip("/") or "/"
         template, params = _match(path)
-        if not self.server.detect_basic(request):
+        refusal = self.server.jsonapi_refusal
+        if not self.server.detect_basic(request) or refusal == 401:
             return Response(401, b"", "text/html; charset=UTF-8", {}), "(error)"
+        if refusal == 403:
+            raise jsonapi_error(403)
         if template is None:
             raise jsonapi_error(404)
         handler = {
