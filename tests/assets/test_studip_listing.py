@@ -144,11 +144,17 @@ def test_a_non_root_account_crawls_in_auto_and_fails_in_jsonapi_mode(
     sb.studip.api_account_is_root = False  # type: ignore[attr-defined]
     try:
         forced = materialize(instance, warehouse, studip_for(sb, api_mode="jsonapi"), FULL)
-        assert not forced.success
-        error = forced.get_step_failure_events()[0].step_failure_data.error
-        assert error is not None and "needs root" in error.to_string()
+        auto = materialize(instance, warehouse, studip_for(sb, api_mode="auto"), FULL)
     finally:
         sb.studip.api_account_is_root = True  # type: ignore[attr-defined]
+    assert not forced.success
+    error = forced.get_step_failure_events()[0].step_failure_data.error
+    assert error is not None and "needs root" in error.to_string()
+    # auto crawls instead, saying why (and the crawl then says the account must be root)
+    logs = [e.message or "" for e in instance.all_logs(auto.run_id)]
+    assert any("Stud.IP rest mode: the account is 'autor'" in line for line in logs)
+    error = auto.get_step_failure_events()[0].step_failure_data.error
+    assert error is not None and "must be root" in error.to_string()
 
 
 def test_an_interrupted_listing_lands_nothing(
