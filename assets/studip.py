@@ -1,5 +1,9 @@
 """Stud.IP: the crawl with its raw landing, and the current state built from it.
 
+``STUDIP_API_MODE`` (default ``auto``) may make a sync list Stud.IP through its JSON:API
+instead of crawling (``assets/studip_listing.py``): the listing lands with the same ``Stager``
+and builds the same ``studip_*`` tables, and being a snapshot it is merged like a full sync.
+
 ``studip_raw_pages`` (partitioned by ``sync_runs``) checks ``/discovery`` for the routes hubsync
 needs, reads the semesters and course types, resolves the semesters to sync, and crawls the
 user–course graph (see ``resources/studip.py``). Every response lands in ``raw_studip_pages`` as

@@ -159,7 +159,7 @@ def list_studip(
     for semester_id in course_semesters:
         kept: list[StudipCourse] = []
         for page in jsonapi.courses(semester_id):
-            stager.land(as_studip_page(page, "jsonapi:/courses"))
+            stager.land(as_studip_page(page, "jsonapi:/courses", page.records))
             kept += [classic_course(c) for c in page.records if isinstance(c, Course)]
         courses_by_semester.append((semester_id, kept))
         selected.update(c.course_id for c in kept)
@@ -172,7 +172,7 @@ def list_studip(
     with_members: set[str] = set()
     listed: dict[str, tuple[str, str, str, str, str]] = {}  # id -> compared attributes
     for page in jsonapi.users(include_memberships=True):
-        stager.land(as_studip_page(page, "jsonapi:/users"))
+        stager.land(as_studip_page(page, "jsonapi:/users", page.records))
         rows = [
             (m.course_id, m.user_id, m.attributes.permission)
             for m in page.included
