@@ -173,3 +173,48 @@ def test_an_interrupted_listing_lands_nothing(
     assert query(warehouse, "SELECT count(*) FROM raw_studip_pages WHERE sync_key = ?",
                  [FULL2]) == [(0,)]  # fmt: skip
     assert state(warehouse) == before
+
+
+def test_an_incremental_listing_lands_stud_ip_only_changes_like_a_full_one(
+    instance: dg.DagsterInstance, sb: Sandbox, tmp_path: Path
+) -> None:
+    """A new user in a course, a changed e-mail, a removed membership: the incremental
+    listing's tables equal a fresh full listing's, reading only the changed users in full."""
+    from sandbox.world import StudipUser
+
+    incremental = WarehouseResource(path=str(tmp_path / "incremental.duckdb"))
+    studip = studip_for(sb, api_mode="auto", listing_page_size=25)
+    assert materialize(instance, incremental, studip, FULL).success
+    world = sb.world
+    with world.lock:
+        course_id, members = next(
+            (c, m) for c, m in sorted(world.memberships.items()) if len(m) >= 3
+        )
+        leaving, changed = sorted(members)[:2]
+        world.drop(course_id, leaving)
+        world.studip_users[changed].email = "changed@tu-sandbox.at"
+        template = world.studip_users[sorted(members)[2]]
+        new = StudipUser("f" * 32, "newcomer", template.pid, "autor", "new@tu-sandbox.at",
+                         {}, list(template.institute_ids))  # fmt: skip
+        world.studip_users[new.user_id] = new
+        world.enrol(course_id, new.user_id, "autor")
+    try:
+        sb.studip.counts.clear()
+        result = materialize(instance, incremental, studip, INCR)
+        assert result.success
+        numbers = metadata(result)
+        assert numbers["crawl"] == "listing-incremental"
+        reads = sb.studip.counts.get("GET /api.php/user/:user_id", 0)  # type: ignore[attr-defined]
+        assert reads == 2, "only the new user and the one with the changed e-mail"
+        fresh = WarehouseResource(path=str(tmp_path / "fresh.duckdb"))
+        assert materialize(instance, fresh, studip, FULL2).success
+        assert state(incremental) == state(fresh)
+        emails = dict(query(incremental, "SELECT user_id, email FROM studip_users"))
+        assert emails[changed] == "changed@tu-sandbox.at" and emails[new.user_id]
+        assert (course_id, leaving) not in {
+            row for row in query(incremental, "SELECT course_id, user_id FROM studip_memberships")
+        }
+    finally:
+        with world.lock:
+            world.drop(course_id, new.user_id)
+            del world.studip_users[new.user_id]
