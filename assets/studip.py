@@ -1,5 +1,9 @@
 """Stud.IP: the crawl with its raw landing, and the current state built from it.
 
+``STUDIP_API_MODE`` (default ``auto``) may make a sync list Stud.IP through its JSON:API
+instead of crawling (``assets/studip_listing.py``): the listing lands with the same ``Stager``
+and builds the same ``studip_*`` tables, and being a snapshot it is merged like a full sync.
+
 ``studip_raw_pages`` (partitioned by ``sync_runs``) checks ``/discovery`` for the routes hubsync
 needs, reads the semesters and course types, resolves the semesters to sync, and crawls the
 user–course graph (see ``resources/studip.py``). Every response lands in ``raw_studip_pages`` as
@@ -35,6 +39,7 @@ from typing import Any, Protocol
 import dagster as dg
 import duckdb
 
+from assets.studip_listing import LISTING_KEY, choose_api_mode, list_semesters, list_studip
 from assets.sync import sync_run
 from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.studip import (
@@ -241,11 +246,13 @@ class Stager:
         )
 
     def _courses_page(self, page: StudipPage) -> None:
-        """Every course the page holds, once per selected semester it came back for (``?semester=``
-        returns the courses running in it; none when the crawl reads all semesters unfiltered):
-        the earliest one is an unlimited course's HUB term."""
-        semester_id = page.params.get("semester")
-        new = [c for c in page.records if (c.course_id, semester_id) not in self._course_semesters]
+        self.stage_courses(page.records, page.params.get("semester"))
+
+    def stage_courses(self, courses: Sequence[Any], semester_id: str | None) -> None:
+        """Every course, once per selected semester it came back for (``?semester=`` returns the
+        courses running in it; none when every semester is read unfiltered): the earliest one
+        is an unlimited course's HUB term."""
+        new = [c for c in courses if (c.course_id, semester_id) not in self._course_semesters]
         self._course_semesters.update((c.course_id, semester_id) for c in new)
         self.counts.courses += len({c.course_id for c in new} - self._courses)
         self._courses.update(c.course_id for c in new)
@@ -265,13 +272,17 @@ class Stager:
         )
 
     def _members_page(self, page: StudipPage) -> None:
-        self.counts.memberships += len(page.records)
+        self.stage_memberships([(page.subject, m.member.id, m.status) for m in page.records])
+
+    def stage_memberships(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """(course_id, user_id, status) rows."""
+        self.counts.memberships += len(rows)
         self._buffer(
             "studip_staged_memberships",
             {
-                "course_id": ("VARCHAR", [page.subject] * len(page.records)),
-                "user_id": ("VARCHAR", [m.member.id for m in page.records]),
-                "status": ("VARCHAR", [m.status for m in page.records]),
+                "course_id": ("VARCHAR", [course_id for course_id, _, _ in rows]),
+                "user_id": ("VARCHAR", [user_id for _, user_id, _ in rows]),
+                "status": ("VARCHAR", [status for _, _, status in rows]),
             },
         )
 
@@ -654,59 +665,79 @@ def studip_raw_pages(
     """
     key = parse_sync_key(context.partition_key)
     client = studip.client()
+    jsonapi = studip.jsonapi_client()
     started = time.perf_counter()
     try:
+        choice = choose_api_mode(studip, jsonapi)
+        context.log.info(f"Stud.IP {choice.mode} mode: {choice.reason}")
+        listing = choice.mode == "jsonapi"
         try:
-            client.check_routes(_needed_routes(studip.seed_users))
+            client.check_routes(LISTING_ROUTES if listing else _needed_routes(studip.seed_users))
         except StudipRoutesMissing as exc:
             raise dg.Failure(str(exc)) from exc
         with warehouse.page_writer(RAW_TABLE, context.partition_key) as writer:
             stager = Stager(writer)
             stager.clear()
             semesters: list[StudipSemester] = []
-            for page in client.semesters():
-                stager.land(page)
-                semesters.extend(page.records)
+            if listing:
+                semesters = list_semesters(jsonapi, stager)
+            else:
+                for page in client.semesters():
+                    stager.land(page)
+                    semesters.extend(page.records)
             try:
                 semester_ids = select_semesters(semesters, studip.semesters, key.started_at)
             except SemesterSelectionError as exc:
                 raise dg.Failure(str(exc)) from exc
             stager.land(client.settings())
-            plan = plan_crawl(
-                client,
-                stager,
-                studip.seed_users,
-                semester_ids,
-                incremental=key.mode == "incremental",
-                student_id_field=studip.student_id_field,
-            )
-            context.log.info(
-                f"Stud.IP {plan.mode} crawl from {len(plan.seeds)} seed users over "
-                f"{len(semester_ids)} semesters, {studip.concurrency} requests at a time"
-            )
-            for page in client.crawl(
-                plan.seeds,
-                crawl_semesters(semester_ids, semesters),
-                fetched_users=plan.fetched_users,
-                known_users=plan.known_users,
-                seed_courses=plan.seed_courses,
-            ):
-                stager.land(page)
+            if listing:
+                plan = listing_plan(jsonapi, client, stager, studip, semester_ids, semesters, key)
+                context.log.info(
+                    f"Stud.IP {plan.mode}: {plan.listed_users} users listed, "
+                    f"{len(plan.seeds)} kept, {plan.details_read} read in full"
+                )
+            else:
+                plan = plan_crawl(
+                    client,
+                    stager,
+                    studip.seed_users,
+                    semester_ids,
+                    incremental=key.mode == "incremental",
+                    student_id_field=studip.student_id_field,
+                )
+                context.log.info(
+                    f"Stud.IP {plan.mode} crawl from {len(plan.seeds)} seed users over "
+                    f"{len(semester_ids)} semesters, {studip.concurrency} requests at a time"
+                )
+                for page in client.crawl(
+                    plan.seeds,
+                    crawl_semesters(semester_ids, semesters),
+                    fetched_users=plan.fetched_users,
+                    known_users=plan.known_users,
+                    seed_courses=plan.seed_courses,
+                ):
+                    stager.land(page)
             stager.flush()
             pages, records = stager.pages, stager.records
     finally:
         client.http.close()
+        jsonapi.http.close()
     duration = time.perf_counter() - started
     stats = client.http.stats.as_metadata()
+    listing_stats = jsonapi.http.stats.as_metadata()
+    requests_made = int(stats["api_calls"] + listing_stats["api_calls"])
     counts = stager.counts
     return dg.MaterializeResult(
         metadata={
+            "api_mode": choice.mode,
+            "api_mode_reason": choice.reason,
             "crawl": plan.mode,
             "semesters": len(semester_ids),
             "seed_users": len(plan.seeds),
-            "requests": int(stats["api_calls"]),
-            "retries": int(stats["retries"]),
-            "bytes": int(stats["bytes"]),
+            "requests": requests_made,
+            "jsonapi_requests": int(listing_stats["api_calls"]),
+            "retries": int(stats["retries"] + listing_stats["retries"]),
+            "bytes": int(stats["bytes"] + listing_stats["bytes"]),
             "pages": pages,
             "records": records,
             "users": counts.users,
@@ -715,9 +746,51 @@ def studip_raw_pages(
             "quarantined": counts.quarantined,
             "concurrency": studip.concurrency,
             "duration_s": round(duration, 3),
-            "requests_per_s": round(stats["api_calls"] / duration, 1) if duration else 0.0,
+            "requests_per_s": round(requests_made / duration, 1) if duration else 0.0,
         }
     )
+
+
+# The classic routes a listing still reads: course types, and per kept user the datafields and
+# institutes the JSON:API does not carry.
+LISTING_ROUTES = ("/user", "/user/:user_id", "/user/:user_id/institutes", "/studip/settings")
+
+
+@dataclass(frozen=True)
+class ListingPlan:
+    mode: str  # listing-full | listing-incremental
+    seeds: list[str]  # the kept users
+    listed_users: int
+    details_read: int
+
+
+def listing_plan(
+    jsonapi: Any,
+    client: StudipClient,
+    stager: Stager,
+    studip: StudIPResource,
+    semester_ids: Sequence[str],
+    semesters: Sequence[StudipSemester],
+    key: Any,
+) -> ListingPlan:
+    """Land the JSON:API listing of this sync (a snapshot: full and incremental alike)."""
+    incremental = key.mode == "incremental" and bool(known_studip_user_ids(stager.writer))
+    changed = (
+        changed_studip_user_ids(stager.writer, stager.writer.sync_key, studip.student_id_field)
+        if incremental
+        else []
+    )
+    result = list_studip(
+        jsonapi,
+        client,
+        stager,
+        crawl_semesters(semester_ids, semesters),
+        studip.seed_users,
+        incremental=incremental,
+        changed_user_ids=changed,
+    )
+    mode = "listing-incremental" if incremental else "listing-full"
+    return ListingPlan(mode, result.kept, result.listed_users, result.details_read)
 
 
 # -- current state -----------------------------------------------------------------------------
@@ -843,6 +916,15 @@ STATE_TABLES = (
 )
 
 
+def listing_landed(conn: Sql, sync_key: str) -> bool:
+    """Whether the sync's Stud.IP pages are a JSON:API listing (a snapshot), not a crawl."""
+    row = conn.execute(
+        f"SELECT count(*) FROM {RAW_TABLE} WHERE sync_key = ? AND starts_with(request_key, ?)",
+        [sync_key, LISTING_KEY],
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def merge_state(conn: Sql, table: StateTable, sync_key: str, *, full: bool) -> dict[str, int]:
     """Bring ``table`` up to the sync's staged rows; return inserted/updated/deleted counts.
 
@@ -923,6 +1005,8 @@ def studip_state(
             raise dg.Failure(
                 f"no Stud.IP pages landed for {sync_key}; materialize studip_raw_pages first"
             )
+        # a listing is a snapshot of Stud.IP whatever the sync's mode: absent rows are gone
+        full = full or listing_landed(conn, sync_key)
         for table in STATE_TABLES:
             changes = merge_state(conn, table, sync_key, full=full)
             (rows,) = conn.execute(f"SELECT count(*) FROM {table.name}").fetchone() or (0,)

@@ -190,6 +190,8 @@ TUNING_VARIABLES = (
     "CO_PAGE_SIZE",
     "CO_INCREMENTAL_THRESHOLD",
     "STUDIP_CONCURRENCY",
+    "STUDIP_API_MODE",
+    "STUDIP_PAGE_SIZE",
     "LMS_PAGE_SIZE",
     "HUB_BATCH_SIZE",
     "HUB_POLL_INTERVAL",
@@ -210,6 +212,8 @@ def tuning(env: dict[str, str]) -> dict[str, Any]:
     return {
         "co_page_size": settings.co.page_size,
         "studip_concurrency": settings.studip.concurrency,
+        "studip_api_mode": settings.studip.api_mode,
+        "studip_page_size": settings.studip.page_size,
         "lms_page_size": settings.lms.page_size,
         "hub_batch_size": settings.hub.batch_size,
         "hub_poll_interval_s": settings.hub.poll_interval_s,

@@ -72,6 +72,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STUDIP_SEMESTERS", "current,next"),
     Variable("STUDIP_CONCURRENCY", "8"),
     Variable("STUDIP_MAX_PAGES", "10000"),
+    # auto: the JSON:API listing when /jsonapi.php/v1/users/me answers as root, else the crawl
+    Variable("STUDIP_API_MODE", "auto"),
+    # unset: jsonapi.php/v1 beside STUDIP_API_URL (this default is the sandbox's)
+    Variable("STUDIP_JSONAPI_URL", "http://127.0.0.1:8702/jsonapi.php/v1"),
+    Variable("STUDIP_PAGE_SIZE", "500"),  # items per JSON:API listing page
     Variable("LMS_API_URL", "http://127.0.0.1:8703"),
     Variable("LMS_USERNAME", "hubsync"),
     Variable("LMS_PASSWORD", "sandbox-lms-password", secret=True),
@@ -150,6 +155,17 @@ class StudipSettings:
     student_id_field: str  # the user datafield holding the matriculation number
     max_pages: int  # per call: more means the paging does not end
     max_response_mb: int  # decoded size of one response at most
+    api_mode: str = "auto"  # auto | jsonapi | rest
+    jsonapi_url: str = ""  # the JSON:API base, .../jsonapi.php/v1
+    page_size: int = 500  # items per JSON:API listing page
+
+
+STUDIP_API_MODES = ("auto", "jsonapi", "rest")
+
+
+def jsonapi_url_beside(api_url: str) -> str:
+    """``https://x/studip/api.php`` -> ``https://x/studip/jsonapi.php/v1``."""
+    return api_url.rstrip("/").removesuffix("/api.php") + "/jsonapi.php/v1"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,6 +279,14 @@ class _Reader:
             return number
 
         return self._parse(name, parse, "must be a positive number of seconds")
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        def parse(value: str) -> str:
+            if value.lower() not in choices:
+                raise ValueError(value)
+            return value.lower()
+
+        return self._parse(name, parse, f"must be one of {', '.join(choices)}")
 
     def url(self, name: str, *, path_suffix: str = "") -> str:
         def parse(value: str) -> str:
@@ -492,7 +516,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             max_response_mb=max_response_mb,
         ),
         studip=StudipSettings(
-            api_url=read.url("STUDIP_API_URL", path_suffix="/api.php"),
+            api_url=(studip_api_url := read.url("STUDIP_API_URL", path_suffix="/api.php")),
             username=read.text("STUDIP_USERNAME"),
             password=read.secret("STUDIP_PASSWORD"),
             oauth1=_studip_oauth1(read),
@@ -502,6 +526,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             student_id_field=read.text("STUDIP_STUDENT_ID_FIELD"),
             max_pages=read.integer("STUDIP_MAX_PAGES", 1),
             max_response_mb=max_response_mb,
+            api_mode=read.choice("STUDIP_API_MODE", STUDIP_API_MODES),
+            jsonapi_url=(
+                read.url("STUDIP_JSONAPI_URL", path_suffix="/jsonapi.php/v1")
+                if _is_set(read.env, "STUDIP_JSONAPI_URL")
+                else jsonapi_url_beside(studip_api_url)
+            ),
+            page_size=read.integer("STUDIP_PAGE_SIZE", 1),
         ),
         lms=LmsSettings(
             api_url=read.url("LMS_API_URL"),

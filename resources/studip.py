@@ -820,6 +820,17 @@ class StudIPResource(dg.ConfigurableResource):
         ge=1,
         description="Decoded size of a response at most (HUBSYNC_MAX_RESPONSE_MB).",
     )
+    api_mode: Literal["auto", "jsonapi", "rest"] = Field(
+        default="auto",
+        description="auto: the JSON:API listing when /users/me answers as root, else the "
+        "classic crawl; jsonapi or rest force one (STUDIP_API_MODE).",
+    )
+    jsonapi_url: str = Field(
+        default="", description="The JSON:API base .../jsonapi.php/v1 (STUDIP_JSONAPI_URL)."
+    )
+    listing_page_size: int = Field(
+        default=500, ge=1, description="Items per JSON:API listing page (STUDIP_PAGE_SIZE)."
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Read timeout per request.")
     retry_attempts: int = Field(
         default=5, ge=1, description="Tries per request on 429, 5xx and dropped connections."
@@ -852,6 +863,30 @@ class StudIPResource(dg.ConfigurableResource):
             http.session.auth = HTTPBasicAuth(self.username, self.password)
         return StudipClient(
             http, page_size=self.page_size, concurrency=self.concurrency, max_pages=self.max_pages
+        )
+
+    def jsonapi_client(self, *, retry_policy: RetryPolicy | None = None) -> Any:
+        """The JSON:API client (HTTP Basic: the JSON:API takes the same account)."""
+        from resources.studip_jsonapi import JsonApiClient
+
+        base = self.jsonapi_url or (
+            self.api_url.rstrip("/").removesuffix("/api.php") + "/jsonapi.php/v1"
+        )
+        http = HttpClient(
+            SYSTEM,
+            base,
+            timeout=(10, self.timeout_s),
+            retry_policy=retry_policy
+            or RetryPolicy(attempts=self.retry_attempts, backoff_s=self.retry_backoff_s),
+            pool_size=self.concurrency,
+            max_response_bytes=self.max_response_mb * MB,
+        )
+        http.session.auth = HTTPBasicAuth(self.username, self.password)
+        return JsonApiClient(
+            http,
+            page_size=self.listing_page_size,
+            concurrency=self.concurrency,
+            max_pages=self.max_pages,
         )
 
 
@@ -928,4 +963,7 @@ def studip_resource(settings: StudipSettings) -> StudIPResource:
         max_pages=settings.max_pages,
         max_response_mb=settings.max_response_mb,
         student_id_field=settings.student_id_field,
+        api_mode=settings.api_mode,
+        jsonapi_url=settings.jsonapi_url,
+        listing_page_size=settings.page_size,
     )

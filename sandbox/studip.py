@@ -10,6 +10,7 @@ down to a multiple of ``limit`` while the data is sliced at the raw offset, ``li
 auth and routing errors, a 500 JSON for a bad OAuth signature, ``\\/``-escaped slashes, a
 ``Seminar_Session`` cookie on every response, an ``ETag`` on ``/user``, the ``/v2`` prefix and the
 ``.json`` suffix, routes an administrator has not activated (403 ``Route not activated``).
+The JSON:API (``/jsonapi.php/v1``) is served by ``sandbox/studip_jsonapi.py``.
 
 Auth: HTTP Basic with the API account's credentials, or OAuth1 HMAC-SHA1 (header-, query- or
 form-signed) verified with ``oauthlib``. Both authenticate as ``world.api_account``.
@@ -92,6 +93,7 @@ from oauthlib.oauth1 import Client as OAuthClient
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 
 from sandbox.http import FaultConfig, HttpError, Request, Response, SandboxServer
+from sandbox.studip_jsonapi import JSONAPI_PREFIX, JsonApi
 from sandbox.world import (
     API_ACCOUNT_USERNAME,
     INST_TYPES,
@@ -661,6 +663,7 @@ class StudipServer(SandboxServer):
         self.token = token
         self.token_secret = token_secret
         self.api_account_is_root = api_account_is_root
+        self.jsonapi_refusal: int | None = None  # 401/403: the JSON:API refuses the account
         self._routes_lock = threading.Lock()
         self._disabled = self._checked_templates(disabled_routes)
         self._course_cache: dict[str, CourseIndex] = {}
@@ -671,6 +674,7 @@ class StudipServer(SandboxServer):
             resource_owner_secret=token_secret,
         )
         self._add_api_routes()
+        self.jsonapi = JsonApi(self)
         self.router.add("GET", "/_sandbox/routes", self._get_routes)
         self.router.add("POST", "/_sandbox/routes", self._set_routes)
 
@@ -738,7 +742,10 @@ class StudipServer(SandboxServer):
         if request.path.startswith("/_sandbox"):
             return super().dispatch(request)
         try:
-            response, pattern = self._dispatch_api(request)
+            if request.path.startswith(JSONAPI_PREFIX + "/") or request.path == JSONAPI_PREFIX:
+                response, pattern = self.jsonapi.dispatch(request)
+            else:
+                response, pattern = self._dispatch_api(request)
         except HttpError as exc:
             response, pattern = exc.response, "(error)"
         response.headers.setdefault("Set-Cookie", self._session_cookie(request))
@@ -836,6 +843,11 @@ class StudipServer(SandboxServer):
             return self._oauth_ok(request)
         return False
 
+    def detect_basic(self, request: Request) -> bool:
+        """Whether the request carries the API account's Basic credentials (the JSON:API)."""
+        authorization = request.header("authorization").strip()
+        return authorization[:6].lower() == "basic " and self._basic_ok(authorization[6:].strip())
+
     def _basic_ok(self, encoded: str) -> bool:
         try:
             decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
@@ -924,6 +936,12 @@ class StudipServer(SandboxServer):
             "prefix": "",
             "suffix": "",
         }
+
+    def name_of(self, user: StudipUser) -> dict[str, str]:
+        return self._name(user)
+
+    def perms_of(self, user: StudipUser) -> str:
+        return self._perms(user)
 
     def _perms(self, user: StudipUser) -> str:
         if user.user_id == self.world.api_account.user_id and not self.api_account_is_root:

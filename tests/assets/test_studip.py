@@ -56,10 +56,12 @@ def sb(sandbox: Sandbox) -> Iterator[Sandbox]:
 
 
 def studip_for(sb: Sandbox, **overrides: Any) -> StudIPResource:
+    """The sandbox's resource; the crawl (STUDIP_API_MODE=rest) unless ``api_mode`` is given:
+    these tests are the crawl's (tests/assets/test_studip_listing.py has the listing's)."""
     resource = studip_resource(load_settings(sb.env).studip)
     # A new resource, not model_copy: Dagster rebuilds resources from their original config.
     fields = {name: getattr(resource, name) for name in StudIPResource.model_fields}
-    return StudIPResource(**{**fields, **overrides})
+    return StudIPResource(**{**fields, "api_mode": "rest", **overrides})
 
 
 def materialize(
@@ -425,7 +427,7 @@ def test_a_bad_course_on_several_pages_is_quarantined_once(
 def test_an_empty_seed_user_setting_crawls_from_the_api_account_alone(
     instance: dg.DagsterInstance, warehouse: WarehouseResource, sb: Sandbox
 ) -> None:
-    settings = load_settings({**sb.env, "STUDIP_SEED_USERS": ""})
+    settings = load_settings({**sb.env, "STUDIP_SEED_USERS": "", "STUDIP_API_MODE": "rest"})
     assert settings.studip.seed_users == ()
     result = materialize(instance, warehouse, studip_resource(settings.studip), FULL2)
     assert result.success

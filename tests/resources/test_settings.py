@@ -369,6 +369,11 @@ INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
     "STUDIP_API_URL": [("http://studip example.org/api.php", "must be an http(s) URL ending")],
     "STUDIP_SEMESTERS": [(",,", "must name at least one semester")],
     "STUDIP_CONCURRENCY": [("1e3", "must be an integer from 1 to 64")],
+    "STUDIP_API_MODE": [("fast", "must be one of auto, jsonapi, rest")],
+    "STUDIP_JSONAPI_URL": [
+        ("https://studip.example.org/api.php", "must be an http(s) URL ending in /jsonapi.php/v1")
+    ],
+    "STUDIP_PAGE_SIZE": [("0", "must be a positive integer")],
     "LMS_API_URL": [("https:///no-host", "must be an http(s) URL with a host")],
     "LMS_ORG_PATH": [("Root/Sandbox", "must be an LMS org path starting with /Root")],
     "LMS_PAGE_SIZE": [("0", "must be a positive integer")],
@@ -451,3 +456,18 @@ def test_limits_reach_the_clients() -> None:
     assert (studip.max_pages, studip.http.max_response_bytes) == (8, 3 * MB)
     with lms_resource(settings.lms).client() as lms:
         assert (lms.max_pages, lms.http.max_response_bytes) == (9, 3 * MB)
+
+
+def test_studip_api_mode_and_the_jsonapi_url_beside_the_classic_one() -> None:
+    studip = load_settings({"STUDIP_API_URL": "https://uni.example/studip/api.php"}).studip
+    assert (studip.api_mode, studip.page_size) == ("auto", 500)
+    assert studip.jsonapi_url == "https://uni.example/studip/jsonapi.php/v1"
+    env = {"STUDIP_API_MODE": "REST", "STUDIP_JSONAPI_URL": "https://x.example/jsonapi.php/v1"}
+    studip = load_settings(env).studip
+    assert (studip.api_mode, studip.jsonapi_url) == ("rest", "https://x.example/jsonapi.php/v1")
+    with pytest.raises(Exception) as raised:
+        load_settings({"STUDIP_API_MODE": "fast", "STUDIP_JSONAPI_URL": "https://x/api"})
+    assert "STUDIP_API_MODE must be one of auto, jsonapi, rest" in str(raised.value)
+    assert "STUDIP_JSONAPI_URL must be an http(s) URL ending in /jsonapi.php/v1" in str(
+        raised.value
+    )

@@ -11,6 +11,7 @@ needs only its ids in ``equivalents`` (and the JSON:API ones a sandbox serving t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -120,6 +121,8 @@ def _query(recording: Recording, sandbox: Sandbox) -> dict[str, Any]:
     if recording.file.startswith("009-"):  # "past the end" of test_autor's two courses
         autor = sandbox.equivalents[DEMO_AUTOR]
         params["offset"] = str(len(sandbox.world.user_courses[autor]) + 3)
+    if recording.file.startswith("037-"):  # the JSON:API search for test_autor
+        params["filter[search]"] = sandbox.equivalents["test_autor"]
     if recording.file.startswith("022-"):  # a search with a few hits (one page), like "test"
         params["q"] = _few_hits_query(sandbox)
     return params
@@ -202,3 +205,99 @@ def test_shape_differences_see_types_keys_nulls_and_kinds_of_items() -> None:
     ]
     assert shape_differences("Course not found", "Course not found") == []
     assert shape_differences({"a": 1}, {"a": 1.5}) == ["$.a: float where the recording has int"]
+
+
+# -- the JSON:API (/jsonapi.php/v1) -------------------------------------------------------------
+
+JSONAPI = recordings("jsonapi")
+
+
+def _resources(body: Any) -> list[dict[str, Any]]:
+    if not isinstance(body, dict):
+        return []
+    data = body.get("data")
+    items = data if isinstance(data, list) else [data] if isinstance(data, dict) else []
+    return [*items, *body.get("included", [])]
+
+
+# Every resource object any recording holds, by type: a sandbox resource must have the shape of
+# one of them (which users or courses a page holds depends on the world; their shapes may not).
+RECORDED_RESOURCES: dict[str, list[Any]] = {}
+for _recording in JSONAPI:
+    for _resource in _resources(_recording.body):
+        RECORDED_RESOURCES.setdefault(_resource["type"], []).append(_resource)
+# An ordinary course can be unlimited too (reference: "More facts"): it has no start and end
+# semester, like the recorded study group, but a number and subtitle like the recorded course.
+for _course in list(RECORDED_RESOURCES["courses"]):
+    if "start-semester" in _course["relationships"]:
+        _relationships = {
+            k: v for k, v in _course["relationships"].items() if not k.endswith("-semester")
+        }
+        RECORDED_RESOURCES["courses"].append({**_course, "relationships": _relationships})
+
+
+def _jsonapi_problems(recorded: Any, actual: Any) -> list[str]:
+    """Shape differences of a JSON:API document: same top-level members and meta, links with
+    first/last and prev/next exactly where the page has one, each resource shaped like a
+    recorded resource of its type, and every type the recording holds present."""
+    if not isinstance(recorded, dict) or "data" not in recorded:
+        return shape_differences(recorded, actual)
+    problems = []
+    if set(recorded) != set(actual):
+        problems.append(f"top-level members {sorted(actual)} != {sorted(recorded)}")
+    if "meta" in recorded:
+        problems += shape_differences(recorded["meta"], actual.get("meta"), "$.meta")
+    if "links" in recorded:
+        links, page = actual.get("links", {}), actual["meta"]["page"]
+        wanted = {"first", "last"}
+        wanted |= {"prev"} if page["offset"] > 0 else set()
+        wanted |= {"next"} if page["offset"] + page["limit"] < page["total"] else set()
+        if set(links) != wanted:
+            problems.append(f"links {sorted(links)} where the page needs {sorted(wanted)}")
+        problems += [
+            f"link {k} is not a string" for k, v in links.items() if not isinstance(v, str)
+        ]
+    for index, resource in enumerate(_resources(actual)):
+        candidates = RECORDED_RESOURCES.get(resource.get("type"), [])
+        if not candidates or all(shape_differences(r, resource) for r in candidates):
+            best = min((shape_differences(r, resource) for r in candidates), key=len, default=[])
+            problems.append(f"resource {index} ({resource.get('type')}) matches none: {best}")
+    recorded_types = {(r["type"]) for r in _resources(recorded)}
+    actual_types = {(r["type"]) for r in _resources(actual)}
+    problems += [f"no {kind} resource" for kind in sorted(recorded_types - actual_types)]
+    return problems
+
+
+@pytest.mark.parametrize("recording", JSONAPI, ids=[r.file for r in JSONAPI])
+def test_the_sandbox_jsonapi_answers_like_the_recording(
+    recording: Recording, sandbox: Sandbox
+) -> None:
+    response = _send(recording, sandbox)
+    assert response.status_code == recording.status
+    assert media_type(response.headers["Content-Type"]) == media_type(recording.content_type)
+    kind = media_type(recording.content_type)
+    body = response.json() if kind.endswith("json") else response.text
+    assert _jsonapi_problems(recording.body, body) == []
+    if recording.status >= 400:
+        assert body == recording.body
+
+
+def test_the_jsonapi_shape_check_sees_a_missing_attribute_and_a_missing_next_link() -> None:
+    recorded = next(r for r in JSONAPI if r.file.startswith("035-")).body
+    assert _jsonapi_problems(recorded, recorded) == []
+    broken = json.loads(json.dumps(recorded))
+    del broken["data"][0]["attributes"]["email"]
+    assert "matches none" in _jsonapi_problems(recorded, broken)[0]
+    no_next = json.loads(json.dumps(recorded))
+    del no_next["links"]["next"]
+    assert _jsonapi_problems(recorded, no_next) == [
+        "links ['first', 'last'] where the page needs ['first', 'last', 'next']"
+    ]
+
+
+def test_the_sandbox_counts_jsonapi_requests_per_route(sandbox: Sandbox) -> None:
+    before = sandbox.root.request_count("GET /jsonapi.php/v1/users")
+    requests.get(sandbox.root.origin + "/jsonapi.php/v1/users", auth=AUTH, timeout=5)
+    requests.get(sandbox.root.origin + "/jsonapi.php/v1/users/me", auth=AUTH, timeout=5)
+    assert sandbox.root.counts["GET /jsonapi.php/v1/users/me"] >= 1
+    assert sandbox.root.request_count("GET /jsonapi.php/v1/users") == before + 2

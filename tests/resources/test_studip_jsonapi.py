@@ -1,0 +1,212 @@
+"""The JSON:API client against every recorded JSON:API answer of a real Stud.IP 5.5.8, and its
+paging (parallel, overlapping, tolerant of users created or deleted while it lists).
+
+Each recorded success body is served (``responses``) and read with the client: every resource
+must parse (nothing rejected) with the recorded values; each recorded error must raise the error
+class a sync needs with a message that tells the operator what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+import requests
+import responses
+
+from resources.http import HttpClient, RetryPolicy
+from resources.studip import StudipAuthError, StudipError, StudipNotFound
+from resources.studip_jsonapi import (
+    Course,
+    CourseMembership,
+    JsonApiClient,
+    JsonApiForbidden,
+    User,
+    parse_resources,
+)
+from tests.contract import Recording, recordings
+
+BASE = "https://studip.example/jsonapi.php/v1"
+JSONAPI = recordings("jsonapi")
+SUCCESSES = [r for r in JSONAPI if r.status == 200]
+ERRORS = [r for r in JSONAPI if r.status != 200]
+
+
+def client(
+    page_size: int = 30, concurrency: int = 4, overlap: int | None = None, max_pages: int = 10_000
+) -> JsonApiClient:
+    http = HttpClient("Stud.IP", BASE, retry_policy=RetryPolicy(attempts=1, backoff_s=0))
+    return JsonApiClient(
+        http, page_size=page_size, concurrency=concurrency, overlap=overlap, max_pages=max_pages
+    )
+
+
+def _resources(body: dict[str, Any]) -> list[dict[str, Any]]:
+    data = body["data"] if isinstance(body["data"], list) else [body["data"]]
+    return [*data, *body.get("included", [])]
+
+
+@pytest.mark.parametrize("recording", SUCCESSES, ids=[r.file for r in SUCCESSES])
+def test_every_recorded_resource_parses_with_its_recorded_values(recording: Recording) -> None:
+    raw = _resources(recording.body)
+    records, rejected = parse_resources(raw, "resource")
+    assert rejected == []
+    assert [r.id for r in records] == [r["id"] for r in raw]
+    for record, source in zip(records, raw, strict=True):
+        if isinstance(record, User):
+            assert record.attributes.username == source["attributes"]["username"]
+            assert record.attributes.email == source["attributes"]["email"]
+            ids = [i["id"] for i in source["relationships"]["course-memberships"]["data"]]
+            assert record.course_membership_ids == ids
+        if isinstance(record, CourseMembership):
+            assert f"{record.course_id}_{record.user_id}" == source["id"]
+            assert record.attributes.permission == source["attributes"]["permission"]
+        if isinstance(record, Course):
+            start = source["relationships"].get("start-semester", {}).get("data")
+            assert record.start_semester_id == (start["id"] if start else None)
+            assert record.attributes.course_type == source["attributes"]["course-type"]
+
+
+@responses.activate
+@pytest.mark.parametrize("recording", SUCCESSES, ids=[r.file for r in SUCCESSES])
+def test_the_client_reads_every_recorded_listing(recording: Recording) -> None:
+    path = recording.path.removeprefix("/jsonapi.php/v1")
+    responses.get(BASE + path, json=recording.body, content_type=recording.content_type)
+    c = client(page_size=100_000)
+    if path == "/users/me":
+        assert c.me().attributes.permission == "root"
+        return
+    if not isinstance(recording.body["data"], list):
+        pytest.skip("a single resource: parsed above")
+    pages = list(c.listing(path, path, {}))
+    assert pages[0].total == recording.body["meta"]["page"]["total"]
+    assert [r.id for r in pages[0].records] == [r["id"] for r in recording.body["data"]]
+    assert pages[0].rejected == []
+
+
+ERROR_CLASSES = {
+    "039-": (JsonApiForbidden, "root"),
+    "043-": (StudipError, 'Invalid "semester"'),
+    "056-": (StudipAuthError, "STUDIP_USERNAME/STUDIP_PASSWORD"),
+}
+
+
+@responses.activate
+@pytest.mark.parametrize("recording", ERRORS, ids=[r.file for r in ERRORS])
+def test_every_recorded_error_is_classified(recording: Recording) -> None:
+    kind, says = ERROR_CLASSES[recording.file[:4]]
+    path = recording.path.removeprefix("/jsonapi.php/v1")
+    body = json.dumps(recording.body) if recording.body != "" else ""
+    responses.get(BASE + path, body=body, status=recording.status,
+                  content_type=recording.content_type)  # fmt: skip
+    with pytest.raises(kind) as raised:
+        list(client().listing(path, path, {}))
+    assert says in str(raised.value)
+
+
+@responses.activate
+def test_an_unknown_resource_is_not_found() -> None:
+    body = {"errors": [{"status": "404", "title": "Not Found"}]}
+    responses.get(BASE + "/courses/x/memberships", json=body, status=404)
+    with pytest.raises(StudipNotFound):
+        list(client().course_memberships("x"))
+
+
+# -- paging ------------------------------------------------------------------------------------
+
+
+class Listing:
+    """A /users listing over a list that a hook may change between requests."""
+
+    def __init__(self, n: int) -> None:
+        self.users = [f"{i:032x}" for i in range(n)]
+        self.requests: list[int] = []
+        self.lock = threading.Lock()
+        self.on_request: Any = None
+
+    def __call__(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        query = parse_qs(urlparse(request.url).query)
+        offset, limit = int(query["page[offset]"][0]), int(query["page[limit]"][0])
+        with self.lock:
+            self.requests.append(offset)
+            if self.on_request:
+                self.on_request(self, len(self.requests))
+            window = self.users[offset : offset + limit]
+            total = len(self.users)
+        data = [
+            {"type": "users", "id": uid, "attributes": {"username": f"u{uid[-6:]}",
+             "permission": "autor", "email": "x@y"}}
+            for uid in window
+        ]  # fmt: skip
+        body = {"meta": {"page": {"offset": offset, "limit": limit, "total": total}}, "data": data}
+        return 200, {"Content-Type": "application/vnd.api+json"}, json.dumps(body)
+
+
+def _listed(listing: Listing, **kwargs: Any) -> list[str]:
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.GET, BASE + "/users", callback=listing)
+        pages = list(client(**kwargs).users(include_memberships=False))
+    return [r.id for page in pages for r in page.records]
+
+
+def test_the_listing_pages_in_parallel_from_the_total_with_overlapping_pages() -> None:
+    listing = Listing(95)
+    ids = _listed(listing, page_size=10, overlap=2)
+    assert sorted(ids) == listing.users, "every user once"
+    # offsets step by limit - overlap from the first page's total, then page 0 and the tail again
+    # (page 0 again, then the last `overlap` items again: users appended meanwhile are there)
+    assert sorted(set(listing.requests)) == [*range(0, 95, 8), 93]
+    assert len(listing.requests) == len(range(0, 95, 8)) + 2
+
+
+def test_users_deleted_while_listing_are_not_losing_anyone_else() -> None:
+    listing = Listing(100)
+    deleted = [listing.users[3], listing.users[40]]
+
+    def delete_early_users(state: Listing, nr: int) -> None:
+        if nr == 4:  # after a few pages: everyone later shifts down by two
+            for uid in deleted:
+                state.users.remove(uid)
+
+    listing.on_request = delete_early_users
+    ids = _listed(listing, page_size=10, overlap=3, concurrency=1)
+    assert len(ids) == len(set(ids)), "no duplicates"
+    assert set(listing.users) <= set(ids), "no user that still exists is lost"
+
+
+def test_users_created_while_listing_are_listed() -> None:
+    listing = Listing(50)
+    created = [f"{1000 + i:032x}" for i in range(3)]
+
+    def create_users(state: Listing, nr: int) -> None:
+        if nr == 3:
+            state.users.extend(created)
+
+    listing.on_request = create_users
+    ids = _listed(listing, page_size=10, overlap=3, concurrency=2)
+    assert len(ids) == len(set(ids))
+    assert set(ids) == set(listing.users)
+
+
+def test_more_changes_than_the_overlap_fail_the_listing() -> None:
+    listing = Listing(60)
+
+    def delete_many(state: Listing, nr: int) -> None:
+        if nr == 2:
+            del state.users[:8]
+
+    listing.on_request = delete_many
+    with pytest.raises(StudipError, match="total changed from 60 to 52"):
+        _listed(listing, page_size=10, overlap=3, concurrency=1)
+
+
+def test_a_total_beyond_studip_max_pages_fails_before_paging_on() -> None:
+    """A hostile meta.page.total of a billion queued a billion offsets."""
+    listing = Listing(95)  # 10 a page, 8 new each: 12 pages, then the first again and the tail
+    assert len(_listed(Listing(95), page_size=10, overlap=2, max_pages=14)) == 95
+    with pytest.raises(StudipError, match=r"needs 13 pages, more than 12 \(STUDIP_MAX_PAGES\)"):
+        _listed(listing, page_size=10, overlap=2, max_pages=12)
+    assert listing.requests == [0], "only the first page was read"
