@@ -27,6 +27,7 @@ import pytest
 from pipelines.definitions import build_definitions
 from resources.settings import PROJECT_ROOT, load_settings
 from sandbox.expected import expected_hub_state
+from sandbox.http import Request
 from sandbox.server import running_sandbox
 from sandbox.world import World
 
@@ -125,7 +126,7 @@ def _wait_for_sensor_sync(
 
 
 def _killed_hubsync_sync(sandbox: object) -> None:
-    """``hubsync sync`` in a forked process, SIGKILLed at its first CAMPUSonline request."""
+    """``hubsync sync`` in a forked process, SIGKILLed at its first CAMPUSonline data request."""
     from cli.main import main
 
     def run() -> None:
@@ -136,8 +137,9 @@ def _killed_hubsync_sync(sandbox: object) -> None:
 
     child = multiprocessing.get_context("fork").Process(target=run)
 
-    def kill(request: object, number: int) -> None:
-        if child.pid is not None:
+    def kill(request: Request, number: int) -> None:
+        # at the first data request: the reachability probe before the run comes first
+        if child.pid is not None and request.path.startswith("/pl/rest/"):
             os.kill(child.pid, signal.SIGKILL)
 
     co = sandbox.servers["co"]  # type: ignore[attr-defined]

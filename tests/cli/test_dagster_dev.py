@@ -5,6 +5,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -58,10 +59,11 @@ def test_verbose_asks_dagster_dev_for_debug() -> None:
 
 
 def test_runs_launched_without_run_config_log_info_to_the_console(
-    capfd: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # as the daemon and the UI launch them: no run config but the job's own
-    defs = build_definitions(load_settings({}))
+    # as the daemon and the UI launch them: no run config but the job's own (and not the
+    # default warehouse, which is the user's data/)
+    defs = build_definitions(load_settings({"HUBSYNC_WAREHOUSE": str(tmp_path / "w.duckdb")}))
     job = defs.resolve_job_def("prune_sync_runs_job")
     with dg.instance_for_test() as instance:
         assert job.execute_in_process(instance=instance).success
