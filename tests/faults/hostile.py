@@ -62,6 +62,23 @@ def growing_studip_total(path: str) -> ResponseFilter:
     return rewrite
 
 
+def growing_jsonapi_total(path: str) -> ResponseFilter:
+    """The JSON:API's ``meta.page.total`` a page larger at every request: users being created
+    faster than the listing pages through them."""
+    requests = 0
+
+    def rewrite(request: Request, response: Response) -> Response:
+        nonlocal requests
+        if path.lower() not in request.path.lower() or response.status != 200:
+            return response
+        body = json.loads(response.body)
+        requests += 1
+        body["meta"]["page"]["total"] += requests * int(request.query.get("page[limit]", 20))
+        return Response.json(body, content_type=response.content_type, headers=response.headers)
+
+    return rewrite
+
+
 def growing_lms_total(path: str) -> ResponseFilter:
     """The LMS's ``TotalItems`` always a page beyond the next index."""
 

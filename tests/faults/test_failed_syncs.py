@@ -34,7 +34,8 @@ def harness(tmp_path) -> Iterator[SyncHarness]:
         ) as sandbox,
         dg.instance_for_test() as instance,
     ):
-        yield SyncHarness(sandbox, tmp_path / "w.duckdb", instance)
+        # the crawl: its incremental reads Stud.IP from the changed persons (a listing re-lists)
+        yield SyncHarness(sandbox, tmp_path / "w.duckdb", instance, STUDIP_API_MODE="rest")
 
 
 def test_after_a_failed_incremental_sync_the_next_one_reads_every_studip_change(

@@ -31,12 +31,17 @@ SPOILED = {
 }
 
 
+def _is_course(node: dict[str, Any]) -> bool:
+    """A Stud.IP course: classic (``course_id`` beside its title) or the JSON:API's attributes."""
+    return "course_id" in node or "course-type" in node
+
+
 def _spoil(node: Any) -> bool:
     changed = False
     if isinstance(node, dict):
         for name, value in node.items():
             if name in SPOILED and isinstance(value, str) and value:
-                if name != "title" or "course_id" in node:
+                if name != "title" or _is_course(node):
                     node[name] = SPOILED[name](value)
                     changed = True
             else:

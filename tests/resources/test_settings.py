@@ -459,7 +459,8 @@ def test_limits_reach_the_clients() -> None:
 
 
 def test_studip_api_mode_and_the_jsonapi_url_beside_the_classic_one() -> None:
-    studip = load_settings({"STUDIP_API_URL": "https://uni.example/studip/api.php"}).studip
+    real = {**REAL, "STUDIP_API_URL": "https://uni.example/studip/api.php"}
+    studip = load_settings(real).studip
     assert (studip.api_mode, studip.page_size) == ("auto", 500)
     assert studip.jsonapi_url == "https://uni.example/studip/jsonapi.php/v1"
     env = {"STUDIP_API_MODE": "REST", "STUDIP_JSONAPI_URL": "https://x.example/jsonapi.php/v1"}
