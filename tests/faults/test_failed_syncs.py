@@ -26,7 +26,7 @@ from tests.faults.support import (
 
 @pytest.fixture
 def harness(tmp_path) -> Iterator[SyncHarness]:
-    world = World(seed=11, students=80, today=date(2026, 11, 23))
+    world = World(seed=11, students=40, today=date(2026, 11, 23))
     with (
         fast_http_clients(),
         running_sandbox(
