@@ -350,16 +350,7 @@ class StudipClient:
     def _get(
         self, route: str, path: str, params: Mapping[str, Any] | None = None
     ) -> requests.Response:
-        try:
-            response = self.http.request("GET", path, retry=True, params=dict(params or {}))
-        except ApiError as exc:
-            raise StudipError(
-                SYSTEM, "GET", exc.url, f"{route}: {_reason(exc)}", exc.status,
-                transport_error=exc.transport_error,
-            ) from None  # fmt: skip
-        if response.status_code == 200:
-            return response
-        raise self._error(route, response)
+        return get_ok(self.http, route, path, params, self._error)
 
     def _error(self, route: str, response: requests.Response) -> StudipError:
         status = response.status_code
@@ -652,6 +643,29 @@ def _studygroup_classes(settings: Any) -> set[str]:
         for key, value in (classes.items() if isinstance(classes, dict) else [])
         if isinstance(value, dict) and str(value.get("studygroup_mode", "0")) == "1"
     }
+
+
+def get_ok(
+    http: HttpClient,
+    route: str,
+    path: str,
+    params: Mapping[str, Any] | None,
+    error: Callable[[str, requests.Response], StudipError],
+    label: str = "",
+) -> requests.Response:
+    """GET ``path``: the 200 answer, else a StudipError naming the route (``label`` first): the
+    transport's reason (retries spent, a redirect refused, a body too large), or ``error``'s
+    reading of the answer."""
+    try:
+        response = http.request("GET", path, retry=True, params=dict(params or {}))
+    except ApiError as exc:
+        raise StudipError(
+            SYSTEM, "GET", exc.url, f"{label}{route}: {_reason(exc)}", exc.status,
+            transport_error=exc.transport_error,
+        ) from None  # fmt: skip
+    if response.status_code == 200:
+        return response
+    raise error(route, response)
 
 
 def _reason(exc: ApiError) -> str:

@@ -32,13 +32,14 @@ from typing import Annotated, Any, Literal
 import requests
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from resources.http import DEFAULT_MAX_PAGES, ApiError, HttpClient, reject_bad_text
+from resources.http import DEFAULT_MAX_PAGES, HttpClient, reject_bad_text
 from resources.studip import (
     SYSTEM,
     Rejected,
     StudipAuthError,
     StudipError,
     StudipNotFound,
+    get_ok,
 )
 
 HexId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
@@ -283,16 +284,7 @@ class JsonApiClient:
     def _get(
         self, route: str, path: str, params: Mapping[str, Any] | None = None
     ) -> requests.Response:
-        try:
-            response = self.http.request("GET", path, retry=True, params=dict(params or {}))
-        except ApiError as exc:
-            raise StudipError(
-                SYSTEM, "GET", exc.url, f"JSON:API {route}: no response", exc.status,
-                transport_error=exc.transport_error,
-            ) from None  # fmt: skip
-        if response.status_code == 200:
-            return response
-        raise self.error(route, response)
+        return get_ok(self.http, route, path, params, self.error, label="JSON:API ")
 
     def error(self, route: str, response: requests.Response) -> StudipError:
         """The StudipError for a JSON:API error response, saying what the operator must do."""

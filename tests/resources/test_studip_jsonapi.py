@@ -210,3 +210,15 @@ def test_a_total_beyond_studip_max_pages_fails_before_paging_on() -> None:
     with pytest.raises(StudipError, match=r"needs 13 pages, more than 12 \(STUDIP_MAX_PAGES\)"):
         _listed(listing, page_size=10, overlap=2, max_pages=12)
     assert listing.requests == [0], "only the first page was read"
+
+
+@responses.activate
+def test_a_redirect_is_refused_with_its_reason() -> None:
+    """The listing's errors said only "no response": a refused redirect lost its host."""
+    location = "http://elsewhere.example/jsonapi.php/v1/users"
+    responses.get(BASE + "/users", status=307, headers={"Location": location})
+    with pytest.raises(StudipError) as raised:
+        list(client().users(include_memberships=False))
+    message = str(raised.value)
+    assert "JSON:API /users" in message and "redirected to elsewhere.example" in message
+    assert len(responses.calls) == 1
