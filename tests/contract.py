@@ -1,5 +1,5 @@
 """Contract tests' shared parts: the recorded answers of a real Stud.IP 5.5.8 and a comparison of
-JSON *shapes* (``../shared/fixtures/studip-5.5.8/``, see its README).
+JSON *shapes* (``tests/fixtures/studip-5.5.8/``, see its README).
 
 A recording is ``{"request": {api, method, path, params, auth}, "status", "content_type",
 "body"}``; ``api`` is ``api`` for the classic ``/api.php`` and ``jsonapi`` for
@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "studip-5.5.8"
+# A copy of the recordings kept with the tests, so that a clone anywhere runs them; the team's
+# shared originals (beside the project) are compared with it when present (test_fixtures.py).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "studip-5.5.8"
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "studip-5.5.8"
 
 # Keys that name an object rather than a field: the object is a map, its keys are data.
 _DATA_KEY = re.compile(r"^(/.*|[0-9]+|[0-9a-f]{32}(_[0-9a-f]{32})?)$")
@@ -45,7 +48,10 @@ class Recording:
 def recordings(api: str | None = None) -> list[Recording]:
     """The recorded answers in file order, optionally of one API (``api`` or ``jsonapi``)."""
     found = []
-    for path in sorted(FIXTURES.glob("[0-9][0-9][0-9]-*.json")):
+    files = sorted(FIXTURES.glob("[0-9][0-9][0-9]-*.json"))
+    if not files:  # a contract test without its recordings would pass on nothing
+        raise FileNotFoundError(f"no recordings in {FIXTURES}")
+    for path in files:
         data = json.loads(path.read_text(encoding="utf-8"))
         request = data["request"]
         if api is not None and request["api"] != api:

@@ -1,6 +1,6 @@
 """The sandbox Stud.IP answers every recorded request of a real Stud.IP 5.5.8 in the same shape.
 
-Each classic recording (``../shared/fixtures/studip-5.5.8/0NN-*.json`` with ``api`` = ``api``)
+Each classic recording (``tests/fixtures/studip-5.5.8/0NN-*.json`` with ``api`` = ``api``)
 is sent to the sandbox with the same path, parameters and auth role, the demo's ids replaced by
 equivalent objects of the sandbox's world (any course the API account is not in, a study
 group, a student in a course and a study group, ...). The answer must have the recording's
