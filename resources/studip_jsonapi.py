@@ -223,6 +223,17 @@ class JsonApiPage:
     item_count: int = 0  # data[] items in the body, duplicates and rejected ones included
 
 
+def _attribute_names(model: type[Resource]) -> tuple[str, ...]:
+    """The names the JSON:API gives the attributes ``model`` reads (``given-name``, …)."""
+    attributes = model.model_fields["attributes"].annotation
+    assert isinstance(attributes, type) and issubclass(attributes, JsonApiModel)
+    return tuple(field.alias or name for name, field in attributes.model_fields.items())
+
+
+# What the text checks (invalid UTF-8, oversized values) read per type: the attributes as sent.
+ATTRIBUTE_NAMES = {model: _attribute_names(model) for model in RESOURCE_MODELS.values()}
+
+
 def parse_resources(items: Any, record_type: str) -> tuple[list[Resource], list[Rejected]]:
     """Validate JSON:API resource objects with the model of their ``type``."""
     if not isinstance(items, list):
@@ -237,7 +248,7 @@ def parse_resources(items: Any, record_type: str) -> tuple[list[Resource], list[
             rejected.append(Rejected(record_type, key, f"unknown resource type {kind!r}", raw))
             continue
         try:
-            reject_bad_text(raw.get("attributes", {}), model.model_fields)
+            reject_bad_text(raw.get("attributes"), ATTRIBUTE_NAMES[model])
             records.append(model.model_validate(raw))
         except (ValidationError, ValueError) as exc:
             reason = (

@@ -222,3 +222,21 @@ def test_a_redirect_is_refused_with_its_reason() -> None:
     message = str(raised.value)
     assert "JSON:API /users" in message and "redirected to elsewhere.example" in message
     assert len(responses.calls) == 1
+
+
+def test_users_with_broken_or_oversized_text_are_rejected_naming_the_attribute() -> None:
+    """The text checks read the resource's own fields (id, relationships), so a username of
+    invalid UTF-8 or a name of a megabyte was taken as sent."""
+
+    def user(n: int, **attributes: str) -> dict[str, Any]:
+        fields = {"username": f"u{n}", "permission": "autor", **attributes}
+        return {"type": "users", "id": f"{n:032x}", "attributes": fields}
+
+    items = [user(1), user(2, username="m\ufffdller"), user(3, **{"family-name": "x" * 10_001})]
+    records, rejected = parse_resources(items, "users")
+    assert [r.id for r in records] == [f"{1:032x}"]
+    reasons = {r.record_key: r.reason for r in rejected}
+    assert reasons == {
+        f"{2:032x}": "username holds invalid UTF-8 bytes",
+        f"{3:032x}": "family-name is longer than 10000 characters",
+    }
