@@ -323,3 +323,74 @@ def use_temporary_dagster_home(folder: Path) -> None:
     home = folder / "dagster_home"
     home.mkdir(exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
+
+
+@dataclass
+class StudipSync:
+    """One full Stud.IP sync (raw landing plus current state) in this process."""
+
+    metadata: dict[str, Any]  # studip_raw_pages' metadata
+    wall_s: float
+    rows: dict[str, int]  # per studip_* table asked for
+    requests_served: int
+    baseline_rss_mb: float  # held with the world built, before the sync
+
+
+def run_studip_sync(
+    *,
+    api_mode: str,
+    students: int,
+    seed: int,
+    latency_ms: int,
+    concurrency: int,
+    tables: tuple[str, ...] = (),
+) -> StudipSync:
+    """A full Stud.IP sync against an in-process sandbox of ``students`` (every request at
+    least ``latency_ms``), with ``STUDIP_API_MODE=api_mode`` and ``concurrency`` requests."""
+    import tempfile
+    from datetime import UTC, date, datetime
+
+    import dagster as dg
+
+    from assets.studip import studip_raw_pages, studip_state
+    from assets.sync import sync_run
+    from pipelines.partitions import new_sync_key
+    from resources.settings import load_settings
+    from resources.studip import StudIPResource, studip_resource
+    from resources.warehouse import WarehouseResource
+    from sandbox.http import FaultConfig
+    from sandbox.server import running_sandbox
+    from sandbox.world import World
+
+    world = World(seed, students, today=date(2026, 11, 23))
+    key = new_sync_key("full", datetime(2026, 11, 23, 10, tzinfo=UTC))
+    with (
+        running_sandbox(port_base=0, world=world) as sandbox,
+        tempfile.TemporaryDirectory() as folder,
+        dg.instance_for_test() as instance,
+    ):
+        sandbox.studip.faults.configure(FaultConfig(latency_floor_ms=latency_ms))
+        instance.add_dynamic_partitions("sync_runs", [key])
+        base = studip_resource(load_settings(sandbox.env).studip)
+        fields = {name: getattr(base, name) for name in StudIPResource.model_fields}
+        studip = StudIPResource(**{**fields, "concurrency": concurrency, "api_mode": api_mode})
+        warehouse = WarehouseResource(path=str(Path(folder) / "bench.duckdb"))
+        baseline = peak_rss_mb()
+        started = time.perf_counter()
+        result = dg.materialize(
+            [sync_run, studip_raw_pages, studip_state],
+            partition_key=key,
+            instance=instance,
+            resources={"warehouse": warehouse, "studip": studip},
+        )
+        wall = time.perf_counter() - started
+        node = result.asset_materializations_for_node("studip_raw_pages")[0]
+        with warehouse.connection() as conn:
+            rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        return StudipSync(
+            {k: v.value for k, v in node.metadata.items()},
+            round(wall, 2),
+            rows,
+            sandbox.studip.request_count(),
+            baseline,
+        )

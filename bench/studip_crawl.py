@@ -10,25 +10,11 @@ writes it to bench/results/studip_crawl-<N>-<latency>ms-c<concurrency>.json.
 
 import argparse
 import json
-import tempfile
-import time
-from datetime import UTC, date, datetime
 from pathlib import Path
 
-import dagster as dg
-
-from assets.studip import studip_raw_pages, studip_state
-from assets.sync import sync_run
-from pipelines.partitions import new_sync_key
-from resources.settings import load_settings
-from resources.studip import StudIPResource, studip_resource
-from resources.warehouse import WarehouseResource
-from sandbox.http import FaultConfig
-from sandbox.server import running_sandbox
-from sandbox.world import World
+import harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TODAY = date(2026, 11, 23)
 
 
 def main() -> None:
@@ -39,33 +25,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
 
-    world = World(args.seed, args.students, today=TODAY)
-    key = new_sync_key("full", datetime(2026, 11, 23, 10, tzinfo=UTC))
-    with (
-        running_sandbox(port_base=0, world=world) as sandbox,
-        tempfile.TemporaryDirectory() as folder,
-        dg.instance_for_test() as instance,
-    ):
-        sandbox.studip.faults.configure(FaultConfig(latency_floor_ms=args.latency_ms))
-        instance.add_dynamic_partitions("sync_runs", [key])
-        base = studip_resource(load_settings(sandbox.env).studip)
-        fields = {name: getattr(base, name) for name in StudIPResource.model_fields}
-        studip = StudIPResource(**{**fields, "concurrency": args.concurrency})
-        warehouse = WarehouseResource(path=str(Path(folder) / "bench.duckdb"))
-        started = time.perf_counter()
-        result = dg.materialize(
-            [sync_run, studip_raw_pages, studip_state],
-            partition_key=key,
-            instance=instance,
-            resources={"warehouse": warehouse, "studip": studip},
-        )
-        total = time.perf_counter() - started
-        crawl = {
-            k: v.value
-            for k, v in result.asset_materializations_for_node("studip_raw_pages")[
-                0
-            ].metadata.items()
-        }
+    # the crawl, as the name says: STUDIP_API_MODE=auto would list through the sandbox's JSON:API
+    sync = harness.run_studip_sync(
+        api_mode="rest",
+        students=args.students,
+        seed=args.seed,
+        latency_ms=args.latency_ms,
+        concurrency=args.concurrency,
+    )
+    crawl = sync.metadata
     report = {
         "students": args.students,
         "latency_ms": args.latency_ms,
@@ -73,7 +41,7 @@ def main() -> None:
         **{k: crawl[k] for k in ("requests", "pages", "users", "courses", "memberships")},
         "crawl_s": crawl["duration_s"],
         "requests_per_s": crawl["requests_per_s"],
-        "materialize_s": round(total, 2),
+        "materialize_s": sync.wall_s,
     }
     print(json.dumps(report))
     RESULTS.mkdir(exist_ok=True)

@@ -16,70 +16,36 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
-import time
-from datetime import UTC, date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import SHARED_MACHINE_NOTE, peak_rss_mb  # noqa: E402
+from bench.harness import SHARED_MACHINE_NOTE, peak_rss_mb, run_studip_sync  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TODAY = date(2026, 11, 23)
 TABLES = ("studip_users", "studip_courses", "studip_memberships", "studip_user_institutes")
 
 
 def run_mode(mode: str, students: int, seed: int, latency_ms: int, concurrency: int) -> dict:
-    import dagster as dg
-
-    from assets.studip import studip_raw_pages, studip_state
-    from assets.sync import sync_run
-    from pipelines.partitions import new_sync_key
-    from resources.settings import load_settings
-    from resources.studip import StudIPResource, studip_resource
-    from resources.warehouse import WarehouseResource
-    from sandbox.http import FaultConfig
-    from sandbox.server import running_sandbox
-    from sandbox.world import World
-
-    world = World(seed, students, today=TODAY)
-    key = new_sync_key("full", datetime(2026, 11, 23, 10, tzinfo=UTC))
-    with (
-        running_sandbox(port_base=0, world=world) as sandbox,
-        tempfile.TemporaryDirectory() as folder,
-        dg.instance_for_test() as instance,
-    ):
-        sandbox.studip.faults.configure(FaultConfig(latency_floor_ms=latency_ms))
-        instance.add_dynamic_partitions("sync_runs", [key])
-        base = studip_resource(load_settings(sandbox.env).studip)
-        fields = {name: getattr(base, name) for name in StudIPResource.model_fields}
-        studip = StudIPResource(**{**fields, "concurrency": concurrency, "api_mode": mode})
-        warehouse = WarehouseResource(path=str(Path(folder) / "bench.duckdb"))
-        baseline = peak_rss_mb()
-        started = time.perf_counter()
-        result = dg.materialize(
-            [sync_run, studip_raw_pages, studip_state],
-            partition_key=key,
-            instance=instance,
-            resources={"warehouse": warehouse, "studip": studip},
-        )
-        wall = time.perf_counter() - started
-        node = result.asset_materializations_for_node("studip_raw_pages")[0]
-        numbers = {k: v.value for k, v in node.metadata.items()}
-        with warehouse.connection() as conn:
-            rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
-        served = sandbox.studip.request_count()
+    sync = run_studip_sync(
+        api_mode=mode,
+        students=students,
+        seed=seed,
+        latency_ms=latency_ms,
+        concurrency=concurrency,
+        tables=TABLES,
+    )
+    numbers = sync.metadata
     return {
         "mode": numbers["api_mode"],
         "requests": numbers["requests"],
         "jsonapi_requests": numbers["jsonapi_requests"],
-        "requests_served": served,
+        "requests_served": sync.requests_served,
         "fetch_and_land_s": numbers["duration_s"],
-        "wall_s": round(wall, 2),
+        "wall_s": sync.wall_s,
         "peak_rss_mb": peak_rss_mb(),
-        "baseline_rss_mb": baseline,
-        "rows": rows,
+        "baseline_rss_mb": sync.baseline_rss_mb,
+        "rows": sync.rows,
     }
 
 
