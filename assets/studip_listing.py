@@ -45,9 +45,9 @@ from resources.studip import (
 )
 from resources.studip_jsonapi import (
     Course,
-    CourseMembership,
     JsonApiClient,
     JsonApiPage,
+    Membership,
     Semester,
     User,
 )
@@ -174,9 +174,9 @@ def list_studip(
     for page in jsonapi.users(include_memberships=True):
         stager.land(as_studip_page(page, "jsonapi:/users", page.records))
         rows = [
-            (m.course_id, m.user_id, m.attributes.permission)
+            (m.course_id, m.user_id, m.permission)
             for m in page.included
-            if isinstance(m, CourseMembership) and m.course_id in selected
+            if isinstance(m, Membership) and m.course_id in selected
         ]
         stager.stage_memberships(rows)
         members.update(user_id for _, user_id, _ in rows)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
+import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NameResolutionError
@@ -261,6 +262,10 @@ class HttpClient:
     ) -> Any:
         """The response body as JSON, or an :class:`ApiError` naming the URL."""
         content = clean(response.content) if clean else response.content
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass  # json below decides (and words the error): what orjson refuses, json may take
         try:
             try:
                 return json.loads(content)

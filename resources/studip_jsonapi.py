@@ -22,12 +22,13 @@ root.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -129,6 +130,65 @@ class CourseMembership(Resource):
         return self.id.split("_", 1)[1]
 
 
+class Membership(NamedTuple):
+    """A ``course-memberships`` resource of ``included[]`` as the listing keeps it. A listing
+    carries one per membership (about two million at 100,000 students), so they are checked by
+    ``parse_memberships`` against the rules of ``CourseMembership`` without building models."""
+
+    id: str
+    course_id: str
+    user_id: str
+    permission: str
+
+
+MEMBERSHIP_PERMISSIONS = frozenset(
+    get_args(CourseMembershipAttributes.model_fields["permission"].annotation)
+)
+_MEMBERSHIP_ID = re.compile(r"[0-9a-f]{32}_[0-9a-f]{32}")
+
+
+def _plainly_valid_membership(raw: Any) -> bool:
+    """Whether ``raw`` is a course membership ``CourseMembership`` accepts as it is (no
+    coercion): the common case, checked without pydantic."""
+    if not isinstance(raw, dict) or raw.get("type") != "course-memberships":
+        return False
+    rid, attributes = raw.get("id"), raw.get("attributes")
+    return (
+        isinstance(rid, str)
+        and _MEMBERSHIP_ID.fullmatch(rid) is not None
+        and isinstance(attributes, dict)
+        and attributes.get("permission") in MEMBERSHIP_PERMISSIONS
+        and type(attributes.get("position", 0)) in (int, type(None))
+        and type(attributes.get("group", 0)) in (int, type(None))
+        and isinstance(raw.get("relationships", {}), dict)
+        and not raw.get("relationships")
+    )
+
+
+def parse_memberships(items: Any, record_type: str) -> tuple[list[Any], list[Rejected]]:
+    """``included[]`` of a listing: course memberships as ``Membership`` rows, any other
+    resource validated by its model. A membership that is not plainly valid goes through
+    ``CourseMembership`` too, so the model alone decides what is accepted and why not."""
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of resources, got {type(items).__name__}")
+    records: list[Any] = []
+    others: list[Any] = []
+    for raw in items:
+        if _plainly_valid_membership(raw):
+            rid = raw["id"]
+            records.append(Membership(rid, rid[:32], rid[33:], raw["attributes"]["permission"]))
+        else:
+            others.append(raw)
+    validated, rejected = parse_resources(others, record_type)
+    for record in validated:
+        if isinstance(record, CourseMembership):
+            record = Membership(
+                record.id, record.course_id, record.user_id, record.attributes.permission
+            )
+        records.append(record)
+    return records, rejected
+
+
 class CourseAttributes(JsonApiModel):
     course_number: str | None = Field(None, alias="course-number")
     title: str
@@ -216,7 +276,7 @@ class JsonApiPage:
     body: bytes
     total: int
     records: list[Any]  # data[] resources, each once per listing
-    included: list[Any]  # included[] resources, each once per listing
+    included: list[Any]  # included[] resources (memberships as Membership), each once
     rejected: list[Rejected]
     fetched_at: datetime
     subject: str = ""
@@ -404,7 +464,7 @@ class JsonApiClient:
                 body = self._document(route, response)
                 total = int(body["meta"]["page"]["total"])
                 records, rejected = parse_resources(body["data"], route.strip("/"))
-                included, rejected_included = parse_resources(body.get("included", []), route)
+                included, rejected_included = parse_memberships(body.get("included", []), route)
             except (KeyError, TypeError, ValueError) as exc:
                 raise self.http.error(
                     response, f"JSON:API {route}: not a listing page ({exc}) [offset {offset}]"

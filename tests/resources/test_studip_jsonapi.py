@@ -24,7 +24,9 @@ from resources.studip_jsonapi import (
     CourseMembership,
     JsonApiClient,
     JsonApiForbidden,
+    Membership,
     User,
+    parse_memberships,
     parse_resources,
 )
 from tests.contract import Recording, recordings
@@ -85,6 +87,47 @@ def test_the_client_reads_every_recorded_listing(recording: Recording) -> None:
     assert pages[0].total == recording.body["meta"]["page"]["total"]
     assert [r.id for r in pages[0].records] == [r["id"] for r in recording.body["data"]]
     assert pages[0].rejected == []
+
+
+INCLUDED = [r for r in SUCCESSES if r.body.get("included")]
+
+
+@pytest.mark.parametrize("recording", INCLUDED, ids=[r.file for r in INCLUDED])
+def test_recorded_included_memberships_become_rows_as_the_model_reads_them(
+    recording: Recording,
+) -> None:
+    rows, rejected = parse_memberships(recording.body["included"], "users")
+    models, _ = parse_resources(recording.body["included"], "users")
+    assert rejected == []
+    assert rows == [
+        Membership(m.id, m.course_id, m.user_id, m.attributes.permission)
+        if isinstance(m, CourseMembership) else m
+        for m in models
+    ]  # fmt: skip
+
+
+def _membership(mid: str, **attributes: Any) -> dict[str, Any]:
+    defaults = {"permission": "autor", "position": 0, "group": 5}
+    return {"type": "course-memberships", "id": mid, "attributes": {**defaults, **attributes}}
+
+
+def test_a_membership_the_fast_check_doubts_is_judged_by_the_model() -> None:
+    course, user = "a" * 32, "b" * 32
+    items = [
+        _membership(f"{course}_{user}"),
+        _membership(f"{course}_{'c' * 32}", position="3"),  # the model coerces it: kept
+        _membership(f"{course}_{'d' * 32}", permission="root"),  # no course permission
+        _membership(f"{course}-{user}"),  # not <course_id>_<user_id>
+        _membership(f"{course}_{'e' * 32}", permission="dozent\ufffd"),
+    ]
+    rows, rejected = parse_memberships(items, "users")
+    models, model_rejected = parse_resources(items, "users")
+    assert [r.id for r in rows] == [m.id for m in models] == [items[0]["id"], items[1]["id"]]
+    assert rows[1] == Membership(items[1]["id"], course, "c" * 32, "autor")
+    assert [(r.record_key, r.reason) for r in rejected] == [
+        (r.record_key, r.reason) for r in model_rejected
+    ]
+    assert len(rejected) == 3
 
 
 ERROR_CLASSES = {
