@@ -30,16 +30,25 @@ an incremental one replaces the memberships of the courses whose members it re-r
 
 import json
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 import dagster as dg
 import duckdb
 
-from assets.studip_listing import LISTING_KEY, choose_api_mode, list_semesters, list_studip
+from assets.studip_listing import (
+    JSONAPI_KEY,
+    LISTING_KEY,
+    LISTING_RAW_TABLE,
+    RefreshSlice,
+    choose_api_mode,
+    list_semesters,
+    list_studip,
+)
 from assets.sync import sync_run
 from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.studip import (
@@ -121,6 +130,7 @@ class Stager:
         self._course_semesters: set[tuple[str, str | None]] = set()
         self._quarantined: set[tuple[str, str, str]] = set()
         self._raw: dict[str, tuple[str, list[Any]]] = {}
+        self._listing_raw: dict[str, list[Any]] = {}
         self._staged: dict[str, dict[str, tuple[str, list[Any]]]] = {}
         self._buffered_pages = 0
         self._buffered_bytes = 0
@@ -146,13 +156,28 @@ class Stager:
                 """,
                 {"sync_key": self.writer.sync_key, **{k: v for k, (_, v) in self._raw.items()}},
             )
+        if self._listing_raw:
+            self.writer.execute(
+                f"""
+                INSERT INTO {LISTING_RAW_TABLE} SELECT $sync_key, r.request_key, r.page_nr,
+                    r.request_params::JSON, r.fetched_at, r.record_count, r.body_zlib,
+                    r.body_bytes
+                FROM (SELECT unnest($request_key) AS request_key, unnest($page_nr) AS page_nr,
+                    unnest($request_params) AS request_params,
+                    unnest($fetched_at::TIMESTAMPTZ[]) AS fetched_at,
+                    unnest($record_count) AS record_count,
+                    unnest($body_zlib::BLOB[]) AS body_zlib,
+                    unnest($body_bytes::BIGINT[]) AS body_bytes) AS r
+                """,
+                {"sync_key": self.writer.sync_key, **self._listing_raw},
+            )
         for table, columns in self._staged.items():
             _insert_columns(self.writer, table, columns)
-        self._raw, self._staged = {}, {}
+        self._raw, self._listing_raw, self._staged = {}, {}, {}
         self._buffered_pages = self._buffered_bytes = 0
 
     def clear(self) -> None:
-        for table in STAGED_TABLES:
+        for table in (*STAGED_TABLES, LISTING_RAW_TABLE):
             self.writer.execute(f"DELETE FROM {table} WHERE sync_key = ?", [self.writer.sync_key])
         self.writer.execute(
             "DELETE FROM quarantine WHERE source = 'studip' AND sync_key = ?",
@@ -169,10 +194,15 @@ class Stager:
             "request_params": json.dumps({"route": page.route, **page.params}, sort_keys=True),
             "fetched_at": page.fetched_at,
             "record_count": record_count,
-            "body": page.body.decode("utf-8", errors="replace"),
         }
-        for name, value in row.items():
-            self._raw.setdefault(name, ("", []))[1].append(value)
+        if page.request_key.startswith(JSONAPI_KEY):
+            row |= {"body_zlib": zlib.compress(page.body, 1), "body_bytes": len(page.body)}
+            for name, value in row.items():
+                self._listing_raw.setdefault(name, []).append(value)
+        else:
+            row["body"] = page.body.decode("utf-8", errors="replace")
+            for name, value in row.items():
+                self._raw.setdefault(name, ("", []))[1].append(value)
         self.pages += 1
         self.records += record_count
         self._buffered_pages += 1
@@ -734,6 +764,7 @@ def studip_raw_pages(
             "crawl": plan.mode,
             "semesters": len(semester_ids),
             "seed_users": len(plan.seeds),
+            **({"users_read_in_full": plan.details_read} if listing else {}),
             "requests": requests_made,
             "jsonapi_requests": int(listing_stats["api_calls"]),
             "retries": int(stats["retries"] + listing_stats["retries"]),
@@ -773,8 +804,11 @@ def listing_plan(
     semesters: Sequence[StudipSemester],
     key: Any,
 ) -> ListingPlan:
-    """Land the JSON:API listing of this sync (a snapshot: full and incremental alike)."""
-    incremental = key.mode == "incremental" and bool(known_studip_user_ids(stager.writer))
+    """Land the JSON:API listing of this sync (a snapshot: full and incremental alike). Users
+    whose details (datafields, institutes) are stored are read in full only when their listed
+    fields changed, CAMPUSonline or the LMS changed them, or (full syncs) ``RefreshSlice``."""
+    known = bool(known_studip_user_ids(stager.writer))
+    incremental = key.mode == "incremental" and known
     changed = (
         changed_studip_user_ids(stager.writer, stager.writer.sync_key, studip.student_id_field)
         if incremental
@@ -786,7 +820,12 @@ def listing_plan(
         stager,
         crawl_semesters(semester_ids, semesters),
         studip.seed_users,
-        incremental=incremental,
+        reuse_details=known,
+        refresh=None
+        if incremental
+        else RefreshSlice(
+            studip.details_refresh_days, (key.started_at.date() - date(1970, 1, 1)).days
+        ),
         changed_user_ids=changed,
     )
     mode = "listing-incremental" if incremental else "listing-full"
@@ -919,8 +958,9 @@ STATE_TABLES = (
 def listing_landed(conn: Sql, sync_key: str) -> bool:
     """Whether the sync's Stud.IP pages are a JSON:API listing (a snapshot), not a crawl."""
     row = conn.execute(
-        f"SELECT count(*) FROM {RAW_TABLE} WHERE sync_key = ? AND starts_with(request_key, ?)",
-        [sync_key, LISTING_KEY],
+        f"""SELECT count(*) FROM {LISTING_RAW_TABLE}
+            WHERE sync_key = $key AND starts_with(request_key, $listing)""",
+        {"key": sync_key, "listing": LISTING_KEY},
     ).fetchone()
     return bool(row and row[0])
 

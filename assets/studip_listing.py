@@ -19,13 +19,17 @@ the ``studip_*`` tables come out the same whichever mode fetched them:
   e-mail or perms changed (and the users CO or the LMS changed in the sync); the others keep
   their stored rows. A change of a datafield alone waits for the next full sync.
 
-Every page lands raw (one row per page, its request parameters with ``route`` =
-``jsonapi:<route>``) as it arrives; pages come from the client in bounded batches and records
-are buffered per ``FLUSH_PAGES``, never the whole listing in Python (only the id sets).
+Every page lands raw as it arrives, one row per page with its request parameters (``route`` =
+``jsonapi:<route>``): the JSON:API pages zlib-compressed in ``raw_studip_listing_pages`` (read
+them with ``listing_pages``; uncompressed, a 100,000-user listing held over 2 GB in the landing
+transaction), the classic ones in ``raw_studip_pages``. Pages come from the client in bounded
+batches and records are buffered per ``FLUSH_PAGES``, never the whole listing in Python (only the
+id sets).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +61,20 @@ if TYPE_CHECKING:
 
 JSONAPI_KEY = "/jsonapi.php/v1"
 LISTING_KEY = JSONAPI_KEY + "/users?include=course-memberships"
+# Where the JSON:API pages land: compressed (a listing is large), one row per page as received.
+LISTING_RAW_TABLE = "raw_studip_listing_pages"
+
+
+def listing_pages(conn: Any, sync_key: str) -> Iterator[tuple[str, int, str]]:
+    """(request_key, page_nr, body as JSON text) of each listing page of ``sync_key``."""
+    rows = conn.execute(
+        f"SELECT request_key, page_nr, body_zlib FROM {LISTING_RAW_TABLE} WHERE sync_key = ? "
+        "ORDER BY request_key, page_nr",
+        [sync_key],
+    )
+    while batch := rows.fetchmany(50):
+        for request_key, page_nr, body in batch:
+            yield request_key, page_nr, zlib.decompress(body).decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True)
@@ -135,6 +153,19 @@ def list_semesters(jsonapi: JsonApiClient, stager: Stager) -> list[StudipSemeste
     return semesters
 
 
+@dataclass(frozen=True)
+class RefreshSlice:
+    """The users whose details a full listing re-reads although nothing listed changed: those
+    whose day it is (a hash of the id modulo ``days`` = the sync's day modulo ``days``), so each
+    user's datafields and institutes are read at least once in ``days`` daily full syncs."""
+
+    days: int
+    day: int  # days since 1970-01-01 of the sync
+
+    def covers(self, user_id: str) -> bool:
+        return zlib.crc32(user_id.encode()) % self.days == self.day % self.days
+
+
 @dataclass
 class ListingResult:
     kept: list[str] = field(default_factory=list)  # the kept users
@@ -149,7 +180,8 @@ def list_studip(
     course_semesters: Sequence[str | None],
     seed_users: Sequence[str],
     *,
-    incremental: bool,
+    reuse_details: bool,
+    refresh: RefreshSlice | None = None,
     changed_user_ids: Iterable[str] = (),
 ) -> ListingResult:
     """Land a listing of Stud.IP (see the module doc); semesters and settings already landed."""
@@ -201,8 +233,8 @@ def list_studip(
     kept_users &= set(listed) | {me.id}
     result.kept = sorted(kept_users)
     to_read = sorted(kept_users)
-    if incremental:
-        to_read = users_to_reread(stager, kept_users, listed, set(changed_user_ids))
+    if reuse_details:
+        to_read = users_to_reread(stager, kept_users, listed, set(changed_user_ids), refresh)
         keep_stored_users(stager, sorted(kept_users - set(to_read)))
     result.details_read = len(to_read)
     fetches: list[Callable[[], Any]] = []
@@ -240,9 +272,11 @@ def users_to_reread(
     kept: set[str],
     listed: dict[str, tuple[str, str, str, str, str]],
     changed: set[str],
+    refresh: RefreshSlice | None = None,
 ) -> list[str]:
-    """The kept users an incremental listing reads in full: new ones, those whose listed
-    username, e-mail, perms or name differ from ``studip_users``, and ``changed``."""
+    """The kept users a listing reads in full (``/user/:id``, ``/user/:id/institutes``): new
+    ones, those whose listed username, e-mail, perms or name differ from ``studip_users``,
+    ``changed`` (by CAMPUSonline or the LMS in this sync) and those ``refresh`` covers."""
     stored = {
         row[0]: tuple(row[1:])
         for row in stager.writer.execute(
@@ -252,7 +286,10 @@ def users_to_reread(
     return sorted(
         u
         for u in kept
-        if u not in stored or u in changed or (u in listed and listed[u] != stored[u])
+        if u not in stored
+        or u in changed
+        or (u in listed and listed[u] != stored[u])
+        or (refresh is not None and refresh.covers(u))
     )
 
 

@@ -77,6 +77,8 @@ VARIABLES: tuple[Variable, ...] = (
     # unset: jsonapi.php/v1 beside STUDIP_API_URL (this default is the sandbox's)
     Variable("STUDIP_JSONAPI_URL", "http://127.0.0.1:8702/jsonapi.php/v1"),
     Variable("STUDIP_PAGE_SIZE", "500"),  # items per JSON:API listing page
+    # a listing re-reads the datafields and institutes of 1/N of the users per full sync
+    Variable("STUDIP_DETAILS_REFRESH_DAYS", "90"),
     Variable("LMS_API_URL", "http://127.0.0.1:8703"),
     Variable("LMS_USERNAME", "hubsync"),
     Variable("LMS_PASSWORD", "sandbox-lms-password", secret=True),
@@ -158,6 +160,7 @@ class StudipSettings:
     api_mode: str = "auto"  # auto | jsonapi | rest
     jsonapi_url: str = ""  # the JSON:API base, .../jsonapi.php/v1
     page_size: int = 500  # items per JSON:API listing page
+    details_refresh_days: int = 90  # a listing re-reads every user's details once in N days
 
 
 STUDIP_API_MODES = ("auto", "jsonapi", "rest")
@@ -533,6 +536,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 else jsonapi_url_beside(studip_api_url)
             ),
             page_size=read.integer("STUDIP_PAGE_SIZE", 1),
+            details_refresh_days=read.integer("STUDIP_DETAILS_REFRESH_DAYS", 1, 3650),
         ),
         lms=LmsSettings(
             api_url=read.url("LMS_API_URL"),

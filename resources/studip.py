@@ -845,6 +845,13 @@ class StudIPResource(dg.ConfigurableResource):
     listing_page_size: int = Field(
         default=500, ge=1, description="Items per JSON:API listing page (STUDIP_PAGE_SIZE)."
     )
+    details_refresh_days: int = Field(
+        default=90,
+        ge=1,
+        le=3650,
+        description="A listing's full sync re-reads the datafields and institutes of the users "
+        "whose day it is, so every user's once in N days (STUDIP_DETAILS_REFRESH_DAYS).",
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Read timeout per request.")
     retry_attempts: int = Field(
         default=5, ge=1, description="Tries per request on 429, 5xx and dropped connections."
@@ -980,4 +987,5 @@ def studip_resource(settings: StudipSettings) -> StudIPResource:
         api_mode=settings.api_mode,
         jsonapi_url=settings.jsonapi_url,
         listing_page_size=settings.page_size,
+        details_refresh_days=settings.details_refresh_days,
     )

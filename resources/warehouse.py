@@ -209,6 +209,25 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    # The Stud.IP listing's pages (JSON:API) are large (a 100,000-user listing is over 1 GB of
+    # JSON) and land in one transaction, whose strings DuckDB holds in memory: they are stored
+    # zlib-compressed (about 15x smaller). assets/studip_listing.py:listing_pages reads them.
+    Migration(
+        "studip: the listing's raw pages, compressed",
+        """
+        CREATE TABLE raw_studip_listing_pages (
+            sync_key VARCHAR NOT NULL,
+            request_key VARCHAR NOT NULL,
+            page_nr INTEGER NOT NULL,
+            request_params JSON NOT NULL,
+            fetched_at TIMESTAMPTZ NOT NULL,
+            record_count INTEGER NOT NULL,
+            body_zlib BLOB NOT NULL,     -- the response body as received, zlib-compressed
+            body_bytes BIGINT NOT NULL,  -- its size uncompressed
+            PRIMARY KEY (sync_key, request_key, page_nr)
+        );
+        """,
+    ),
 ]
 
 

@@ -3,15 +3,19 @@ crawl, the fallback to the crawl, nothing landed by an interrupted listing."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 import pytest
 
 from assets.studip import STATE_TABLES
-from pipelines.partitions import sync_runs_partitions
+from assets.studip_listing import RefreshSlice, listing_pages
+from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.warehouse import WarehouseResource
 from sandbox.http import FaultConfig
 from sandbox.server import Sandbox, running_sandbox
@@ -26,6 +30,8 @@ from tests.assets.test_studip import (
     query,
     studip_for,
 )
+
+EPOCH = date(1970, 1, 1)
 
 # every table studip_state builds: a table added there is compared here too
 STATE_TABLE_NAMES = [table.name for table in STATE_TABLES]
@@ -96,17 +102,29 @@ def test_the_listing_builds_the_same_tables_as_the_crawl_with_far_fewer_requests
     assert served(sb, "/api.php/user/:user_id/courses") == 0
     assert served(sb, "/api.php/course/:course_id/members") == 0
     assert numbers["requests"] < crawl_requests * 0.75
-    # every page landed raw, one row per page, with its request parameters
+    # every page landed raw, one row per page, with its request parameters, compressed
     (pages,) = query(
         listed,
-        "SELECT count(*) FROM raw_studip_pages WHERE sync_key = ? AND request_key LIKE "
+        "SELECT count(*) FROM raw_studip_listing_pages WHERE sync_key = ? AND request_key LIKE "
         "'/jsonapi.php/v1/users?include=course-memberships'",
         [FULL],
     )
     assert pages[0] == served(sb, "/jsonapi.php/v1/users") - served(sb, "/jsonapi.php/v1/users/")
+    assert query(listed, "SELECT count(*) FROM raw_studip_pages WHERE request_key LIKE "
+                 "'/jsonapi.php/%'") == [(0,)]  # fmt: skip
+    with duckdb.connect(str(Path(listed.path)), read_only=True) as conn:
+        bodies = [json.loads(body) for key, _, body in listing_pages(conn, FULL)
+                  if key.startswith("/jsonapi.php/v1/users?")]  # fmt: skip
+        sizes = conn.execute(
+            "SELECT sum(body_bytes), sum(octet_length(body_zlib)) FROM raw_studip_listing_pages"
+        ).fetchone()
+    listed_ids = {user["id"] for body in bodies for user in body["data"]}
+    assert listed_ids == set(sb.world.studip_users), "the bodies as the sandbox sent them"
+    assert sizes is not None and sizes[1] * 5 < sizes[0], "stored compressed"
     params = query(
         listed,
-        "SELECT request_params->>'page[offset]', request_params->>'route' FROM raw_studip_pages "
+        "SELECT request_params->>'page[offset]', request_params->>'route' "
+        "FROM raw_studip_listing_pages "
         "WHERE request_key LIKE '/jsonapi.php/v1/users%' ORDER BY page_nr LIMIT 2",
     )
     assert params == [("0", "jsonapi:/users"), ("18", "jsonapi:/users")]
@@ -158,15 +176,20 @@ def test_an_interrupted_listing_lands_nothing(
     studip = studip_for(sb, api_mode="jsonapi", listing_page_size=10, retry_attempts=1)
     assert materialize(instance, warehouse, studip, FULL).success
     before = state(warehouse)
-    (pages,) = query(warehouse, "SELECT count(*) FROM raw_studip_pages")
+    counts = (
+        "SELECT (SELECT count(*) FROM raw_studip_pages), count(*) FROM raw_studip_listing_pages"
+    )
+    (pages,) = query(warehouse, counts)
+    assert pages[1] > 0
     # /users/me twice, the first listing pages, then errors (no retries): a listing half done
     script = ("ok",) * 5 + ("error",) * 30
     sb.studip.faults.configure(FaultConfig(script=script, path_filter="/jsonapi.php/v1/users"))
     failed = materialize(instance, warehouse, studip, FULL2)
     assert not failed.success
-    assert query(warehouse, "SELECT count(*) FROM raw_studip_pages") == [pages]
-    assert query(warehouse, "SELECT count(*) FROM raw_studip_pages WHERE sync_key = ?",
-                 [FULL2]) == [(0,)]  # fmt: skip
+    assert query(warehouse, counts) == [pages]
+    for table in ("raw_studip_pages", "raw_studip_listing_pages"):
+        assert query(warehouse, f"SELECT count(*) FROM {table} WHERE sync_key = ?",
+                     [FULL2]) == [(0,)]  # fmt: skip
     assert state(warehouse) == before
 
 
@@ -213,3 +236,50 @@ def test_an_incremental_listing_lands_stud_ip_only_changes_like_a_full_one(
         with world.lock:
             world.drop(course_id, new.user_id)
             del world.studip_users[new.user_id]
+
+
+@pytest.mark.parametrize("refresh_days", [1, 3650])
+def test_a_full_listing_reads_in_full_only_changed_users_and_the_days_refresh_slice(
+    instance: dg.DagsterInstance, sb: Sandbox, tmp_path: Path, refresh_days: int
+) -> None:
+    """Stud.IP has no bulk route for datafields and institutes (two requests per user): a full
+    listing over stored state reads them for the users whose listed fields changed and for the
+    day's share of the others (all of them with STUDIP_DETAILS_REFRESH_DAYS=1)."""
+    warehouse = WarehouseResource(path=str(tmp_path / "warm.duckdb"))
+    studip = studip_for(sb, api_mode="jsonapi", details_refresh_days=refresh_days)
+    assert materialize(instance, warehouse, studip, FULL).success
+    kept = sorted(user_id for (user_id,) in query(warehouse, "SELECT user_id FROM studip_users"))
+    refresh = RefreshSlice(refresh_days, (parse_sync_key(FULL2).started_at.date() - EPOCH).days)
+    covered = [u for u in kept if refresh.covers(u)]
+    others = [u for u in kept if not refresh.covers(u) and u in sb.world.studip_users]
+    assert others or refresh_days == 1
+    # a datafield-only change (nothing the listing shows) and a changed e-mail (it shows)
+    quiet, loud = (others or kept)[0], kept[-1]
+    world = sb.world
+    with world.lock:
+        saved = (dict(world.studip_users[quiet].datafields), world.studip_users[loud].email)
+        world.studip_users[quiet].datafields["Matrikelnummer"] = "99999999"
+        world.studip_users[loud].email = "loud@tu-sandbox.at"
+    try:
+        sb.studip.counts.clear()
+        result = materialize(instance, warehouse, studip, FULL2)
+        assert result.success
+        assert metadata(result)["crawl"] == "listing-full"
+        counts = sb.studip.counts  # type: ignore[attr-defined]
+        users_read = counts.get("GET /api.php/user/:user_id", 0) + counts.get(
+            "GET /api.php/user", 0
+        )
+        assert users_read == len(set(covered) | {loud})
+        assert counts.get("GET /api.php/user/:user_id/institutes", 0) == users_read
+        stored = dict(
+            query(warehouse, "SELECT user_id, datafields['Matrikelnummer'] FROM studip_users")
+        )
+        assert (stored[quiet] == "99999999") is (refresh_days == 1)
+        assert dict(query(warehouse, "SELECT user_id, email FROM studip_users"))[loud] == (
+            "loud@tu-sandbox.at"
+        )
+    finally:
+        with world.lock:
+            world.studip_users[quiet].datafields.clear()
+            world.studip_users[quiet].datafields.update(saved[0])
+            world.studip_users[loud].email = saved[1]
