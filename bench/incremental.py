@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/incremental.py --students 100000 --changes 100
     .venv/bin/python bench/incremental.py --students 2000 --changes 100
+    .venv/bin/python bench/incremental.py --students 100000 --changes 100 --then full
+
+``--then full`` makes the second sync a full one over the warm warehouse (what a daily full sync
+costs once the first has run, e.g. the Stud.IP listing's detail reads); the result is written to
+bench/results/incremental-<N>-<K>-then-full.json.
 
 The sandbox (faults off) runs in its own process. A full sync lands the world first; then the
 world takes about K changes (``POST /_sandbox/world/step`` scaled to K: new students,
@@ -51,8 +56,17 @@ def headline(sync: harness.SyncMeasurement) -> dict[str, Any]:
         "fetch_and_land_s": harness.total_fetch_and_land_s(sync),
         "events": sync.number("hub_payload", "events"),
         "peak_rss_mb": sync.peak_rss_mb,
+        "studip": studip_numbers(sync),
         "stages": harness.stages(sync),
         "peak_rss_mb_by_step": sync.other["peak_rss_mb_by_step"],
+    }
+
+
+def studip_numbers(sync: harness.SyncMeasurement) -> dict[str, Any]:
+    """The Stud.IP step's mode and requests (``users_read_in_full``: a listing's detail reads)."""
+    return {
+        name: sync.number("studip_raw_pages", name)
+        for name in ("requests", "jsonapi_requests", "users_read_in_full")
     }
 
 
@@ -61,6 +75,7 @@ def main() -> None:
     parser.add_argument("--students", type=int, default=20000)
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--then", choices=("incremental", "full"), default="incremental")
     parser.add_argument("--note", default=harness.SHARED_MACHINE_NOTE)
     parser.add_argument(
         "--keep-full-warehouse",
@@ -79,6 +94,7 @@ def main() -> None:
             full = harness.run_sync_here(env, "full", new_sync_key("full"), sys.stderr)
             if not full.success:
                 raise SystemExit(f"the full sync failed: {full.error}")
+            served_by_full = sandbox.request_counts()
             if args.keep_full_warehouse:
                 shutil.copy(warehouse, args.keep_full_warehouse)
             step = sandbox.admin(
@@ -91,9 +107,9 @@ def main() -> None:
             for system in sandbox.origins:
                 sandbox.admin(system, "POST", "requests/reset")
             time.sleep(1)  # the incremental key must be a later second than the full one
-            key = new_sync_key("incremental")
+            key = new_sync_key(args.then)
             started = time.perf_counter()
-            sync = harness.run_sync_here(env, "incremental", key, sys.stderr)
+            sync = harness.run_sync_here(env, args.then, key, sys.stderr)
             end_to_end = round(time.perf_counter() - started, 2)
             served = sandbox.request_counts()
         mode = effective_mode(warehouse, key)
@@ -102,6 +118,7 @@ def main() -> None:
     requests_served = sum(served.values())
     result = {
         "benchmark": "incremental",
+        "then": args.then,
         "students": args.students,
         "changes_requested": args.changes,
         "changes": changes,
@@ -111,6 +128,7 @@ def main() -> None:
         "effective_mode": mode,
         "end_to_end_s": end_to_end,
         "stages": harness.stages(sync),
+        "studip": studip_numbers(sync),
         "requests_served": served,
         "requests_per_change": round(requests_served / changes, 2) if changes else None,
         "events": sync.number("hub_payload", "events"),
@@ -122,7 +140,9 @@ def main() -> None:
         "targets": TARGETS,
         "note": args.note,
     }
-    harness.write_result(f"incremental-{args.students}-{args.changes}", result)
+    result["full_sync_before"]["requests_served"] = served_by_full
+    suffix = "-then-full" if args.then == "full" else ""
+    harness.write_result(f"incremental-{args.students}-{args.changes}{suffix}", result)
 
 
 if __name__ == "__main__":

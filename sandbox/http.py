@@ -43,6 +43,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
+
 log = logging.getLogger("sandbox")
 
 FAULT_KINDS = ("error", "rate_limit", "drop", "truncate", "slow")
@@ -85,6 +87,15 @@ class Request:
         return self.headers.get(name.lower(), default)
 
 
+def json_bytes(payload: Any) -> bytes:
+    """Compact UTF-8 JSON; orjson where it can (pages of 100,000-student worlds are large), json
+    for what it refuses (lone surrogates planted by fault tests, integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 @dataclass
 class Response:
     status: int = 200
@@ -94,8 +105,7 @@ class Response:
 
     @classmethod
     def json(cls, payload: Any, status: int = 200, **kwargs: Any) -> Response:
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        return cls(status=status, body=body, **kwargs)
+        return cls(status=status, body=json_bytes(payload), **kwargs)
 
     @classmethod
     def text(

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from sandbox.http import HttpError, Request, Response
+from sandbox.http import HttpError, Request, Response, json_bytes
 
 if TYPE_CHECKING:
     from sandbox.studip import StudipServer
@@ -94,8 +94,7 @@ ROUTES = (
 
 
 def jsonapi_response(payload: Any) -> Response:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return Response(200, body, JSONAPI_TYPE, {})
+    return Response(200, json_bytes(payload), JSONAPI_TYPE, {})
 
 
 def jsonapi_error(status: int, detail: str | None = None) -> HttpError:

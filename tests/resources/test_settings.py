@@ -374,7 +374,10 @@ INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
         ("https://studip.example.org/api.php", "must be an http(s) URL ending in /jsonapi.php/v1")
     ],
     "STUDIP_PAGE_SIZE": [("0", "must be a positive integer")],
-    "STUDIP_DETAILS_REFRESH_DAYS": [("0", "from 1 to 3650"), ("3651", "from 1 to 3650")],
+    "STUDIP_DETAILS_REFRESH_DAYS": [
+        ("0", "must be an integer from 1 to 3650"),
+        ("3651", "must be an integer from 1 to 3650"),
+    ],
     "LMS_API_URL": [("https:///no-host", "must be an http(s) URL with a host")],
     "LMS_ORG_PATH": [("Root/Sandbox", "must be an LMS org path starting with /Root")],
     "LMS_PAGE_SIZE": [("0", "must be a positive integer")],
