@@ -305,7 +305,7 @@ def keep_stored_users(stager: Stager, user_ids: list[str]) -> None:
         INSERT INTO studip_staged_users (sync_key, user_id, username, perms, email, given,
             family, formatted, datafields)
         SELECT $sync_key, user_id, username, perms, email, given, family, formatted, datafields
-        FROM studip_users WHERE list_contains($ids, user_id)
+        FROM studip_users WHERE user_id IN (SELECT unnest($ids::VARCHAR[]))
         """,
         params,
     )
@@ -316,7 +316,7 @@ def keep_stored_users(stager: Stager, user_ids: list[str]) -> None:
         SELECT $sync_key, ui.user_id, ui.institute_id, ui.relation, ui.perms, i.name,
             i.faculty_name, i.city
         FROM studip_user_institutes ui JOIN studip_institutes i USING (institute_id)
-        WHERE list_contains($ids, ui.user_id)
+        WHERE ui.user_id IN (SELECT unnest($ids::VARCHAR[]))
         """,
         params,
     )
