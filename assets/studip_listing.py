@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from resources.http import gc_paused
 from resources.studip import (
     StudipClient,
     StudipCourse,
@@ -203,25 +204,28 @@ def list_studip(
     members: set[str] = set()
     with_members: set[str] = set()
     listed: dict[str, tuple[str, str, str, str, str]] = {}  # id -> compared attributes
-    for page in jsonapi.users(include_memberships=True):
-        stager.land(as_studip_page(page, "jsonapi:/users", page.records))
-        rows = [
-            (m.course_id, m.user_id, m.permission)
-            for m in page.included
-            if isinstance(m, Membership) and m.course_id in selected
-        ]
-        stager.stage_memberships(rows)
-        members.update(user_id for _, user_id, _ in rows)
-        with_members.update(course_id for course_id, _, _ in rows)
-        for user in page.records:
-            if not isinstance(user, User):
-                continue
-            a = user.attributes
-            listed[user.id] = (a.username, a.email or "", a.permission, a.given_name,
-                               a.family_name)  # fmt: skip
-            if a.username.lower() in seed_names:
-                seed_ids.add(user.id)
-                found_names.add(a.username.lower())
+    # The listing is the sync's largest allocation (pages of thousands of acyclic objects): the
+    # cyclic collector, which would scan everything alive at each burst, waits until it is done.
+    with gc_paused():
+        for page in jsonapi.users(include_memberships=True):
+            stager.land(as_studip_page(page, "jsonapi:/users", page.records))
+            rows = [
+                (m.course_id, m.user_id, m.permission)
+                for m in page.included
+                if isinstance(m, Membership) and m.course_id in selected
+            ]
+            stager.stage_memberships(rows)
+            members.update(user_id for _, user_id, _ in rows)
+            with_members.update(course_id for course_id, _, _ in rows)
+            for user in page.records:
+                if not isinstance(user, User):
+                    continue
+                a = user.attributes
+                listed[user.id] = (a.username, a.email or "", a.permission, a.given_name,
+                                   a.family_name)  # fmt: skip
+                if a.username.lower() in seed_names:
+                    seed_ids.add(user.id)
+                    found_names.add(a.username.lower())
     result.listed_users = len(listed)
     missing = sorted(seed_names - found_names)
     if missing:

@@ -16,6 +16,7 @@ decodes to gigabytes); JSON nested too deeply to parse is a bad page, not a ``Re
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import threading
@@ -263,7 +264,8 @@ class HttpClient:
         """The response body as JSON, or an :class:`ApiError` naming the URL."""
         content = clean(response.content) if clean else response.content
         try:
-            return orjson.loads(content)
+            with gc_paused():
+                return orjson.loads(content)
         except orjson.JSONDecodeError:
             pass  # json below decides (and words the error): what orjson refuses, json may take
         try:
@@ -281,6 +283,23 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a page is parsed into objects and
+    validated. A parsed page is millions of small objects without reference cycles (reference
+    counting frees them), but each allocation burst triggers collections that scan every live
+    object, pages in flight included: a 6 MB Stud.IP listing page took 0.17 s with the collector
+    on, 0.07 s with it paused. The collector is enabled again afterwards (by whichever caller had
+    found it enabled)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal, NamedTuple, get_args
 import requests
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from resources.http import DEFAULT_MAX_PAGES, HttpClient, reject_bad_text
+from resources.http import DEFAULT_MAX_PAGES, HttpClient, gc_paused, reject_bad_text
 from resources.studip import (
     SYSTEM,
     Rejected,
@@ -203,22 +203,31 @@ class CourseAttributes(JsonApiModel):
     course_type: int = Field(alias="course-type")
 
 
-class Course(Resource):
+class CourseRelationships(JsonApiModel):
+    """The relationships of a course hubsync reads, of about twenty (see UserRelationships)."""
+
+    start_semester: Relationship = Field(Relationship(), alias="start-semester")
+    end_semester: Relationship = Field(Relationship(), alias="end-semester")
+    institute: Relationship = Relationship()
+
+
+class Course(JsonApiModel):
     type: Literal["courses"]
     id: HexId
     attributes: CourseAttributes
+    relationships: CourseRelationships = Field(default_factory=CourseRelationships)
 
     @property
     def start_semester_id(self) -> str | None:
-        return self.related_id("start-semester")
+        return next(iter(self.relationships.start_semester.ids), None)
 
     @property
     def end_semester_id(self) -> str | None:
-        return self.related_id("end-semester")
+        return next(iter(self.relationships.end_semester.ids), None)
 
     @property
     def institute_id(self) -> str | None:
-        return self.related_id("institute")
+        return next(iter(self.relationships.institute.ids), None)
 
 
 class SemesterAttributes(JsonApiModel):
@@ -470,8 +479,11 @@ class JsonApiClient:
             try:
                 body = self._document(route, response)
                 total = int(body["meta"]["page"]["total"])
-                records, rejected = parse_resources(body["data"], route.strip("/"))
-                included, rejected_included = parse_memberships(body.get("included", []), route)
+                with gc_paused():
+                    records, rejected = parse_resources(body["data"], route.strip("/"))
+                    included, rejected_included = parse_memberships(
+                        body.get("included", []), route
+                    )
             except (KeyError, TypeError, ValueError) as exc:
                 raise self.http.error(
                     response, f"JSON:API {route}: not a listing page ({exc}) [offset {offset}]"
