@@ -35,6 +35,7 @@ from resources.campusonline import (
     CoRow,
     CoService,
 )
+from resources.http import gc_paused, loads
 from resources.warehouse import PageWriter, WarehouseResource, transaction
 
 GROUP = "campusonline"
@@ -319,12 +320,14 @@ def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dic
         conn.execute(f"DELETE FROM {STAGING_TABLES[code]} WHERE sync_key = ?", [key])
         counts[code] = StageCounts()
         batch: list[dict[str, Any]] = []
-        for request_key, page_nr, body in _pages(conn, RAW_TABLES[code], key):
-            rows = [row["content"][service.row_key] for row in json.loads(body)["resource"]]
-            batch += _validated_rows(conn, key, service, request_key, page_nr, rows, zone)
-            if len(batch) >= STAGING_BATCH_ROWS:  # bounded memory, few inserts
-                counts[code].rows += _insert_staged(conn, service, batch)
-                batch = []
+        with gc_paused():  # pages of 20,000 rows: see gc_paused
+            for request_key, page_nr, body in _pages(conn, RAW_TABLES[code], key):
+                page = loads(body)["resource"]
+                rows = [row["content"][service.row_key] for row in page]
+                batch += _validated_rows(conn, key, service, request_key, page_nr, rows, zone)
+                if len(batch) >= STAGING_BATCH_ROWS:  # bounded memory, few inserts
+                    counts[code].rows += _insert_staged(conn, service, batch)
+                    batch = []
         counts[code].rows += _insert_staged(conn, service, batch)
         counts[code].rows -= quarantine_duplicates(conn, key, service)
         (counts[code].quarantined,) = conn.execute(

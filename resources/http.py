@@ -285,6 +285,15 @@ class HttpClient:
         self.session.close()
 
 
+def loads(text: str | bytes) -> Any:
+    """JSON text as Python objects: orjson, or json where orjson refuses (integers beyond 64
+    bits, invalid UTF-8), so the result is json's whenever json would succeed."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while a page is parsed into objects and

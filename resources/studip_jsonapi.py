@@ -481,9 +481,7 @@ class JsonApiClient:
                 total = int(body["meta"]["page"]["total"])
                 with gc_paused():
                     records, rejected = parse_resources(body["data"], route.strip("/"))
-                    included, rejected_included = parse_memberships(
-                        body.get("included", []), route
-                    )
+                    included, rejected_included = parse_memberships(body.get("included", []), route)
             except (KeyError, TypeError, ValueError) as exc:
                 raise self.http.error(
                     response, f"JSON:API {route}: not a listing page ({exc}) [offset {offset}]"
