@@ -957,9 +957,12 @@ STATE_TABLES = (
 
 def listing_landed(conn: Sql, sync_key: str) -> bool:
     """Whether the sync's Stud.IP pages are a JSON:API listing (a snapshot), not a crawl."""
+    # before raw_studip_listing_pages existed, listings landed in raw_studip_pages
     row = conn.execute(
-        f"""SELECT count(*) FROM {LISTING_RAW_TABLE}
-            WHERE sync_key = $key AND starts_with(request_key, $listing)""",
+        f"""SELECT (SELECT count(*) FROM {LISTING_RAW_TABLE}
+                    WHERE sync_key = $key AND starts_with(request_key, $listing))
+                 + (SELECT count(*) FROM {RAW_TABLE}
+                    WHERE sync_key = $key AND starts_with(request_key, $listing))""",
         {"key": sync_key, "listing": LISTING_KEY},
     ).fetchone()
     return bool(row and row[0])
