@@ -82,3 +82,9 @@ def test_scaling_growth_exponents() -> None:
         {"students": 1000, "rss": None},
     ]
     assert growth_exponents(runs, "rss") == [{"from": 10, "to": 100, "exponent": 1.0}]
+
+
+def test_the_listing_client_benchmark_hands_over_every_user_once(tmp_path: Path) -> None:
+    result = run_bench("studip_listing_client.py", "--students", "40", results=tmp_path)
+    assert result["pages"] >= 1 and result["megabytes"] > 0
+    assert result["users"] > 40 and result["memberships"] > result["users"]
