@@ -53,13 +53,22 @@ def _check_raw_table_name(name: str) -> None:
         raise ValueError(f"raw page tables are named raw_<lowercase words> (got {name!r})")
 
 
-def raw_page_table_ddl(name: str) -> str:
+def raw_page_table_ddl(name: str, *, compressed: bool = False) -> str:
     """DDL for a raw page table. Every raw table has this shape, so one writer lands them all.
 
     ``request_key`` identifies the API call within a sync (one sync makes many calls, e.g. one
     per endpoint, per student or per semester) and ``page_nr`` the page within that call.
+    ``compressed``: the body is kept zlib-compressed (``body_zlib``, with ``body_bytes`` its size)
+    instead of as JSON, for pages so large that a sync's landing transaction, which DuckDB holds
+    in memory, would not fit.
     """
     _check_raw_table_name(name)
+    body = (
+        """body_zlib BLOB NOT NULL,     -- the response body as received, zlib-compressed
+            body_bytes BIGINT NOT NULL,  -- its size uncompressed"""
+        if compressed
+        else "body JSON NOT NULL,"
+    )
     return f"""
         CREATE TABLE {name} (
             sync_key VARCHAR NOT NULL,
@@ -68,7 +77,7 @@ def raw_page_table_ddl(name: str) -> str:
             request_params JSON NOT NULL,
             fetched_at TIMESTAMPTZ NOT NULL,
             record_count INTEGER NOT NULL,
-            body JSON NOT NULL,
+            {body}
             PRIMARY KEY (sync_key, request_key, page_nr)
         );
     """
@@ -214,19 +223,7 @@ MIGRATIONS: list[Migration] = [
     # zlib-compressed (about 15x smaller). assets/studip_listing.py:listing_pages reads them.
     Migration(
         "studip: the listing's raw pages, compressed",
-        """
-        CREATE TABLE raw_studip_listing_pages (
-            sync_key VARCHAR NOT NULL,
-            request_key VARCHAR NOT NULL,
-            page_nr INTEGER NOT NULL,
-            request_params JSON NOT NULL,
-            fetched_at TIMESTAMPTZ NOT NULL,
-            record_count INTEGER NOT NULL,
-            body_zlib BLOB NOT NULL,     -- the response body as received, zlib-compressed
-            body_bytes BIGINT NOT NULL,  -- its size uncompressed
-            PRIMARY KEY (sync_key, request_key, page_nr)
-        );
-        """,
+        raw_page_table_ddl("raw_studip_listing_pages", compressed=True),
     ),
 ]
 
