@@ -36,7 +36,7 @@ from resources.campusonline import (
     CoService,
 )
 from resources.http import gc_paused, loads
-from resources.warehouse import PageWriter, WarehouseResource, transaction
+from resources.warehouse import PageWriter, WarehouseResource, raw_page_bodies, transaction
 
 GROUP = "campusonline"
 RAW_TABLES = {code: f"raw_co_{code}" for code in CODES}
@@ -210,7 +210,7 @@ class _RawSink:
 
 def _fresh_writer(conn: duckdb.DuckDBPyConnection, table: str, key: str) -> PageWriter:
     conn.execute(f"DELETE FROM {table} WHERE sync_key = ?", [key])
-    return PageWriter(conn, table, key)
+    return PageWriter(conn, table, key, compressed=True)
 
 
 @dg.multi_asset(
@@ -320,14 +320,14 @@ def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dic
         conn.execute(f"DELETE FROM {STAGING_TABLES[code]} WHERE sync_key = ?", [key])
         counts[code] = StageCounts()
         batch: list[dict[str, Any]] = []
-        with gc_paused():  # pages of 20,000 rows: see gc_paused
-            for request_key, page_nr, body in _pages(conn, RAW_TABLES[code], key):
+        for request_key, page_nr, body in raw_page_bodies(conn, RAW_TABLES[code], key):
+            with gc_paused():  # pages of 20,000 rows: see gc_paused
                 page = loads(body)["resource"]
                 rows = [row["content"][service.row_key] for row in page]
                 batch += _validated_rows(conn, key, service, request_key, page_nr, rows, zone)
-                if len(batch) >= STAGING_BATCH_ROWS:  # bounded memory, few inserts
-                    counts[code].rows += _insert_staged(conn, service, batch)
-                    batch = []
+            if len(batch) >= STAGING_BATCH_ROWS:  # bounded memory, few inserts
+                counts[code].rows += _insert_staged(conn, service, batch)
+                batch = []
         counts[code].rows += _insert_staged(conn, service, batch)
         counts[code].rows -= quarantine_duplicates(conn, key, service)
         (counts[code].quarantined,) = conn.execute(
@@ -392,22 +392,6 @@ def quarantine_duplicates(conn: duckdb.DuckDBPyConnection, key: str, service: Co
         [key],
     )
     return int(removed)
-
-
-def _pages(conn: duckdb.DuckDBPyConnection, table: str, key: str) -> Iterator[tuple[str, int, str]]:
-    """The key's landed pages, streamed a few at a time through a second connection (the
-    pages were committed by the landing step; ``conn`` keeps writing meanwhile)."""
-    reader = conn.cursor()
-    try:
-        reader.execute(
-            f"SELECT request_key, page_nr, body FROM {table} WHERE sync_key = ? "
-            "ORDER BY fetched_at, request_key, page_nr",
-            [key],
-        )
-        while chunk := reader.fetchmany(16):
-            yield from chunk
-    finally:
-        reader.close()
 
 
 def _validated_rows(
@@ -625,7 +609,8 @@ def co_current_state(
         staged = stage_sync(conn, key, campusonline.zone)
         landed = {
             code: conn.execute(
-                f"SELECT count(*), coalesce(sum(length(body::VARCHAR)), 0) FROM {RAW_TABLES[code]} "
+                "SELECT count(*), coalesce(sum(coalesce(body_bytes, length(body::VARCHAR))), 0) "
+                f"FROM {RAW_TABLES[code]} "
                 "WHERE sync_key = ?",
                 [key],
             ).fetchall()[0]

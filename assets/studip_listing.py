@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from resources.http import gc_paused
 from resources.studip import (
     StudipClient,
     StudipCourse,
@@ -56,6 +55,7 @@ from resources.studip_jsonapi import (
     Semester,
     User,
 )
+from resources.warehouse import raw_page_bodies
 
 if TYPE_CHECKING:
     from assets.studip import Stager
@@ -68,14 +68,7 @@ LISTING_RAW_TABLE = "raw_studip_listing_pages"
 
 def listing_pages(conn: Any, sync_key: str) -> Iterator[tuple[str, int, str]]:
     """(request_key, page_nr, body as JSON text) of each listing page of ``sync_key``."""
-    rows = conn.execute(
-        f"SELECT request_key, page_nr, body_zlib FROM {LISTING_RAW_TABLE} WHERE sync_key = ? "
-        "ORDER BY request_key, page_nr",
-        [sync_key],
-    )
-    while batch := rows.fetchmany(50):
-        for request_key, page_nr, body in batch:
-            yield request_key, page_nr, zlib.decompress(body).decode("utf-8", errors="replace")
+    return raw_page_bodies(conn, LISTING_RAW_TABLE, sync_key)
 
 
 @dataclass(frozen=True)
@@ -204,28 +197,25 @@ def list_studip(
     members: set[str] = set()
     with_members: set[str] = set()
     listed: dict[str, tuple[str, str, str, str, str]] = {}  # id -> compared attributes
-    # The listing is the sync's largest allocation (pages of thousands of acyclic objects): the
-    # cyclic collector, which would scan everything alive at each burst, waits until it is done.
-    with gc_paused():
-        for page in jsonapi.users(include_memberships=True):
-            stager.land(as_studip_page(page, "jsonapi:/users", page.records))
-            rows = [
-                (m.course_id, m.user_id, m.permission)
-                for m in page.included
-                if isinstance(m, Membership) and m.course_id in selected
-            ]
-            stager.stage_memberships(rows)
-            members.update(user_id for _, user_id, _ in rows)
-            with_members.update(course_id for course_id, _, _ in rows)
-            for user in page.records:
-                if not isinstance(user, User):
-                    continue
-                a = user.attributes
-                listed[user.id] = (a.username, a.email or "", a.permission, a.given_name,
-                                   a.family_name)  # fmt: skip
-                if a.username.lower() in seed_names:
-                    seed_ids.add(user.id)
-                    found_names.add(a.username.lower())
+    for page in jsonapi.users(include_memberships=True):
+        stager.land(as_studip_page(page, "jsonapi:/users", page.records))
+        rows = [
+            (m.course_id, m.user_id, m.permission)
+            for m in page.included
+            if isinstance(m, Membership) and m.course_id in selected
+        ]
+        stager.stage_memberships(rows)
+        members.update(user_id for _, user_id, _ in rows)
+        with_members.update(course_id for course_id, _, _ in rows)
+        for user in page.records:
+            if not isinstance(user, User):
+                continue
+            a = user.attributes
+            listed[user.id] = (a.username, a.email or "", a.permission, a.given_name,
+                               a.family_name)  # fmt: skip
+            if a.username.lower() in seed_names:
+                seed_ids.add(user.id)
+                found_names.add(a.username.lower())
     result.listed_users = len(listed)
     missing = sorted(seed_names - found_names)
     if missing:

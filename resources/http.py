@@ -264,6 +264,8 @@ class HttpClient:
         """The response body as JSON, or an :class:`ApiError` naming the URL."""
         content = clean(response.content) if clean else response.content
         try:
+            if len(content) < LARGE_BODY_BYTES:
+                return orjson.loads(content)
             with gc_paused():
                 return orjson.loads(content)
         except orjson.JSONDecodeError:
@@ -285,6 +287,9 @@ class HttpClient:
         self.session.close()
 
 
+LARGE_BODY_BYTES = 1_000_000  # parsed with the cyclic collector paused (gc_paused)
+
+
 def loads(text: str | bytes) -> Any:
     """JSON text as Python objects: orjson, or json where orjson refuses (integers beyond 64
     bits, invalid UTF-8), so the result is json's whenever json would succeed."""
@@ -301,7 +306,9 @@ def gc_paused() -> Iterator[None]:
     counting frees them), but each allocation burst triggers collections that scan every live
     object, pages in flight included: a 6 MB Stud.IP listing page took 0.17 s with the collector
     on, 0.07 s with it paused. The collector is enabled again afterwards (by whichever caller had
-    found it enabled)."""
+    found it enabled). Keep the pause to one page: objects in reference cycles (a requests
+    ``Response`` and the body it holds, for one) are freed only by the collector, so pausing it
+    across a whole listing kept every page's response alive until the end."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:

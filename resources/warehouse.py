@@ -14,6 +14,7 @@ import json
 import re
 import stat
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -225,6 +226,19 @@ MIGRATIONS: list[Migration] = [
         "studip: the listing's raw pages, compressed",
         raw_page_table_ddl("raw_studip_listing_pages", compressed=True),
     ),
+    # CO pages too: 310 MB of JSON at 100,000 students, landed in one transaction with the
+    # cursor. New pages keep body NULL and body_zlib set; pages landed before keep body.
+    Migration(
+        "co: raw pages compressed",
+        "".join(
+            f"""
+            ALTER TABLE {table} ADD COLUMN body_zlib BLOB;
+            ALTER TABLE {table} ADD COLUMN body_bytes BIGINT;
+            ALTER TABLE {table} ALTER COLUMN body DROP NOT NULL;
+            """
+            for table in ("raw_co_students", "raw_co_studies", "raw_co_applications")
+        ),
+    ),
 ]
 
 
@@ -359,12 +373,22 @@ class PageWriter:
     """Lands the pages of one raw table for one sync key inside an open transaction.
 
     Made by ``WarehouseResource.page_writer``; pages go straight to DuckDB, nothing is buffered.
+    ``compressed``: bodies go to ``body_zlib`` (see ``raw_page_table_ddl``), read them back with
+    ``raw_page_bodies``.
     """
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, table: str, sync_key: str) -> None:
+    def __init__(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        table: str,
+        sync_key: str,
+        *,
+        compressed: bool = False,
+    ) -> None:
         self._conn = conn
         self.table = table
         self.sync_key = sync_key
+        self.compressed = compressed
         self.pages = 0
         self.records = 0
 
@@ -378,13 +402,26 @@ class PageWriter:
         record_count: int,
         fetched_at: datetime | None = None,
     ) -> None:
-        """Insert one page. ``body`` is the response's JSON text; it is validated as JSON."""
+        """Insert one page. ``body`` is the response's JSON text; it is validated as JSON unless
+        the writer is ``compressed`` (its caller parsed it already)."""
         if fetched_at is None:
             fetched_at = datetime.now(UTC)
         elif fetched_at.tzinfo is None:
             raise ValueError("fetched_at must be timezone-aware")
-        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
         params = json.dumps(request_params, sort_keys=True, default=_json_default)
+        if self.compressed:
+            raw = body.encode("utf-8") if isinstance(body, str) else body
+            self._conn.execute(
+                f"""INSERT INTO {self.table} (sync_key, request_key, page_nr, request_params,
+                        fetched_at, record_count, body_zlib, body_bytes)
+                    VALUES (?, ?, ?, ?::JSON, ?, ?, ?, ?)""",
+                [self.sync_key, request_key, page_nr, params, fetched_at, record_count,
+                 zlib.compress(raw, 1), len(raw)],
+            )  # fmt: skip
+            self.pages += 1
+            self.records += record_count
+            return
+        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
         try:
             self._conn.execute(
                 f"INSERT INTO {self.table} VALUES (?, ?, ?, ?::JSON, ?, ?, ?::JSON)",
@@ -403,6 +440,37 @@ class PageWriter:
         """Run another statement in the same transaction as the pages, e.g. a cursor update that
         must commit (or roll back) together with them."""
         return self._conn.execute(sql, parameters)
+
+
+def raw_page_bodies(
+    conn: duckdb.DuckDBPyConnection, table: str, sync_key: str
+) -> Iterator[tuple[str, int, str]]:
+    """(request_key, page_nr, body as JSON text) of the key's pages in ``table``, in landing
+    order, compressed or not, read a few at a time through a cursor of its own (``conn`` may go
+    on writing meanwhile)."""
+    _check_raw_table_name(table)
+    columns = {
+        name
+        for (name,) in conn.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
+        ).fetchall()
+    }
+    text = "body::VARCHAR" if "body" in columns else "NULL"
+    packed = "body_zlib" if "body_zlib" in columns else "NULL"
+    reader = conn.cursor()
+    try:
+        reader.execute(
+            f"SELECT request_key, page_nr, {text}, {packed} FROM {table} WHERE sync_key = ? "
+            "ORDER BY fetched_at, request_key, page_nr",
+            [sync_key],
+        )
+        while chunk := reader.fetchmany(16):
+            for request_key, page_nr, body, body_zlib in chunk:
+                if body_zlib is not None:
+                    body = zlib.decompress(body_zlib).decode("utf-8", errors="replace")
+                yield request_key, page_nr, body
+    finally:
+        reader.close()
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -18,7 +18,7 @@ from assets.campusonline import (
 from assets.sync import sync_run, sync_summary
 from pipelines.partitions import sync_runs_partitions
 from resources.campusonline import SERVICES, CampusOnlineResource
-from resources.warehouse import WarehouseResource
+from resources.warehouse import WarehouseResource, raw_page_bodies
 from sandbox.http import FaultConfig
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
@@ -127,6 +127,19 @@ def test_full_then_incremental_sync_end_to_end(
     assert students_meta["mode"] == "full"
     assert students_meta["records"] == len(sandbox.world.co_students)
     assert students_meta["pages"] == 2  # active and inactive call, one short page each
+    # kept compressed, and as received: the rows of the world
+    assert query(
+        warehouse,
+        "SELECT count(*) FROM raw_co_students WHERE sync_key = ? AND body IS NULL "
+        "AND octet_length(body_zlib) * 3 < body_bytes",
+        [FULL],
+    ) == [(2,)]
+    with warehouse.connection() as conn:
+        landed = [json.loads(body) for _, _, body in raw_page_bodies(conn, "raw_co_students", FULL)]
+    ids = {
+        row["content"]["DMSStudents"]["STPERSONNR"] for page in landed for row in page["resource"]
+    }
+    assert len(ids) == len(sandbox.world.co_students)
     for name in ("api_calls", "bytes", "duration_s", "changed_students"):
         assert name in students_meta
     assert students_meta["api_calls"] == sandbox.co.request_count(
@@ -390,7 +403,8 @@ def test_malformed_rows_are_quarantined_with_their_reason(warehouse: WarehouseRe
     }
     with warehouse.connection() as conn:
         conn.execute(
-            "INSERT INTO raw_co_applications VALUES (?, 'applications', 1, '{}', now(), 3, ?)",
+            "INSERT INTO raw_co_applications (sync_key, request_key, page_nr, request_params, "
+            "fetched_at, record_count, body) VALUES (?, 'applications', 1, '{}', now(), 3, ?)",
             [FULL, json.dumps(body)],
         )
         counts = stage_sync(conn, FULL, ZoneInfo("Europe/Vienna"))
