@@ -5,6 +5,7 @@ DuckDB; `hubsync export students`: every person of the graph as the connector's 
 import json
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Literal, TextIO
 from zoneinfo import ZoneInfo
@@ -30,11 +31,37 @@ def warehouse_tables(conn: duckdb.DuckDBPyConnection) -> list[str]:
 def export_table(
     conn: duckdb.DuckDBPyConnection, table: str, fmt: ExportFormat, out: TextIO
 ) -> None:
-    """Write ``table`` (which must exist) to ``out``. JSON columns stay JSON in JSON lines."""
+    """Write ``table`` (which must exist) to ``out``. JSON columns stay JSON in JSON lines; a
+    raw table's compressed page bodies (``body_zlib``) come out as ``body``, as received."""
     if table not in warehouse_tables(conn):
         raise ValueError(f"no table {table!r} in the warehouse")
     quoted = '"' + table.replace('"', '""') + '"'
-    _export_query(conn, f"SELECT * FROM {quoted}", fmt, out)
+    _export_query(conn, f"SELECT {_columns(conn, table)} FROM {quoted}", fmt, out)
+
+
+def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> str:
+    """``*``, with a raw table's ``body_zlib`` (and ``body_bytes``) replaced by ``body``."""
+    columns = {
+        name
+        for (name,) in conn.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
+        ).fetchall()
+    }
+    if "body_zlib" not in columns:
+        return "*"
+    if not conn.execute(
+        "SELECT 1 FROM duckdb_functions() WHERE function_name = 'hubsync_inflate'"
+    ).fetchall():
+        conn.create_function(  # NULL in, NULL out, without calling it
+            "hubsync_inflate",
+            lambda packed: zlib.decompress(packed).decode("utf-8", errors="replace"),
+            [duckdb.sqltype("BLOB")],
+            duckdb.sqltype("VARCHAR"),
+        )
+    inflated = "hubsync_inflate(body_zlib)::JSON"
+    body = f"coalesce(body, {inflated})" if "body" in columns else inflated
+    excluded = "body_zlib, body_bytes" + (", body" if "body" in columns else "")
+    return f"* EXCLUDE ({excluded}), {body} AS body"
 
 
 # The persons hub_desired leaves out (hubsync demo's summary counts them as unsendable_persons).

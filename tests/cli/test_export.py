@@ -23,15 +23,22 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="module")
-def exported(
-    sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, dict]]:
-    """Sync everything once, then export; returns the documents by person key."""
+def synced(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a warehouse that synced everything once."""
+    env = {**sandbox.env, "HUBSYNC_WAREHOUSE": str(tmp_path_factory.mktemp("w") / "w.duckdb")}
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in sandbox.env.items():
+        for name, value in env.items():
             patch.setenv(name, value)
-        patch.setenv("HUBSYNC_WAREHOUSE", str(tmp_path_factory.mktemp("w") / "w.duckdb"))
         assert main(["sync"]) == 0
+    return env
+
+
+@pytest.fixture(scope="module")
+def exported(synced: dict[str, str]) -> Iterator[dict[str, dict]]:
+    """Export the synced warehouse; returns the documents by person key."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in synced.items():
+            patch.setenv(name, value)
         out = io.StringIO()
         with redirect_stdout(out):
             assert main(["export", "students"]) == 0
@@ -100,3 +107,21 @@ def test_courses_and_registrations_are_the_persons_own(
         with_courses += bool(courses)
         with_registrations += bool(registrations)
     assert with_courses > 10 and with_registrations > 5  # the world is rich enough to test
+
+
+@pytest.mark.parametrize("table", ["raw_co_students", "raw_studip_listing_pages"])
+def test_a_compressed_raw_table_exports_its_bodies_as_json(
+    synced: dict[str, str], table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CAMPUSonline's and the Stud.IP listing's pages are stored zlib-compressed; an export
+    gives each page's body back as the JSON that was received."""
+    for name, value in synced.items():
+        monkeypatch.setenv(name, value)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["export", table]) == 0
+    pages = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert pages and all(isinstance(page["body"], dict) for page in pages)
+    assert not any("body_zlib" in page or "body_bytes" in page for page in pages)
+    key = "resource" if table == "raw_co_students" else "data"
+    assert all(key in page["body"] for page in pages)
