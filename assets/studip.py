@@ -129,14 +129,13 @@ class Stager:
         self._courses: set[str] = set()
         self._course_semesters: set[tuple[str, str | None]] = set()
         self._quarantined: set[tuple[str, str, str]] = set()
-        self._raw: dict[str, tuple[str, list[Any]]] = {}
-        self._listing_raw: dict[str, list[Any]] = {}
-        self._staged: dict[str, dict[str, tuple[str, list[Any]]]] = {}
+        # table -> columns (name -> (DuckDB type, values)): raw pages and staged records
+        self._buffered: dict[str, dict[str, tuple[str, list[Any]]]] = {}
         self._buffered_pages = 0
         self._buffered_bytes = 0
 
     def _buffer(self, table: str, columns: dict[str, tuple[str, list[Any]]]) -> None:
-        buffered = self._staged.setdefault(
+        buffered = self._buffered.setdefault(
             table, {n: (kind, []) for n, (kind, _) in columns.items()}
         )
         for name, (_, values) in columns.items():
@@ -144,36 +143,9 @@ class Stager:
 
     def flush(self) -> None:
         """Write the buffered pages and records."""
-        if self._raw:
-            self.writer.execute(
-                f"""
-                INSERT INTO {RAW_TABLE} SELECT $sync_key, r.request_key, r.page_nr,
-                    r.request_params::JSON, r.fetched_at, r.record_count, r.body::JSON
-                FROM (SELECT unnest($request_key) AS request_key, unnest($page_nr) AS page_nr,
-                    unnest($request_params) AS request_params,
-                    unnest($fetched_at::TIMESTAMPTZ[]) AS fetched_at,
-                    unnest($record_count) AS record_count, unnest($body) AS body) AS r
-                """,
-                {"sync_key": self.writer.sync_key, **{k: v for k, (_, v) in self._raw.items()}},
-            )
-        if self._listing_raw:
-            self.writer.execute(
-                f"""
-                INSERT INTO {LISTING_RAW_TABLE} SELECT $sync_key, r.request_key, r.page_nr,
-                    r.request_params::JSON, r.fetched_at, r.record_count, r.body_zlib,
-                    r.body_bytes
-                FROM (SELECT unnest($request_key) AS request_key, unnest($page_nr) AS page_nr,
-                    unnest($request_params) AS request_params,
-                    unnest($fetched_at::TIMESTAMPTZ[]) AS fetched_at,
-                    unnest($record_count) AS record_count,
-                    unnest($body_zlib::BLOB[]) AS body_zlib,
-                    unnest($body_bytes::BIGINT[]) AS body_bytes) AS r
-                """,
-                {"sync_key": self.writer.sync_key, **self._listing_raw},
-            )
-        for table, columns in self._staged.items():
+        for table, columns in self._buffered.items():
             _insert_columns(self.writer, table, columns)
-        self._raw, self._listing_raw, self._staged = {}, {}, {}
+        self._buffered = {}
         self._buffered_pages = self._buffered_bytes = 0
 
     def clear(self) -> None:
@@ -188,21 +160,23 @@ class Stager:
         """Land ``page`` as received; with ``stage``, its records too (a ``/user/:id`` read only
         to check a search hit is landed without them)."""
         record_count = len(page.records) + len(page.rejected)
-        row = {
-            "request_key": page.request_key,
-            "page_nr": page.page_nr,
-            "request_params": json.dumps({"route": page.route, **page.params}, sort_keys=True),
-            "fetched_at": page.fetched_at,
-            "record_count": record_count,
+        params = json.dumps({"route": page.route, **page.params}, sort_keys=True)
+        row: dict[str, tuple[str, list[Any]]] = {
+            "request_key": ("VARCHAR", [page.request_key]),
+            "page_nr": ("INTEGER", [page.page_nr]),
+            "request_params": ("JSON", [params]),
+            "fetched_at": ("TIMESTAMPTZ", [page.fetched_at]),
+            "record_count": ("INTEGER", [record_count]),
         }
-        if page.request_key.startswith(JSONAPI_KEY):
-            row |= {"body_zlib": zlib.compress(page.body, 1), "body_bytes": len(page.body)}
-            for name, value in row.items():
-                self._listing_raw.setdefault(name, []).append(value)
+        if page.request_key.startswith(JSONAPI_KEY):  # the listing's: large, compressed
+            packed = zlib.compress(page.body, 1)
+            self._buffer(
+                LISTING_RAW_TABLE,
+                row | {"body_zlib": ("BLOB", [packed]), "body_bytes": ("BIGINT", [len(page.body)])},
+            )
         else:
-            row["body"] = page.body.decode("utf-8", errors="replace")
-            for name, value in row.items():
-                self._raw.setdefault(name, ("", []))[1].append(value)
+            text = page.body.decode("utf-8", errors="replace")
+            self._buffer(RAW_TABLE, row | {"body": ("JSON", [text])})
         self.pages += 1
         self.records += record_count
         self._buffered_pages += 1

@@ -14,6 +14,7 @@ import duckdb
 
 from assets.campusonline_json import STUDENT_KEYS, co_model_from_row, student_json
 from resources.campusonline import CoApplication, CoStudent, CoStudy
+from resources.warehouse import table_columns
 
 ExportFormat = Literal["jsonl", "csv"]
 _COPY_OPTIONS: dict[ExportFormat, str] = {"jsonl": "FORMAT json", "csv": "FORMAT csv, HEADER"}
@@ -41,12 +42,7 @@ def export_table(
 
 def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> str:
     """``*``, with a raw table's ``body_zlib`` (and ``body_bytes``) replaced by ``body``."""
-    columns = {
-        name
-        for (name,) in conn.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
-        ).fetchall()
-    }
+    columns = table_columns(conn, table)
     if "body_zlib" not in columns:
         return "*"
     if not conn.execute(

@@ -69,6 +69,11 @@ class Relationship(JsonApiModel):
     data: ResourceIdentifier | list[ResourceIdentifier] | None = None
 
     @property
+    def first_id(self) -> str | None:
+        ids = self.ids
+        return ids[0] if ids else None
+
+    @property
     def ids(self) -> list[str]:
         if self.data is None:
             return []
@@ -80,10 +85,6 @@ class Relationship(JsonApiModel):
 class Resource(JsonApiModel):
     id: str
     relationships: dict[str, Relationship] = Field(default_factory=dict)
-
-    def related_id(self, name: str) -> str | None:
-        ids = self.relationships[name].ids if name in self.relationships else []
-        return ids[0] if ids else None
 
 
 class UserAttributes(JsonApiModel):
@@ -219,15 +220,15 @@ class Course(JsonApiModel):
 
     @property
     def start_semester_id(self) -> str | None:
-        return next(iter(self.relationships.start_semester.ids), None)
+        return self.relationships.start_semester.first_id
 
     @property
     def end_semester_id(self) -> str | None:
-        return next(iter(self.relationships.end_semester.ids), None)
+        return self.relationships.end_semester.first_id
 
     @property
     def institute_id(self) -> str | None:
-        return next(iter(self.relationships.institute.ids), None)
+        return self.relationships.institute.first_id
 
 
 class SemesterAttributes(JsonApiModel):

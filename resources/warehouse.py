@@ -442,6 +442,14 @@ class PageWriter:
         return self._conn.execute(sql, parameters)
 
 
+def table_columns(conn: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    """The names of ``table``'s columns."""
+    rows = conn.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
+    ).fetchall()
+    return {name for (name,) in rows}
+
+
 def raw_page_bodies(
     conn: duckdb.DuckDBPyConnection, table: str, sync_key: str
 ) -> Iterator[tuple[str, int, str]]:
@@ -449,12 +457,7 @@ def raw_page_bodies(
     order, compressed or not, read a few at a time through a cursor of its own (``conn`` may go
     on writing meanwhile)."""
     _check_raw_table_name(table)
-    columns = {
-        name
-        for (name,) in conn.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
-        ).fetchall()
-    }
+    columns = table_columns(conn, table)
     text = "body::VARCHAR" if "body" in columns else "NULL"
     packed = "body_zlib" if "body_zlib" in columns else "NULL"
     reader = conn.cursor()
