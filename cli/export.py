@@ -5,7 +5,6 @@ DuckDB; `hubsync export students`: every person of the graph as the connector's 
 import json
 import shutil
 import tempfile
-import zlib
 from pathlib import Path
 from typing import Any, Literal, TextIO
 from zoneinfo import ZoneInfo
@@ -14,7 +13,7 @@ import duckdb
 
 from assets.campusonline_json import STUDENT_KEYS, co_model_from_row, student_json
 from resources.campusonline import CoApplication, CoStudent, CoStudy
-from resources.warehouse import table_columns
+from resources.warehouse import inflate, table_columns
 
 ExportFormat = Literal["jsonl", "csv"]
 _COPY_OPTIONS: dict[ExportFormat, str] = {"jsonl": "FORMAT json", "csv": "FORMAT csv, HEADER"}
@@ -50,7 +49,7 @@ def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> str:
     ).fetchall():
         conn.create_function(  # NULL in, NULL out, without calling it
             "hubsync_inflate",
-            lambda packed: zlib.decompress(packed).decode("utf-8", errors="replace"),
+            inflate,
             [duckdb.sqltype("BLOB")],
             duckdb.sqltype("VARCHAR"),
         )

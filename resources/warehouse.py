@@ -442,6 +442,11 @@ class PageWriter:
         return self._conn.execute(sql, parameters)
 
 
+def inflate(body_zlib: bytes) -> str:
+    """A compressed raw page's body (``body_zlib``) as the JSON text received."""
+    return zlib.decompress(body_zlib).decode("utf-8", errors="replace")
+
+
 def table_columns(conn: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     """The names of ``table``'s columns."""
     rows = conn.execute(
@@ -470,7 +475,7 @@ def raw_page_bodies(
         while chunk := reader.fetchmany(16):
             for request_key, page_nr, body, body_zlib in chunk:
                 if body_zlib is not None:
-                    body = zlib.decompress(body_zlib).decode("utf-8", errors="replace")
+                    body = inflate(body_zlib)
                 yield request_key, page_nr, body
     finally:
         reader.close()
