@@ -57,14 +57,23 @@ def warehouse(warehouse_path: Path) -> WarehouseResource:
 
 # The longest modules first: the workers (pytest-xdist, one module each) start on them at once
 # and fill the rest of the time with the short ones, instead of ending on one long module.
+# (pyproject's --no-loadscope-reorder keeps this order: xdist would otherwise put the modules
+# with the most tests first, and these long ones, with one test each, last.)
 SLOW_MODULES = (
-    "tests/deploy/test_production.py",
     "tests/faults/test_kill.py",
-    "tests/faults/test_fault_matrix.py",
+    "tests/deploy/test_production.py",
     "tests/test_end_to_end.py",
-    "tests/test_daemon.py",
-    "tests/assets/test_hub.py",
+    "tests/faults/test_hub_delivery.py",
+    "tests/faults/test_failed_syncs.py",
+    "tests/faults/test_fault_matrix.py",
     "tests/cli/test_cli.py",
+    "tests/test_daemon.py",
+    "tests/pipelines/test_hub_log_sensor_sandbox.py",
+    "tests/faults/test_identity_conflicts.py",
+    "tests/bench/test_bench_smoke.py",
+    "tests/cli/test_export.py",
+    "tests/assets/test_hub.py",
+    "tests/assets/test_graph.py",
 )
 
 

@@ -15,6 +15,7 @@ from sandbox.expected import expected_hub_state
 from sandbox.http import FaultConfig
 from sandbox.server import running_sandbox
 from sandbox.world import World
+from tests.instances import ephemeral_instance
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def run_sync(sandbox, tmp_path: Path):
         }
     )
     defs = build_definitions(settings)
-    with dg.instance_for_test() as instance:
+    with ephemeral_instance() as instance:
 
         def run(key: str, *, succeed: bool = True) -> dg.ExecuteInProcessResult:
             instance.add_dynamic_partitions("sync_runs", [key])

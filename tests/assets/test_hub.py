@@ -34,6 +34,7 @@ from sandbox.expected import HubState, expected_hub_state
 from sandbox.http import FaultConfig
 from sandbox.server import running_sandbox
 from sandbox.world import World
+from tests.instances import ephemeral_instance
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def load_desired(warehouse: WarehouseResource, state: HubState) -> None:
 @pytest.fixture
 def sync(sandbox, warehouse: WarehouseResource):
     """Run the HUB assets for a sync key (one Dagster instance per test)."""
-    with dg.instance_for_test() as instance:
+    with ephemeral_instance() as instance:
 
         def run(
             key: str,

@@ -27,6 +27,7 @@ from resources.warehouse import WarehouseResource
 from sandbox.http import FaultConfig
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
+from tests.instances import ephemeral_instance
 
 FULL = "full-20261123T020000Z"
 INCR = "incr-20261123T021500Z"
@@ -47,7 +48,7 @@ def sandbox() -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="module")
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with ephemeral_instance() as instance:
         instance.add_dynamic_partitions(sync_runs_partitions.name, KEYS)
         yield instance
 

@@ -25,6 +25,7 @@ from sandbox.expected import crawl_studip, default_seed_ids, default_semester_id
 from sandbox.http import FaultConfig
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import SEM_TYPES, STUDENT_ID_FIELD, World
+from tests.instances import ephemeral_instance
 
 TODAY = date(2026, 11, 23)
 FULL = "full-20261123T100000Z"
@@ -35,7 +36,7 @@ ASSETS = [sync_run, studip_raw_pages, studip_state]
 
 @pytest.fixture(scope="module")
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with ephemeral_instance() as instance:
         instance.add_dynamic_partitions(sync_runs_partitions.name, [FULL, INCR, FULL2])
         yield instance
 

@@ -30,6 +30,7 @@ from tests.assets.test_studip import (
     query,
     studip_for,
 )
+from tests.instances import ephemeral_instance
 
 EPOCH = date(1970, 1, 1)
 
@@ -39,7 +40,7 @@ STATE_TABLE_NAMES = [table.name for table in STATE_TABLES]
 
 @pytest.fixture(scope="module")
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with ephemeral_instance() as instance:
         instance.add_dynamic_partitions(sync_runs_partitions.name, [FULL, INCR, FULL2])
         yield instance
 

@@ -13,6 +13,7 @@ from resources.settings import load_settings
 from resources.warehouse import WarehouseResource, raw_page_table_ddl
 from sandbox.server import running_sandbox
 from sandbox.world import World
+from tests.instances import ephemeral_instance
 
 FULL = "full-20261123T020000Z"
 INCR = "incr-20261123T101500Z"
@@ -21,7 +22,7 @@ INCR = "incr-20261123T101500Z"
 @pytest.fixture(scope="module")
 def instance() -> Iterator[dg.DagsterInstance]:
     # shared by the tests of this module: each has its own warehouse, which holds what is checked
-    with dg.instance_for_test() as instance:
+    with ephemeral_instance() as instance:
         instance.add_dynamic_partitions(sync_runs_partitions.name, [FULL, INCR])
         yield instance
 

@@ -13,7 +13,6 @@ import json
 from collections.abc import Iterator
 from datetime import date
 
-import dagster as dg
 import duckdb
 import pytest
 
@@ -22,6 +21,7 @@ from sandbox.server import running_sandbox
 from sandbox.world import World
 from tests.faults.corrupt import RecordCorrupter, not_json
 from tests.faults.support import SyncHarness
+from tests.instances import ephemeral_instance
 
 # Where each source's damaged records come from: CO's students, the LMS's registrations, and
 # Stud.IP users read one by one (not the API account or the crawl's seed users).
@@ -58,7 +58,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncHarness]:
     options = {"hub": {"processing_delay_ms": 0}}
     with (
         running_sandbox(port_base=0, world=world, options=options) as sandbox,
-        dg.instance_for_test() as instance,
+        ephemeral_instance() as instance,
     ):
         yield SyncHarness(sandbox, folder / "w.duckdb", instance)
 

@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator
 from datetime import date
 
-import dagster as dg
 import pytest
 
 from sandbox.http import FaultConfig, Request, Response
@@ -22,6 +21,7 @@ from tests.faults.support import (
     describe_differences,
     fast_http_clients,
 )
+from tests.instances import ephemeral_instance
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def harness(tmp_path) -> Iterator[SyncHarness]:
         running_sandbox(
             port_base=0, world=world, options={"hub": {"processing_delay_ms": 0}}
         ) as sandbox,
-        dg.instance_for_test() as instance,
+        ephemeral_instance() as instance,
     ):
         # the crawl: its incremental reads Stud.IP from the changed persons (a listing re-lists)
         yield SyncHarness(sandbox, tmp_path / "w.duckdb", instance, STUDIP_API_MODE="rest")

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import pytest
 
@@ -37,6 +36,7 @@ from tests.faults.support import (
     fast_http_clients,
     hub_differences,
 )
+from tests.instances import ephemeral_instance
 
 SOURCES = ("co", "studip", "lms")
 SERVERS = (*SOURCES, "hub")
@@ -197,7 +197,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncHarness]:
     with (
         fast_http_clients(),
         running_sandbox(port_base=0, world=world, options=HUB_OPTIONS) as sandbox,
-        dg.instance_for_test() as instance,
+        ephemeral_instance() as instance,
     ):
         # Small CO pages and response limit, so that endless paging and bombs show in 30 students.
         # In so small a world one step's dropped enrolments can pass the 10 % mass-delete guard

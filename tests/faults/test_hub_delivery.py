@@ -21,6 +21,7 @@ from sandbox.expected import expected_hub_state
 from sandbox.server import running_sandbox
 from sandbox.world import World
 from tests.faults.support import SyncHarness, converged, fast_http_clients
+from tests.instances import ephemeral_instance
 
 ACK_TIMEOUT_S = 0.3
 MAX_AGE_S = 1.5
@@ -34,7 +35,7 @@ def harness(tmp_path) -> Iterator[SyncHarness]:
         running_sandbox(
             port_base=0, world=world, options={"hub": {"processing_delay_ms": 0}}
         ) as sandbox,
-        dg.instance_for_test() as instance,
+        ephemeral_instance() as instance,
     ):
         yield SyncHarness(
             sandbox,

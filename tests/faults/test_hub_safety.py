@@ -23,6 +23,7 @@ from sandbox.hub import HubServer
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import LOCAL_ZONE, World, semester_token
 from tests.faults.support import SyncHarness, converged
+from tests.instances import ephemeral_instance
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def sandbox() -> Iterator[Sandbox]:
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
+    with ephemeral_instance() as instance:
         yield instance
 
 

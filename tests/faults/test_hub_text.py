@@ -22,6 +22,7 @@ from sandbox.http import Request, Response
 from sandbox.server import running_sandbox
 from sandbox.world import World
 from tests.faults.support import SyncHarness, converged, describe_differences
+from tests.instances import ephemeral_instance
 
 # field -> how it is spoiled; every planted character is one hubsync must remove
 SPOILED = {
@@ -71,7 +72,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncHarness]:
         running_sandbox(
             port_base=0, world=world, options={"hub": {"processing_delay_ms": 0}}
         ) as sb,
-        dg.instance_for_test() as instance,
+        ephemeral_instance() as instance,
     ):
         for system in ("co", "studip", "lms"):
             sb.servers[system].add_response_filter(spoil_names)

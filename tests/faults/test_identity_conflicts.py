@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
-import dagster as dg
 import duckdb
 import pytest
 
@@ -18,6 +17,7 @@ from sandbox.expected import crawl_studip, default_seed_ids, default_semester_id
 from sandbox.server import running_sandbox
 from sandbox.world import CoStudent, Person, StudipUser, World
 from tests.faults.support import SyncHarness, converged, describe_differences, hub_differences
+from tests.instances import ephemeral_instance
 
 SMALLEST_USER_ID = "0" * 32  # sorts before every generated Stud.IP user id: won ties before
 
@@ -29,7 +29,7 @@ def harness(tmp_path) -> Iterator[SyncHarness]:
         running_sandbox(
             port_base=0, world=world, options={"hub": {"processing_delay_ms": 0}}
         ) as sandbox,
-        dg.instance_for_test() as instance,
+        ephemeral_instance() as instance,
     ):
         yield SyncHarness(sandbox, tmp_path / "w.duckdb", instance)
 

@@ -26,6 +26,7 @@ from resources.settings import load_settings
 from sandbox.expected import expected_hub_state
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
+from tests.instances import ephemeral_instance
 
 SECRETS = {
     "CO_CLIENT_SECRET": "co-SECRET-7f3a9c",
@@ -111,7 +112,7 @@ def test_secrets_and_personal_data_stay_out_of_logs_metadata_and_errors(
     for variable, value in SECRETS.items():
         monkeypatch.setenv(variable, value)
     warehouse = tmp_path / "w.duckdb"
-    with dg.instance_for_test() as instance:
+    with ephemeral_instance() as instance:
         good = run_sync(sandbox, warehouse, instance, "full-20261123T020000Z")
         assert good.success
         assert sandbox.hub.state_snapshot() == expected_hub_state(sandbox.world).state
