@@ -36,11 +36,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 import duckdb
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from assets.sync import sync_run
 from pipelines.partitions import parse_sync_key, sync_runs_partitions
@@ -411,6 +413,8 @@ def _insert_rows(
     """Insert many rows in one statement (DuckDB inserts a frame far faster than row by row)."""
     if not rows:
         return
+    import pandas as pd  # imported where used: it adds 0.5 s to every command's start
+
     conn.register("new_rows", pd.DataFrame(rows, columns=columns))
     try:
         target = f"{table} ({', '.join(columns)}{', status' if table == 'hub_batches' else ''})"
@@ -460,7 +464,7 @@ WHERE c.state_op = 'upsert';
 
 
 def _apply_state_changes(
-    conn: duckdb.DuckDBPyConnection, sync_key: str, message_id: str | None, changes: pd.DataFrame
+    conn: duckdb.DuckDBPyConnection, sync_key: str, message_id: str | None, changes: "pd.DataFrame"
 ) -> None:
     conn.register("changes", changes)
     try:
@@ -578,6 +582,8 @@ def apply_log(
                 False,
             )
         )
+    import pandas as pd
+
     answers = pd.DataFrame(
         rows,
         columns=[
