@@ -106,6 +106,7 @@ class RequestStats:
     retries: int = 0
     bytes_received: int = 0
     seconds: float = 0.0
+    parse_seconds: float = 0.0  # turning bodies into Python objects (HttpClient.json)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, response: requests.Response | None, seconds: float, retry: bool) -> None:
@@ -116,6 +117,10 @@ class RequestStats:
             if response is not None:
                 self.bytes_received += len(response.content)
 
+    def record_parse(self, seconds: float) -> None:
+        with self._lock:
+            self.parse_seconds += seconds
+
     def as_metadata(self) -> dict[str, float]:
         with self._lock:
             return {
@@ -123,6 +128,7 @@ class RequestStats:
                 "retries": self.retries,
                 "bytes": self.bytes_received,
                 "http_seconds": round(self.seconds, 3),
+                "parse_seconds": round(self.parse_seconds, 3),
             }
 
 
@@ -262,6 +268,13 @@ class HttpClient:
         self, response: requests.Response, *, clean: Callable[[bytes], bytes] | None = None
     ) -> Any:
         """The response body as JSON, or an :class:`ApiError` naming the URL."""
+        started = time.perf_counter()
+        try:
+            return self._json(response, clean)
+        finally:
+            self.stats.record_parse(time.perf_counter() - started)
+
+    def _json(self, response: requests.Response, clean: Callable[[bytes], bytes] | None) -> Any:
         content = clean(response.content) if clean else response.content
         try:
             if len(content) < LARGE_BODY_BYTES:

@@ -391,6 +391,7 @@ class PageWriter:
         self.compressed = compressed
         self.pages = 0
         self.records = 0
+        self.seconds = 0.0  # spent inserting (and compressing) pages
 
     def add(
         self,
@@ -404,6 +405,21 @@ class PageWriter:
     ) -> None:
         """Insert one page. ``body`` is the response's JSON text; it is validated as JSON unless
         the writer is ``compressed`` (its caller parsed it already)."""
+        started = time.perf_counter()
+        try:
+            self._add(request_key, page_nr, request_params, body, record_count, fetched_at)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _add(
+        self,
+        request_key: str,
+        page_nr: int,
+        request_params: Mapping[str, Any],
+        body: str | bytes,
+        record_count: int,
+        fetched_at: datetime | None,
+    ) -> None:
         if fetched_at is None:
             fetched_at = datetime.now(UTC)
         elif fetched_at.tzinfo is None:
