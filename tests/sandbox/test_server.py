@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -265,3 +266,19 @@ def test_the_sandbox_listens_on_loopback_unless_told_otherwise(sandbox) -> None:
     for server in sandbox.servers.values():
         assert server._httpd is not None
         assert server._httpd.server_address[0] == "127.0.0.1"
+
+
+def test_the_first_api_request_time_is_kept_until_a_reset(sandbox) -> None:
+    server = sandbox.studip
+    admin = f"{server.origin}/_sandbox/requests"
+    assert requests.post(f"{admin}/reset", timeout=5).ok
+    requests.get(f"{sandbox.urls['studip']}/no/such/route", timeout=5)  # a probe: no route
+    assert requests.get(admin, timeout=5).json()["first_request_at"] is None  # nor admin routes
+    before = time.time()
+    requests.get(f"{sandbox.urls['studip']}/semesters", timeout=5)
+    first = requests.get(admin, timeout=5).json()["first_request_at"]
+    assert before - 1 <= first <= time.time()
+    requests.get(f"{sandbox.urls['studip']}/semesters", timeout=5)
+    assert requests.get(admin, timeout=5).json()["first_request_at"] == first
+    assert requests.post(f"{admin}/reset", timeout=5).ok
+    assert requests.get(admin, timeout=5).json()["first_request_at"] is None
