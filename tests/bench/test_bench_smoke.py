@@ -88,3 +88,25 @@ def test_the_listing_client_benchmark_hands_over_every_user_once(tmp_path: Path)
     result = run_bench("studip_listing_client.py", "--students", "40", results=tmp_path)
     assert result["pages"] >= 1 and result["megabytes"] > 0
     assert result["users"] > 40 and result["memberships"] > result["users"]
+
+
+def test_peer_compares_both_tools_runs_and_a_no_op_sync(tmp_path: Path) -> None:
+    # The peer here is a stand-in claiming one LMS registration; hubsync lands the world's.
+    fake = Path(__file__).with_name("fake_dlt_peer.py")
+    os.environ["FAKE_DLT_TABLES"] = json.dumps({"lms_active_registrations": 1, "other": 5})
+    result = run_bench("peer.py", "--students", "40", "--sources", "lms", "--runs", "1",
+                       "--peer-python", sys.executable, "--peer-script", str(fake),
+                       results=tmp_path)  # fmt: skip
+    lms = result["lms"]
+    assert lms["dlt"]["rows"] == [1] and lms["hubsync"]["rows"][0] > 1
+    assert lms["same_rows"] is False
+    for name in ("wall_s", "cpu_s", "peak_rss_mb"):
+        assert lms["ratio_hubsync_to_dlt"][name] == round(
+            lms["hubsync"][name] / lms["dlt"][name], 2
+        )
+    split = lms["hubsync"]["split_s"]
+    assert 0 < split["before_first_request_s"] < lms["hubsync"]["wall_s"]
+    assert split["fetch_network_s"] > 0 and split["current_state_s"] > 0
+    no_op = result["no_op_lms_sync"]
+    assert len(no_op["runs_wall_s"]) == 1
+    assert 0 < no_op["before_first_request_s"] < no_op["wall_s"]
