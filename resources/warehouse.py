@@ -405,50 +405,44 @@ class PageWriter:
     ) -> None:
         """Insert one page. ``body`` is the response's JSON text; it is validated as JSON unless
         the writer is ``compressed`` (its caller parsed it already)."""
-        started = time.perf_counter()
-        try:
-            self._add(request_key, page_nr, request_params, body, record_count, fetched_at)
-        finally:
-            self.seconds += time.perf_counter() - started
-
-    def _add(
-        self,
-        request_key: str,
-        page_nr: int,
-        request_params: Mapping[str, Any],
-        body: str | bytes,
-        record_count: int,
-        fetched_at: datetime | None,
-    ) -> None:
-        if fetched_at is None:
-            fetched_at = datetime.now(UTC)
-        elif fetched_at.tzinfo is None:
-            raise ValueError("fetched_at must be timezone-aware")
-        params = json.dumps(request_params, sort_keys=True, default=_json_default)
-        if self.compressed:
-            raw = body.encode("utf-8") if isinstance(body, str) else body
-            self._conn.execute(
-                f"""INSERT INTO {self.table} (sync_key, request_key, page_nr, request_params,
-                        fetched_at, record_count, body_zlib, body_bytes)
-                    VALUES (?, ?, ?, ?::JSON, ?, ?, ?, ?)""",
-                [self.sync_key, request_key, page_nr, params, fetched_at, record_count,
-                 zlib.compress(raw, 1), len(raw)],
-            )  # fmt: skip
+        with self._timed():
+            if fetched_at is None:
+                fetched_at = datetime.now(UTC)
+            elif fetched_at.tzinfo is None:
+                raise ValueError("fetched_at must be timezone-aware")
+            params = json.dumps(request_params, sort_keys=True, default=_json_default)
+            if self.compressed:
+                raw = body.encode("utf-8") if isinstance(body, str) else body
+                self._conn.execute(
+                    f"""INSERT INTO {self.table} (sync_key, request_key, page_nr, request_params,
+                            fetched_at, record_count, body_zlib, body_bytes)
+                        VALUES (?, ?, ?, ?::JSON, ?, ?, ?, ?)""",
+                    [self.sync_key, request_key, page_nr, params, fetched_at, record_count,
+                     zlib.compress(raw, 1), len(raw)],
+                )  # fmt: skip
+                self.pages += 1
+                self.records += record_count
+                return
+            text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+            try:
+                self._conn.execute(
+                    f"INSERT INTO {self.table} VALUES (?, ?, ?, ?::JSON, ?, ?, ?::JSON)",
+                    [self.sync_key, request_key, page_nr, params, fetched_at, record_count, text],
+                )
+            except duckdb.ConversionException as exc:
+                raise WarehouseError(
+                    f"{self.table}: page {page_nr} of {request_key!r} is not valid JSON: {exc}"
+                ) from exc
             self.pages += 1
             self.records += record_count
-            return
-        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        started = time.perf_counter()
         try:
-            self._conn.execute(
-                f"INSERT INTO {self.table} VALUES (?, ?, ?, ?::JSON, ?, ?, ?::JSON)",
-                [self.sync_key, request_key, page_nr, params, fetched_at, record_count, text],
-            )
-        except duckdb.ConversionException as exc:
-            raise WarehouseError(
-                f"{self.table}: page {page_nr} of {request_key!r} is not valid JSON: {exc}"
-            ) from exc
-        self.pages += 1
-        self.records += record_count
+            yield
+        finally:
+            self.seconds += time.perf_counter() - started
 
     def execute(
         self, sql: str, parameters: Sequence[object] | Mapping[str, object] | None = None
