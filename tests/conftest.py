@@ -74,6 +74,7 @@ SLOW_MODULES = (
     "tests/cli/test_export.py",
     "tests/assets/test_hub.py",
     "tests/assets/test_graph.py",
+    "tests/test_incremental_equals_rebuild.py",
 )
 
 
