@@ -30,7 +30,6 @@ an incremental one replaces the memberships of the courses whose members it re-r
 
 import json
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -64,7 +63,7 @@ from resources.studip import (
     is_user_id,
     select_semesters,
 )
-from resources.warehouse import PageWriter, WarehouseResource, transaction
+from resources.warehouse import PageWriter, WarehouseResource, deflate, transaction
 
 RAW_TABLE = "raw_studip_pages"
 GROUP = "studip"
@@ -169,7 +168,7 @@ class Stager:
             "record_count": ("INTEGER", [record_count]),
         }
         if page.request_key.startswith(JSONAPI_KEY):  # the listing's: large, compressed
-            packed = zlib.compress(page.body, 1)
+            packed = deflate(page.body)
             self._buffer(
                 LISTING_RAW_TABLE,
                 row | {"body_zlib": ("BLOB", [packed]), "body_bytes": ("BIGINT", [len(page.body)])},

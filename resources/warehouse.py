@@ -418,21 +418,20 @@ class PageWriter:
                             fetched_at, record_count, body_zlib, body_bytes)
                         VALUES (?, ?, ?, ?::JSON, ?, ?, ?, ?)""",
                     [self.sync_key, request_key, page_nr, params, fetched_at, record_count,
-                     zlib.compress(raw, 1), len(raw)],
+                     deflate(raw), len(raw)],
                 )  # fmt: skip
-                self.pages += 1
-                self.records += record_count
-                return
-            text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-            try:
-                self._conn.execute(
-                    f"INSERT INTO {self.table} VALUES (?, ?, ?, ?::JSON, ?, ?, ?::JSON)",
-                    [self.sync_key, request_key, page_nr, params, fetched_at, record_count, text],
-                )
-            except duckdb.ConversionException as exc:
-                raise WarehouseError(
-                    f"{self.table}: page {page_nr} of {request_key!r} is not valid JSON: {exc}"
-                ) from exc
+            else:
+                text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+                try:
+                    self._conn.execute(
+                        f"INSERT INTO {self.table} VALUES (?, ?, ?, ?::JSON, ?, ?, ?::JSON)",
+                        [self.sync_key, request_key, page_nr, params, fetched_at, record_count,
+                         text],
+                    )  # fmt: skip
+                except duckdb.ConversionException as exc:
+                    raise WarehouseError(
+                        f"{self.table}: page {page_nr} of {request_key!r} is not valid JSON: {exc}"
+                    ) from exc
             self.pages += 1
             self.records += record_count
 
@@ -450,6 +449,11 @@ class PageWriter:
         """Run another statement in the same transaction as the pages, e.g. a cursor update that
         must commit (or roll back) together with them."""
         return self._conn.execute(sql, parameters)
+
+
+def deflate(body: bytes) -> bytes:
+    """A raw page's body as stored in ``body_zlib``: level 1, fast, about 15x smaller for JSON."""
+    return zlib.compress(body, 1)
 
 
 def inflate(body_zlib: bytes) -> str:
