@@ -11,7 +11,9 @@ One sandbox (its own process) serves both tools. Per source and run, in a fresh 
   virtualenv (``--peer-python``, default ``.peer-venv/bin/python`` or ``$HUBSYNC_PEER_PYTHON``).
 
 Runs are interleaved (hubsync, dlt, then dlt, hubsync, ...). Each process is measured by
-``wait4``: wall time from spawn to exit, CPU (user + system) and peak RSS. Both tools must land
+``wait4``: wall time from spawn to exit, CPU (user + system) and peak RSS. Linux carries a
+process's peak RSS over fork and exec, so this process stays small (no Dagster, no DuckDB): what
+hubsync landed is read afterwards by a child of its own (``--report-hubsync``). Both tools must land
 the same rows (hubsync: the sync's staged records; dlt: its top-level tables). For hubsync the
 figures split the time into seconds before the first request (imports, Dagster, settings),
 waiting for the network, parsing JSON, writing DuckDB and the rest of each step.
@@ -42,6 +44,7 @@ from bench.harness import (  # noqa: E402
     SHARED_MACHINE_NOTE,
     SandboxProcess,
     sandbox_process,
+    settings_env,
     write_result,
 )
 
@@ -80,9 +83,8 @@ def measured(command: list[str], env: dict[str, str], log: Path) -> dict[str, An
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:4])} failed ({process.returncode}); see {log}")
+    if (code := os.waitstatus_to_exitcode(status)) != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed ({code}); see {log}")
     return {
         "started_at": started_at,
         "wall_s": round(wall, 3),
@@ -96,8 +98,7 @@ def hubsync_env(sandbox: SandboxProcess, folder: Path) -> dict[str, str]:
     home.mkdir(exist_ok=True)
     return {
         **os.environ,
-        **sandbox.env,
-        "HUBSYNC_WAREHOUSE": str(folder / "warehouse.duckdb"),
+        **settings_env(sandbox, folder / "warehouse.duckdb"),
         "DAGSTER_HOME": str(home),
     }
 
@@ -116,26 +117,36 @@ def run_hubsync(
     result = measured(command, env, folder / f"hubsync-{time.monotonic_ns()}.log")
     result["before_first_request_s"] = first_request_after(sandbox, code, result["started_at"])
     if full:
-        result["rows"] = _hubsync_rows(folder / "warehouse.duckdb", code)
-        result["split"] = _hubsync_split(Path(env["DAGSTER_HOME"]), code, result)
+        report = subprocess.run(
+            [sys.executable, __file__, "--report-hubsync", str(folder), "--sources", code],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        landed = json.loads(report.stdout)
+        result["rows"] = landed["rows"]
+        result["split"] = _hubsync_split(landed["fetches"], landed["state"], result)
     return result
 
 
-def _hubsync_rows(warehouse: Path, code: str) -> int:
+def report_hubsync(folder: Path, code: str) -> dict[str, Any]:
+    """Run in a child (DAGSTER_HOME set): what the hubsync sync in ``folder`` landed, and its
+    steps' numbers."""
+    import dagster as dg
     import duckdb
 
-    with duckdb.connect(str(warehouse), read_only=True) as conn:
-        return sum(conn.execute(sql).fetchone()[0] for sql in HUBSYNC_ROWS[code])
-
-
-def _hubsync_split(home: Path, code: str, result: dict[str, Any]) -> dict[str, float]:
-    """Where the process's time went, from the steps' metadata in its Dagster instance."""
-    import dagster as dg
-
-    os.environ["DAGSTER_HOME"] = str(home)
+    with duckdb.connect(str(folder / "warehouse.duckdb"), read_only=True) as conn:
+        rows = sum(conn.execute(sql).fetchone()[0] for sql in HUBSYNC_ROWS[code])
     with dg.DagsterInstance.get() as instance:
-        fetches = [latest_numbers(instance, asset) for asset in FETCH_ASSETS[code]]
-        state = latest_numbers(instance, STATE_ASSET[code])
+        return {
+            "rows": rows,
+            "fetches": [latest_numbers(instance, asset) for asset in FETCH_ASSETS[code]],
+            "state": latest_numbers(instance, STATE_ASSET[code]),
+        }
+
+
+def _hubsync_split(
+    fetches: list[dict[str, float]], state: dict[str, float], result: dict[str, Any]
+) -> dict[str, float]:
+    """Where the process's time went, from its steps' metadata."""
 
     def fetch(name: str) -> float:
         return sum(numbers.get(name, 0.0) for numbers in fetches)
@@ -258,7 +269,11 @@ def main() -> None:
     )
     parser.add_argument("--peer-script", type=Path, default=DLT_PEER, help="the dlt pipeline")
     parser.add_argument("--note", default=SHARED_MACHINE_NOTE)
+    parser.add_argument("--report-hubsync", type=Path, help=argparse.SUPPRESS)  # see run_hubsync
     args = parser.parse_args()
+    if args.report_hubsync:
+        print(json.dumps(report_hubsync(args.report_hubsync, args.sources)))
+        return
     codes = [code for code in args.sources.split(",") if code]
     if unknown := set(codes) - set(HUBSYNC_ROWS):
         parser.error(f"--sources: unknown {sorted(unknown)}; choose from co, lms")
