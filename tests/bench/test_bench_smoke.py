@@ -90,10 +90,12 @@ def test_the_listing_client_benchmark_hands_over_every_user_once(tmp_path: Path)
     assert result["users"] > 40 and result["memberships"] > result["users"]
 
 
-def test_peer_compares_both_tools_runs_and_a_no_op_sync(tmp_path: Path) -> None:
+def test_peer_compares_both_tools_runs_and_a_no_op_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The peer here is a stand-in claiming one LMS registration; hubsync lands the world's.
     fake = Path(__file__).with_name("fake_dlt_peer.py")
-    os.environ["FAKE_DLT_TABLES"] = json.dumps({"lms_active_registrations": 1, "other": 5})
+    monkeypatch.setenv("FAKE_DLT_TABLES", json.dumps({"lms_active_registrations": 1, "other": 5}))
     result = run_bench("peer.py", "--students", "40", "--sources", "lms", "--runs", "1",
                        "--peer-python", sys.executable, "--peer-script", str(fake),
                        results=tmp_path)  # fmt: skip
