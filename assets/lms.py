@@ -26,6 +26,7 @@ import duckdb
 
 from assets.sync import sync_run
 from pipelines.partitions import parse_sync_key, sync_runs_partitions
+from resources.change_detection import row_hash_sql
 from resources.lms import (
     ENDPOINTS,
     REGISTRATION_STATUS_NAMES,
@@ -117,11 +118,6 @@ def _status_name_sql(column: str) -> str:
         f"WHEN {code} THEN '{name}'" for code, name in REGISTRATION_STATUS_NAMES.items()
     )
     return f"CASE {column} {cases} END"
-
-
-def _row_hash_sql(columns: list[str]) -> str:
-    fields = ", ".join(f"{column} := {column}" for column in columns)
-    return f"md5(to_json(struct_pack({fields}))::VARCHAR)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,7 +446,7 @@ def build_new_state(
             RegistrationDate, CompletionDate, CompletionLocation, CourseId, CourseCode,
             OfferingShortId, OrganizationLoginId, UniqueLoginId, EmailAddress,
             OrgProfileFieldValues, sync_key AS fetched_in_sync,
-            {_row_hash_sql(_REGISTRATION_CONTENT)} AS row_hash
+            {row_hash_sql(_REGISTRATION_CONTENT)} AS row_hash
         FROM lms_current_items
         """
     )
@@ -466,7 +462,7 @@ def build_new_state(
                 list_sort(list_distinct(list(OfferingShortId))) AS OfferingShortIds
             FROM lms_current_items GROUP BY CourseId
         )
-        SELECT *, {_row_hash_sql(_COURSE_CONTENT)} AS row_hash FROM courses
+        SELECT *, {row_hash_sql(_COURSE_CONTENT)} AS row_hash FROM courses
         """
     )
     conn.execute(
@@ -482,7 +478,7 @@ def build_new_state(
                 PARTITION BY OrganizationLoginId ORDER BY fetch_rank DESC
             ) = 1
         )
-        SELECT *, {_row_hash_sql(_LEARNER_CONTENT)} AS row_hash FROM learners
+        SELECT *, {row_hash_sql(_LEARNER_CONTENT)} AS row_hash FROM learners
         """
     )
 
