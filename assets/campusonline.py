@@ -10,39 +10,24 @@ commits in the same transaction as the pages, so a failed sync advances nothing.
 full sync up to this one, overlaid with the rows of the incremental syncs after it.
 """
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 import duckdb
-from pydantic import ValidationError
 
+from assets.campusonline_staging import DUPLICATE_REASON, RAW_TABLES, RECORD_TYPES, stage_sync
 from assets.campusonline_sync import CODES, CoCursor, CoSyncRunner, SyncOutcome
 from assets.sync import sync_run
 from pipelines.partitions import parse_sync_key, sync_runs_partitions
-from resources.campusonline import (
-    SERVICES,
-    CampusOnlineResource,
-    CoDate,
-    CoPage,
-    CoRow,
-    CoService,
-)
-from resources.http import gc_paused, loads
-from resources.warehouse import PageWriter, WarehouseResource, raw_page_bodies, transaction
+from resources.campusonline import SERVICES, CampusOnlineResource, CoPage, CoService
+from resources.campusonline_schema import CURRENT_TABLES, STAGING_TABLES
+from resources.warehouse import PageWriter, WarehouseResource, transaction
 
 GROUP = "campusonline"
-RAW_TABLES = {code: f"raw_co_{code}" for code in CODES}
-STAGING_TABLES = {code: f"stg_co_{code}" for code in CODES}
-CURRENT_TABLES = {code: f"co_{code}" for code in CODES}
-RECORD_TYPES = {"students": "student", "studies": "study", "applications": "application"}
-STAGING_BATCH_ROWS = 5000
 FULL_REQUEST_KEYS = {
     "students": ("students:active", "students:inactive"),
     "studies": ("studies:active", "studies:inactive"),
@@ -279,186 +264,6 @@ def co_raw_pages(
 
 
 # --------------------------------------------------------------------------------------------
-# Staging: validate the sync's rows
-
-
-def row_hash(row: dict[str, Any]) -> str:
-    """Hash of a row's content without SOURCE/TIMESTAMP: equal when the record did not change."""
-    content = {k: v for k, v in row.items() if k not in ("SOURCE", "TIMESTAMP")}
-    return hashlib.md5(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def typed_row(model: CoRow, zone: ZoneInfo) -> dict[str, Any]:
-    """The model's fields as table values: dates unwrapped, TIMESTAMP as UTC."""
-    values: dict[str, Any] = {}
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        values[name] = value.value if isinstance(value, CoDate) else value
-    values["TIMESTAMP"] = model.timestamp(zone)
-    return values
-
-
-def validation_reason(exc: ValidationError | ValueError) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-    return str(exc)
-
-
-@dataclass
-class StageCounts:
-    rows: int = 0
-    quarantined: int = 0
-
-
-def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dict[str, StageCounts]:
-    """Validate every row of the key's raw pages into ``stg_co_*``; quarantine the bad ones."""
-    conn.execute("DELETE FROM quarantine WHERE source = 'co' AND sync_key = ?", [key])
-    counts = {}
-    for code in CODES:
-        service = SERVICES[code]
-        conn.execute(f"DELETE FROM {STAGING_TABLES[code]} WHERE sync_key = ?", [key])
-        counts[code] = StageCounts()
-        batch: list[dict[str, Any]] = []
-        for request_key, page_nr, body in raw_page_bodies(conn, RAW_TABLES[code], key):
-            with gc_paused():  # pages of 20,000 rows: see gc_paused
-                page = loads(body)["resource"]
-                rows = [row["content"][service.row_key] for row in page]
-                batch += _validated_rows(conn, key, service, request_key, page_nr, rows, zone)
-            if len(batch) >= STAGING_BATCH_ROWS:  # bounded memory, few inserts
-                counts[code].rows += _insert_staged(conn, service, batch)
-                batch = []
-        counts[code].rows += _insert_staged(conn, service, batch)
-        counts[code].rows -= quarantine_duplicates(conn, key, service)
-        (counts[code].quarantined,) = conn.execute(
-            "SELECT count(*) FROM quarantine WHERE source = 'co' AND sync_key = ? "
-            "AND record_type = ?",
-            [key, RECORD_TYPES[code]],
-        ).fetchall()[0]
-    return counts
-
-
-# Which read of one sync a staged row belongs to: within one read an id must occur once.
-_READ = (
-    "CASE WHEN request_key LIKE '%:person:%' THEN 'person' "
-    "WHEN request_key LIKE '%:delta' THEN 'delta' ELSE 'snapshot' END"
-)
-DUPLICATE_REASON = "duplicate"
-
-
-def quarantine_duplicates(conn: duckdb.DuckDBPyConnection, key: str, service: CoService) -> int:
-    """Quarantine every copy of an id that one read of the sync (the full snapshot, the delta,
-    the per-student re-reads) returned more than once with different content, and take them
-    out of staging; return how many rows went. Picking one copy by page order let a second
-    ``STPERSONNR`` row ("Impostor", born 1970-01-01) replace the student; instead the id keeps
-    its current record (``_rebuild_table``) until CO answers unambiguously. Identical copies
-    are one record."""
-    table, id_field = STAGING_TABLES[service.code], service.model.id_field
-    conn.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE co_duplicates AS
-        SELECT {id_field} AS id, {_READ} AS read, count(*) AS copies FROM {table}
-        WHERE sync_key = ? GROUP BY ALL HAVING count(DISTINCT row_hash) > 1
-        """,
-        [key],
-    )
-    (removed,) = conn.execute(
-        f"""
-        SELECT count(*) FROM {table} s JOIN co_duplicates d
-        ON d.id = s.{id_field} AND d.read = ({_READ}) WHERE s.sync_key = ?
-        """,
-        [key],
-    ).fetchone() or (0,)
-    if not removed:
-        return 0
-    conn.execute(
-        f"""
-        INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw)
-        SELECT 'co', ?, s.{id_field}::VARCHAR,
-               '{DUPLICATE_REASON} {id_field} ' || s.{id_field} || ': ' || d.copies
-                   || ' different rows in one ' || d.read || ' read; all quarantined, the '
-                   || 'current record is kept',
-               ?, to_json(s)
-        FROM {table} s JOIN co_duplicates d ON d.id = s.{id_field} AND d.read = ({_READ})
-        WHERE s.sync_key = ?
-        """,
-        [RECORD_TYPES[service.code], key, key],
-    )
-    conn.execute(
-        f"""
-        DELETE FROM {table} s USING co_duplicates d
-        WHERE s.sync_key = ? AND d.id = s.{id_field} AND d.read = ({_READ})
-        """,
-        [key],
-    )
-    return int(removed)
-
-
-def _validated_rows(
-    conn: duckdb.DuckDBPyConnection,
-    key: str,
-    service: CoService,
-    request_key: str,
-    page_nr: int,
-    rows: list[Any],
-    zone: ZoneInfo,
-) -> list[dict[str, Any]]:
-    """The page's valid rows as staging rows; the others go to quarantine with the reason."""
-    good: list[dict[str, Any]] = []
-    for row_nr, row in enumerate(rows, start=1):
-        try:
-            model = service.model.model_validate(row)
-            values = typed_row(model, zone)
-        except (ValidationError, ValueError) as exc:
-            record_id = row.get(service.model.id_field) if isinstance(row, dict) else None
-            conn.execute(
-                "INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw) "
-                "VALUES ('co', ?, ?, ?, ?, ?::JSON)",
-                [
-                    RECORD_TYPES[service.code],
-                    None if record_id is None else str(record_id),
-                    validation_reason(exc),
-                    key,
-                    json.dumps(row),
-                ],
-            )
-            continue
-        good.append(
-            {
-                "sync_key": key,
-                "request_key": request_key,
-                "page_nr": page_nr,
-                "row_nr": row_nr,
-                "row_hash": row_hash(row),
-                **values,
-            }
-        )
-    return good
-
-
-def _insert_staged(
-    conn: duckdb.DuckDBPyConnection, service: CoService, rows: list[dict[str, Any]]
-) -> int:
-    if not rows:
-        return 0
-    import pandas as pd  # imported where used: it adds 0.5 s to every command's start
-
-    # object columns: DuckDB infers each column's type from the values (ints stay ints)
-    frame = pd.DataFrame(
-        {name: pd.Series([r[name] for r in rows], dtype=object) for name in rows[0]}
-    )
-    conn.register("co_staged_rows", frame)
-    try:
-        conn.execute(
-            f"INSERT INTO {STAGING_TABLES[service.code]} BY NAME SELECT * FROM co_staged_rows"
-        )
-    finally:
-        conn.unregister("co_staged_rows")
-    return len(rows)
-
-
-# --------------------------------------------------------------------------------------------
 # Current state
 
 
@@ -632,6 +437,7 @@ def co_current_state(
                 "api_calls": 0,  # this step only reads the landed pages
                 "records": staged[code].rows,
                 "quarantined": staged[code].quarantined,
+                "rows_validated_in_python": staged[code].explained,
                 "changed_rows": counts[code]["changed"],
                 "removed_rows": counts[code]["removed"],
                 "mode": mode_row[0],

@@ -19,12 +19,12 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import requests
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from resources.http import (
     DEFAULT_MAX_PAGES,
@@ -84,6 +84,11 @@ def format_co_timestamp(instant: datetime, zone: ZoneInfo) -> str:
 # Rows (reference §2a–§2c): CO's field names and JSON types
 
 
+# CO's numbers are Oracle NUMBERs; the warehouse keeps them as BIGINT, so a row with one beyond
+# 64 bits is refused here instead of failing the whole staging insert.
+CoInt = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+
+
 class CoDate(BaseModel):
     """CO's date column: always an object, ``{"value": "YYYY-MM-DD"}`` or ``{"value": null}``."""
 
@@ -122,20 +127,20 @@ class CoStudent(CoRow):
 
     id_field: ClassVar[str] = "STPERSONNR"
 
-    STPERSONNR: StrictInt
+    STPERSONNR: CoInt
     STUDID: StrictStr | None = None
     GIVENNAME: StrictStr
     FAMILYNAME: StrictStr
     BIRTHDATE: CoDate
     IDENTNROBFUSCATED: StrictStr = Field(min_length=1)
-    NATIONALITYNR: StrictInt
+    NATIONALITYNR: CoInt
     NATIONALITY: StrictStr | None = None
-    NATIONALITYSECONDARYNR: StrictInt | None = None
+    NATIONALITYSECONDARYNR: CoInt | None = None
     NATIONALITYSECONDARY: StrictStr | None = None
     ADMISSIONQUALIFICATIONTYPENR: StrictStr
     ADMISSIONQUALIFICATIONTYPE: StrictStr | None = None
     SCHOOLCERTIFICATEDATE: CoDate = CoDate(value=None)
-    ADMISSIONQUALIFICATIONSTATENR: StrictInt | None = None
+    ADMISSIONQUALIFICATIONSTATENR: CoInt | None = None
     ADMISSIONQUALIFICATIONSTATE: StrictStr | None = None
     TELEPHONE: StrictStr | None = None
     HOMEADDRESSNOTE: StrictStr | None = None
@@ -143,7 +148,7 @@ class CoStudent(CoRow):
     HOMEADDRESSPLACE: StrictStr | None = None
     HOMEADDRESSPOSTCODE: StrictStr | None = None
     HOMEADDRESSREGION: StrictStr | None = None
-    HOMEADDRESSCOUNTRYNR: StrictInt | None = None
+    HOMEADDRESSCOUNTRYNR: CoInt | None = None
     HOMEADDRESSCOUNTRY: StrictStr | None = None
     HOMEADDRESSTELEPHONE: StrictStr | None = None
     STUDADDRESSNOTE: StrictStr | None = None
@@ -151,7 +156,7 @@ class CoStudent(CoRow):
     STUDADDRESSPLACE: StrictStr | None = None
     STUDADDRESSPOSTCODE: StrictStr | None = None
     STUDADDRESSREGION: StrictStr | None = None
-    STUDADDRESSCOUNTRYNR: StrictInt | None = None
+    STUDADDRESSCOUNTRYNR: CoInt | None = None
     STUDADDRESSCOUNTRY: StrictStr | None = None
     STUDADDRESSTELEPHONE: StrictStr | None = None
     EMAILADDRESSTU: StrictStr | None = None
@@ -189,12 +194,12 @@ class CoStudy(CoRow):
 
     id_field: ClassVar[str] = "STSTUDIUMNR"
 
-    STSTUDIUMNR: StrictInt
-    STPERSONNR: StrictInt
+    STSTUDIUMNR: CoInt
+    STPERSONNR: CoInt
     STUDYKEY: StrictStr
     STUDYTYPE: StrictStr
     STUDYNAME: StrictStr
-    STUDYSEMESTER: StrictInt
+    STUDYSEMESTER: CoInt
     STUDYSTATUSKEY: StrictStr
     STUDYSTATUS: StrictStr | None = None
     STUDYCURRICULUMVERSION: StrictStr | None = None
@@ -207,7 +212,7 @@ class CoStudy(CoRow):
     STUDYQUALIFICATIONTYPENR: StrictStr | None = None
     STUDYQUALIFICATIONTYPE: StrictStr | None = None
     STUDYQUALIFICATIONDATE: CoDate = CoDate(value=None)
-    STUDYQUALIFICATIONSTATENR: StrictInt | None = None
+    STUDYQUALIFICATIONSTATENR: CoInt | None = None
     STUDYQUALIFICATIONSTATE: StrictStr | None = None
     ADDITIONALCERTIFICATE: StrictStr | None = None
 
@@ -221,16 +226,16 @@ class CoApplication(CoRow):
 
     id_field: ClassVar[str] = "BEWERBUNGNR"
 
-    BEWERBUNGNR: StrictInt
-    STPERSONNR: StrictInt
-    STSTUDIUMNR: StrictInt | None = None
+    BEWERBUNGNR: CoInt
+    STPERSONNR: CoInt
+    STSTUDIUMNR: CoInt | None = None
     APPLICANTSTARTOFSTUDY: StrictStr
     APPLICANTSTUDYTYPE: StrictStr
     APPLICANTSTUDYNAME: StrictStr
     APPLICANTSTUDYKEY: StrictStr
     APPLICANTQUALIFICATIONTYPE: StrictStr | None = Field(default=None, pattern=r"^\d+ - ")
     APPLICANTQUALIFICATIONDATE: CoDate = CoDate(value=None)
-    APPLICANTQUALIFICATIONSTATENR: StrictInt | None = None
+    APPLICANTQUALIFICATIONSTATENR: CoInt | None = None
     APPLICANTQUALIFICATIONSTATE: StrictStr | None = None
 
 

@@ -13,6 +13,21 @@
 The column lists mirror the row models of ``resources.campusonline`` (a test keeps them equal).
 """
 
+from resources.campusonline import SERVICES
+from resources.change_detection import row_hash_sql
+
+STAGING_TABLES = {code: f"stg_co_{code}" for code in SERVICES}
+CURRENT_TABLES = {code: f"co_{code}" for code in SERVICES}
+UNHASHED_FIELDS = ("SOURCE", "TIMESTAMP")  # when CO re-sends a row, these change alone
+
+
+def row_hash_expression(code: str) -> str:
+    """SQL of a staged or current CO row's hash: its typed content columns, so a change in a
+    field the models do not keep is no change."""
+    fields = SERVICES[code].model.model_fields
+    return row_hash_sql([f'"{name}"' for name in fields if name not in UNHASHED_FIELDS])
+
+
 _STUDENT_COLUMNS = """
     SOURCE VARCHAR NOT NULL, "TIMESTAMP" TIMESTAMPTZ NOT NULL, STPERSONNR BIGINT NOT NULL,
     STUDID VARCHAR, GIVENNAME VARCHAR NOT NULL, FAMILYNAME VARCHAR NOT NULL, BIRTHDATE DATE,
@@ -87,4 +102,11 @@ CAMPUSONLINE_SCHEMA = "\n".join(
         );
         """,
     ]
+)
+
+# Until 2026-12-04 row_hash was an md5 of the row's JSON as received, computed in Python.
+CO_ROW_HASH_MIGRATION = "\n".join(
+    f"UPDATE {table} SET row_hash = {row_hash_expression(code)};"
+    for code in SERVICES
+    for table in (STAGING_TABLES[code], CURRENT_TABLES[code])
 )

@@ -26,7 +26,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from resources.campusonline_schema import CAMPUSONLINE_SCHEMA
+from resources.campusonline_schema import CAMPUSONLINE_SCHEMA, CO_ROW_HASH_MIGRATION
 from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_VIEWS
 from resources.hub_schema import HUB_REFUSALS_SCHEMA, HUB_SCHEMA
 from resources.lms_schema import LMS_SCHEMA
@@ -239,6 +239,9 @@ MIGRATIONS: list[Migration] = [
             for table in ("raw_co_students", "raw_co_studies", "raw_co_applications")
         ),
     ),
+    # CO rows are validated and hashed in DuckDB now (assets/campusonline_staging.py): rows
+    # staged and current before keep comparing equal to the same rows staged after.
+    Migration("co: row hashes over the typed content columns", CO_ROW_HASH_MIGRATION),
 ]
 
 
@@ -475,6 +478,15 @@ def raw_page_bodies(
     """(request_key, page_nr, body as JSON text) of the key's pages in ``table``, in landing
     order, compressed or not, read a few at a time through a cursor of its own (``conn`` may go
     on writing meanwhile)."""
+    for request_key, page_nr, body in raw_page_bytes(conn, table, sync_key):
+        yield request_key, page_nr, body.decode("utf-8", errors="replace")
+
+
+def raw_page_bytes(
+    conn: duckdb.DuckDBPyConnection, table: str, sync_key: str
+) -> Iterator[tuple[str, int, bytes]]:
+    """``raw_page_bodies`` with each body as UTF-8 bytes: what a DuckDB query takes fastest
+    (a BLOB parameter, ``decode``d in SQL, binds in a third of a VARCHAR's time)."""
     _check_raw_table_name(table)
     columns = table_columns(conn, table)
     text = "body::VARCHAR" if "body" in columns else "NULL"
@@ -488,9 +500,11 @@ def raw_page_bodies(
         )
         while chunk := reader.fetchmany(16):
             for request_key, page_nr, body, body_zlib in chunk:
-                if body_zlib is not None:
-                    body = inflate(body_zlib)
-                yield request_key, page_nr, body
+                yield (
+                    request_key,
+                    page_nr,
+                    zlib.decompress(body_zlib) if body_zlib is not None else body.encode(),
+                )
     finally:
         reader.close()
 

@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import assets.campusonline_json
-from assets.campusonline import typed_row
+from assets.campusonline_staging import typed_row
 from assets.campusonline_json import (
     EXMATRICULATION_STATUSES,
     GENDERS,
