@@ -237,3 +237,24 @@ def test_the_row_hash_migration_hashes_rows_as_staging_does(warehouse: Warehouse
         for code in SERVICES:
             assert conn.execute(hashes.format(STAGING_TABLES[code])).fetchall() == staged[code]
             assert conn.execute(hashes.format(f"co_{code}")).fetchall() == staged[code]
+
+
+def test_an_envelope_item_without_its_row_is_quarantined(warehouse: WarehouseResource) -> None:
+    """``content`` without the row key: the row is missing, not the page unreadable."""
+    items = [
+        {"content": {"type": "x", "DMSStudies": {**FULL_STUDY, "STSTUDIUMNR": 1}}},
+        {"content": {"type": "x"}},
+        {"nocontent": True},
+    ]
+    body = json.dumps({"type": "resources", "resource": items})
+    with warehouse.connection() as conn:
+        conn.execute(
+            "INSERT INTO raw_co_studies (sync_key, request_key, page_nr, request_params, "
+            "fetched_at, record_count, body_zlib, body_bytes) "
+            "VALUES (?, 'studies:active', 1, '{}', now(), 3, ?, ?)",
+            [KEY, deflate(body.encode()), len(body)],
+        )
+        counts = stage_sync(conn, KEY, VIENNA)["studies"]
+        reasons = conn.execute("SELECT reason FROM quarantine WHERE sync_key = ?", [KEY]).fetchall()
+    assert (counts.rows, counts.quarantined) == (1, 2)
+    assert all("valid dictionary" in reason for (reason,) in reasons)
