@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import dagster as dg
 import duckdb
@@ -267,7 +268,9 @@ def co_raw_pages(
 # Current state
 
 
-def rebuild_current_state(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, dict[str, int]]:
+def rebuild_current_state(
+    conn: duckdb.DuckDBPyConnection, key: str
+) -> tuple[Literal["overlay", "rebuild"], dict[str, dict[str, int]]]:
     """Rebuild ``co_*`` as of ``key``: the base, overlaid with the syncs after it up to
     ``key``. The base is ``key`` itself when it is full (or a fallback), else the latest full
     sync before it that succeeded: a full sync that failed (one the mass-delete guard blocked)
@@ -278,6 +281,10 @@ def rebuild_current_state(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str
     person fetch, else from the delta, and the student's studies and applications as re-read
     (upserts: deletions only ever come from a full sync). A row keeps ``changed_in_sync`` while
     its content stays the same.
+
+    Returns how the tables were built, and counts per table: an incremental sync that follows
+    the sync whose state the tables hold (``co_current_built``) only overlays its own rows
+    (``overlay``, O(changes)); every other sync rebuilds the chain (``rebuild``).
     """
     conn.execute(
         """
@@ -307,10 +314,32 @@ def rebuild_current_state(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str
         WHERE r.request_key LIKE 'studies:person:%'
         """
     )
+    build = _build_mode(conn, key)
     counts = {}
     for code in CODES:
-        counts[code] = _rebuild_table(conn, key, SERVICES[code])
-    return counts
+        table_build = _overlay_table if build == "overlay" else _rebuild_table
+        counts[code] = table_build(conn, key, SERVICES[code])
+    conn.execute("DELETE FROM co_current_built")
+    conn.execute(
+        "INSERT INTO co_current_built SELECT $key, "
+        "(SELECT sync_key FROM co_chain ORDER BY sync_started_at LIMIT 1)",
+        {"key": key},
+    )
+    return build, counts
+
+
+def _build_mode(conn: duckdb.DuckDBPyConnection, key: str) -> Literal["overlay", "rebuild"]:
+    """``overlay`` when ``key`` is incremental and the tables hold the state of the sync before
+    it in its chain, on the same base: then only its rows need applying. Anything else (a full
+    sync, a re-run, a sync skipped or run out of order, a base that changed because a full
+    sync failed after its state was built) rebuilds the chain."""
+    chain = conn.execute(
+        "SELECT sync_key, is_full FROM co_chain ORDER BY sync_started_at"
+    ).fetchall()
+    built = conn.execute("SELECT built_from_key, base_key FROM co_current_built").fetchall()
+    if len(chain) < 2 or chain[-1] != (key, False) or not built:
+        return "rebuild"
+    return "overlay" if built[0] == (chain[-2][0], chain[0][0]) else "rebuild"
 
 
 def _applicable_rows_filter(code: str) -> str:
@@ -327,22 +356,29 @@ def _applicable_rows_filter(code: str) -> str:
     )
 
 
+def _picked_sql(service: CoService, *, only_key: bool) -> str:
+    """Each id's row as of the chain: the applicable staged row of the latest sync that has one
+    (``only_key``: of ``$key`` alone)."""
+    code, id_field = service.code, service.model.id_field
+    return f"""
+        SELECT {_sql_columns(service, "s.")}, s.row_hash
+        FROM {STAGING_TABLES[code]} s JOIN co_chain ch ON ch.sync_key = s.sync_key
+        WHERE ({_applicable_rows_filter(code)}) {"AND s.sync_key = $key" if only_key else ""}
+        QUALIFY row_number() OVER (
+            PARTITION BY s.{id_field}
+            ORDER BY ch.sync_started_at DESC, (s.request_key LIKE '%:person:%') DESC,
+                     s."TIMESTAMP" DESC, s.request_key DESC, s.page_nr DESC, s.row_nr DESC
+        ) = 1
+    """
+
+
 def _rebuild_table(conn: duckdb.DuckDBPyConnection, key: str, service: CoService) -> dict[str, int]:
     code, id_field = service.code, service.model.id_field
     columns = _sql_columns(service)
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE co_new AS
-        WITH picked AS (
-            SELECT {_sql_columns(service, "s.")}, s.row_hash
-            FROM {STAGING_TABLES[code]} s JOIN co_chain ch ON ch.sync_key = s.sync_key
-            WHERE {_applicable_rows_filter(code)}
-            QUALIFY row_number() OVER (
-                PARTITION BY s.{id_field}
-                ORDER BY ch.sync_started_at DESC, (s.request_key LIKE '%:person:%') DESC,
-                         s."TIMESTAMP" DESC, s.request_key DESC, s.page_nr DESC, s.row_nr DESC
-            ) = 1
-        )
+        WITH picked AS ({_picked_sql(service, only_key=False)})
         SELECT {_sql_columns(service, "p.")}, p.row_hash,
                CASE WHEN o.row_hash = p.row_hash THEN o.changed_in_sync ELSE $key END
                    AS changed_in_sync
@@ -364,10 +400,38 @@ def _rebuild_table(conn: duckdb.DuckDBPyConnection, key: str, service: CoService
     ).fetchone() or (0,)
     conn.execute(f"DELETE FROM {table}")
     conn.execute(f"INSERT INTO {table} ({columns}, row_hash, changed_in_sync) SELECT * FROM co_new")
+    return _table_counts(conn, key, table, removed=int(removed))
+
+
+def _overlay_table(conn: duckdb.DuckDBPyConnection, key: str, service: CoService) -> dict[str, int]:
+    """The rows of incremental ``key`` over tables that hold its predecessor's state: what
+    ``_rebuild_table`` gives (incremental syncs only add and replace rows; ids quarantined as
+    duplicates in ``key`` keep their record), in time proportional to the sync's rows."""
+    code, id_field = service.code, service.model.id_field
+    table, columns = CURRENT_TABLES[code], _sql_columns(service)
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE co_new AS
+        WITH picked AS ({_picked_sql(service, only_key=True)})
+        SELECT {_sql_columns(service, "p.")}, p.row_hash,
+               CASE WHEN o.row_hash = p.row_hash THEN o.changed_in_sync ELSE $key END
+                   AS changed_in_sync
+        FROM picked p LEFT JOIN {table} o ON o.{id_field} = p.{id_field}
+        """,
+        {"key": key},
+    )
+    conn.execute(f"DELETE FROM {table} o USING co_new n WHERE o.{id_field} = n.{id_field}")
+    conn.execute(f"INSERT INTO {table} ({columns}, row_hash, changed_in_sync) SELECT * FROM co_new")
+    return _table_counts(conn, key, table, removed=0)
+
+
+def _table_counts(
+    conn: duckdb.DuckDBPyConnection, key: str, table: str, *, removed: int
+) -> dict[str, int]:
     rows, changed = conn.execute(
         f"SELECT count(*), count(*) FILTER (changed_in_sync = ?) FROM {table}", [key]
     ).fetchone() or (0, 0)
-    return {"rows": int(rows), "changed": int(changed), "removed": int(removed)}
+    return {"rows": int(rows), "changed": int(changed), "removed": removed}
 
 
 _DUCKDB_TYPES = {"BIGINT": "int", "VARCHAR": "string", "DATE": "date", "TIMESTAMPTZ": "timestamptz"}
@@ -424,7 +488,7 @@ def co_current_state(
             ).fetchall()[0]
             for code in CODES
         }
-        counts = rebuild_current_state(conn, key)
+        build, counts = rebuild_current_state(conn, key)
         schemas = {code: column_schema(conn, CURRENT_TABLES[code]) for code in CODES}
     duration_s = round(time.monotonic() - started, 3)
     for code in CODES:
@@ -441,6 +505,7 @@ def co_current_state(
                 "changed_rows": counts[code]["changed"],
                 "removed_rows": counts[code]["removed"],
                 "mode": mode_row[0],
+                "build": build,
                 "changed_students": int(mode_row[1]),
                 "duration_s": duration_s,
                 "dagster/column_schema": schemas[code],

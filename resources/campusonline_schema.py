@@ -110,3 +110,10 @@ CO_ROW_HASH_MIGRATION = "\n".join(
     for code in SERVICES
     for table in (STAGING_TABLES[code], CURRENT_TABLES[code])
 )
+
+# Which sync's state co_students/co_studies/co_applications hold, and the base it was built on:
+# an incremental sync that follows it overlays its rows instead of rebuilding from the base.
+# (No sync_key column: retention must never prune it.)
+CO_CURRENT_BUILT = """
+CREATE TABLE co_current_built (built_from_key VARCHAR NOT NULL, base_key VARCHAR NOT NULL);
+"""

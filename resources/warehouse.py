@@ -26,7 +26,11 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from resources.campusonline_schema import CAMPUSONLINE_SCHEMA, CO_ROW_HASH_MIGRATION
+from resources.campusonline_schema import (
+    CAMPUSONLINE_SCHEMA,
+    CO_CURRENT_BUILT,
+    CO_ROW_HASH_MIGRATION,
+)
 from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_VIEWS
 from resources.hub_schema import HUB_REFUSALS_SCHEMA, HUB_SCHEMA
 from resources.lms_schema import LMS_SCHEMA
@@ -242,6 +246,7 @@ MIGRATIONS: list[Migration] = [
     # CO rows are validated and hashed in DuckDB now (assets/campusonline_staging.py): rows
     # staged and current before keep comparing equal to the same rows staged after.
     Migration("co: row hashes over the typed content columns", CO_ROW_HASH_MIGRATION),
+    Migration("co: the sync whose state the current tables hold", CO_CURRENT_BUILT),
 ]
 
 

@@ -13,12 +13,13 @@ from assets.campusonline import (
     co_current_state,
     co_raw_pages,
     model_columns,
+    rebuild_current_state,
     stage_sync,
 )
 from assets.sync import sync_run, sync_summary
 from pipelines.partitions import sync_runs_partitions
 from resources.campusonline import SERVICES, CampusOnlineResource
-from resources.warehouse import WarehouseResource, raw_page_bodies
+from resources.warehouse import WarehouseResource, raw_page_bodies, transaction
 from sandbox.http import FaultConfig
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
@@ -29,7 +30,7 @@ INCR = "incr-20261123T021500Z"
 INCR2 = "incr-20261123T023000Z"
 INCR3 = "incr-20261123T024500Z"
 FULL2 = "full-20261124T020000Z"
-KEYS = [FULL, INCR, INCR2, INCR3, FULL2]
+KEYS = [FULL, INCR, INCR2, INCR3, FULL2, "full-20261123T030000Z", "incr-20261123T031500Z"]
 CO_ASSETS = [sync_run, co_raw_pages, co_current_state, sync_summary]
 VIEW_PERIOD_S = 900
 
@@ -434,3 +435,54 @@ def test_table_columns_match_the_row_models(warehouse: WarehouseResource) -> Non
                 ).fetchall()
             ]
             assert columns == [*model_columns(service), "row_hash", "changed_in_sync"]
+
+
+def _current_tables(warehouse: WarehouseResource) -> dict[str, list[Any]]:
+    return {
+        table: query(warehouse, f"SELECT * FROM {table} ORDER BY ALL")
+        for table in ("co_students", "co_studies", "co_applications")
+    }
+
+
+def test_an_incremental_sync_overlays_its_rows_and_equals_a_rebuild(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, sandbox: Sandbox
+) -> None:
+    """The O(changes) path: after each incremental sync the tables equal what rebuilding the
+    chain from the full sync gives, changed_in_sync included; a re-run rebuilds."""
+    resource = co_resource(sandbox, incremental_threshold=1000)
+    next_view_refresh(sandbox)
+    first = sync(instance, warehouse, resource, FULL)
+    assert metadata(first, "co_current_state")["co_students"]["build"] == "rebuild"
+    for key in (INCR, INCR2, INCR3):
+        sandbox.world.step(scale=3.0)
+        next_view_refresh(sandbox)
+        result = sync(instance, warehouse, resource, key)
+        current = metadata(result, "co_current_state")
+        assert current["co_students"]["build"] == "overlay"
+        assert current["co_students"]["changed_rows"] > 0
+        overlaid = _current_tables(warehouse)
+        with warehouse.connection() as conn, transaction(conn):
+            conn.execute("DELETE FROM co_current_built")
+            build, _ = rebuild_current_state(conn, key)
+        assert build == "rebuild"
+        assert _current_tables(warehouse) == overlaid
+    world_matches_current_state(sandbox, warehouse)
+    rerun = sync(instance, warehouse, resource, INCR3, assets=[co_current_state])
+    assert metadata(rerun, "co_current_state")["co_students"]["build"] == "rebuild"
+    assert _current_tables(warehouse) == overlaid
+
+
+def test_a_full_sync_that_failed_after_its_state_was_built_is_rebuilt_over(
+    instance: dg.DagsterInstance, warehouse: WarehouseResource, sandbox: Sandbox
+) -> None:
+    """The tables held the failed full sync's snapshot (its own base); the incremental sync
+    after it is built on the last successful full sync, so it rebuilds."""
+    resource = co_resource(sandbox, incremental_threshold=1000)
+    assert sync(instance, warehouse, resource, FULL).success
+    assert sync(instance, warehouse, resource, FULL2.replace("20261124T02", "20261123T03")).success
+    with warehouse.connection() as conn:
+        conn.execute("UPDATE sync_runs SET status = 'failed' WHERE key LIKE 'full-20261123T03%'")
+    sandbox.world.step()
+    next_view_refresh(sandbox)
+    result = sync(instance, warehouse, resource, "incr-20261123T031500Z")
+    assert metadata(result, "co_current_state")["co_students"]["build"] == "rebuild"

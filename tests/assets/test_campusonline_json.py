@@ -4,7 +4,6 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import assets.campusonline_json
-from assets.campusonline_staging import typed_row
 from assets.campusonline_json import (
     EXMATRICULATION_STATUSES,
     GENDERS,
@@ -17,6 +16,7 @@ from assets.campusonline_json import (
     qualification_from_display_text,
     student_json,
 )
+from assets.campusonline_staging import typed_row
 from resources.campusonline import CoApplication, CoStudent, CoStudy
 from tests.resources.test_campusonline import FULL_APPLICATION, FULL_STUDENT, FULL_STUDY
 
