@@ -6,8 +6,10 @@
 commits in the same transaction as the pages, so a failed sync advances nothing.
 
 ``co_current_state`` validates the sync's rows into ``stg_co_*`` (malformed rows go to
-``quarantine``) and rebuilds ``co_students``, ``co_studies`` and ``co_applications``: the latest
-full sync up to this one, overlaid with the rows of the incremental syncs after it.
+``quarantine``; ``assets/campusonline_staging.py``) and rebuilds ``co_students``, ``co_studies``
+and ``co_applications``: the latest full sync up to this one, overlaid with the rows of the
+incremental syncs after it (or, for the incremental sync after the one the tables hold, only its
+own rows on top).
 """
 
 import json

@@ -197,6 +197,7 @@ TUNING_VARIABLES = (
     "HUB_BATCH_SIZE",
     "HUB_POLL_INTERVAL",
     "HUB_ACK_TIMEOUT",
+    "HUBSYNC_WAREHOUSE_MEMORY_MB",
 )
 
 
@@ -218,6 +219,7 @@ def tuning(env: dict[str, str]) -> dict[str, Any]:
         "lms_page_size": settings.lms.page_size,
         "hub_batch_size": settings.hub.batch_size,
         "hub_poll_interval_s": settings.hub.poll_interval_s,
+        "warehouse_memory_mb": settings.warehouse_memory_mb,
     }
 
 

@@ -127,7 +127,7 @@ def sync_one(args: argparse.Namespace) -> int:
         base_url=resource.api_url,
         zone=resource.zone,
     )
-    with WarehouseResource(path=str(settings.warehouse_path)).connection() as conn:
+    with WarehouseResource.of(settings).connection() as conn:
         add_live_rows(conn, cursor)
     print(json.dumps(document, ensure_ascii=False, indent=4))
     return 0

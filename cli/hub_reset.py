@@ -23,7 +23,7 @@ from resources.warehouse import WarehouseResource
 def hub_reset(args: argparse.Namespace) -> int:
     settings = load_settings()
     configured = HubIdentity.of(settings.hub.api_url, settings.hub.org_id)
-    warehouse = WarehouseResource(path=str(settings.warehouse_path))
+    warehouse = WarehouseResource.of(settings)
     with warehouse.connection() as conn:
         if not args.yes:
             recorded = recorded_identity(conn)

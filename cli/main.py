@@ -65,7 +65,7 @@ def _not_landed(what: str, needs: str) -> int:
 def _warehouse(settings: Settings) -> "WarehouseResource":
     from resources.warehouse import WarehouseResource
 
-    return WarehouseResource(path=str(settings.warehouse_path))
+    return WarehouseResource.of(settings)
 
 
 def _hub_reset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -276,7 +276,9 @@ def _export_connection(settings: Settings) -> Iterator["duckdb.DuckDBPyConnectio
     path = str(settings.warehouse_path)
     with ExitStack() as stack:
         try:
-            conn = stack.enter_context(WarehouseResource(path=path, lock_timeout_s=0).connection())
+            conn = stack.enter_context(
+                WarehouseResource.of(settings, lock_timeout_s=0).connection()
+            )
         except WarehouseError as exc:
             if not (isinstance(exc.__cause__, duckdb.Error) and _is_lock_conflict(exc.__cause__)):
                 raise
@@ -286,7 +288,7 @@ def _export_connection(settings: Settings) -> Iterator["duckdb.DuckDBPyConnectio
                 file=sys.stderr,
                 flush=True,
             )
-            waiting = WarehouseResource(path=path, lock_timeout_s=EXPORT_LOCK_WAIT_S)
+            waiting = WarehouseResource.of(settings, lock_timeout_s=EXPORT_LOCK_WAIT_S)
             conn = stack.enter_context(waiting.connection())
         yield conn
 

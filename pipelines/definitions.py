@@ -89,7 +89,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             automation=settings.automation,
         ),
         resources={
-            "warehouse": WarehouseResource(path=str(settings.warehouse_path)),
+            "warehouse": WarehouseResource.of(settings),
             "studip": studip_resource(settings.studip),
             "campusonline": campusonline_resource(settings.co),
             "lms": lms_resource(settings.lms),

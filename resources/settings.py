@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -38,6 +38,9 @@ class Variable:
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("HUBSYNC_WAREHOUSE", "data/warehouse.duckdb"),
+    # What DuckDB may hold in memory; beyond it, it spills to <warehouse>.tmp/ (a sync's landing
+    # and staging are one transaction each, which DuckDB otherwise keeps wholly in memory).
+    Variable("HUBSYNC_WAREHOUSE_MEMORY_MB", "512"),
     Variable("HUBSYNC_INCREMENTAL_INTERVAL", "900"),
     Variable("HUBSYNC_FULL_SYNC_CRON", "0 2 * * *"),
     Variable("HUBSYNC_KEEP_DAYS", "90"),
@@ -96,6 +99,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUB_MESSAGE_MAX_AGE", "86400"),
 )
 VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
+MIN_WAREHOUSE_MEMORY_MB = 128  # below it, a single CO page's JSON does not fit
 
 # Setting any of these means "talk to real systems": the CLI then does not start the sandbox.
 # studid: matriculation number (CO STUDID = Stud.IP datafield / LMS profile field); email:
@@ -199,6 +203,7 @@ class HubSettings:
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     warehouse_path: Path
+    warehouse_memory_mb: int
     incremental_interval_s: int
     full_sync_cron: str
     keep_days: int
@@ -249,13 +254,15 @@ class _Reader:
     def secret(self, name: str) -> SecretStr:
         return SecretStr(self._value(name))
 
-    def integer(self, name: str, minimum: Literal[0, 1], maximum: int | None = None) -> int:
+    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
         if maximum is not None:
             requirement = f"must be an integer from {minimum} to {maximum}"
         elif minimum == 1:
             requirement = "must be a positive integer"
-        else:
+        elif minimum == 0:
             requirement = "must be a non-negative integer"
+        else:
+            requirement = f"must be an integer of at least {minimum}"
 
         def parse(value: str) -> int:
             number = int(value)
@@ -502,6 +509,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     max_response_mb = read.integer("HUBSYNC_MAX_RESPONSE_MB", 1)
     settings = Settings(
         warehouse_path=read.path("HUBSYNC_WAREHOUSE"),
+        warehouse_memory_mb=read.integer("HUBSYNC_WAREHOUSE_MEMORY_MB", MIN_WAREHOUSE_MEMORY_MB),
         incremental_interval_s=read.integer("HUBSYNC_INCREMENTAL_INTERVAL", 1),
         full_sync_cron=read.cron("HUBSYNC_FULL_SYNC_CRON"),
         keep_days=read.integer("HUBSYNC_KEEP_DAYS", 1),

@@ -35,6 +35,7 @@ from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_V
 from resources.hub_schema import HUB_REFUSALS_SCHEMA, HUB_SCHEMA
 from resources.lms_schema import LMS_SCHEMA
 from resources.private_files import make_new_files_private
+from resources.settings import MIN_WAREHOUSE_MEMORY_MB, VARIABLES_BY_NAME, Settings
 
 
 class WarehouseError(RuntimeError):
@@ -87,6 +88,8 @@ def raw_page_table_ddl(name: str, *, compressed: bool = False) -> str:
         );
     """
 
+
+DEFAULT_MEMORY_MB = int(VARIABLES_BY_NAME["HUBSYNC_WAREHOUSE_MEMORY_MB"].default or 0)
 
 # Applied in list order, each in its own transaction; applied names are recorded in
 # schema_migrations. Append new migrations at the end; never edit or rename an applied one.
@@ -335,10 +338,13 @@ def _make_private(path: Path) -> None:
             pass  # absent, or another user's file: DuckDB reports what matters on open
 
 
-def connect(path: Path, lock_timeout_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: Path, lock_timeout_s: float = 10.0, memory_mb: int = DEFAULT_MEMORY_MB
+) -> duckdb.DuckDBPyConnection:
     """Open the DuckDB file, creating its folder, retrying while another process holds the lock.
 
-    The file, its write-ahead log and a folder created here are private to this user."""
+    The file, its write-ahead log and a folder created here are private to this user. DuckDB
+    holds at most ``memory_mb`` in memory and spills the rest to ``<file>.tmp/``."""
     make_new_files_private()
     _make_private(path)
     try:
@@ -368,6 +374,7 @@ def connect(path: Path, lock_timeout_s: float = 10.0) -> duckdb.DuckDBPyConnecti
         else:
             # Timestamps come back and render in UTC whatever the machine's zone.
             conn.execute("SET TimeZone = 'UTC'")
+            conn.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
             return conn
 
 
@@ -522,12 +529,27 @@ class WarehouseResource(dg.ConfigurableResource):
         default=10.0,
         description="How long to wait while another process holds the DuckDB lock.",
     )
+    memory_mb: int = Field(
+        default=DEFAULT_MEMORY_MB,
+        ge=MIN_WAREHOUSE_MEMORY_MB,
+        description="What DuckDB may hold in memory before it spills to <file>.tmp/ "
+        "(HUBSYNC_WAREHOUSE_MEMORY_MB).",
+    )
+
+    @classmethod
+    def of(cls, settings: Settings, **overrides: Any) -> "WarehouseResource":
+        """The warehouse the settings name (HUBSYNC_WAREHOUSE, HUBSYNC_WAREHOUSE_MEMORY_MB)."""
+        return cls(
+            path=str(settings.warehouse_path),
+            memory_mb=settings.warehouse_memory_mb,
+            **overrides,
+        )
 
     @contextmanager
     def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection with the schema up to date; closed when the block ends."""
         path = Path(self.path)
-        conn = connect(path, self.lock_timeout_s)
+        conn = connect(path, self.lock_timeout_s, self.memory_mb)
         try:
             ensure_schema(conn)
             yield conn

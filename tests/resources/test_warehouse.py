@@ -346,3 +346,26 @@ def test_an_existing_readable_warehouse_is_made_private_on_open(
     with WarehouseResource(path=str(path)).connection():
         pass
     assert _mode(path) == 0o600
+
+
+def test_duckdb_keeps_to_the_memory_setting_and_spills_beyond_it(warehouse_path: Path) -> None:
+    """HUBSYNC_WAREHOUSE_MEMORY_MB reaches DuckDB; a transaction larger than it still commits
+    (DuckDB spills to <warehouse>.tmp/ instead of failing or growing the process)."""
+    from resources.settings import load_settings
+    from resources.warehouse import transaction
+
+    settings = load_settings(
+        {"HUBSYNC_WAREHOUSE": str(warehouse_path), "HUBSYNC_WAREHOUSE_MEMORY_MB": "128"}
+    )
+    warehouse = WarehouseResource.of(settings)
+    assert warehouse.memory_mb == 128
+    with warehouse.connection() as conn:
+        (limit,) = conn.execute("SELECT current_setting('memory_limit')").fetchone() or ("",)
+        assert limit == "122.0 MiB"  # 128 MB
+        with transaction(conn):
+            conn.execute(
+                "CREATE TABLE big AS SELECT i, repeat(md5(i::VARCHAR), 8) AS s "
+                "FROM range(1000000) t(i)"  # 256 MB of strings, one transaction
+            )
+        assert conn.execute("SELECT count(DISTINCT s) FROM big").fetchone() == (1000000,)
+    assert WarehouseResource(path=str(warehouse_path)).memory_mb == 512  # the default
