@@ -21,6 +21,7 @@ of awkward rows. ``row_hash`` is computed in SQL over the typed content columns 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -221,16 +222,24 @@ def _screen_sql(service: CoService) -> str:
 
 
 def _unscreened_rows_sql(service: CoService) -> str:
-    """The JSON text of the rows of ``co_page`` the screen did not pass (one parse of the page,
-    however many rows)."""
+    """(request_key, page_nr, row_nr, JSON text) of the rows in ``co_page`` the screen did not
+    pass (one more parse of their pages, however many rows)."""
     shape = json.dumps({"resource": [{"content": {service.row_key: "JSON"}}]})
     return f"""
         WITH items AS (
-            SELECT unnest(doc.resource) AS item, generate_subscripts(doc.resource, 1) AS row_nr
-            FROM (SELECT json_transform(decode(body), {_quoted(shape)}) AS doc FROM co_page)
+            SELECT request_key, page_nr,
+                   unnest(doc.resource) AS item, generate_subscripts(doc.resource, 1) AS row_nr
+            FROM (SELECT request_key, page_nr,
+                         json_transform(decode(body), {_quoted(shape)}) AS doc
+                  FROM co_page
+                  WHERE (request_key, page_nr) IN (
+                      SELECT (request_key, page_nr) FROM co_screened WHERE NOT passed))
         )
-        SELECT row_nr, item.content.{service.row_key}::VARCHAR FROM items
-        WHERE row_nr IN (SELECT row_nr FROM co_screened WHERE NOT passed) ORDER BY row_nr
+        SELECT request_key, page_nr, row_nr, item.content.{service.row_key}::VARCHAR
+        FROM items
+        WHERE (request_key, page_nr, row_nr) IN (
+            SELECT (request_key, page_nr, row_nr) FROM co_screened WHERE NOT passed)
+        ORDER BY request_key, page_nr, row_nr
     """
 
 
@@ -332,6 +341,9 @@ class StageCounts:
     explained: int = 0  # rows the screen left to pydantic (staged or quarantined)
 
 
+STAGE_BATCH_BYTES = 16_000_000  # pages screened together, up to about this much JSON
+
+
 def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dict[str, StageCounts]:
     """Validate every row of the key's raw pages into ``stg_co_*``; quarantine the bad ones."""
     conn.execute("DELETE FROM quarantine WHERE source = 'co' AND sync_key = ?", [key])
@@ -343,8 +355,8 @@ def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dic
         service = SERVICES[code]
         conn.execute(f"DELETE FROM {STAGING_TABLES[code]} WHERE sync_key = ?", [key])
         explained = sum(
-            _stage_page(conn, key, service, zone, request_key, page_nr, body)
-            for request_key, page_nr, body in raw_page_bytes(conn, RAW_TABLES[code], key)
+            _stage_pages(conn, key, service, zone, batch)
+            for batch in _batches(raw_page_bytes(conn, RAW_TABLES[code], key))
         )
         quarantine_duplicates(conn, key, service)
         rows, quarantined = conn.execute(
@@ -360,19 +372,36 @@ def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dic
     return counts
 
 
-def _stage_page(
+Page = tuple[str, int, bytes]  # request_key, page_nr, body
+
+
+def _batches(pages: Iterable[Page]) -> Iterator[list[Page]]:
+    """Pages in groups of about STAGE_BATCH_BYTES: an incremental sync's hundred small pages
+    (one per re-read student) in one screen, since each screen costs some 30 ms to plan; a full
+    sync's pages of 20,000 rows one or two at a time, which keeps memory flat."""
+    batch: list[Page] = []
+    size = 0
+    for page in pages:
+        batch.append(page)
+        size += len(page[2])
+        if size >= STAGE_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _stage_pages(
     conn: duckdb.DuckDBPyConnection,
     key: str,
     service: CoService,
     zone: ZoneInfo,
-    request_key: str,
-    page_nr: int,
-    body: bytes,
+    pages: list[Page],
 ) -> int:
-    """Screen one page in DuckDB (pages of 20,000 rows: one at a time keeps memory flat), stage
-    what passed and let pydantic explain the rest; return how many rows it explained."""
+    """Screen pages in DuckDB, stage what passed and let pydantic explain the rest; return how
+    many rows it explained."""
     conn.execute("DELETE FROM co_page")
-    conn.execute("INSERT INTO co_page VALUES (?, ?, ?)", [request_key, page_nr, body])
+    conn.executemany("INSERT INTO co_page VALUES (?, ?, ?)", pages)
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE co_screened AS {_screen_sql(service)}", {"zone": zone.key}
     )
@@ -386,7 +415,7 @@ def _stage_page(
     conn.execute(f"{staged_from} co_screened WHERE passed", {"key": key})
     unscreened = conn.execute(_unscreened_rows_sql(service)).fetchall()
     conn.execute("DROP TABLE co_screened")
-    accepted = _explain(conn, key, service, zone, request_key, page_nr, unscreened)
+    accepted = _explain(conn, key, service, zone, unscreened)
     if accepted:
         conn.execute(_explained_table_sql(service))
         placeholders = ", ".join("?" for _ in range(3 + len(RULES[service.code])))
@@ -409,14 +438,12 @@ def _explain(
     key: str,
     service: CoService,
     zone: ZoneInfo,
-    request_key: str,
-    page_nr: int,
-    rows: list[tuple[int, str | None]],
+    rows: list[tuple[str, int, int, str | None]],
 ) -> list[list[Any]]:
     """Validate the rows the screen did not pass with their model: quarantine the refused ones
     with the reason; return the accepted ones as staging values."""
     accepted: list[list[Any]] = []
-    for row_nr, row_json in rows:
+    for request_key, page_nr, row_nr, row_json in rows:
         row = _parsed(row_json)
         try:
             model = service.model.model_validate(row)

@@ -80,19 +80,25 @@ def awkward_rows(code: str) -> Iterator[Any]:
     yield from NOT_ROWS
 
 
+PAGE_ROWS = 100  # the awkward rows land on several pages, screened together
+
+
 def land(conn: duckdb.DuckDBPyConnection, code: str, rows: list[Any]) -> None:
     service = SERVICES[code]
-    body = json.dumps(
-        {
-            "type": "resources",
-            "resource": [{"content": {"type": "x", service.row_key: r}} for r in rows],
-        }
-    )
-    conn.execute(
-        f"INSERT INTO {RAW_TABLES[code]} (sync_key, request_key, page_nr, request_params, "
-        "fetched_at, record_count, body_zlib, body_bytes) VALUES (?, ?, 1, '{}', now(), ?, ?, ?)",
-        [KEY, f"{code}:active", len(rows), deflate(body.encode()), len(body)],
-    )
+    for page_nr, start in enumerate(range(0, len(rows), PAGE_ROWS), start=1):
+        page = rows[start : start + PAGE_ROWS]
+        body = json.dumps(
+            {
+                "type": "resources",
+                "resource": [{"content": {"type": "x", service.row_key: r}} for r in page],
+            }
+        )
+        conn.execute(
+            f"INSERT INTO {RAW_TABLES[code]} (sync_key, request_key, page_nr, request_params, "
+            "fetched_at, record_count, body_zlib, body_bytes) "
+            "VALUES (?, ?, ?, '{}', now(), ?, ?, ?)",
+            [KEY, f"{code}:active", page_nr, len(page), deflate(body.encode()), len(body)],
+        )
 
 
 def reference(model: type[CoRow], row: Any, zone: ZoneInfo) -> tuple[str, Any]:
@@ -106,9 +112,10 @@ def staged_rows(conn: duckdb.DuckDBPyConnection, code: str) -> dict[int, dict[st
     columns = [rule.name for rule in RULES[code]]
     quoted = ", ".join(f'"{c}"' for c in columns)
     return {
-        row_nr: dict(zip(columns, values, strict=True))
-        for row_nr, *values in conn.execute(
-            f"SELECT row_nr, {quoted} FROM {STAGING_TABLES[code]} WHERE sync_key = ?", [KEY]
+        (page_nr - 1) * PAGE_ROWS + row_nr: dict(zip(columns, values, strict=True))
+        for page_nr, row_nr, *values in conn.execute(
+            f"SELECT page_nr, row_nr, {quoted} FROM {STAGING_TABLES[code]} WHERE sync_key = ?",
+            [KEY],
         ).fetchall()
     }
 
