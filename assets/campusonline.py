@@ -22,12 +22,17 @@ from typing import Literal
 import dagster as dg
 import duckdb
 
-from assets.campusonline_staging import DUPLICATE_REASON, RAW_TABLES, RECORD_TYPES, stage_sync
+from assets.campusonline_staging import DUPLICATE_REASON, stage_sync
 from assets.campusonline_sync import CODES, CoCursor, CoSyncRunner, SyncOutcome
 from assets.sync import sync_run
 from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.campusonline import SERVICES, CampusOnlineResource, CoPage, CoService
-from resources.campusonline_schema import CURRENT_TABLES, STAGING_TABLES
+from resources.campusonline_schema import (
+    CURRENT_TABLES,
+    RAW_TABLES,
+    RECORD_TYPES,
+    STAGING_TABLES,
+)
 from resources.warehouse import PageWriter, WarehouseResource, transaction
 
 GROUP = "campusonline"

@@ -41,12 +41,14 @@ from resources.campusonline import (
     CoRow,
     CoService,
 )
-from resources.campusonline_schema import STAGING_TABLES, row_hash_expression
+from resources.campusonline_schema import (
+    RAW_TABLES,
+    RECORD_TYPES,
+    STAGING_TABLES,
+    row_hash_expression,
+)
 from resources.http import MAX_TEXT_CHARS
 from resources.warehouse import raw_page_bytes
-
-RAW_TABLES = {code: f"raw_co_{code}" for code in CODES}
-RECORD_TYPES = {"students": "student", "studies": "study", "applications": "application"}
 
 # the shapes both sides accept (DuckDB's strptime reads CO_TIMESTAMP_FORMAT as Python's does)
 _TIMESTAMP_SHAPE = r"\d{2}\.\d{2}\.\d{4}T\d{2}:\d{2}:\d{2}"

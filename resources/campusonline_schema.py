@@ -16,8 +16,10 @@ The column lists mirror the row models of ``resources.campusonline`` (a test kee
 from resources.campusonline import SERVICES
 from resources.change_detection import row_hash_sql
 
+RAW_TABLES = {code: f"raw_co_{code}" for code in SERVICES}
 STAGING_TABLES = {code: f"stg_co_{code}" for code in SERVICES}
 CURRENT_TABLES = {code: f"co_{code}" for code in SERVICES}
+RECORD_TYPES = {"students": "student", "studies": "study", "applications": "application"}
 UNHASHED_FIELDS = ("SOURCE", "TIMESTAMP")  # when CO re-sends a row, these change alone
 
 

@@ -13,7 +13,6 @@ import pytest
 from pydantic import ValidationError
 
 from assets.campusonline_staging import (
-    RAW_TABLES,
     RULES,
     FieldRule,
     field_rules,
@@ -22,7 +21,7 @@ from assets.campusonline_staging import (
     validation_reason,
 )
 from resources.campusonline import SERVICES, CoRow, format_co_timestamp, parse_co_timestamp
-from resources.campusonline_schema import CO_ROW_HASH_MIGRATION, STAGING_TABLES
+from resources.campusonline_schema import CO_ROW_HASH_MIGRATION, RAW_TABLES, STAGING_TABLES
 from resources.http import MAX_TEXT_CHARS
 from resources.warehouse import WarehouseResource, deflate
 from tests.resources.test_campusonline import FULL_APPLICATION, FULL_STUDENT, FULL_STUDY
