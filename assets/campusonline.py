@@ -379,17 +379,26 @@ def _picked_sql(service: CoService, *, only_key: bool) -> str:
     """
 
 
+def _new_rows_sql(service: CoService, *, only_key: bool) -> str:
+    """The picked rows (CTE ``picked``) with ``changed_in_sync``: the current row's where the
+    content is unchanged, else ``$key``."""
+    code, id_field = service.code, service.model.id_field
+    return f"""
+        WITH picked AS ({_picked_sql(service, only_key=only_key)})
+        SELECT {_sql_columns(service, "p.")}, p.row_hash,
+               CASE WHEN o.row_hash = p.row_hash THEN o.changed_in_sync ELSE $key END
+                   AS changed_in_sync
+        FROM picked p LEFT JOIN {CURRENT_TABLES[code]} o ON o.{id_field} = p.{id_field}
+    """
+
+
 def _rebuild_table(conn: duckdb.DuckDBPyConnection, key: str, service: CoService) -> dict[str, int]:
     code, id_field = service.code, service.model.id_field
     columns = _sql_columns(service)
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE co_new AS
-        WITH picked AS ({_picked_sql(service, only_key=False)})
-        SELECT {_sql_columns(service, "p.")}, p.row_hash,
-               CASE WHEN o.row_hash = p.row_hash THEN o.changed_in_sync ELSE $key END
-                   AS changed_in_sync
-        FROM picked p LEFT JOIN {CURRENT_TABLES[code]} o ON o.{id_field} = p.{id_field}
+        {_new_rows_sql(service, only_key=False)}
         UNION ALL  -- ids quarantined as duplicates in the chain keep their current record
         SELECT {_sql_columns(service, "o.")}, o.row_hash, o.changed_in_sync
         FROM {CURRENT_TABLES[code]} o
@@ -417,14 +426,7 @@ def _overlay_table(conn: duckdb.DuckDBPyConnection, key: str, service: CoService
     code, id_field = service.code, service.model.id_field
     table, columns = CURRENT_TABLES[code], _sql_columns(service)
     conn.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE co_new AS
-        WITH picked AS ({_picked_sql(service, only_key=True)})
-        SELECT {_sql_columns(service, "p.")}, p.row_hash,
-               CASE WHEN o.row_hash = p.row_hash THEN o.changed_in_sync ELSE $key END
-                   AS changed_in_sync
-        FROM picked p LEFT JOIN {table} o ON o.{id_field} = p.{id_field}
-        """,
+        f"CREATE OR REPLACE TEMP TABLE co_new AS {_new_rows_sql(service, only_key=True)}",
         {"key": key},
     )
     conn.execute(f"DELETE FROM {table} o USING co_new n WHERE o.{id_field} = n.{id_field}")
