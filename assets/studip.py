@@ -49,7 +49,7 @@ from assets.studip_listing import (
     list_studip,
 )
 from assets.sync import sync_run
-from pipelines.partitions import parse_sync_key, sync_runs_partitions
+from pipelines.partitions import SyncKey, parse_sync_key, sync_runs_partitions
 from resources.studip import (
     CRAWL_ROUTES,
     SEARCH_ROUTE,
@@ -673,7 +673,12 @@ def studip_raw_pages(
     try:
         choice = choose_api_mode(studip, jsonapi)
         context.log.info(f"Stud.IP {choice.mode} mode: {choice.reason}")
-        listing = choice.mode == "jsonapi"
+        listing, why = choice.mode == "jsonapi", ""
+        if listing:
+            with warehouse.connection() as conn:
+                listing, why = listing_due(conn, key, studip.relist_every)
+            if not listing:
+                context.log.info(f"Stud.IP: no listing in this sync: {why}")
         try:
             client.check_routes(LISTING_ROUTES if listing else _needed_routes(studip.seed_users))
         except StudipRoutesMissing as exc:
@@ -734,6 +739,7 @@ def studip_raw_pages(
         metadata={
             "api_mode": choice.mode,
             "api_mode_reason": choice.reason,
+            **({"listing": why} if why else {}),
             "crawl": plan.mode,
             "semesters": len(semester_ids),
             "seed_users": len(plan.seeds),
@@ -926,6 +932,45 @@ STATE_TABLES = (
         "Which users belong to which institute: relation work (staff) or study, with perms.",
     ),
 )
+
+
+def crawls_since_refresh(conn: Sql, before: datetime) -> int | None:
+    """How many incremental syncs before ``before`` landed Stud.IP by crawling the changed
+    users since the latest sync that read all of Stud.IP (a listing, or a full crawl); None
+    when none did."""
+    crawls = 0
+    for key in _landed_keys_newest_first(conn, before):
+        if key.mode == "full" or listing_landed(conn, str(key)):
+            return crawls
+        crawls += 1
+    return None
+
+
+def _landed_keys_newest_first(conn: Sql, before: datetime) -> list[SyncKey]:
+    keys = []
+    for (key,) in conn.execute(f"SELECT DISTINCT sync_key FROM {RAW_TABLE}").fetchall():
+        try:
+            parsed = parse_sync_key(key)
+        except ValueError:
+            continue  # not a sync key (an operator's); it says nothing about the cadence
+        if parsed.started_at < before:
+            keys.append(parsed)
+    return sorted(keys, key=lambda k: k.started_at, reverse=True)
+
+
+def listing_due(conn: Sql, key: SyncKey, relist_every: int) -> tuple[bool, str]:
+    """Whether this sync, in listing mode, lists (and why): a full sync always, an incremental
+    one on every ``relist_every``-th incremental sync (STUDIP_RELIST_EVERY), else it crawls the
+    users CO or the LMS changed."""
+    if key.mode == "full" or relist_every == 1:
+        return True, "every sync lists"
+    crawls = crawls_since_refresh(conn, key.started_at)
+    if crawls is None or crawls >= relist_every - 1:
+        return True, f"one incremental sync in {relist_every} lists (STUDIP_RELIST_EVERY)"
+    return False, (
+        f"{crawls + 1} incremental sync(s) since the last listing; one in {relist_every} lists "
+        "(STUDIP_RELIST_EVERY), the others crawl the users CO or the LMS changed"
+    )
 
 
 def listing_landed(conn: Sql, sync_key: str) -> bool:

@@ -852,6 +852,13 @@ class StudIPResource(dg.ConfigurableResource):
         description="A listing's full sync re-reads the datafields and institutes of the users "
         "whose day it is, so every user's once in N days (STUDIP_DETAILS_REFRESH_DAYS).",
     )
+    relist_every: int = Field(
+        default=1,
+        ge=1,
+        le=96,
+        description="In listing mode, an incremental sync lists on every N-th incremental sync "
+        "and crawls the users CO or the LMS changed in the others (STUDIP_RELIST_EVERY).",
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="Read timeout per request.")
     retry_attempts: int = Field(
         default=5, ge=1, description="Tries per request on 429, 5xx and dropped connections."
@@ -988,4 +995,5 @@ def studip_resource(settings: StudipSettings) -> StudIPResource:
         jsonapi_url=settings.jsonapi_url,
         listing_page_size=settings.page_size,
         details_refresh_days=settings.details_refresh_days,
+        relist_every=settings.relist_every,
     )

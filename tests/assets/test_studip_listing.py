@@ -33,6 +33,7 @@ from tests.assets.test_studip import (
 from tests.instances import ephemeral_instance
 
 EPOCH = date(1970, 1, 1)
+INCR_LATER = "incr-20261123T113000Z"  # between INCR and FULL2
 
 # every table studip_state builds: a table added there is compared here too
 STATE_TABLE_NAMES = [table.name for table in STATE_TABLES]
@@ -41,7 +42,7 @@ STATE_TABLE_NAMES = [table.name for table in STATE_TABLES]
 @pytest.fixture(scope="module")
 def instance() -> Iterator[dg.DagsterInstance]:
     with ephemeral_instance() as instance:
-        instance.add_dynamic_partitions(sync_runs_partitions.name, [FULL, INCR, FULL2])
+        instance.add_dynamic_partitions(sync_runs_partitions.name, [FULL, INCR, INCR_LATER, FULL2])
         yield instance
 
 
@@ -284,3 +285,36 @@ def test_a_full_listing_reads_in_full_only_changed_users_and_the_days_refresh_sl
             world.studip_users[quiet].datafields.clear()
             world.studip_users[quiet].datafields.update(saved[0])
             world.studip_users[loud].email = saved[1]
+
+
+def test_with_studip_relist_every_incremental_syncs_list_every_nth_time_and_crawl_between(
+    instance: dg.DagsterInstance, sb: Sandbox, tmp_path: Path
+) -> None:
+    """STUDIP_RELIST_EVERY=2: the first incremental sync after the full listing crawls the
+    users CO or the LMS changed (no JSON:API request, a Stud.IP-only change waits), the next
+    one lists and sees it."""
+    warehouse = WarehouseResource(path=str(tmp_path / "relist.duckdb"))
+    studip = studip_for(sb, api_mode="auto", listing_page_size=25, relist_every=2)
+    assert metadata(materialize(instance, warehouse, studip, FULL))["crawl"] == "listing-full"
+    world = sb.world
+    with world.lock:
+        user_id = sorted(u for u in world.studip_users if world.studip_users[u].email)[0]
+        before = world.studip_users[user_id].email
+        world.studip_users[user_id].email = "relisted@tu-sandbox.at"
+    try:
+        sb.studip.counts.clear()
+        crawled = materialize(instance, warehouse, studip, INCR)
+        assert crawled.success
+        numbers = metadata(crawled)
+        assert numbers["crawl"] == "incremental" and numbers["jsonapi_requests"] == 1  # /users/me
+        assert "STUDIP_RELIST_EVERY" in numbers["listing"]
+        emails = dict(query(warehouse, "SELECT user_id, email FROM studip_users"))
+        assert emails[user_id] == before, "a Stud.IP-only change waits for the next listing"
+        listed = materialize(instance, warehouse, studip, INCR_LATER)
+        assert listed.success
+        assert metadata(listed)["crawl"] == "listing-incremental"
+        emails = dict(query(warehouse, "SELECT user_id, email FROM studip_users"))
+        assert emails[user_id] == "relisted@tu-sandbox.at"
+    finally:
+        with world.lock:
+            world.studip_users[user_id].email = before

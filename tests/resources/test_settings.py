@@ -378,6 +378,10 @@ INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
         ("https://studip.example.org/api.php", "must be an http(s) URL ending in /jsonapi.php/v1")
     ],
     "STUDIP_PAGE_SIZE": [("0", "must be a positive integer")],
+    "STUDIP_RELIST_EVERY": [
+        ("0", "must be an integer from 1 to 96"),
+        ("hourly", "must be an integer from 1 to 96"),
+    ],
     "STUDIP_DETAILS_REFRESH_DAYS": [
         ("0", "must be an integer from 1 to 3650"),
         ("3651", "must be an integer from 1 to 3650"),
