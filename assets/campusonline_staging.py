@@ -29,7 +29,6 @@ from zoneinfo import ZoneInfo
 
 import annotated_types
 import duckdb
-import orjson
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
@@ -47,7 +46,7 @@ from resources.campusonline_schema import (
     STAGING_TABLES,
     row_hash_expression,
 )
-from resources.http import MAX_TEXT_CHARS
+from resources.http import MAX_TEXT_CHARS, loads
 from resources.warehouse import raw_page_bytes
 
 # the shapes both sides accept (DuckDB's strptime reads CO_TIMESTAMP_FORMAT as Python's does)
@@ -201,46 +200,43 @@ def _typed(rule: FieldRule) -> str:
 RULES = {code: field_rules(SERVICES[code].model) for code in CODES}
 
 
+def _items_sql(service: CoService, row_shape: Any, pages: str = "TRUE") -> str:
+    """The rows of the pages in ``co_page`` (those matching ``pages``), one per row: request_key,
+    page_nr, row_nr and the row as ``json_transform`` reads it with ``row_shape``."""
+    shape = json.dumps({"resource": [{"content": {service.row_key: row_shape}}]})
+    return f"""
+        SELECT request_key, page_nr, row_nr, item.content.{service.row_key} AS row
+        FROM (SELECT request_key, page_nr,
+                     unnest(doc.resource) AS item, generate_subscripts(doc.resource, 1) AS row_nr
+              FROM (SELECT request_key, page_nr,
+                           json_transform(decode(body), {_quoted(shape)}) AS doc
+                    FROM co_page WHERE {pages}))
+    """
+
+
 def _screen_sql(service: CoService) -> str:
-    """The rows of the page in ``co_page`` (request_key, page_nr, body) as row_nr, ``passed``
-    and the typed columns. Each field is read as its JSON text (``f.<name>``); a row that is no
-    object has every field NULL, and every model has a required field."""
+    """The rows of the pages in ``co_page`` as request_key, page_nr, row_nr, ``passed`` and the
+    typed columns. Each field is read as its JSON text (``f.<name>``); a row that is no object
+    has every field NULL, and every model has a required field."""
     fields = {rule.name: "JSON" for rule in RULES[service.code]}
-    shape = json.dumps({"resource": [{"content": {service.row_key: fields}}]})
     screens = " AND ".join(_screen(rule) for rule in RULES[service.code])
     typed = ", ".join(_typed(rule) for rule in RULES[service.code])
     return f"""
-        WITH items AS (
-            SELECT request_key, page_nr,
-                   unnest(doc.resource) AS item, generate_subscripts(doc.resource, 1) AS row_nr
-            FROM (SELECT request_key, page_nr,
-                         json_transform(decode(body), {_quoted(shape)}) AS doc FROM co_page)
-        ),
-        rows AS (SELECT request_key, page_nr, row_nr, item.content.{service.row_key} AS f
-                 FROM items)
+        WITH rows AS ({_items_sql(service, fields)})
         SELECT request_key, page_nr, row_nr, coalesce({screens}, false) AS passed, {typed}
-        FROM rows
+        FROM (SELECT request_key, page_nr, row_nr, row AS f FROM rows)
     """
 
 
 def _unscreened_rows_sql(service: CoService) -> str:
     """(request_key, page_nr, row_nr, JSON text) of the rows in ``co_page`` the screen did not
     pass (one more parse of their pages, however many rows)."""
-    shape = json.dumps({"resource": [{"content": {service.row_key: "JSON"}}]})
+    failed = "FROM co_screened WHERE NOT passed"
+    pages = f"(request_key, page_nr) IN (SELECT (request_key, page_nr) {failed})"
     return f"""
-        WITH items AS (
-            SELECT request_key, page_nr,
-                   unnest(doc.resource) AS item, generate_subscripts(doc.resource, 1) AS row_nr
-            FROM (SELECT request_key, page_nr,
-                         json_transform(decode(body), {_quoted(shape)}) AS doc
-                  FROM co_page
-                  WHERE (request_key, page_nr) IN (
-                      SELECT (request_key, page_nr) FROM co_screened WHERE NOT passed))
-        )
-        SELECT request_key, page_nr, row_nr, item.content.{service.row_key}::VARCHAR
-        FROM items
-        WHERE (request_key, page_nr, row_nr) IN (
-            SELECT (request_key, page_nr, row_nr) FROM co_screened WHERE NOT passed)
+        SELECT request_key, page_nr, row_nr, row::VARCHAR
+        FROM ({_items_sql(service, "JSON", pages)})
+        WHERE (request_key, page_nr, row_nr) IN (SELECT (request_key, page_nr, row_nr) {failed})
         ORDER BY request_key, page_nr, row_nr
     """
 
@@ -325,15 +321,6 @@ def validation_reason(exc: ValidationError | ValueError) -> str:
             f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()[:5]
         )
     return str(exc)
-
-
-def _parsed(row_json: str | None) -> Any:
-    if row_json is None:
-        return None
-    try:
-        return orjson.loads(row_json)
-    except orjson.JSONDecodeError:  # integers beyond 64 bits
-        return json.loads(row_json)
 
 
 @dataclass
@@ -446,7 +433,7 @@ def _explain(
     with the reason; return the accepted ones as staging values."""
     accepted: list[list[Any]] = []
     for request_key, page_nr, row_nr, row_json in rows:
-        row = _parsed(row_json)
+        row = None if row_json is None else loads(row_json)
         try:
             model = service.model.model_validate(row)
             values = typed_row(model, zone)
