@@ -15,6 +15,12 @@ and pages are added when the total grew, and every record is handed over once (d
 id). A change of more than ``overlap`` users during one listing cannot be told apart from a lost
 user, so it fails the listing (the sync is retried, nothing is landed).
 
+Every request asks for sparse fieldsets (``fields[<type>]``, ``FIELDSETS``): exactly the attributes
+and relationships the models read. Stud.IP allows them for every type (its ``JsonApiTrait`` leaves
+``$allowedFieldSetTypes`` at null); a user without its fifteen relationship links and a membership
+without its unread attributes make a listing about 40 % smaller. A server that refuses them (400
+on ``/users/me``, which is asked first) is asked for whole resources.
+
 Errors are JSON:API documents (``{"errors": [{"status", "title", "detail"}]}``, JSON); a refused
 login is a 401 with an empty ``text/html`` body; ``/users/:id/course-memberships`` is 403 even for
 root.
@@ -83,8 +89,9 @@ class Relationship(JsonApiModel):
 
 
 class Resource(JsonApiModel):
+    """A resource whose relationships hubsync does not read."""
+
     id: str
-    relationships: dict[str, Relationship] = Field(default_factory=dict)
 
 
 class UserAttributes(JsonApiModel):
@@ -311,6 +318,24 @@ def _attribute_names(model: type[JsonApiModel]) -> tuple[str, ...]:
 ATTRIBUTE_NAMES = {model: _attribute_names(model) for model in RESOURCE_MODELS.values()}
 
 
+def _read_relationship_names(model: type[JsonApiModel]) -> tuple[str, ...]:
+    """The relationships ``model`` reads."""
+    if "relationships" not in model.model_fields:
+        return ()
+    relationships = model.model_fields["relationships"].annotation
+    assert isinstance(relationships, type) and issubclass(relationships, JsonApiModel)
+    return tuple(field.alias or name for name, field in relationships.model_fields.items())
+
+
+# JSON:API sparse fieldsets: ask each type for exactly what its model reads. A user carries about
+# fifteen relationships with links and a membership seven attributes; without them a listing page
+# is a fraction of the size, for the server to encode and for us to parse and land.
+FIELDSETS = {
+    kind: ",".join(_attribute_names(model) + _read_relationship_names(model))
+    for kind, model in RESOURCE_MODELS.items()
+}
+
+
 def parse_resources(items: Any, record_type: str) -> tuple[list[JsonApiModel], list[Rejected]]:
     """Validate JSON:API resource objects with the model of their ``type``."""
     if not isinstance(items, list):
@@ -360,12 +385,21 @@ class JsonApiClient:
         concurrency: int = 8,
         overlap: int | None = None,
         max_pages: int = DEFAULT_MAX_PAGES,
+        sparse_fieldsets: bool = True,
     ) -> None:
         self.http = http
         self.page_size = page_size
         self.concurrency = concurrency
         self.overlap = overlap
         self.max_pages = max_pages
+        self.sparse_fieldsets = sparse_fieldsets
+
+    def fields(self, *kinds: str) -> dict[str, str]:
+        """The ``fields[<type>]`` parameters for resources of ``kinds`` (none when the server
+        refused sparse fieldsets)."""
+        if not self.sparse_fieldsets:
+            return {}
+        return {f"fields[{kind}]": FIELDSETS[kind] for kind in kinds}
 
     # -- low level -----------------------------------------------------------------------------
 
@@ -416,8 +450,17 @@ class JsonApiClient:
     # -- single resources ----------------------------------------------------------------------
 
     def me(self) -> User:
-        """``/users/me``: the API account (its ``permission`` says whether it is root)."""
-        response = self._get("/users/me", "/users/me")
+        """``/users/me``: the API account (its ``permission`` says whether it is root).
+
+        It is asked with sparse fieldsets, as the listings are: Stud.IP accepts them for every
+        type, but should a server refuse them (400), the listings ask for whole resources."""
+        try:
+            response = self._get("/users/me", "/users/me", self.fields("users"))
+        except StudipError as exc:
+            if exc.status != 400 or not self.sparse_fieldsets:
+                raise
+            self.sparse_fieldsets = False
+            response = self._get("/users/me", "/users/me")
         records, rejected = parse_resources([self._document("/users/me", response)["data"]], "user")
         if rejected or not records:
             raise self.http.error(response, f"/users/me: {rejected[0].reason if rejected else ''}")
@@ -428,26 +471,42 @@ class JsonApiClient:
     # -- listings ------------------------------------------------------------------------------
 
     def users(self, *, include_memberships: bool = True) -> Iterator[JsonApiPage]:
-        filters = {"include": "course-memberships"} if include_memberships else {}
-        return self.listing("/users", "/users", filters)
+        if include_memberships:
+            return self.listing(
+                "/users", "/users", {"include": "course-memberships"},
+                fields=self.fields("users", "course-memberships"),
+            )  # fmt: skip
+        return self.listing("/users", "/users", fields=self.fields("users"))
 
     def courses(self, semester_id: str | None = None) -> Iterator[JsonApiPage]:
         filters = {"filter[semester]": semester_id} if semester_id else {}
-        return self.listing("/courses", "/courses", filters, subject=semester_id or "")
+        return self.listing(
+            "/courses",
+            "/courses",
+            filters,
+            fields=self.fields("courses"),
+            subject=semester_id or "",
+        )
 
     def semesters(self) -> Iterator[JsonApiPage]:
-        return self.listing("/semesters", "/semesters")
+        return self.listing("/semesters", "/semesters", fields=self.fields("semesters"))
 
     def institutes(self) -> Iterator[JsonApiPage]:
-        return self.listing("/institutes", "/institutes")
+        return self.listing("/institutes", "/institutes", fields=self.fields("institutes"))
 
     def course_memberships(self, course_id: str) -> Iterator[JsonApiPage]:
         path = f"/courses/{course_id}/memberships"
-        return self.listing("/courses/:course_id/memberships", path, subject=course_id)
+        return self.listing(
+            "/courses/:course_id/memberships", path,
+            fields=self.fields("course-memberships"), subject=course_id,
+        )  # fmt: skip
 
     def institute_memberships(self, user_id: str) -> Iterator[JsonApiPage]:
         path = f"/users/{user_id}/institute-memberships"
-        return self.listing("/users/:user_id/institute-memberships", path, subject=user_id)
+        return self.listing(
+            "/users/:user_id/institute-memberships", path,
+            fields=self.fields("institute-memberships"), subject=user_id,
+        )  # fmt: skip
 
     def listing(
         self,
@@ -455,11 +514,15 @@ class JsonApiClient:
         path: str,
         filters: Mapping[str, str] | None = None,
         *,
+        fields: Mapping[str, str] | None = None,
         limit: int | None = None,
         subject: str = "",
     ) -> Iterator[JsonApiPage]:
-        """Every page of a collection, each record handed over once (see the module doc)."""
+        """Every page of a collection, each record handed over once (see the module doc).
+        ``filters`` choose the records (they make the ``request_key``), ``fields`` only how much
+        of each is sent."""
         filters = dict(filters or {})
+        shown = {**filters, **(fields or {})}
         limit = limit or self.page_size
         overlap = self.overlap if self.overlap is not None else max(1, limit // 10)
         overlap = min(overlap, limit - 1)
@@ -470,13 +533,13 @@ class JsonApiClient:
         page_nr = 0
 
         def fetch(offset: int) -> tuple[int, requests.Response, datetime]:
-            params = {**filters, "page[offset]": offset, "page[limit]": limit}
+            params = {**shown, "page[offset]": offset, "page[limit]": limit}
             fetched_at = datetime.now(UTC)
             return offset, self._get(route, path, params), fetched_at
 
         def page_of(offset: int, response: requests.Response, fetched_at: datetime) -> JsonApiPage:
             nonlocal page_nr
-            params = {**filters, "page[offset]": offset, "page[limit]": limit}
+            params = {**shown, "page[offset]": offset, "page[limit]": limit}
             try:
                 body = self._document(route, response)
                 total = int(body["meta"]["page"]["total"])

@@ -12,6 +12,10 @@ Served (GET, HTTP Basic with the API account's credentials):
   id is 400 ``Invalid "semester".``; ``include=start-semester,end-semester``), ``/courses/:id``,
   ``/courses/:id/memberships``; ``/semesters``; ``/institutes``.
 
+Every route honours JSON:API sparse fieldsets (``fields[<type>]=a,b``; Stud.IP's routes allow
+them for every type, ``$allowedFieldSetTypes = null``): a resource of a listed type keeps only
+those attributes and relationships, and ``included[]`` only what a kept relationship refers to.
+
 Success is ``application/vnd.api+json`` with ``meta.page {offset, limit, total}`` and ``links``
 (``first``, ``last``; ``prev`` past the first page, ``next`` before the last); errors are
 ``{"errors": [{"status", "title"[, "detail"]}]}`` as ``application/json``; a request without
@@ -32,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -118,6 +123,69 @@ def _page_param(request: Request, name: str, default: int) -> int:
     return int(raw)
 
 
+def requested_fieldsets(request: Request) -> dict[str, set[str]]:
+    """``fields[<type>]=a,b``: the attributes and relationships wanted per type (JSON:API sparse
+    fieldsets; Stud.IP's routes allow them for every type)."""
+    fieldsets: dict[str, set[str]] = {}
+    for key, value in request.query.items():
+        found = re.fullmatch(r"fields\[([^\]]+)\]", key)
+        if found:
+            fieldsets[found.group(1)] = {name for name in value.split(",") if name}
+    return fieldsets
+
+
+def _identifiers(resource: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    for relationship in resource.get("relationships", {}).values():
+        data = relationship.get("data")
+        for item in data if isinstance(data, list) else [data] if data else []:
+            yield item["type"], item["id"]
+
+
+def sparse(document: dict[str, Any], fieldsets: dict[str, set[str]]) -> dict[str, Any]:
+    """``document`` as a JSON:API server sends it for ``fieldsets``: a resource of a listed type
+    keeps only the listed attributes and relationships (type, id, links and meta stay), and
+    ``included[]`` keeps only what a kept relationship still refers to."""
+    if not fieldsets:
+        return document
+
+    def trim(resource: dict[str, Any]) -> dict[str, Any]:
+        wanted = fieldsets.get(resource.get("type", ""))
+        if wanted is None:
+            return resource
+        trimmed = {}
+        for key, value in resource.items():
+            if key in ("attributes", "relationships"):
+                value = {name: v for name, v in value.items() if name in wanted}
+                if not value:
+                    continue
+            trimmed[key] = value
+        return trimmed
+
+    data = document["data"]
+    primary = [trim(r) for r in data] if isinstance(data, list) else [trim(data)]
+    result = {**document, "data": primary if isinstance(data, list) else primary[0]}
+    if "included" in document:
+        included = [trim(r) for r in document["included"]]
+        reachable = {ident for resource in primary for ident in _identifiers(resource)}
+        kept: set[int] = set()
+        while found := [
+            i for i, r in enumerate(included) if i not in kept and (r["type"], r["id"]) in reachable
+        ]:
+            kept.update(found)
+            reachable.update(ident for i in found for ident in _identifiers(included[i]))
+        result.pop("included")
+        if kept:
+            result["included"] = [r for i, r in enumerate(included) if i in kept]
+    return result
+
+
+def _fields(member: str, fields: dict[str, Any], wanted: set[str] | None) -> dict[str, Any]:
+    """``{member: fields}`` limited to ``wanted``; nothing when none is left."""
+    if wanted is not None:
+        fields = {name: value for name, value in fields.items() if name in wanted}
+    return {member: fields} if fields else {}
+
+
 def _related(path: str) -> dict[str, Any]:
     return {"links": {"related": JSONAPI_PREFIX + path}}
 
@@ -158,6 +226,9 @@ class JsonApi:
 
     # -- documents -----------------------------------------------------------------------------
 
+    def _respond(self, request: Request, document: dict[str, Any]) -> Response:
+        return jsonapi_response(sparse(document, requested_fieldsets(request)))
+
     def _collection(
         self, request: Request, path: str, items: list[Any], render: Any
     ) -> dict[str, Any]:
@@ -186,12 +257,16 @@ class JsonApi:
         base = f"{self.server.origin}/assets/images/avatars/{kind}/{name}"
         return {size: f"{base}_{size if size != 'original' else 'normal'}.webp" for size in sizes}
 
-    def user_resource(self, user: StudipUser) -> dict[str, Any]:
+    def user_resource(self, user: StudipUser, wanted: set[str] | None = None) -> dict[str, Any]:
+        """A user; ``wanted`` (its sparse fieldset) limits the attributes and relationships. The
+        listing's hot path, so the relationships not wanted are not built at all."""
         name = self.server.name_of(user)
         uid = user.user_id
         relationships: dict[str, Any] = {}
         for rel, (links, has_data) in USER_RELATIONSHIPS.items():
             if rel == "blubber-default-thread" and uid != self.world.api_account.user_id:
+                continue
+            if wanted is not None and rel not in wanted:
                 continue
             entry: dict[str, Any] = {"links": {}}
             for link in links:
@@ -208,10 +283,7 @@ class JsonApi:
                     for cid in sorted(self.world.user_courses.get(uid, ()))
                 ]
             relationships[rel] = entry
-        return {
-            "type": "users",
-            "id": uid,
-            "attributes": {
+        attributes = {
                 "username": user.username,
                 "formatted-name": name["formatted"],
                 "family-name": name["family"],
@@ -223,19 +295,21 @@ class JsonApi:
                 "phone": None,
                 "homepage": None,
                 "address": None,
-            },
-            "relationships": relationships,
-            "links": {"self": f"{JSONAPI_PREFIX}/users/{uid}"},
-            "meta": {"avatar": self._avatar("user", "nobody", ("small", "medium", "normal",
-                                                                 "original"))},
         }  # fmt: skip
+        resource: dict[str, Any] = {"type": "users", "id": uid}
+        resource.update(_fields("attributes", attributes, wanted))
+        resource.update(_fields("relationships", relationships, wanted))
+        resource["links"] = {"self": f"{JSONAPI_PREFIX}/users/{uid}"}
+        resource["meta"] = {
+            "avatar": self._avatar("user", "nobody", ("small", "medium", "normal", "original"))
+        }
+        return resource
 
-    def membership_resource(self, course_id: str, user_id: str, *, related: bool) -> dict[str, Any]:
+    def membership_resource(
+        self, course_id: str, user_id: str, *, related: bool, wanted: set[str] | None = None
+    ) -> dict[str, Any]:
         status = self.world.memberships[course_id][user_id]
-        resource: dict[str, Any] = {
-            "type": "course-memberships",
-            "id": f"{course_id}_{user_id}",
-            "attributes": {
+        attributes = {
                 "permission": status,
                 "position": 0,
                 "group": 5,
@@ -243,10 +317,11 @@ class JsonApi:
                 "label": "",
                 "comment": "",
                 "visible": "yes" if status in ("dozent", "tutor") else "unknown",
-            },
-        }
+        }  # fmt: skip
+        resource: dict[str, Any] = {"type": "course-memberships", "id": f"{course_id}_{user_id}"}
+        resource.update(_fields("attributes", attributes, wanted))
         if related:
-            resource["relationships"] = {
+            relationships = {
                 "course": {
                     **_related(f"/courses/{course_id}"),
                     "data": {"type": "courses", "id": course_id},
@@ -256,6 +331,7 @@ class JsonApi:
                     "data": {"type": "users", "id": user_id},
                 },
             }
+            resource.update(_fields("relationships", relationships, wanted))
         resource["links"] = {"self": f"{JSONAPI_PREFIX}/course-memberships/{course_id}_{user_id}"}
         return resource
 
@@ -401,21 +477,27 @@ class JsonApi:
                 u for u in users
                 if any(needle in text.lower() for text in self.server.name_of(u).values())
             ]  # fmt: skip
-        document = self._collection(request, "/users", users, self.user_resource)
+        # the listing's hot path renders the sparse fieldsets itself instead of trimming after
+        fieldsets = requested_fieldsets(request)
+        wanted = fieldsets.get("users")
+        document = self._collection(
+            request, "/users", users, lambda user: self.user_resource(user, wanted)
+        )
         includes = [i for i in request.query.get("include", "").split(",") if i]
-        if "course-memberships" in includes:
+        if "course-memberships" in includes and (wanted is None or "course-memberships" in wanted):
+            of_memberships = fieldsets.get("course-memberships")
             document["included"] = [
-                self.membership_resource(ref["id"].split("_")[0], user["id"], related=False)
+                self.membership_resource(cid, user["id"], related=False, wanted=of_memberships)
                 for user in document["data"]
-                for ref in user["relationships"]["course-memberships"]["data"]
+                for cid in sorted(self.world.user_courses.get(user["id"], ()))
             ]
         return jsonapi_response(document)
 
     def _me(self, request: Request) -> Response:
-        return jsonapi_response({"data": self.user_resource(self.world.api_account)})
+        return self._respond(request, {"data": self.user_resource(self.world.api_account)})
 
     def _user(self, request: Request, user_id: str) -> Response:
-        return jsonapi_response({"data": self.user_resource(self._require_user(user_id))})
+        return self._respond(request, {"data": self.user_resource(self._require_user(user_id))})
 
     def _forbidden(self, request: Request, user_id: str) -> Response:
         raise jsonapi_error(403)
@@ -447,7 +529,7 @@ class JsonApi:
             }  # fmt: skip
 
         path = f"/users/{user_id}/institute-memberships"
-        return jsonapi_response(self._collection(request, path, items, render))
+        return self._respond(request, self._collection(request, path, items, render))
 
     def _courses(self, request: Request) -> Response:
         courses = sorted(self.world.studip_courses.values(), key=lambda c: c.course_id)
@@ -472,13 +554,13 @@ class JsonApi:
                 for s in self.world.semesters_in_order
                 if s.semester_id in ids
             ]
-        return jsonapi_response(document)
+        return self._respond(request, document)
 
     def _course(self, request: Request, course_id: str) -> Response:
         course = self.world.studip_courses.get(course_id)
         if course is None:
             raise jsonapi_error(404)
-        return jsonapi_response({"data": self.course_resource(course)})
+        return self._respond(request, {"data": self.course_resource(course)})
 
     def _course_memberships(self, request: Request, course_id: str) -> Response:
         if course_id not in self.world.studip_courses:
@@ -494,23 +576,24 @@ class JsonApi:
             [uid for uid, _ in members],
             lambda uid: self.membership_resource(course_id, uid, related=True),
         )
-        return jsonapi_response(document)
+        return self._respond(request, document)
 
     def _semesters(self, request: Request) -> Response:
         now = self.world.clock.now().timestamp()
-        return jsonapi_response(
+        return self._respond(
+            request,
             self._collection(
                 request,
                 "/semesters",
                 self.world.semesters_in_order,
                 lambda s: self.semester_resource(s, now),
-            )
+            ),
         )
 
     def _institutes(self, request: Request) -> Response:
         institutes = sorted(self.world.studip_institutes.values(), key=lambda i: i.institute_id)
-        return jsonapi_response(
-            self._collection(request, "/institutes", institutes, self.institute_resource)
+        return self._respond(
+            request, self._collection(request, "/institutes", institutes, self.institute_resource)
         )
 
 

@@ -20,6 +20,7 @@ import responses
 from resources.http import HttpClient, RetryPolicy
 from resources.studip import StudipAuthError, StudipError, StudipNotFound
 from resources.studip_jsonapi import (
+    FIELDSETS,
     Course,
     CourseMembership,
     JsonApiClient,
@@ -29,6 +30,7 @@ from resources.studip_jsonapi import (
     parse_memberships,
     parse_resources,
 )
+from sandbox.studip_jsonapi import sparse
 from tests.contract import Recording, recordings
 
 BASE = "https://studip.example/jsonapi.php/v1"
@@ -87,6 +89,90 @@ def test_the_client_reads_every_recorded_listing(recording: Recording) -> None:
     assert pages[0].total == recording.body["meta"]["page"]["total"]
     assert [r.id for r in pages[0].records] == [r["id"] for r in recording.body["data"]]
     assert pages[0].rejected == []
+
+
+def _fieldsets(query: dict[str, list[str]]) -> dict[str, set[str]]:
+    return {
+        key[len("fields[") : -1]: set(values[0].split(","))
+        for key, values in query.items()
+        if key.startswith("fields[")
+    }
+
+
+LISTED = [r for r in SUCCESSES if isinstance(r.body["data"], list) or r.path.endswith("/me")]
+
+
+@responses.activate
+@pytest.mark.parametrize("recording", LISTED, ids=[r.file for r in LISTED])
+def test_sparse_fieldsets_ask_for_everything_the_models_read(recording: Recording) -> None:
+    """The listings ask for sparse fieldsets (a fraction of the bytes). Each recorded body is cut
+    down to what the client asked for, as a server honouring ``fields[...]`` sends it: the
+    client must read the same records from it as from the whole body, so a field the models
+    read but the request leaves out fails here."""
+    path = recording.path.removeprefix("/jsonapi.php/v1")
+    asked: list[dict[str, set[str]]] = []
+
+    def answer(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        fieldsets = _fieldsets(parse_qs(urlparse(request.url).query))
+        asked.append(fieldsets)
+        return 200, {"Content-Type": recording.content_type}, json.dumps(
+            sparse(recording.body, fieldsets)
+        )  # fmt: skip
+
+    responses.add_callback(responses.GET, BASE + path, callback=answer)
+    c = client(page_size=100_000)
+    kinds = {r["type"] for r in _resources(recording.body)}
+    if path == "/users/me":
+        assert c.me() == parse_resources([recording.body["data"]], "user")[0][0]
+    else:
+        page = next(iter(c.listing(path, path, {}, fields=c.fields(*kinds))))
+        whole, _ = parse_resources(recording.body["data"], "resource")
+        assert page.rejected == []
+        assert page.records == whole
+        if recording.body.get("included"):
+            included, _ = parse_memberships(recording.body["included"], "resource")
+            assert page.included == included
+    assert asked and all(set(a) == kinds & set(a) and a for a in asked)
+    assert all(a[kind] == set(FIELDSETS[kind].split(",")) for a in asked for kind in a)
+
+
+def test_the_users_listing_asks_for_users_and_their_memberships_only() -> None:
+    with responses.RequestsMock() as mock:
+        mock.get(BASE + "/users", json={"meta": {"page": {"offset": 0, "limit": 30, "total": 0}},
+                                        "data": []})  # fmt: skip
+        list(client().users(include_memberships=True))
+        query = parse_qs(urlparse(mock.calls[0].request.url).query)
+    assert _fieldsets(query) == {
+        "users": {"username", "formatted-name", "family-name", "given-name", "permission",
+                  "email", "course-memberships"},
+        "course-memberships": {"permission", "position", "group"},
+    }  # fmt: skip
+    assert query["include"] == ["course-memberships"]
+
+
+def test_a_server_refusing_sparse_fieldsets_is_asked_for_whole_resources() -> None:
+    """Stud.IP allows ``fields[...]`` for every type; a server that does not (400) must not
+    fail every sync: ``/users/me`` (asked first) tells, and the listings ask without them."""
+    me = next(r for r in SUCCESSES if r.path.endswith("/users/me"))
+    refusal = {"errors": [{"status": "400", "title": "Bad Request",
+                           "detail": "Fields are not allowed"}]}  # fmt: skip
+    page = {"meta": {"page": {"offset": 0, "limit": 30, "total": 0}}, "data": []}
+
+    def users_me(request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
+        if "fields" in str(request.url):
+            return 400, {"Content-Type": "application/json"}, json.dumps(refusal)
+        return 200, {"Content-Type": me.content_type}, json.dumps(me.body)
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.GET, BASE + "/users/me", callback=users_me)
+        mock.get(BASE + "/users", json=page)
+        c = client()
+        assert c.me().attributes.permission == "root"
+        list(c.users())
+        listing_query = parse_qs(urlparse(mock.calls[-1].request.url).query)
+    assert c.sparse_fieldsets is False
+    assert _fieldsets(listing_query) == {}
+    assert listing_query["include"] == ["course-memberships"]
 
 
 INCLUDED = [r for r in SUCCESSES if r.body.get("included")]

@@ -236,7 +236,9 @@ for _course in list(RECORDED_RESOURCES["courses"]):
         RECORDED_RESOURCES["courses"].append({**_course, "relationships": _relationships})
 
 
-def _jsonapi_problems(recorded: Any, actual: Any) -> list[str]:
+def _jsonapi_problems(
+    recorded: Any, actual: Any, shapes: dict[str, list[Any]] = RECORDED_RESOURCES
+) -> list[str]:
     """Shape differences of a JSON:API document: same top-level members and meta, links with
     first/last and prev/next exactly where the page has one, each resource shaped like a
     recorded resource of its type, and every type the recording holds present."""
@@ -258,7 +260,7 @@ def _jsonapi_problems(recorded: Any, actual: Any) -> list[str]:
             f"link {k} is not a string" for k, v in links.items() if not isinstance(v, str)
         ]
     for index, resource in enumerate(_resources(actual)):
-        candidates = RECORDED_RESOURCES.get(resource.get("type"), [])
+        candidates = shapes.get(resource.get("type"), [])
         if not candidates or all(shape_differences(r, resource) for r in candidates):
             best = min((shape_differences(r, resource) for r in candidates), key=len, default=[])
             problems.append(f"resource {index} ({resource.get('type')}) matches none: {best}")
@@ -293,6 +295,75 @@ def test_the_jsonapi_shape_check_sees_a_missing_attribute_and_a_missing_next_lin
     assert _jsonapi_problems(recorded, no_next) == [
         "links ['first', 'last'] where the page needs ['first', 'last', 'next']"
     ]
+
+
+# A sparse fieldset per type: some attributes and, where the type has them, some relationships.
+FIELDSETS = {
+    "users": {"username", "email", "course-memberships"},
+    "course-memberships": {"permission", "group"},
+    "courses": {"title", "course-type", "start-semester", "institute"},
+    "semesters": {"title", "start"},
+    "institutes": {"name", "sub-institutes"},
+    "institute-memberships": {"permission", "institute"},
+}
+
+
+def _cut(resource: dict[str, Any]) -> dict[str, Any]:
+    """A recorded resource as JSON:API sparse fieldsets cut it: the attributes and relationships
+    of its type's fieldset; type, id, links and meta unchanged; empty members left out."""
+    wanted = FIELDSETS[resource["type"]]
+    cut = {}
+    for key, value in resource.items():
+        if key in ("attributes", "relationships"):
+            value = {name: v for name, v in value.items() if name in wanted}
+            if not value:
+                continue
+        cut[key] = value
+    return cut
+
+
+SPARSE_SHAPES = {kind: [_cut(r) for r in shapes] for kind, shapes in RECORDED_RESOURCES.items()}
+LISTED = [r for r in JSONAPI if r.status == 200 and not r.file.endswith("-me.json")]
+
+
+@pytest.mark.parametrize("recording", LISTED, ids=[r.file for r in LISTED])
+def test_the_sandbox_sends_the_sparse_fieldsets_asked_for_in_the_recorded_shapes(
+    recording: Recording, sandbox: Sandbox
+) -> None:
+    """``fields[<type>]=...`` (JSON:API sparse fieldsets, allowed for every type by Stud.IP's
+    routes): each resource keeps exactly the asked attributes and relationships, in the shape a
+    recorded resource of its type has once cut so."""
+    server = sandbox.root if recording.auth in ("root@studip", None) else sandbox.non_root
+    url = server.origin + _substitute(recording.path, sandbox.equivalents)
+    fields = {f"fields[{kind}]": ",".join(sorted(names)) for kind, names in FIELDSETS.items()}
+    response = requests.get(
+        url, params={**_query(recording, sandbox), **fields}, auth=AUTH, timeout=10
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert _jsonapi_problems(recording.body, body, SPARSE_SHAPES) == []
+    for resource in _resources(body):
+        kept = {*resource.get("attributes", {}), *resource.get("relationships", {})}
+        assert kept <= FIELDSETS[resource["type"]], resource
+
+
+def test_included_resources_follow_only_relationships_the_fieldsets_keep(
+    sandbox: Sandbox,
+) -> None:
+    origin = sandbox.root.origin + "/jsonapi.php/v1"
+    users = {"include": "course-memberships", "page[limit]": "20"}
+    full = requests.get(origin + "/users", params=users, auth=AUTH, timeout=10).json()
+    assert full["included"], "members are listed with their memberships"
+    without = {**users, "fields[users]": "username,email"}
+    assert (
+        "included"
+        not in requests.get(origin + "/users", params=without, auth=AUTH, timeout=10).json()
+    )
+    courses = {"include": "start-semester,end-semester", "fields[courses]": "title,end-semester"}
+    body = requests.get(origin + "/courses", params=courses, auth=AUTH, timeout=10).json()
+    ends = {c["relationships"]["end-semester"]["data"]["id"] for c in body["data"]
+            if "end-semester" in c.get("relationships", {})}  # fmt: skip
+    assert {s["id"] for s in body.get("included", [])} == ends
 
 
 def test_the_sandbox_counts_jsonapi_requests_per_route(sandbox: Sandbox) -> None:
