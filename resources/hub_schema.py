@@ -4,8 +4,11 @@
 ``hub_state`` what it acknowledged; the diff of the two becomes ``hub_events``, grouped into
 ``hub_batches`` (the exact JSON posted, with its messageId and fate), and ``hub_log`` keeps the
 HUB's per-item answers. One physical table per concept with a view per object type
-(``hub_desired_users``, ``hub_state_sections``, …) for people querying the warehouse.
+(``hub_desired_users``, ``hub_state_sections``, …) for people querying the warehouse; the views
+are not part of a migration but follow ``OBJECT_MODELS`` on every start (``type_views``).
 """
+
+import re
 
 from resources.hub import OBJECT_MODELS
 
@@ -78,13 +81,26 @@ def _plural(object_type: str) -> str:
     return f"{object_type}s"
 
 
-_VIEWS = "".join(
-    f"CREATE VIEW hub_desired_{_plural(t)} AS SELECT * FROM hub_desired WHERE object_type = '{t}';"
-    f"CREATE VIEW hub_state_{_plural(t)} AS SELECT * FROM hub_state WHERE object_type = '{t}';"
-    for t in OBJECT_MODELS
+HUB_SCHEMA = _TABLES
+
+# The tables with a view per object type. A migration runs once, so views made by one would
+# never show a type added after a warehouse was created (a fresh one would have it): the views
+# are made on every start instead (``warehouse.ensure_type_views``).
+TYPE_VIEW_TABLES = ("hub_desired", "hub_state")
+# How DuckDB stores one of those views: tells them apart from views people add themselves.
+TYPE_VIEW_SQL = re.compile(
+    r"CREATE VIEW (\w+) AS SELECT \* FROM (hub_desired|hub_state) WHERE \(object_type = '[^']*'\);"
 )
 
-HUB_SCHEMA = _TABLES + _VIEWS
+
+def type_views() -> dict[str, str]:
+    """The view of each object type over each of ``TYPE_VIEW_TABLES``: name -> its query."""
+    return {
+        f"{table}_{_plural(t)}": f"SELECT * FROM {table} WHERE object_type = '{t}'"
+        for table in TYPE_VIEW_TABLES
+        for t in OBJECT_MODELS
+    }
+
 
 # A batch the HUB refuses (400) is split in halves until the refused objects are isolated; an
 # object refused alone is logged without a messageId. A message the HUB no longer knows (getLog

@@ -32,7 +32,13 @@ from resources.campusonline_schema import (
     CO_ROW_HASH_MIGRATION,
 )
 from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_VIEWS
-from resources.hub_schema import HUB_REFUSALS_SCHEMA, HUB_SCHEMA
+from resources.hub_schema import (
+    HUB_REFUSALS_SCHEMA,
+    HUB_SCHEMA,
+    TYPE_VIEW_SQL,
+    TYPE_VIEW_TABLES,
+    type_views,
+)
 from resources.lms_schema import LMS_SCHEMA
 from resources.private_files import make_new_files_private
 from resources.settings import MIN_WAREHOUSE_MEMORY_MB, VARIABLES_BY_NAME, Settings
@@ -316,7 +322,37 @@ def ensure_schema(
         except duckdb.Error as exc:
             raise WarehouseError(f"migration {migration.name!r} failed: {exc}") from exc
         applied.append(migration.name)
+    ensure_type_views(conn)
     return len(applied)
+
+
+def ensure_type_views(conn: duckdb.DuckDBPyConnection) -> None:
+    """Make the HUB's per-type views (``hub_desired_users``, …) match ``OBJECT_MODELS``: add
+    those of new types, drop those of types that are gone (only views of that exact form: views
+    people made themselves stay). Two catalog queries when nothing changed."""
+    tables = {
+        row[0]
+        for row in conn.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'"
+        ).fetchall()
+    }
+    if not set(TYPE_VIEW_TABLES) <= tables:
+        return  # a warehouse with only some components' migrations (tests)
+    present = {
+        name
+        for name, sql in conn.execute(
+            "SELECT view_name, sql FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal"
+        ).fetchall()
+        if TYPE_VIEW_SQL.fullmatch(sql)
+    }
+    wanted = type_views()
+    if present == wanted.keys():
+        return
+    with transaction(conn):
+        for name in sorted(present - wanted.keys()):
+            conn.execute(f"DROP VIEW {name}")
+        for name in sorted(wanted.keys() - present):
+            conn.execute(f"CREATE OR REPLACE VIEW {name} AS {wanted[name]}")
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from resources import hub_schema
 from resources.warehouse import (
     MIGRATIONS,
     Migration,
@@ -369,3 +370,35 @@ def test_duckdb_keeps_to_the_memory_setting_and_spills_beyond_it(warehouse_path:
             )
         assert conn.execute("SELECT count(DISTINCT s) FROM big").fetchone() == (1000000,)
     assert WarehouseResource(path=str(warehouse_path)).memory_mb == 512  # the default
+
+
+def _views(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = conn.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    return {row[0] for row in rows}
+
+
+def test_the_per_type_hub_views_follow_the_object_types_on_every_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The views were made inside a migration: a warehouse created before a type was added never
+    got its view (the migration had run), while a fresh one did."""
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    ensure_schema(conn)
+    assert {"hub_desired_users", "hub_state_users", "hub_desired_sections"} <= _views(conn)
+    conn.execute("CREATE VIEW hub_state_summary AS SELECT count(*) AS n FROM hub_state")
+    # as the migration wrote them before the views followed the types
+    conn.execute("DROP VIEW hub_state_terms")
+    conn.execute(
+        "CREATE VIEW hub_state_terms AS SELECT * FROM hub_state WHERE object_type = 'term';"
+    )
+
+    types = {**hub_schema.OBJECT_MODELS, "widget": object}
+    del types["term"]
+    monkeypatch.setattr(hub_schema, "OBJECT_MODELS", types)
+    ensure_schema(conn)  # the same warehouse, started by a hubsync that knows other types
+    views = _views(conn)
+    assert {"hub_desired_widgets", "hub_state_widgets"} <= views
+    assert not {"hub_desired_terms", "hub_state_terms"} & views
+    assert "hub_state_summary" in views, "a view someone made themselves stays"
+    conn.execute("INSERT INTO hub_desired (object_type, key, payload) VALUES ('widget', 'w', '{}')")
+    assert conn.execute("SELECT key FROM hub_desired_widgets").fetchall() == [("w",)]
