@@ -1,9 +1,10 @@
 """The CAMPUSonline sync algorithm (``reference/campusonline.md`` §4), landing every page.
 
-``run_full_sync`` and ``run_incremental_sync`` follow the reference connector call for call, with
-its known defects fixed: every list call is paged, a student who vanished between a delta and
-the per-student fetch is counted and skipped instead of crashing the sync. Each page goes to its
-raw table through a :class:`PageSink` as it arrives; only ids and timestamps stay in memory.
+``CoSyncRunner.full`` and ``CoSyncRunner.incremental`` follow the reference connector call for
+call, with its known defects fixed: every list call is paged, a student who vanished between a
+delta and the per-student fetch is counted and skipped instead of crashing the sync. Each page
+goes to its raw table through a :class:`PageSink` as it arrives; only ids and timestamps stay in
+memory.
 
 Request keys name the call that produced a page, and the current-state step relies on them:
 full: ``applications``, ``studies:active``, ``studies:inactive``, ``students:active``,

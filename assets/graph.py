@@ -1,10 +1,10 @@
 """The merged student graph and the HUB's desired state.
 
-``persons`` resolves identities across CAMPUSonline, Stud.IP and the LMS (DESIGN §5) into
-``persons`` and ``person_links`` (system, source id, person, rule used); ``hub_desired`` maps
-the graph onto HUB objects (DESIGN §6). The rules, in their default order (HUBSYNC_MATCH_RULES
-reorders them or leaves some out; the fields are STUDIP_STUDENT_ID_FIELD and
-LMS_STUDENT_ID_FIELD), first match wins:
+``persons`` resolves identities across CAMPUSonline, Stud.IP and the LMS into ``persons`` and
+``person_links`` (system, source id, person, rule used); ``hub_desired`` maps the graph onto HUB
+objects (README, "Student graph and HUB delivery"). The rules, in their default order
+(HUBSYNC_MATCH_RULES reorders them or leaves some out; the fields are STUDIP_STUDENT_ID_FIELD
+and LMS_STUDENT_ID_FIELD), first match wins:
 
 1. every CO student is a person (``co:<STPERSONNR>``);
 2. a Stud.IP user joins the person whose CO ``STUDID`` equals its ``Matrikelnummer``
@@ -49,7 +49,7 @@ from pydantic import Field
 
 from resources.warehouse import WarehouseResource, transaction
 
-MATCH_RULES = ("studid", "email", "login")  # the default order (DESIGN §5)
+MATCH_RULES = ("studid", "email", "login")  # the default order
 
 
 class GraphSettings(dg.ConfigurableResource):
@@ -176,7 +176,7 @@ WHERE l.rule = 'conflict';
 """
 
 
-# The Stud.IP courses that become HUB sections (DESIGN §6), with the semester of their term:
+# The Stud.IP courses that become HUB sections, with the semester of their term:
 # the start semester (a course running over several semesters is in the term it started, sent
 # whether selected or not), for an unlimited course (no start semester) the earliest selected
 # semester Stud.IP returned it for. Study groups are none: a student founds one and is its dozent.
@@ -504,7 +504,7 @@ def store_terms(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date) ->
         conn.execute("INSERT INTO g_terms VALUES (?, ?, ?)", [semester_id, code, is_current])
 
 
-# What the mapping leaves out, per reason (DESIGN §6): nothing is dropped without being counted.
+# What the mapping leaves out, per reason: nothing is dropped without being counted.
 DROPPED_SQL = f"""
 WITH lms AS (
     SELECT r.RegistrationId, c.CourseId AS course, p.hub_code, t.term_code

@@ -384,12 +384,13 @@ def changed_studip_user_ids(
     in a sync after the last successful one (``note_unsynced_keys``).
 
     Reads ``co_students`` (STUDID, EMAILADDRESSTU; also of students whose ``co_studies`` or
-    ``co_applications`` rows changed) and ``lms_learners`` (StudentId,
-    EmailAddress, OrganizationLoginId) rows whose ``changed_in_sync`` is the key, and matches
-    them to ``studip_users`` by the DESIGN §5 rules: the ``student_id_field`` datafield = STUDID,
-    the e-mail (case-insensitive), the login = username. Every rule's matches count (re-reading
-    one user too many is harmless; missing one is not). A source whose table does not exist yet
-    has no changes. The person graph will replace this mapping.
+    ``co_applications`` rows changed) and ``lms_learners`` (StudentId, EmailAddress,
+    OrganizationLoginId) rows whose ``changed_in_sync`` is the key, and matches them to
+    ``studip_users`` by the identity rules of ``assets/graph.py``: the ``student_id_field``
+    datafield = STUDID, the e-mail (case-insensitive), the login = username; and the Stud.IP user
+    the last graph build joined to a changed person (``person_links``), found even when the change
+    is what no longer matches. Every rule's matches count (re-reading one user too many is
+    harmless; missing one is not). A source whose table does not exist yet has no changes.
     """
     note_unsynced_keys(conn, sync_key)
     # The changed records first, then one equi-join per rule: an OR of join conditions (or an

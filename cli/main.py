@@ -1,9 +1,7 @@
 """The ``hubsync`` command line (``python -m cli`` works too).
 
-Commands are a small registry: each ``Command`` names its handler, or — until the part of
-hubsync it needs has landed — what it needs, in which case it exits 2 saying so. A later issue
-that implements a command sets ``run`` (and drops ``needs``); one that lands a source sets the
-source's asset group in ``SOURCES``.
+Commands are a small registry: each ``Command`` names its handler and its arguments; ``SOURCES``
+maps each ``sync --source`` code to the asset group it runs.
 
 Dagster, DuckDB and the assets are imported by the handlers that need them, not here: importing
 Dagster takes seconds, and `hubsync --help` or a configuration error should not wait for it.
@@ -37,7 +35,6 @@ DAGSTER_DEV_SHUTDOWN_S = 30
 @dataclass(frozen=True)
 class Source:
     asset_group: str  # the Dagster asset group holding the source's assets
-    needs: str | None = None  # set until the source has landed
 
 
 # `sync --source CODE` runs the sync bookkeeping assets plus the named sources' asset groups.
@@ -52,14 +49,8 @@ SOURCES: dict[str, Source] = {
 class Command:
     name: str
     help: str
-    run: Handler | None = None
-    needs: str | None = None  # set while ``run`` is None: what has to land first
+    run: Handler
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
-
-
-def _not_landed(what: str, needs: str) -> int:
-    print(f"hubsync: {what} needs {needs}, which has not landed yet", file=sys.stderr)
-    return 2
 
 
 def _warehouse(settings: Settings) -> "WarehouseResource":
@@ -126,10 +117,6 @@ def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) ->
 
 
 def _sync(args: argparse.Namespace) -> int:
-    for code in args.source:
-        needs = SOURCES[code].needs
-        if needs is not None:
-            return _not_landed(f"sync --source {code}", needs)
     settings = load_settings()
     unreachable = unreachable_message(settings, args.source or ["co", "studip", "lms", "hub"])
     if unreachable:
@@ -384,9 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
     command = COMMANDS_BY_NAME[args.command]
-    if command.run is None:
-        assert command.needs is not None, f"{command.name} has neither a handler nor needs"
-        return _not_landed(command.name, command.needs)
     make_new_files_private()  # the warehouse, sandbox state, Dagster's run storage
     load_project_dotenv()
     try:

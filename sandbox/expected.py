@@ -1,8 +1,9 @@
 """The world's expected HUB state: what a correct hubsync run must leave in the sandbox HUB.
 
-This is the mapping of DESIGN.md §5–6 written a second time, in plain Python over the world's
-records, so end-to-end tests have an oracle that does not share code with the pipeline. It sees
-exactly what hubsync's syncs can see:
+This is the mapping of ``assets/graph.py`` (identities, HUB objects) written a second time, in
+plain Python over the world's records, so end-to-end tests have an oracle that does not share
+code with the pipeline. It sees exactly what hubsync's syncs can see:
+
 
 * **CO**: every student record (active and inactive) with studies and applications.
 * **Stud.IP**: what the crawl reaches: starting from the API account and the seed users, each
@@ -11,7 +12,7 @@ exactly what hubsync's syncs can see:
   every semester; each course's members, until closure.
 * **LMS**: every registration (a full sync reads from the beginning of time).
 
-Identity resolution (the default rules of DESIGN §5, in this order):
+Identity resolution (the default rules, in this order):
 
 1. every CO student is a person;
 2. each reached Stud.IP user matches the person whose CO ``STUDID`` equals its

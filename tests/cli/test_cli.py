@@ -17,7 +17,7 @@ import pytest
 import pipelines.definitions
 from cli import home
 from cli.local_sandbox import sandbox_environment
-from cli.main import COMMANDS_BY_NAME, SOURCES, Command, Source, _wait_for_dagster_dev, main
+from cli.main import SOURCES, Source, _wait_for_dagster_dev, main
 from resources.settings import PROJECT_ROOT, Settings
 from resources.warehouse import WarehouseResource
 from sandbox.server import Sandbox
@@ -214,27 +214,6 @@ def test_export_waits_for_a_syncs_lock_and_says_so(
         f"hubsync: the warehouse {path} is in use by another process (a sync writes it); "
         "waiting up to 120 s for it\n"
     )
-
-
-def test_a_command_that_has_not_landed_says_what_it_needs(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pending = Command("show-student", "not yet", needs="the moon source")
-    monkeypatch.setitem(COMMANDS_BY_NAME, "show-student", pending)
-    code, out, err = run(capsys, "show-student", "12345")
-    assert code == 2
-    assert out == ""
-    assert err.strip() == "hubsync: show-student needs the moon source, which has not landed yet"
-
-
-def test_a_source_that_has_not_landed_says_what_it_needs(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # every source has landed: a pending one is simulated
-    monkeypatch.setitem(SOURCES, "lms", Source("lms", needs="the LMS source"))
-    code, _, err = run(capsys, "sync", "--source", "lms")
-    assert code == 2
-    assert "sync --source lms needs the LMS source" in err
 
 
 def test_sync_of_a_landed_source_selects_its_group(
