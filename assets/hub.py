@@ -48,8 +48,10 @@ from assets.sync import sync_run
 from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.hub import (
     ALREADY_EXISTS,
+    LINK_TYPES,
     NOT_FOUND,
     OBJECT_MODELS,
+    OBJECT_TYPES,
     BaseItem,
     HubClient,
     HubResource,
@@ -62,11 +64,9 @@ from resources.hub import (
 from resources.hub_identity import HubIdentity, HubIdentityError, check_hub_identity
 from resources.warehouse import WarehouseResource, transaction
 
-OBJECT_TYPES = tuple(OBJECT_MODELS)  # dependency order
-LINK_TYPES = ("studentparent", "sectionstudent", "sectionteacher")
 PHASES: tuple[tuple[str, str], ...] = (
-    *(("delete", t) for t in reversed(OBJECT_TYPES)),
-    *(("upsert", t) for t in OBJECT_TYPES),
+    *(("delete", t) for t in reversed(OBJECT_MODELS)),
+    *(("upsert", t) for t in OBJECT_MODELS),
 )
 MAX_BATCH_BYTES = 1_000_000
 ALLOW_DELETES_TAG = "hubsync/allow-deletes"
@@ -76,7 +76,12 @@ PENDING_MESSAGES_METADATA = "pending_message_ids"
 
 # -- the diff ---------------------------------------------------------------------------------
 
-DIFF_SQL = """
+
+def _sql_list(names: Iterable[str]) -> str:
+    return "(" + ", ".join(f"'{name}'" for name in names) + ")"
+
+
+DIFF_SQL = f"""
 WITH in_flight AS (
     SELECT DISTINCT e.object_type, e.key
     FROM hub_events e JOIN hub_batches b USING (sync_key, batch_no)
@@ -97,8 +102,7 @@ pairs AS (  -- payloads compared minified: the same object in other spacing is n
            coalesce(d.key, s.key) AS key,
            d.sis_id AS desired_sis_id, json(d.payload)::VARCHAR AS desired,
            s.sis_id AS state_sis_id, json(s.payload)::VARCHAR AS acknowledged, s.certain,
-           coalesce(d.object_type, s.object_type) IN ('studentparent', 'sectionstudent',
-                                                      'sectionteacher') AS is_link
+           coalesce(d.object_type, s.object_type) IN {_sql_list(LINK_TYPES)} AS is_link
     FROM desired d FULL OUTER JOIN state s USING (object_type, key)
 )
 SELECT object_type, 'insert' AS action, key, desired_sis_id AS sis_id, desired AS payload
@@ -1418,28 +1422,29 @@ def hub_desired_codes_unique(warehouse: WarehouseResource) -> dg.AssetCheckResul
     )
 
 
-REFERENCES_SQL = """
+def _references_sql() -> str:
+    """The references of desired objects to objects neither desired nor acknowledged: one
+    SELECT per referencing field of ``OBJECT_TYPES`` (a field that may be absent refers to
+    nothing when it is)."""
+    refs = " UNION ALL ".join(
+        f"SELECT object_type, key, '{target}' AS ref_type, payload->>'{path}' AS ref "
+        f"FROM hub_desired WHERE object_type = '{t.name}'"
+        + (f" AND payload->>'{path}' IS NOT NULL" if t.optional(path) else "")
+        for t in OBJECT_TYPES
+        for path, target in t.references
+    )
+    return f"""
 WITH known AS (
     SELECT object_type, key FROM hub_desired UNION SELECT object_type, key FROM hub_state
 ),
-refs AS (
-    SELECT object_type, key, 'section' AS ref_type, payload->>'$.section.code' AS ref
-    FROM hub_desired WHERE object_type IN ('sectionstudent', 'sectionteacher')
-    UNION ALL SELECT object_type, key, 'user', payload->>'$.student.code'
-    FROM hub_desired WHERE object_type IN ('sectionstudent', 'studentparent')
-    UNION ALL SELECT object_type, key, 'user', payload->>'$.teacher.code'
-    FROM hub_desired WHERE object_type = 'sectionteacher'
-    UNION ALL SELECT object_type, key, 'user', payload->>'$.parent.code'
-    FROM hub_desired WHERE object_type = 'studentparent'
-    UNION ALL SELECT object_type, key, 'subject', payload->>'$.subject.code'
-    FROM hub_desired WHERE object_type = 'sectionteacher'
-    UNION ALL SELECT object_type, key, 'term', payload->>'$.term_code'
-    FROM hub_desired WHERE payload->>'$.term_code' IS NOT NULL
-)
+refs AS ({refs})
 SELECT r.object_type, r.key, r.ref_type, r.ref FROM refs r
 WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.object_type = r.ref_type AND k.key = r.ref)
 ORDER BY 1, 2 LIMIT 20
 """
+
+
+REFERENCES_SQL = _references_sql()
 
 
 @dg.asset_check(asset=hub_payload, blocking=True, pool="duckdb")

@@ -111,39 +111,62 @@ class StudentParent(HubModel):
     parent: CodeRef
 
 
-OBJECT_MODELS: dict[str, type[HubModel]] = {
-    "term": Term,
-    "subject": Subject,
-    "user": User,
-    "section": Section,
-    "studentparent": StudentParent,
-    "sectionstudent": SectionStudent,
-    "sectionteacher": SectionTeacher,
-}
-"""Object types in dependency order: inserts go in this order, deletes in reverse."""
+@dataclass(frozen=True)
+class ObjectType:
+    """One HUB object type: the one place that says what the diff, the checks, delivery and the
+    warehouse views need to know of it."""
+
+    name: str
+    model: type[HubModel]
+    already_exists: str  # the HUB's error for an insert of an object it holds
+    not_found: str  # the HUB's error for an update or delete of an object it lacks
+    references: tuple[tuple[str, str], ...] = ()  # (JSON path in the payload, type it names)
+
+    @property
+    def is_link(self) -> bool:
+        """A link joins other objects and has no code of its own: inserted or deleted, never
+        updated (a changed link is a delete and an insert)."""
+        return "code" not in self.model.model_fields
+
+    def optional(self, path: str) -> bool:
+        """Whether the field at ``path`` may be absent (then it references nothing)."""
+        field = self.model.model_fields[path.removeprefix("$.").split(".")[0]]
+        return not field.is_required()
 
 
-# What the HUB answers for an insert of an existing object and for an update or delete of a
-# missing one, per object type (the texts of the HUB's prototype, reference §A.5). Delivery
-# reconciles these; every other error leaves the object to be sent again.
-ALREADY_EXISTS: dict[str, str] = {
-    "user": "Perfil já cadastrado no HUB",
-    "section": "Turma já cadastrada no HUB",
-    "subject": "Disciplina já cadastrada no HUB",
-    "term": "Período já cadastrado no HUB",
-    "sectionstudent": "Relação Turma x Aluno já cadastrada",
-    "sectionteacher": "Relação Turma x Professor já cadastrada",
-    "studentparent": "Relação Aluno x Responsável já cadastrada",
-}
-NOT_FOUND: dict[str, str] = {
-    "user": "Perfil não cadastrado",
-    "section": "Turma não cadastrada",
-    "subject": "Disciplina não cadastrada",
-    "term": "Período não cadastrado",
-    "sectionstudent": "Relação Turma x Aluno não cadastrada",
-    "sectionteacher": "Relação Turma x Professor não cadastrada",
-    "studentparent": "Relação Aluno x Responsável não cadastrada",
-}
+# In dependency order: inserts go in this order, deletes in reverse. The texts are those of the
+# HUB's prototype (reference §A.5); delivery reconciles them, every other error leaves the object
+# to be sent again.
+OBJECT_TYPES: tuple[ObjectType, ...] = (
+    ObjectType("term", Term, "Período já cadastrado no HUB", "Período não cadastrado"),
+    ObjectType("subject", Subject, "Disciplina já cadastrada no HUB", "Disciplina não cadastrada"),
+    ObjectType("user", User, "Perfil já cadastrado no HUB", "Perfil não cadastrado"),
+    ObjectType(
+        "section", Section, "Turma já cadastrada no HUB", "Turma não cadastrada",
+        (("$.term_code", "term"),),
+    ),
+    ObjectType(
+        "studentparent", StudentParent, "Relação Aluno x Responsável já cadastrada",
+        "Relação Aluno x Responsável não cadastrada",
+        (("$.student.code", "user"), ("$.parent.code", "user")),
+    ),
+    ObjectType(
+        "sectionstudent", SectionStudent, "Relação Turma x Aluno já cadastrada",
+        "Relação Turma x Aluno não cadastrada",
+        (("$.section.code", "section"), ("$.student.code", "user"), ("$.term_code", "term")),
+    ),
+    ObjectType(
+        "sectionteacher", SectionTeacher, "Relação Turma x Professor já cadastrada",
+        "Relação Turma x Professor não cadastrada",
+        (("$.section.code", "section"), ("$.teacher.code", "user"),
+         ("$.subject.code", "subject"), ("$.term_code", "term")),
+    ),
+)  # fmt: skip
+OBJECT_TYPES_BY_NAME = {t.name: t for t in OBJECT_TYPES}
+OBJECT_MODELS: dict[str, type[HubModel]] = {t.name: t.model for t in OBJECT_TYPES}
+LINK_TYPES = tuple(t.name for t in OBJECT_TYPES if t.is_link)
+ALREADY_EXISTS = {t.name: t.already_exists for t in OBJECT_TYPES}
+NOT_FOUND = {t.name: t.not_found for t in OBJECT_TYPES}
 
 
 # -- getLog ---------------------------------------------------------------------------------

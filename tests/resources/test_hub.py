@@ -13,7 +13,16 @@ import responses
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from resources.http import RetryPolicy
-from resources.hub import OBJECT_MODELS, HubClient, MessageNotFound, PostOutcome, envelope
+from resources.hub import (
+    LINK_TYPES,
+    OBJECT_MODELS,
+    OBJECT_TYPES,
+    CodeRef,
+    HubClient,
+    MessageNotFound,
+    PostOutcome,
+    envelope,
+)
 from sandbox.expected import expected_hub_state
 from sandbox.http import FaultConfig
 from sandbox.server import running_sandbox
@@ -275,3 +284,17 @@ def test_a_refused_connection_is_repeated_then_not_arrived() -> None:
     result = client.post_batch(BODY)
     assert (result.outcome, result.attempts) == (PostOutcome.NOT_ARRIVED, 3)
     assert len(waits) == 2
+
+
+def test_the_object_types_name_every_reference_their_models_hold() -> None:
+    """The diff, the reference check and delivery read links and references from OBJECT_TYPES:
+    a model field naming another object (a CodeRef, or term_code) that the registry leaves out
+    would let a link to an unknown object through the check."""
+    for kind in OBJECT_TYPES:
+        fields = kind.model.model_fields
+        named = {f"$.{name}.code" for name, f in fields.items() if f.annotation is CodeRef}
+        named |= {"$.term_code"} if "term_code" in fields else set()
+        assert {path for path, _ in kind.references} == named, kind.name
+        assert all(target in OBJECT_MODELS for _, target in kind.references)
+        assert kind.is_link == bool(named - {"$.term_code"}), kind.name
+    assert LINK_TYPES == ("studentparent", "sectionstudent", "sectionteacher")
