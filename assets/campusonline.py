@@ -24,8 +24,8 @@ import duckdb
 
 from assets.campusonline_staging import DUPLICATE_REASON, stage_sync
 from assets.campusonline_sync import CODES, CoCursor, CoSyncRunner, SyncOutcome
+from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import sync_run
-from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.campusonline import SERVICES, CampusOnlineResource, CoPage, CoService
 from resources.campusonline_schema import (
     CURRENT_TABLES,

@@ -44,8 +44,8 @@ import duckdb
 if TYPE_CHECKING:
     import pandas as pd
 
+from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import sync_run
-from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.hub import (
     ALREADY_EXISTS,
     LINK_TYPES,

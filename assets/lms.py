@@ -24,8 +24,8 @@ from typing import Any
 import dagster as dg
 import duckdb
 
+from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import sync_run
-from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.change_detection import row_hash_sql
 from resources.lms import (
     ENDPOINTS,

@@ -24,8 +24,8 @@ import dagster as dg
 import duckdb
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus  # not public
 
+from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import fail_sync_run
-from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.warehouse import WarehouseResource, transaction
 
 # How long a key that no run used is kept: time enough to launch a key added in the UI.

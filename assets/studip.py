@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import dagster as dg
 import duckdb
 
+from assets.partitions import SyncKey, parse_sync_key, sync_runs_partitions
 from assets.studip_listing import (
     JSONAPI_KEY,
     LISTING_KEY,
@@ -49,7 +50,6 @@ from assets.studip_listing import (
     list_studip,
 )
 from assets.sync import sync_run
-from pipelines.partitions import SyncKey, parse_sync_key, sync_runs_partitions
 from resources.studip import (
     CRAWL_ROUTES,
     SEARCH_ROUTE,

@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from pipelines.partitions import SyncMode, parse_sync_key, sync_runs_partitions
+from assets.partitions import SyncMode, parse_sync_key, sync_runs_partitions
 from resources.warehouse import WarehouseResource, transaction
 
 # Run tags of the sync job: dagster.yaml limits runs tagged SYNC_TAG to one at a time, and

@@ -25,7 +25,7 @@ import harness
 from floor import TOKEN_PATHS, FloorResult, replay
 
 import cli.runs  # noqa: F401 - imported before the baseline RSS is read
-from pipelines.partitions import new_sync_key
+from assets.partitions import new_sync_key
 from resources.settings import load_settings
 
 TARGET_RATIO = 1.3

@@ -357,9 +357,9 @@ def run_studip_sync(
 
     import dagster as dg
 
+    from assets.partitions import new_sync_key
     from assets.studip import studip_raw_pages, studip_state
     from assets.sync import sync_run
-    from pipelines.partitions import new_sync_key
     from resources.settings import load_settings
     from resources.studip import StudIPResource, studip_resource
     from resources.warehouse import WarehouseResource

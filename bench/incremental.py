@@ -30,7 +30,7 @@ from typing import Any
 import duckdb
 import harness
 
-from pipelines.partitions import new_sync_key
+from assets.partitions import new_sync_key
 
 CHANGES_PER_STEP_UNIT = 10  # World.step makes about 10 changes per unit of its k
 TARGETS = {"end_to_end_s_at_100k_with_100_changes": 15, "requests": "proportional to changes"}

@@ -21,9 +21,9 @@ from pathlib import Path
 import dagster as dg
 import harness
 
+from assets.partitions import new_sync_key
 from assets.studip import studip_raw_pages
 from assets.sync import sync_run
-from pipelines.partitions import new_sync_key
 from resources import studip as studip_module
 from resources.settings import load_settings
 from resources.studip import studip_resource

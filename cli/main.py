@@ -90,10 +90,10 @@ def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) ->
     """Run one sync in this process and print its progress and summary; 0 when it succeeded."""
     import dagster as dg
 
+    from assets.partitions import SyncMode, new_sync_key
     from assets.sync import has_successful_full_sync
     from cli.runs import SyncKeyTaken, render_summary, run_sync
     from pipelines.definitions import build_definitions
-    from pipelines.partitions import SyncMode, new_sync_key
 
     prepare_dagster_home()
     if not full:

@@ -22,8 +22,8 @@ import sqlalchemy.exc
 from dagster._core.definitions.dependency import NodeHandle
 from dagster._utils.error import SerializableErrorInfo  # the error in failure events
 
+from assets.partitions import SyncMode, sync_runs_partitions
 from assets.sync import SYNC_MODE_TAG
-from pipelines.partitions import SyncMode, sync_runs_partitions
 from pipelines.sensors import HOST_TAG, PID_TAG, reap_dead_runs
 
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from assets.partitions import new_sync_key, parse_sync_key, sync_runs_partitions
 from assets.sync import SYNC_MODE_TAG, SYNC_TAG
 from pipelines.jobs import prune_sync_runs_job, sync_job
-from pipelines.partitions import new_sync_key, parse_sync_key, sync_runs_partitions
 from pipelines.sensors import active_runs, describe_run
 
 PRUNE_CRON = "30 4 * * *"  # after the nightly full sync, before the working day

@@ -30,9 +30,9 @@ import dagster as dg
 import requests
 
 from assets.hub import PENDING_MESSAGES_METADATA, hub_acknowledgement, hub_delivery
+from assets.partitions import new_sync_key, sync_runs_partitions
 from assets.sync import SYNC_MODE_TAG, SYNC_TAG
 from pipelines.jobs import hub_acknowledgement_job, record_sync_failure_job, sync_job
-from pipelines.partitions import new_sync_key, sync_runs_partitions
 from resources.http import ApiError
 from resources.hub import FINISHED_STATUSES, HubResource
 

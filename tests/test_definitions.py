@@ -11,9 +11,9 @@ import assets
 import cli
 import pipelines
 import resources
+from assets.partitions import sync_runs_partitions
 from assets.sync import mark_sync_failed
 from pipelines.definitions import defs
-from pipelines.partitions import sync_runs_partitions
 from resources.settings import PROJECT_ROOT, ConfigError
 
 SYNC_ASSETS = {dg.AssetKey("sync_run"), dg.AssetKey("sync_summary")}

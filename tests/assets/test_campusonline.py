@@ -16,8 +16,8 @@ from assets.campusonline import (
     rebuild_current_state,
     stage_sync,
 )
+from assets.partitions import sync_runs_partitions
 from assets.sync import sync_run, sync_summary
-from pipelines.partitions import sync_runs_partitions
 from resources.campusonline import SERVICES, CampusOnlineResource
 from resources.warehouse import WarehouseResource, raw_page_bodies, transaction
 from sandbox.http import FaultConfig

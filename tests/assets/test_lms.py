@@ -18,9 +18,9 @@ from assets.lms import (
     lms_registration_pages,
     update_current_state,
 )
+from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import open_sync_run, sync_run, sync_summary
 from pipelines.definitions import build_definitions
-from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.lms import LmsClient, LmsResource
 from resources.settings import load_settings
 from resources.warehouse import WarehouseResource

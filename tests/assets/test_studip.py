@@ -12,12 +12,12 @@ import duckdb
 import pytest
 
 import assets.studip as studip_assets
+from assets.partitions import sync_runs_partitions
 from assets.studip import changed_studip_user_ids, studip_raw_pages, studip_state
 from assets.sync import sync_run
 from cli.home import prepare_dagster_home
 from cli.runs import run_sync
 from pipelines.definitions import build_definitions
-from pipelines.partitions import sync_runs_partitions
 from resources.settings import load_settings
 from resources.studip import StudIPResource, studip_resource
 from resources.warehouse import MIGRATIONS, WarehouseResource, ensure_schema

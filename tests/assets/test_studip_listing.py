@@ -13,9 +13,9 @@ import dagster as dg
 import duckdb
 import pytest
 
+from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.studip import STATE_TABLES
 from assets.studip_listing import RefreshSlice, listing_pages
-from pipelines.partitions import parse_sync_key, sync_runs_partitions
 from resources.warehouse import WarehouseResource
 from sandbox.http import FaultConfig
 from sandbox.server import Sandbox, running_sandbox

@@ -6,9 +6,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from assets.partitions import sync_runs_partitions
 from assets.sync import mark_sync_failed, sync_run, sync_summary
 from pipelines.definitions import build_definitions
-from pipelines.partitions import sync_runs_partitions
 from resources.settings import load_settings
 from resources.warehouse import WarehouseResource, raw_page_table_ddl
 from sandbox.server import running_sandbox

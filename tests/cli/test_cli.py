@@ -464,7 +464,7 @@ def test_a_sync_whose_key_another_sync_took_says_so_in_one_line(
     """The second of two syncs started in the same second printed a raw IntegrityError
     traceback (or ran the same key a second time)."""
     key = "incr-20261203T230000Z"
-    monkeypatch.setattr("pipelines.partitions.new_sync_key", lambda mode, now=None: key)
+    monkeypatch.setattr("assets.partitions.new_sync_key", lambda mode, now=None: key)
     monkeypatch.setattr("cli.main.unreachable_message", lambda *args, **kwargs: None)
     home.prepare_dagster_home()
     with dg.DagsterInstance.get() as instance:

@@ -15,9 +15,9 @@ from assets.maintenance import (
     prune_warehouse,
     sync_retention,
 )
+from assets.partitions import new_sync_key, parse_sync_key
 from pipelines.definitions import defs
 from pipelines.jobs import record_sync_failure_job
-from pipelines.partitions import new_sync_key, parse_sync_key
 from resources.warehouse import WarehouseResource
 from tests.pipelines.test_sensors import add_run
 

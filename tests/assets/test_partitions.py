@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from pipelines.partitions import SyncKey, new_sync_key, parse_sync_key, sync_runs_partitions
+from assets.partitions import SyncKey, new_sync_key, parse_sync_key, sync_runs_partitions
 
 NOON = datetime(2026, 11, 23, 12, 0, 5, 987654, tzinfo=UTC)
 
