@@ -6,7 +6,7 @@
 A child process builds a warehouse with the product's schema (``MIGRATIONS`` through
 ``WarehouseResource``) holding N users in ``hub_desired`` and ``hub_state``: 1 % of them with
 another name (updates), 0.1 % only desired (inserts), 0.1 % only acknowledged (deletes, as a full
-sync sends them). This process then runs the product's ``assets.hub.diff`` on it, as
+sync sends them). This process then runs the product's ``assets.hub.diff.diff`` on it, as
 ``hub_payload`` does, and reports its wall time (and the SQL's share), the changes found (they
 must be exactly the ones built) and its peak RSS. Prints one JSON object and writes it to
 bench/results/diff-<N>.json.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import harness
 
-from assets.hub import DIFF_SQL, diff
+from assets.hub.diff import DIFF_SQL, diff
 from resources.warehouse import WarehouseResource
 
 TARGETS = {"diff_s_at_1m": 10, "peak_rss_mb_at_1m": 2048}

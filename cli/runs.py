@@ -256,7 +256,7 @@ HEADLINE_NUMBERS = frozenset(
         "messages_processing_past_ack_timeout",
     }
 )
-# hub_delivery's lines about what the HUB refused or left unanswered (assets/hub.py)
+# hub_delivery's lines about what the HUB refused or left unanswered (assets/hub/)
 HUB_NOTES_METADATA = "hub_notes"
 
 

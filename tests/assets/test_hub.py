@@ -17,17 +17,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.hub import (
-    HUB_ASSETS,
-    HUB_CHECKS,
-    MAX_BATCH_BYTES,
-    PHASES,
-    Change,
-    compute_diff,
-    envelope_text,
-    iter_batches,
-    read_diff,
-)
+from assets.hub import HUB_ASSETS, HUB_CHECKS
+from assets.hub.diff import PHASES, Change, compute_diff, read_diff
+from assets.hub.payload import MAX_BATCH_BYTES, envelope_text, iter_batches
 from resources.hub import HubClient, HubResource
 from resources.warehouse import WarehouseResource
 from sandbox.expected import HubState, expected_hub_state

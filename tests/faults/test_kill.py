@@ -47,7 +47,16 @@ KILLS_PER_CHAIN = 6
 MIN_KILLS = 15
 WORLD_SEED = 43
 SYNC_TIMEOUT_S = 180
-ASSET_MODULES = ("assets.campusonline", "assets.lms", "assets.studip", "assets.hub", "assets.sync")
+ASSET_MODULES = (
+    "assets.campusonline",
+    "assets.lms",
+    "assets.studip",
+    "assets.hub",
+    "assets.hub.acknowledgement",
+    "assets.hub.delivery",
+    "assets.hub.payload",
+    "assets.sync",
+)
 
 
 @dataclass(frozen=True)

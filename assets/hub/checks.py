@@ -1,0 +1,197 @@
+"""The checks guarding ``hub_payload`` (blocking: deletes within limit, unique codes, links
+to known objects) and ``hub_delivery`` (refused items, messages finishing in time)."""
+
+from collections import Counter
+
+import dagster as dg
+import duckdb
+
+from assets.hub.acknowledgement import errors_by_type, stuck_messages, stuck_metadata
+from resources.hub import OBJECT_TYPES, HubResource
+from resources.warehouse import WarehouseResource
+
+ALLOW_DELETES_TAG = "hubsync/allow-deletes"
+# The assets the checks guard (keys: the assets are defined beside, in assets/hub/__init__.py).
+HUB_PAYLOAD = dg.AssetKey("hub_payload")
+HUB_DELIVERY = dg.AssetKey("hub_delivery")
+
+
+# What this sync's pending batches take away from the HUB, per object type: deletes, and updates
+# that archive an object (status -> 'arquived'), which hides it as surely as a delete does.
+REMOVALS_SQL = """
+WITH pending AS (
+    SELECT e.object_type, e.action, e.key, e.payload
+    FROM hub_events e JOIN hub_batches b USING (sync_key, batch_no)
+    WHERE e.sync_key = $sync_key AND b.status = 'pending'
+),
+removals AS (
+    SELECT p.object_type,
+           count(*) FILTER (WHERE p.action = 'delete') AS deletes,
+           count(*) FILTER (WHERE p.action = 'update') AS archivals
+    FROM pending p LEFT JOIN hub_state s USING (object_type, key)
+    WHERE p.action = 'delete'
+       OR (p.action = 'update' AND p.payload->>'$.status' = 'arquived'
+           AND (s.payload->>'$.status') IS DISTINCT FROM 'arquived')
+    GROUP BY 1
+)
+SELECT s.object_type, count(*) AS state,
+       coalesce(any_value(r.deletes), 0) AS deletes,
+       coalesce(any_value(r.archivals), 0) AS archivals
+FROM hub_state s LEFT JOIN removals r USING (object_type)
+GROUP BY 1 ORDER BY 1
+"""
+
+
+def removals_by_type(
+    conn: duckdb.DuckDBPyConnection, sync_key: str
+) -> list[tuple[str, int, int, int]]:
+    """(object type, acknowledged objects, deletes, archivals) of this sync's pending batches."""
+    return conn.execute(REMOVALS_SQL, {"sync_key": sync_key}).fetchall()
+
+
+@dg.asset_check(asset=HUB_PAYLOAD, blocking=True, pool="duckdb")
+def hub_deletes_within_limit(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, hub: HubResource
+) -> dg.AssetCheckResult:
+    """Deletes and archivals (updates to status ``arquived``, e.g. every student
+    exmatriculated) above HUB_MAX_DELETE_SHARE of an object type's acknowledged state block
+    delivery, unless the run carries the tag ``hubsync/allow-deletes=true``."""
+    sync_key = context.run.tags.get("dagster/partition", "")
+    with warehouse.connection() as conn:
+        shares = removals_by_type(conn, sync_key)
+    over = {t: d + a for t, n, d, a in shares if n and (d + a) / n > hub.max_delete_share}
+    archivals = {t: a for t, _, _, a in shares if a}
+    allowed = context.run.tags.get(ALLOW_DELETES_TAG) == "true"
+    return dg.AssetCheckResult(
+        passed=not over or allowed,
+        metadata={
+            "deletes_over_limit": dg.MetadataValue.json(over),
+            "archivals": dg.MetadataValue.json(archivals),
+            "max_delete_share": hub.max_delete_share,
+            "override": allowed,
+        },
+        description=(
+            f"deletes and archivals above {hub.max_delete_share:.0%} of {', '.join(over)}; "
+            f"launch the run with tag {ALLOW_DELETES_TAG}=true to allow them"
+        )
+        if over
+        else None,
+    )
+
+
+@dg.asset_check(asset=HUB_PAYLOAD, blocking=True, pool="duckdb")
+def hub_desired_codes_unique(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    """Two desired objects of one type with the same business key block delivery."""
+    with warehouse.connection() as conn:
+        rows = conn.execute(
+            "SELECT object_type, key, count(*) FROM hub_desired "
+            "GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 20"
+        ).fetchall()
+    return dg.AssetCheckResult(
+        passed=not rows,
+        metadata={
+            "duplicates": dg.MetadataValue.json(
+                [{"object": t, "key": k, "count": n} for t, k, n in rows]
+            )
+        },
+    )
+
+
+def _references_sql() -> str:
+    """The references of desired objects to objects neither desired nor acknowledged: one
+    SELECT per referencing field of ``OBJECT_TYPES`` (a field that may be absent refers to
+    nothing when it is)."""
+    refs = " UNION ALL ".join(
+        f"SELECT object_type, key, '{target}' AS ref_type, payload->>'{path}' AS ref "
+        f"FROM hub_desired WHERE object_type = '{t.name}'"
+        + (f" AND payload->>'{path}' IS NOT NULL" if t.optional(path) else "")
+        for t in OBJECT_TYPES
+        for path, target in t.references
+    )
+    return f"""
+WITH known AS (
+    SELECT object_type, key FROM hub_desired UNION SELECT object_type, key FROM hub_state
+),
+refs AS ({refs})
+SELECT r.object_type, r.key, r.ref_type, r.ref FROM refs r
+WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.object_type = r.ref_type AND k.key = r.ref)
+ORDER BY 1, 2 LIMIT 20
+"""
+
+
+REFERENCES_SQL = _references_sql()
+
+
+@dg.asset_check(asset=HUB_PAYLOAD, blocking=True, pool="duckdb")
+def hub_links_reference_known_objects(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    """Every link and section references an object the HUB holds or this sync sends."""
+    with warehouse.connection() as conn:
+        rows = conn.execute(REFERENCES_SQL).fetchall()
+    return dg.AssetCheckResult(
+        passed=not rows,
+        metadata={
+            "dangling": dg.MetadataValue.json(
+                [{"object": t, "key": k, "missing": f"{r} {c}"} for t, k, r, c in rows]
+            )
+        },
+    )
+
+
+@dg.asset_check(asset=HUB_DELIVERY, blocking=False, pool="duckdb")
+def hub_items_refused(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    """WARN when the HUB answered items of this sync's batches with an error (getLog level
+    ``e``, not reconciled): they are not acknowledged and are sent again by the next sync."""
+    sync_key = context.run.tags.get("dagster/partition", "")
+    with warehouse.connection() as conn:
+        rows = conn.execute(
+            "SELECT object_type, message, count(*) FROM hub_log WHERE sync_key = ? "
+            "AND outcome = 'failed' GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT 20",
+            [sync_key],
+        ).fetchall()
+        (total,) = conn.execute(
+            "SELECT count(*) FROM hub_log WHERE sync_key = ? AND outcome = 'failed'", [sync_key]
+        ).fetchall()[0]
+    failed = errors_by_type(Counter({(t, m): n for t, m, n in rows}))
+    return dg.AssetCheckResult(
+        passed=not total,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"items_failed": total, "by_type": dg.MetadataValue.json(failed)},
+        description=(
+            f"the HUB answered {total} item(s) with an error: "
+            + "; ".join(f"{t} {n} × {m}" for t, m, n in rows[:5])
+        )
+        if total
+        else None,
+    )
+
+
+@dg.asset_check(asset=HUB_DELIVERY, blocking=False, pool="duckdb")
+def hub_messages_finish_in_time(
+    warehouse: WarehouseResource, hub: HubResource
+) -> dg.AssetCheckResult:
+    """WARN while messages are still processing at the HUB longer than HUB_ACK_TIMEOUT after
+    they were posted (their objects wait; past HUB_MESSAGE_MAX_AGE they are given up)."""
+    with warehouse.connection() as conn:
+        stuck = stuck_messages(conn, hub.ack_timeout_s)
+    return dg.AssetCheckResult(
+        passed=not stuck,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            **stuck_metadata(stuck),
+            "messages": dg.MetadataValue.json(
+                [
+                    {"message_id": m, "object": t, "objects": n, "age_s": float(age)}
+                    for _, _, m, t, n, age in stuck[:20]
+                ]
+            ),
+        },  # fmt: skip
+        description=(
+            f"{len(stuck)} message(s) still processing after HUB_ACK_TIMEOUT "
+            f"({hub.ack_timeout_s:g} s); given up after HUB_MESSAGE_MAX_AGE "
+            f"({hub.message_max_age_s:g} s)"
+        )
+        if stuck
+        else None,
+    )
