@@ -255,7 +255,7 @@ def co_raw_pages(
                 "pages": writers[code].pages,
                 "records": writers[code].records,
                 "dagster/row_count": writers[code].pages,
-                "api_calls": int(stats["api_calls"]),
+                "requests": int(stats["requests"]),
                 "retries": int(stats["retries"]),
                 "bytes": int(stats["bytes"]),
                 "http_seconds": float(stats["http_seconds"]),
@@ -507,7 +507,7 @@ def co_current_state(
                 "dagster/row_count": counts[code]["rows"],
                 "pages": int(landed[code][0]),
                 "bytes": int(landed[code][1]),
-                "api_calls": 0,  # this step only reads the landed pages
+                "requests": 0,  # this step only reads the landed pages
                 "records": staged[code].rows,
                 "quarantined": staged[code].quarantined,
                 "rows_validated_in_python": staged[code].explained,

@@ -47,6 +47,7 @@ from resources.campusonline_schema import (
     row_hash_expression,
 )
 from resources.http import MAX_TEXT_CHARS, loads
+from resources.quarantine import QUARANTINE_COLUMNS, quarantine, validation_reason
 from resources.warehouse import raw_page_bytes
 
 # the shapes both sides accept (DuckDB's strptime reads CO_TIMESTAMP_FORMAT as Python's does)
@@ -280,7 +281,7 @@ def quarantine_duplicates(conn: duckdb.DuckDBPyConnection, key: str, service: Co
         return 0
     conn.execute(
         f"""
-        INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw)
+        INSERT INTO quarantine ({QUARANTINE_COLUMNS})
         SELECT 'co', ?, s.{id_field}::VARCHAR,
                '{DUPLICATE_REASON} {id_field} ' || s.{id_field} || ': ' || d.copies
                    || ' different rows in one ' || d.read || ' read; all quarantined, the '
@@ -313,14 +314,6 @@ def typed_row(model: CoRow, zone: ZoneInfo) -> dict[str, Any]:
         values[name] = value.value if isinstance(value, CoDate) else value
     values["TIMESTAMP"] = model.timestamp(zone)
     return values
-
-
-def validation_reason(exc: ValidationError | ValueError) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()[:5]
-        )
-    return str(exc)
 
 
 @dataclass
@@ -439,17 +432,10 @@ def _explain(
             values = typed_row(model, zone)
         except (ValidationError, ValueError) as exc:
             record_id = row.get(service.model.id_field) if isinstance(row, dict) else None
-            conn.execute(
-                "INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw) "
-                "VALUES ('co', ?, ?, ?, ?, ?::JSON)",
-                [
-                    RECORD_TYPES[service.code],
-                    None if record_id is None else str(record_id),
-                    validation_reason(exc),
-                    key,
-                    row_json if row_json is not None else "null",
-                ],
-            )
+            reason = validation_reason(exc)
+            raw = row_json if row_json is not None else "null"
+            key_text = None if record_id is None else str(record_id)
+            quarantine(conn, "co", key, [(RECORD_TYPES[service.code], key_text, reason, raw)])
             continue
         accepted.append(
             [request_key, page_nr, row_nr, *(values[rule.name] for rule in RULES[service.code])]

@@ -37,6 +37,7 @@ from resources.lms import (
     Registration,
     validate_registration,
 )
+from resources.quarantine import quarantine
 from resources.warehouse import PageWriter, WarehouseResource, transaction
 
 SOURCE = "lms"
@@ -185,23 +186,13 @@ _INSERT_ITEMS = f"""
 """
 
 
-def quarantine(
+def quarantine_item(
     conn: duckdb.DuckDBPyConnection, key: str, item: Any, reason: str, endpoint: Endpoint
 ) -> None:
     record_key = item.get("RegistrationId") if isinstance(item, dict) else None
-    conn.execute(
-        """
-        INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw)
-        VALUES (?, ?, ?, ?, ?, ?::JSON)
-        """,
-        [
-            SOURCE,
-            f"{endpoint} registration",
-            record_key if isinstance(record_key, str) else None,
-            reason,
-            key,
-            json.dumps(item),
-        ],
+    record_key = record_key if isinstance(record_key, str) else None
+    quarantine(
+        conn, SOURCE, key, [(f"{endpoint} registration", record_key, reason, json.dumps(item))]
     )
 
 
@@ -232,7 +223,7 @@ def land_endpoint(
             try:
                 registration = validate_registration(item)
             except ValueError as exc:
-                quarantine(conn, key, item, str(exc), landing.endpoint)
+                quarantine_item(conn, key, item, str(exc), landing.endpoint)
                 landing.quarantined += 1
                 continue
             rows.append(_item_row(item_nr, registration))
@@ -318,7 +309,7 @@ def land_registrations(
 def _raw_metadata(landing: EndpointLanding) -> dict[str, Any]:
     return {
         "pages": landing.pages,
-        "items": landing.items,
+        "records": landing.items,
         "dagster/row_count": landing.items,
         "quarantined": landing.quarantined,
         "duplicates_dropped": landing.duplicates_dropped,

@@ -50,6 +50,7 @@ from assets.studip_listing import (
     list_studip,
 )
 from assets.sync import sync_run
+from resources.quarantine import quarantine
 from resources.studip import (
     CRAWL_ROUTES,
     SEARCH_ROUTE,
@@ -151,8 +152,8 @@ class Stager:
         for table in (*STAGED_TABLES, LISTING_RAW_TABLE):
             self.writer.execute(f"DELETE FROM {table} WHERE sync_key = ?", [self.writer.sync_key])
         self.writer.execute(
-            "DELETE FROM quarantine WHERE source = 'studip' AND sync_key = ?",
-            [self.writer.sync_key],
+            "DELETE FROM quarantine WHERE source = ? AND sync_key = ?",
+            [GROUP, self.writer.sync_key],
         )
 
     def land(self, page: StudipPage, *, stage: bool = True) -> None:
@@ -317,19 +318,11 @@ class Stager:
                 continue
             self._quarantined.add(seen)
             self.counts.quarantined += 1
-            self.writer.execute(
-                """
-                INSERT INTO quarantine (source, record_type, record_key, reason, sync_key, raw)
-                VALUES ('studip', ?, ?, ?, ?, ?::JSON)
-                """,
-                [
-                    record.record_type,
-                    record.record_key,
-                    record.reason,
-                    self.writer.sync_key,
-                    json.dumps(record.raw, default=str),
-                ],
-            )
+            raw = json.dumps(record.raw, default=str)
+            quarantine(
+                self.writer, GROUP, self.writer.sync_key,
+                [(record.record_type, record.record_key, record.reason, raw)],
+            )  # fmt: skip
 
 
 def _utc(timestamp: int | None) -> datetime | None:
@@ -734,7 +727,7 @@ def studip_raw_pages(
     duration = time.perf_counter() - started
     stats = client.http.stats.as_metadata()
     listing_stats = jsonapi.http.stats.as_metadata()
-    requests_made = int(stats["api_calls"] + listing_stats["api_calls"])
+    requests_made = int(stats["requests"] + listing_stats["requests"])
     counts = stager.counts
     return dg.MaterializeResult(
         metadata={
@@ -746,7 +739,7 @@ def studip_raw_pages(
             "seed_users": len(plan.seeds),
             **({"users_read_in_full": plan.details_read} if listing else {}),
             "requests": requests_made,
-            "jsonapi_requests": int(listing_stats["api_calls"]),
+            "jsonapi_requests": int(listing_stats["requests"]),
             "retries": int(stats["retries"] + listing_stats["retries"]),
             "bytes": int(stats["bytes"] + listing_stats["bytes"]),
             "pages": pages,

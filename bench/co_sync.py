@@ -59,7 +59,7 @@ def run_sync(
     raw = result.asset_materializations_for_node("co_raw_pages")[0].metadata
     numbers = {
         name: raw[name].value
-        for name in ("pages", "records", "api_calls", "bytes", "duration_s", "changed_students")
+        for name in ("pages", "records", "requests", "bytes", "duration_s", "changed_students")
     }
     return elapsed, numbers
 

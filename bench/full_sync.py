@@ -55,10 +55,8 @@ def source_numbers(sync: harness.SyncMeasurement) -> dict[str, dict[str, float]]
 
         result[source] = {
             "pages": sum(v for k, v in numbers.items() if k.rsplit(".", 1)[-1] == "pages"),
-            "records": sum(
-                v for k, v in numbers.items() if k.rsplit(".", 1)[-1] in ("records", "items")
-            ),
-            "api_calls": total("api_calls", "requests"),
+            "records": sum(v for k, v in numbers.items() if k.rsplit(".", 1)[-1] == "records"),
+            "requests": total("requests"),
             # summed over the client's threads: above the wall time when requests overlap
             "http_s": round(total("http_seconds"), 3),
         }

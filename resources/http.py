@@ -124,7 +124,7 @@ class RequestStats:
     def as_metadata(self) -> dict[str, float]:
         with self._lock:
             return {
-                "api_calls": self.requests,
+                "requests": self.requests,
                 "retries": self.retries,
                 "bytes": self.bytes_received,
                 "http_seconds": round(self.seconds, 3),

@@ -41,6 +41,7 @@ from resources.http import (
     page_errors,
     reject_bad_text,
 )
+from resources.quarantine import validation_reason
 from resources.settings import LmsSettings, secret_config
 
 SYSTEM = "LMS"
@@ -150,15 +151,7 @@ def validate_registration(item: Any) -> Registration:
     try:
         return Registration.model_validate(item)
     except ValidationError as exc:
-        raise ValueError(_validation_reason(exc)) from None
-
-
-def _validation_reason(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"])
-        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
-    return "; ".join(parts)
+        raise ValueError(validation_reason(exc)) from None
 
 
 def format_from_date(moment: datetime) -> str:
@@ -301,7 +294,7 @@ class LmsClient:
             token = TokenResponse.model_validate(self.http.json(response))
         except ValidationError as exc:
             raise self.http.error(
-                response, f"unexpected token answer: {_validation_reason(exc)}"
+                response, f"unexpected token answer: {validation_reason(exc)}"
             ) from None
         margin = min(MAX_REFRESH_MARGIN_S, token.expires_in / 10)
         self._token = _Token(
@@ -376,7 +369,7 @@ class LmsClient:
             envelope = PageEnvelope.model_validate(self.http.json(response))
         except ValidationError as exc:
             raise self.http.error(
-                response, f"not a registration page: {_validation_reason(exc)}"
+                response, f"not a registration page: {validation_reason(exc)}"
             ) from None
         page = RegistrationPage(
             endpoint=endpoint,

@@ -58,6 +58,7 @@ from resources.http import (
     page_errors,
     reject_bad_text,
 )
+from resources.quarantine import validation_reason
 from resources.settings import StudipSettings, secret_config
 
 SYSTEM = "Stud.IP"
@@ -309,10 +310,7 @@ def _validate(
         return model.model_validate(raw), None
     except ValidationError as exc:
         key = raw.get(key_field) if isinstance(raw, dict) else None
-        reason = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'record'}: {error['msg']}"
-            for error in exc.errors()
-        )
+        reason = validation_reason(exc)
         return None, Rejected(record_type, key if isinstance(key, str) else None, reason, raw)
 
 

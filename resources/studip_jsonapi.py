@@ -40,6 +40,7 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from resources.http import DEFAULT_MAX_PAGES, HttpClient, gc_paused, reject_bad_text
+from resources.quarantine import validation_reason
 from resources.studip import (
     SYSTEM,
     Rejected,
@@ -353,14 +354,7 @@ def parse_resources(items: Any, record_type: str) -> tuple[list[JsonApiModel], l
             reject_bad_text(raw.get("attributes"), ATTRIBUTE_NAMES[model])
             records.append(model.model_validate(raw))
         except (ValidationError, ValueError) as exc:
-            reason = (
-                "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}"
-                    for e in exc.errors()
-                )
-                if isinstance(exc, ValidationError)
-                else str(exc)
-            )
+            reason = validation_reason(exc)
             rejected.append(Rejected(kind or record_type, key, reason, raw))
     return records, rejected
 

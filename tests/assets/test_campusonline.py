@@ -142,9 +142,9 @@ def test_full_then_incremental_sync_end_to_end(
         row["content"]["DMSStudents"]["STPERSONNR"] for page in landed for row in page["resource"]
     }
     assert len(ids) == len(sandbox.world.co_students)
-    for name in ("api_calls", "bytes", "duration_s", "changed_students"):
+    for name in ("requests", "bytes", "duration_s", "changed_students"):
         assert name in students_meta
-    assert students_meta["api_calls"] == sandbox.co.request_count(
+    assert students_meta["requests"] == sandbox.co.request_count(
         "/pl/rest/"
     ) + sandbox.co.request_count("wbOAuth2.token")
     current = metadata(full, "co_current_state")["co_students"]

@@ -18,11 +18,11 @@ from assets.campusonline_staging import (
     field_rules,
     stage_sync,
     typed_row,
-    validation_reason,
 )
 from resources.campusonline import SERVICES, CoRow, format_co_timestamp, parse_co_timestamp
 from resources.campusonline_schema import CO_ROW_HASH_MIGRATION, RAW_TABLES, STAGING_TABLES
 from resources.http import MAX_TEXT_CHARS
+from resources.quarantine import validation_reason
 from resources.warehouse import WarehouseResource, deflate
 from tests.resources.test_campusonline import FULL_APPLICATION, FULL_STUDENT, FULL_STUDY
 

@@ -172,7 +172,7 @@ def test_a_full_sync_lands_every_registration_from_the_beginning_of_time(sync: S
     }
 
     raw = metadata(result, "raw_lms_completed_registrations")
-    assert raw["items"] == sum(1 for s in world.values() if s == 2) + raw["pages"] - 1
+    assert raw["records"] == sum(1 for s in world.values() if s == 2) + raw["pages"] - 1
     assert raw["duplicates_dropped"] == raw["pages"] - 1  # the one-item page overlap
     assert raw["from_date"] == "beginning of time"
     assert metadata(result, "raw_lms_active_registrations")["logins"] == 1

@@ -36,7 +36,7 @@ def test_retries_5xx_and_429_when_asked(client: HttpClient, waits: list[float]) 
     assert response.json() == {"ok": True}
     assert 0.5 <= waits[0] <= 1.0, "exponential backoff with jitter"
     assert waits[1] == 7, "Retry-After wins"
-    assert client.stats.as_metadata()["api_calls"] == 3
+    assert client.stats.as_metadata()["requests"] == 3
     assert client.stats.as_metadata()["retries"] == 2
 
 
