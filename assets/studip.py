@@ -21,7 +21,7 @@ and a re-run replaces the key's pages.
   they were members of, so ended memberships disappear) and those courses' members, and expands
   only users not known yet. With no Stud.IP state yet it crawls like a full sync.
 
-``studip_state`` merges the key's staged records into the current-state tables in DuckDB SQL
+``studip_current_state`` merges the key's staged records into the current-state tables in DuckDB SQL
 (``studip_users``, ``studip_semesters``, ``studip_courses``, ``studip_memberships``,
 ``studip_institutes``, ``studip_user_institutes``); ``changed_in_sync`` is the key of the sync
 that last inserted or changed a row. Only a full sync deletes (rows absent from its snapshot);
@@ -1027,7 +1027,7 @@ def _column_schema(conn: Sql, table: str) -> dg.TableSchema:
 
 
 @dg.multi_asset(
-    name="studip_state",
+    name="studip_current_state",
     specs=[
         dg.AssetSpec(
             table.name,
@@ -1041,7 +1041,7 @@ def _column_schema(conn: Sql, table: str) -> dg.TableSchema:
     partitions_def=sync_runs_partitions,
     pool="duckdb",
 )
-def studip_state(
+def studip_current_state(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource
 ) -> Iterator[dg.MaterializeResult]:
     """Merges the sync's staged Stud.IP records into the current-state tables, in one
@@ -1079,4 +1079,4 @@ def studip_state(
     yield from results
 
 
-STUDIP_ASSETS = [studip_raw_pages, studip_state]
+STUDIP_ASSETS = [studip_raw_pages, studip_current_state]

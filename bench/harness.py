@@ -37,7 +37,11 @@ FETCH_AND_LAND = {
     "studip": "studip_raw_pages",
     "lms": "lms_registration_pages",
 }
-CURRENT_STATE = {"co": "co_current_state", "studip": "studip_state", "lms": "lms_current_state"}
+CURRENT_STATE = {
+    "co": "co_current_state",
+    "studip": "studip_current_state",
+    "lms": "lms_current_state",
+}
 GRAPH = ("persons", "hub_desired")
 PAYLOAD = "hub_payload"
 DELIVERY = ("hub_delivery", "hub_acknowledgement")
@@ -358,7 +362,7 @@ def run_studip_sync(
     import dagster as dg
 
     from assets.partitions import new_sync_key
-    from assets.studip import studip_raw_pages, studip_state
+    from assets.studip import studip_current_state, studip_raw_pages
     from assets.sync import sync_run
     from resources.settings import load_settings
     from resources.studip import StudIPResource, studip_resource
@@ -383,7 +387,7 @@ def run_studip_sync(
         baseline = peak_rss_mb()
         started = time.perf_counter()
         result = dg.materialize(
-            [sync_run, studip_raw_pages, studip_state],
+            [sync_run, studip_raw_pages, studip_current_state],
             partition_key=key,
             instance=instance,
             resources={"warehouse": warehouse, "studip": studip},

@@ -13,7 +13,7 @@ import pytest
 
 import assets.studip as studip_assets
 from assets.partitions import sync_runs_partitions
-from assets.studip import changed_studip_user_ids, studip_raw_pages, studip_state
+from assets.studip import changed_studip_user_ids, studip_current_state, studip_raw_pages
 from assets.sync import sync_run
 from cli.home import prepare_dagster_home
 from cli.runs import run_sync
@@ -31,7 +31,7 @@ TODAY = date(2026, 11, 23)
 FULL = "full-20261123T100000Z"
 INCR = "incr-20261123T110000Z"
 FULL2 = "full-20261123T120000Z"
-ASSETS = [sync_run, studip_raw_pages, studip_state]
+ASSETS = [sync_run, studip_raw_pages, studip_current_state]
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_a_full_sync_crawls_to_closure_and_builds_the_current_state(
     assert numbers["memberships"] == sum(len(world.memberships[c]) for c in courses)
     assert numbers["requests"] == sb.studip.request_count() and numbers["pages"] == pages[0]
     assert numbers["requests_per_s"] > 0 and numbers["quarantined"] == 0
-    state = metadata(result, "studip_state")
+    state = metadata(result, "studip_current_state")
     assert state["dagster/row_count"] == len(users) and state["inserted"] == len(users)
 
 
@@ -159,7 +159,7 @@ def test_a_rerun_replaces_its_pages_and_a_failed_one_lands_nothing(
     assert result.success
     assert query(warehouse, "SELECT count(*) FROM raw_studip_pages") == before
     assert query(warehouse, "SELECT * FROM studip_users ORDER BY user_id") == users
-    changes = [m.metadata for m in result.asset_materializations_for_node("studip_state")]
+    changes = [m.metadata for m in result.asset_materializations_for_node("studip_current_state")]
     assert all(
         m["inserted"].value == m["updated"].value == m["deleted"].value == 0 for m in changes
     )

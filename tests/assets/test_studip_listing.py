@@ -35,7 +35,7 @@ from tests.instances import ephemeral_instance
 EPOCH = date(1970, 1, 1)
 INCR_LATER = "incr-20261123T113000Z"  # between INCR and FULL2
 
-# every table studip_state builds: a table added there is compared here too
+# every table studip_current_state builds: a table added there is compared here too
 STATE_TABLE_NAMES = [table.name for table in STATE_TABLES]
 
 
