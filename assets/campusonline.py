@@ -125,32 +125,6 @@ def save_cursor(
     )
 
 
-def add_live_rows(conn: duckdb.DuckDBPyConnection, cursor: CoCursor) -> bool:
-    """Merge ``cursor``'s live maps into the latest successful cursor (``sync-one``); False when
-    there is no cursor yet (the next sync is a full one, which starts afresh anyway)."""
-    row = conn.execute(
-        """
-        SELECT c.sync_key, c.live_students, c.live_studies, c.live_applications
-        FROM co_sync_cursor c JOIN sync_runs r ON r.key = c.sync_key
-        WHERE r.status = 'success' ORDER BY c.committed_at DESC LIMIT 1
-        """
-    ).fetchone()
-    if row is None:
-        return False
-    merged = CoCursor()
-    for code, text in zip(CODES, row[1:], strict=True):
-        merged.live[code] = {**CoCursor.live_from_json(text), **cursor.live[code]}
-    conn.execute(
-        """
-        UPDATE co_sync_cursor
-        SET live_students = ?, live_studies = ?, live_applications = ?
-        WHERE sync_key = ?
-        """,
-        [*(merged.live_json(code) for code in CODES), row[0]],
-    )
-    return True
-
-
 def _watermark(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 

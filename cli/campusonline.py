@@ -11,9 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from assets.campusonline import add_live_rows
 from assets.campusonline_json import student_json
-from assets.campusonline_sync import CoCursor, row_stamp
 from resources.campusonline import (
     APPLICATIONS,
     STUDENTS,
@@ -27,7 +25,6 @@ from resources.campusonline import (
     campusonline_resource,
 )
 from resources.settings import load_settings
-from resources.warehouse import WarehouseResource
 
 NOT_FOUND = "student data not found"
 
@@ -98,11 +95,14 @@ def show_applications(args: argparse.Namespace) -> int:
 
 
 def sync_one(args: argparse.Namespace) -> int:
-    """Print one student as the connector's JSON and keep their live rows for the next
-    incremental sync, so older view rows of this student do not win there."""
+    """Print one student as the connector's JSON: a read-only look, like ``show-*``.
+
+    The connector's ``sync-one`` also records the student's live rows in its cursor. hubsync
+    keeps its cursor in the warehouse, written by Dagster runs only: live rows recorded here,
+    whose content no sync stored, made the next incremental sync treat the student's newer view
+    rows as outdated and drop them (a change lost until the next full sync)."""
     settings = load_settings()
     resource = campusonline_resource(settings.co, in_process=True)
-    cursor = CoCursor()
     with resource.client() as client:
         raw_student = find_student(client, args.id)
         if raw_student is None:
@@ -111,15 +111,6 @@ def sync_one(args: argparse.Namespace) -> int:
         person = raw_student["STPERSONNR"]
         raw_studies = list(client.rows(STUDIES, filter=("StPersonNr", person)))
         raw_applications = list(client.rows(APPLICATIONS, filter=("StPersonNr", person)))
-    for service, rows in (
-        (STUDENTS, [raw_student]),
-        (STUDIES, raw_studies),
-        (APPLICATIONS, raw_applications),
-    ):
-        for row in rows:
-            stamp = row_stamp(service, row, resource.zone)
-            if stamp is not None:
-                cursor.record(service.code, stamp)
     document = student_json(
         CoStudent.model_validate(raw_student),
         [CoStudy.model_validate(row) for row in raw_studies],
@@ -127,7 +118,5 @@ def sync_one(args: argparse.Namespace) -> int:
         base_url=resource.api_url,
         zone=resource.zone,
     )
-    with WarehouseResource.of(settings).connection() as conn:
-        add_live_rows(conn, cursor)
     print(json.dumps(document, ensure_ascii=False, indent=4))
     return 0

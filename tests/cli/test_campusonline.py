@@ -3,6 +3,7 @@
 import json
 from collections.abc import Iterator
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from resources.settings import load_settings
 from resources.warehouse import WarehouseResource
 from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
+from tests.assets.test_campusonline import VIEW_PERIOD_S
 from tests.assets.test_campusonline_json import STUDENT_KEYS
 
 
@@ -79,7 +81,11 @@ def test_unknown_ids_exit_1(
     assert "student data not found" in err
 
 
-def test_sync_then_sync_one_prints_the_connector_json_and_keeps_live_rows(
+def _cursor(conn: Any) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT * FROM co_sync_cursor ORDER BY sync_key").fetchall()
+
+
+def test_sync_one_prints_the_connector_json_and_writes_nothing(
     capsys: pytest.CaptureFixture[str], sandbox: Sandbox
 ) -> None:
     code, out, _ = run(capsys, "sync", "--source", "co")
@@ -87,6 +93,9 @@ def test_sync_then_sync_one_prints_the_connector_json_and_keeps_live_rows(
     assert "no successful full sync yet, so this one is full" in out
     assert "co_raw_pages" in out and "co_current_state" in out and "succeeded" in out
     assert "{" not in out  # a summary, no JSON
+    warehouse = WarehouseResource(path=str(load_settings().warehouse_path))
+    with warehouse.connection() as conn:
+        cursor_before = _cursor(conn)
 
     person, ident, family = a_student(sandbox)
     code, out, _ = run(capsys, "sync-one", ident)
@@ -98,14 +107,38 @@ def test_sync_then_sync_one_prints_the_connector_json_and_keeps_live_rows(
         str(nr) for nr in sandbox.world.studies_by_person[person]
     }
     assert len(document["applications"]) == len(sandbox.world.applications_by_person[person])
-
-    warehouse = WarehouseResource(path=str(load_settings().warehouse_path))
     with warehouse.connection() as conn:
-        (live,) = conn.execute(
-            "SELECT live_students FROM co_sync_cursor ORDER BY committed_at DESC LIMIT 1"
-        ).fetchone()
-    assert str(person) in json.loads(live)
+        assert _cursor(conn) == cursor_before, "a look at one student changes no sync state"
 
     code, out, _ = run(capsys, "sync", "--source", "co")
     assert code == 0
     assert "(incremental) succeeded" in out
+
+
+def test_a_change_seen_by_sync_one_still_reaches_the_warehouse(
+    capsys: pytest.CaptureFixture[str], sandbox: Sandbox
+) -> None:
+    """sync-one used to record the student's live rows in the cursor. When it ran after the view
+    refresh that carried a change, the next incremental sync took the change's view row for
+    outdated (not newer than the live row), neither re-read nor applied it, and the warehouse
+    kept the old e-mail until the next full sync."""
+    assert run(capsys, "sync", "--source", "co")[0] == 0
+    person, ident, _ = a_student(sandbox)
+    world = sandbox.world
+    with world.lock:
+        student = world.co_students[person]
+        student.email_tu = f"changed.{person}@student.tu-sandbox.at"
+        student.modified_at = world.clock.now()
+    now = world.clock.now().timestamp()
+    world.clock.advance(VIEW_PERIOD_S - now % VIEW_PERIOD_S + 1)  # the view has the change
+    assert run(capsys, "sync-one", ident)[0] == 0
+    world.clock.advance(60)  # the incremental sync runs before the next refresh
+
+    code, out, _ = run(capsys, "sync", "--source", "co")
+    assert code == 0 and "(incremental) succeeded" in out
+    warehouse = WarehouseResource(path=str(load_settings().warehouse_path))
+    with warehouse.connection() as conn:
+        (email,) = conn.execute(
+            "SELECT EMAILADDRESSTU FROM co_students WHERE STPERSONNR = ?", [person]
+        ).fetchone()
+    assert email == f"changed.{person}@student.tu-sandbox.at"
