@@ -595,11 +595,7 @@ def campusonline_resource(
     For Dagster runs the secret is an ``EnvVar`` (resolved inside the run, never stored in run
     config); ``in_process`` gives a resource with the secret's value, for direct use (the CLI).
     """
-    secret = (
-        settings.client_secret.get_secret_value()
-        if in_process
-        else secret_config("CO_CLIENT_SECRET")
-    )
+    secret = secret_config("CO_CLIENT_SECRET", settings.client_secret, in_process=in_process)
     return CampusOnlineResource(
         api_url=settings.api_url,
         client_id=settings.client_id,

@@ -426,7 +426,7 @@ def hub_resource(settings: HubSettings) -> HubResource:
 
     return HubResource(
         api_url=settings.api_url,
-        api_key=secret_config("HUB_API_KEY"),
+        api_key=secret_config("HUB_API_KEY", settings.api_key),
         org_id=settings.org_id,
         who=settings.who,
         batch_size=settings.batch_size,

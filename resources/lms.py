@@ -527,7 +527,7 @@ def lms_resource(settings: LmsSettings) -> LmsResource:
     return LmsResource(
         api_url=settings.api_url,
         username=settings.username,
-        password=secret_config("LMS_PASSWORD"),
+        password=secret_config("LMS_PASSWORD", settings.password),
         org_path=settings.org_path,
         page_size=settings.page_size,
         max_pages=settings.max_pages,

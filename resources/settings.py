@@ -582,19 +582,30 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
-def secret_config(name: str, env: Mapping[str, str] | None = None) -> str:
-    """The value to put in a resource's config for the secret variable ``name``.
+def secret_config(
+    name: str,
+    value: SecretStr | None = None,
+    *,
+    in_process: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """The value to put in a resource's config for the secret variable ``name``: the one path
+    by which every resource gets its secrets.
 
     ``dagster.EnvVar(name)`` when the variable is set, so the real secret is resolved inside the
-    run and never stored in run config, the UI or logs; otherwise the (public) sandbox default.
+    run and never stored in run config, the UI or logs. Otherwise, or for a resource used
+    directly rather than by a run (``in_process``, the CLI), the secret itself: ``value`` as the
+    settings read it, else the (public) sandbox default.
     """
     variable = VARIABLES_BY_NAME.get(name)
     if variable is None or not variable.secret:
         raise ValueError(f"{name} is not a secret hubsync setting")
-    if _is_set(os.environ if env is None else env, name):
+    if not in_process and _is_set(os.environ if env is None else env, name):
         import dagster as dg
 
         return dg.EnvVar(name)
+    if value is not None:
+        return value.get_secret_value()
     if variable.default is None:
         raise ValueError(f"{name} is not set and has no sandbox default")
     return variable.default

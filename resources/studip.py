@@ -23,7 +23,6 @@ gets a 401 with body ``""`` there, which is told apart from a refused login (HTM
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 import re
 import threading
@@ -39,7 +38,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -967,21 +965,18 @@ def studip_resource(settings: StudipSettings) -> StudIPResource:
     """The resource for the ``STUDIP_*`` settings; secrets set in the environment reach the run
     as ``EnvVar``s (``secret_config``), never as run config."""
 
-    def secret(name: str, value: SecretStr) -> str:
-        return secret_config(name) if os.environ.get(name, "").strip() else value.get_secret_value()
-
     oauth = settings.oauth1
     return StudIPResource(
         api_url=settings.api_url,
         username=settings.username,
-        password=secret("STUDIP_PASSWORD", settings.password),
+        password=secret_config("STUDIP_PASSWORD", settings.password),
         oauth_consumer_key=oauth.consumer_key if oauth else None,
         oauth_consumer_secret=(
-            secret("STUDIP_OAUTH_CONSUMER_SECRET", oauth.consumer_secret) if oauth else None
+            secret_config("STUDIP_OAUTH_CONSUMER_SECRET", oauth.consumer_secret) if oauth else None
         ),
         oauth_token=oauth.token if oauth else None,
         oauth_token_secret=(
-            secret("STUDIP_OAUTH_TOKEN_SECRET", oauth.token_secret) if oauth else None
+            secret_config("STUDIP_OAUTH_TOKEN_SECRET", oauth.token_secret) if oauth else None
         ),
         seed_users=list(settings.seed_users),
         semesters=list(settings.semesters),

@@ -4,7 +4,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from pydantic import SecretStr
 
+from resources.hub import hub_resource
+from resources.lms import lms_resource
 from resources.settings import (
     PROJECT_ROOT,
     STUDIP_OAUTH_VARIABLES,
@@ -275,15 +278,34 @@ def test_secrets_never_show_in_repr_or_str() -> None:
 
 
 def test_secret_config_uses_envvar_only_when_the_secret_is_set() -> None:
-    configured = secret_config("HUB_API_KEY", {"HUB_API_KEY": "real-key"})
+    configured = secret_config("HUB_API_KEY", env={"HUB_API_KEY": "real-key"})
     assert isinstance(configured, dg.EnvVar)
     assert configured == "HUB_API_KEY"  # the variable's name, not its value
 
-    assert secret_config("HUB_API_KEY", {}) == "sandbox-hub-key"
+    assert secret_config("HUB_API_KEY", env={}) == "sandbox-hub-key"
     with pytest.raises(ValueError, match="not set and has no sandbox default"):
-        secret_config("STUDIP_OAUTH_TOKEN_SECRET", {})
+        secret_config("STUDIP_OAUTH_TOKEN_SECRET", env={})
     with pytest.raises(ValueError, match="not a secret"):
-        secret_config("CO_CLIENT_ID", {})
+        secret_config("CO_CLIENT_ID", env={})
+
+
+def test_every_resource_takes_its_secrets_by_the_one_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets reach resources only through secret_config: an EnvVar when the variable is set,
+    else the value the settings read (not the sandbox default, which is what LMS and HUB used to
+    get for settings read from anything but os.environ); in process (the CLI) the value."""
+    read = SecretStr("read-from-the-settings")
+    monkeypatch.delenv("LMS_PASSWORD", raising=False)
+    assert secret_config("LMS_PASSWORD", read) == "read-from-the-settings"
+    monkeypatch.setenv("LMS_PASSWORD", "from-the-environment")
+    assert isinstance(secret_config("LMS_PASSWORD", read), dg.EnvVar)
+    assert secret_config("LMS_PASSWORD", read, in_process=True) == "read-from-the-settings"
+
+    env = {"LMS_PASSWORD": "an-explicit-one", "HUB_API_KEY": "another-one"}
+    monkeypatch.delenv("LMS_PASSWORD")
+    monkeypatch.delenv("HUB_API_KEY", raising=False)
+    settings = load_settings(env)
+    assert lms_resource(settings.lms).password == "an-explicit-one"
+    assert hub_resource(settings.hub).api_key == "another-one"
 
 
 def _documented_names(text: str) -> set[str]:
