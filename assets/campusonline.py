@@ -484,7 +484,7 @@ def co_current_state(
                 "requests": 0,  # this step only reads the landed pages
                 "records": staged[code].rows,
                 "quarantined": staged[code].quarantined,
-                "rows_validated_in_python": staged[code].explained,
+                "rows_validated_in_python": staged[code].rows_validated_in_python,
                 "changed_rows": counts[code]["changed"],
                 "removed_rows": counts[code]["removed"],
                 "mode": mode_row[0],

@@ -320,7 +320,7 @@ def typed_row(model: CoRow, zone: ZoneInfo) -> dict[str, Any]:
 class StageCounts:
     rows: int = 0
     quarantined: int = 0
-    explained: int = 0  # rows the screen left to pydantic (staged or quarantined)
+    rows_validated_in_python: int = 0  # rows the screen left to pydantic (staged or quarantined)
 
 
 STAGE_BATCH_BYTES = 16_000_000  # pages screened together, up to about this much JSON
@@ -336,7 +336,7 @@ def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dic
     for code in CODES:
         service = SERVICES[code]
         conn.execute(f"DELETE FROM {STAGING_TABLES[code]} WHERE sync_key = ?", [key])
-        explained = sum(
+        validated_in_python = sum(
             _stage_pages(conn, key, service, zone, batch)
             for batch in _batches(raw_page_bytes(conn, RAW_TABLES[code], key))
         )
@@ -349,7 +349,7 @@ def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dic
             """,
             {"key": key, "record_type": RECORD_TYPES[code]},
         ).fetchall()[0]
-        counts[code] = StageCounts(int(rows), int(quarantined), explained)
+        counts[code] = StageCounts(int(rows), int(quarantined), validated_in_python)
     conn.execute("DROP TABLE co_page")
     return counts
 

@@ -151,7 +151,7 @@ def test_staging_gives_what_the_row_model_gives_for_every_awkward_row(
     assert staged == expected_staged
     assert quarantined == expected_quarantined
     assert counts.rows == len(expected_staged) and counts.quarantined == len(quarantined)
-    assert 0 < counts.explained < len(rows)  # both paths ran
+    assert 0 < counts.rows_validated_in_python < len(rows)  # both paths ran
 
 
 @pytest.mark.parametrize("code", list(SERVICES))
@@ -167,7 +167,7 @@ def test_the_rows_co_sends_never_need_pydantic(warehouse: WarehouseResource, cod
     with warehouse.connection() as conn:
         land(conn, code, rows)
         counts = stage_sync(conn, KEY, VIENNA)[code]
-    assert (counts.rows, counts.quarantined, counts.explained) == (3, 0, 0)
+    assert (counts.rows, counts.quarantined, counts.rows_validated_in_python) == (3, 0, 0)
 
 
 def _transition_stamps(zone: ZoneInfo) -> Iterator[str]:
@@ -199,7 +199,7 @@ def test_timestamps_convert_in_sql_as_parse_co_timestamp_does(
         staged = dict(
             conn.execute('SELECT STSTUDIUMNR, "TIMESTAMP" FROM stg_co_studies').fetchall()
         )
-    assert counts.explained == 0
+    assert counts.rows_validated_in_python == 0
     wrong = {
         stamp: staged[nr]
         for nr, stamp in enumerate(stamps, 1)
