@@ -435,7 +435,7 @@ def _explain(
             reason = validation_reason(exc)
             raw = row_json if row_json is not None else "null"
             key_text = None if record_id is None else str(record_id)
-            quarantine(conn, "co", key, [(RECORD_TYPES[service.code], key_text, reason, raw)])
+            quarantine(conn, "co", key, RECORD_TYPES[service.code], key_text, reason, raw)
             continue
         accepted.append(
             [request_key, page_nr, row_nr, *(values[rule.name] for rule in RULES[service.code])]

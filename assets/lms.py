@@ -191,9 +191,7 @@ def quarantine_item(
 ) -> None:
     record_key = item.get("RegistrationId") if isinstance(item, dict) else None
     record_key = record_key if isinstance(record_key, str) else None
-    quarantine(
-        conn, SOURCE, key, [(f"{endpoint} registration", record_key, reason, json.dumps(item))]
-    )
+    quarantine(conn, SOURCE, key, f"{endpoint} registration", record_key, reason, json.dumps(item))
 
 
 def land_endpoint(

@@ -68,6 +68,7 @@ from resources.warehouse import PageWriter, WarehouseResource, deflate, transact
 
 RAW_TABLE = "raw_studip_pages"
 GROUP = "studip"
+SOURCE = "studip"  # the quarantine's source
 
 STAGED_TABLES = (
     "studip_staged_users",
@@ -153,7 +154,7 @@ class Stager:
             self.writer.execute(f"DELETE FROM {table} WHERE sync_key = ?", [self.writer.sync_key])
         self.writer.execute(
             "DELETE FROM quarantine WHERE source = ? AND sync_key = ?",
-            [GROUP, self.writer.sync_key],
+            [SOURCE, self.writer.sync_key],
         )
 
     def land(self, page: StudipPage, *, stage: bool = True) -> None:
@@ -318,10 +319,9 @@ class Stager:
                 continue
             self._quarantined.add(seen)
             self.counts.quarantined += 1
-            raw = json.dumps(record.raw, default=str)
             quarantine(
-                self.writer, GROUP, self.writer.sync_key,
-                [(record.record_type, record.record_key, record.reason, raw)],
+                self.writer, SOURCE, self.writer.sync_key, record.record_type,
+                record.record_key, record.reason, json.dumps(record.raw, default=str),
             )  # fmt: skip
 
 

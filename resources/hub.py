@@ -162,7 +162,6 @@ OBJECT_TYPES: tuple[ObjectType, ...] = (
          ("$.subject.code", "subject"), ("$.term_code", "term")),
     ),
 )  # fmt: skip
-OBJECT_TYPES_BY_NAME = {t.name: t for t in OBJECT_TYPES}
 OBJECT_MODELS: dict[str, type[HubModel]] = {t.name: t.model for t in OBJECT_TYPES}
 LINK_TYPES = tuple(t.name for t in OBJECT_TYPES if t.is_link)
 ALREADY_EXISTS = {t.name: t.already_exists for t in OBJECT_TYPES}

@@ -5,7 +5,6 @@ they come from."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -35,15 +34,14 @@ def quarantine(
     conn: Executes,
     source: str,
     sync_key: str,
-    records: Iterable[tuple[str, str | None, str, str]],
-) -> int:
-    """Quarantine ``records`` of ``source`` for ``sync_key``: (record type, record key, reason,
-    the record as received as JSON text). Returns how many."""
-    written = 0
-    for record_type, record_key, reason, raw_json in records:
-        conn.execute(
-            f"INSERT INTO quarantine ({QUARANTINE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?::JSON)",
-            [source, record_type, record_key, reason, sync_key, raw_json],
-        )
-        written += 1
-    return written
+    record_type: str,
+    record_key: str | None,
+    reason: str,
+    raw_json: str,
+) -> None:
+    """Quarantine one record of ``source`` for ``sync_key``, with the record as received (JSON
+    text)."""
+    conn.execute(
+        f"INSERT INTO quarantine ({QUARANTINE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?::JSON)",
+        [source, record_type, record_key, reason, sync_key, raw_json],
+    )

@@ -526,14 +526,15 @@ class JsonApiClient:
         seen = _Seen()
         page_nr = 0
 
+        def params_at(offset: int) -> dict[str, Any]:
+            return {**shown, "page[offset]": offset, "page[limit]": limit}
+
         def fetch(offset: int) -> tuple[int, requests.Response, datetime]:
-            params = {**shown, "page[offset]": offset, "page[limit]": limit}
             fetched_at = datetime.now(UTC)
-            return offset, self._get(route, path, params), fetched_at
+            return offset, self._get(route, path, params_at(offset)), fetched_at
 
         def page_of(offset: int, response: requests.Response, fetched_at: datetime) -> JsonApiPage:
             nonlocal page_nr
-            params = {**shown, "page[offset]": offset, "page[limit]": limit}
             try:
                 body = self._document(route, response)
                 total = int(body["meta"]["page"]["total"])
@@ -549,8 +550,8 @@ class JsonApiClient:
             new_included = [r for r in included if r.id not in seen.included]
             seen.included.update(r.id for r in new_included)
             page = JsonApiPage(
-                route, request_key, params, page_nr, offset, response.content, total, new,
-                new_included, [*rejected, *rejected_included], fetched_at, subject,
+                route, request_key, params_at(offset), page_nr, offset, response.content, total,
+                new, new_included, [*rejected, *rejected_included], fetched_at, subject,
                 len(body["data"]),
             )  # fmt: skip
             page_nr += 1

@@ -152,13 +152,12 @@ def sparse(document: dict[str, Any], fieldsets: dict[str, set[str]]) -> dict[str
         wanted = fieldsets.get(resource.get("type", ""))
         if wanted is None:
             return resource
-        trimmed = {}
+        trimmed: dict[str, Any] = {}
         for key, value in resource.items():
             if key in ("attributes", "relationships"):
-                value = {name: v for name, v in value.items() if name in wanted}
-                if not value:
-                    continue
-            trimmed[key] = value
+                trimmed.update(_fields(key, value, wanted))
+            else:
+                trimmed[key] = value
         return trimmed
 
     data = document["data"]

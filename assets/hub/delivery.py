@@ -244,18 +244,10 @@ def deliver(
     """Post this sync's batches phase by phase; see the module docstring. With ``envelope``,
     entities an update found missing are inserted in a follow-up batch of the same phase."""
     summary = DeliverySummary()
-    earlier, summary.unfinished = acknowledge(
-        conn,
-        client,
-        in_flight_batches(conn),
-        timeout_s=ack_timeout_s,
-        poll_s=poll_s,
-        lost_after_s=ack_timeout_s,
-        settled_in=sync_key,
-    )
-    summary.outcomes.add(earlier)
-    if summary.unfinished:
-        summary.stopped = "earlier messages are still being processed by the HUB"
+    still = "earlier messages are still being processed by the HUB"
+    if not _await_logs(
+        conn, client, sync_key, in_flight_batches(conn), summary, ack_timeout_s, poll_s, still
+    ):
         return summary
     for phase, batches in _pending(conn, sync_key):
         if not _deliver_phase(
@@ -303,10 +295,29 @@ def _deliver_phase(
         batch_no, result = refused.pop(0)
         if not isolate_refused(conn, client, sync_key, batch_no, result, summary):
             return stop(summary.stopped)
+    still = f"phase {PHASES[phase]} is still being processed by the HUB"
+    return _await_logs(
+        conn, client, sync_key, in_flight_batches(conn, sync_key, phase), summary,
+        ack_timeout_s, poll_s, still,
+    )  # fmt: skip
+
+
+def _await_logs(
+    conn: duckdb.DuckDBPyConnection,
+    client: HubClient,
+    sync_key: str,
+    batches: list[tuple[str, int, str]],
+    summary: DeliverySummary,
+    ack_timeout_s: float,
+    poll_s: float,
+    still_processing: str,
+) -> bool:
+    """Wait for ``batches``' logs and add their outcomes to ``summary``; False (delivery stops,
+    saying ``still_processing``) when some are still unfinished at the timeout."""
     outcomes, summary.unfinished = acknowledge(
         conn,
         client,
-        in_flight_batches(conn, sync_key, phase),
+        batches,
         timeout_s=ack_timeout_s,
         poll_s=poll_s,
         lost_after_s=ack_timeout_s,
@@ -314,6 +325,6 @@ def _deliver_phase(
     )
     summary.outcomes.add(outcomes)
     if summary.unfinished:
-        summary.stopped = f"phase {PHASES[phase]} is still being processed by the HUB"
+        summary.stopped = still_processing
         return False
     return True
