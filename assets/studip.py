@@ -50,6 +50,7 @@ from assets.studip_listing import (
     list_studip,
 )
 from assets.sync import sync_run
+from resources.change_detection import row_hash_sql
 from resources.quarantine import quarantine
 from resources.studip import (
     CRAWL_ROUTES,
@@ -990,7 +991,7 @@ def merge_state(conn: Sql, table: StateTable, sync_key: str, *, full: bool) -> d
     conn.execute(f"CREATE OR REPLACE TEMP TABLE studip_incoming AS {table.incoming}", params)
     match = " AND ".join(f"t.{k} = i.{k}" for k in table.keys)
     columns = ", ".join((*table.keys, *table.values))
-    differs = " OR ".join(f"t.{v} IS DISTINCT FROM i.{v}" for v in table.values)
+    differs = f"{row_hash_sql(table.values, 't')} <> {row_hash_sql(table.values, 'i')}"
     assignments = ", ".join(f"{v} = i.{v}" for v in table.values)
 
     def count(sql: str) -> int:
