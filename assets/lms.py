@@ -1,7 +1,7 @@
 """LMS registrations: raw landing per sync with the fromDate watermark, and the current state.
 
 ``lms_registration_pages`` lands both endpoints of one sync in ONE DuckDB transaction: the raw
-pages as received, the validated items (``lms_registration_items``; malformed ones go to
+pages as received, the validated items (``stg_lms_registrations``; malformed ones go to
 ``quarantine``) and, per endpoint, the watermark row (``lms_watermarks``) holding the fromDate
 sent and ``nextFromDate``, the time taken just before the endpoint's first call. The next
 incremental sync sends that ``nextFromDate``; nothing is stored unless both endpoints were read
@@ -47,7 +47,7 @@ RAW_TABLES: dict[Endpoint, str] = {
     "completed": "raw_lms_completed_registrations",
 }
 
-# Columns of lms_registration_items after (sync_key, endpoint, page_nr), as DuckDB JSON types:
+# Columns of stg_lms_registrations after (sync_key, endpoint, page_nr), as DuckDB JSON types:
 # the validated items of a page go in as one JSON document, unnested by DuckDB.
 ITEM_COLUMNS: dict[str, str] = {
     "item_nr": "INTEGER",
@@ -165,7 +165,7 @@ def previous_next_from_date(
 
 def clear_landing(conn: duckdb.DuckDBPyConnection, key: str) -> None:
     """Forget what an earlier run of this key landed (re-running a key replaces it)."""
-    for table in (*RAW_TABLES.values(), "lms_registration_items", "lms_watermarks"):
+    for table in (*RAW_TABLES.values(), "stg_lms_registrations", "lms_watermarks"):
         conn.execute(f"DELETE FROM {table} WHERE sync_key = ?", [key])
     conn.execute("DELETE FROM quarantine WHERE source = ? AND sync_key = ?", [SOURCE, key])
 
@@ -179,7 +179,7 @@ def _item_row(item_nr: int, registration: Registration) -> dict[str, Any]:
 
 _ITEM_STRUCTURE = json.dumps([ITEM_COLUMNS])
 _INSERT_ITEMS = f"""
-    INSERT INTO lms_registration_items
+    INSERT INTO stg_lms_registrations
     SELECT ?, ?, ?, {", ".join(f"r.{c}" for c in ITEM_COLUMNS if c != "OrgProfileFieldValues")},
         CAST(r.OrgProfileFieldValues AS MAP(VARCHAR, VARCHAR))
     FROM (SELECT unnest(from_json(?::JSON, '{_ITEM_STRUCTURE}')) AS r)
@@ -410,7 +410,7 @@ def build_current_items(
             SELECT i.*, l.started,
                 -- fetch order over the overlaid syncs: the higher, the more recent
                 row_number() OVER (ORDER BY {_OLDEST_FIRST}) AS fetch_rank
-            FROM lms_registration_items i JOIN landings l USING (sync_key)
+            FROM stg_lms_registrations i JOIN landings l USING (sync_key)
             WHERE l.started >= (SELECT started FROM base)
         )
         SELECT * FROM ranked
@@ -513,7 +513,7 @@ def sync_numbers(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, int]:
     """Items this sync staged and the duplicates among them (page overlaps, and registrations
     read as active and then as completed)."""
     items, distinct = conn.execute(
-        "SELECT count(*), count(DISTINCT RegistrationId) FROM lms_registration_items "
+        "SELECT count(*), count(DISTINCT RegistrationId) FROM stg_lms_registrations "
         "WHERE sync_key = ?",
         [key],
     ).fetchone() or (0, 0)

@@ -7,7 +7,7 @@ and builds the same ``studip_*`` tables, and being a snapshot it is merged like 
 ``studip_raw_pages`` (partitioned by ``sync_runs``) checks ``/discovery`` for the routes hubsync
 needs, reads the semesters and course types, resolves the semesters to sync, and crawls the
 user–course graph (see ``resources/studip.py``). Every response lands in ``raw_studip_pages`` as
-it arrives; its validated records land in the ``studip_staged_*`` tables of the sync key
+it arrives; its validated records land in the ``stg_studip_*`` tables of the sync key
 (invalid ones in ``quarantine``), all in one transaction: a failed crawl leaves nothing behind
 and a re-run replaces the key's pages.
 
@@ -72,12 +72,12 @@ GROUP = "studip"
 SOURCE = "studip"  # the quarantine's source
 
 STAGED_TABLES = (
-    "studip_staged_users",
-    "studip_staged_semesters",
-    "studip_staged_sem_types",
-    "studip_staged_courses",
-    "studip_staged_memberships",
-    "studip_staged_user_institutes",
+    "stg_studip_users",
+    "stg_studip_semesters",
+    "stg_studip_sem_types",
+    "stg_studip_courses",
+    "stg_studip_memberships",
+    "stg_studip_user_institutes",
 )
 
 
@@ -204,7 +204,7 @@ class Stager:
         self._users.update(u.user_id for u in new)
         self.counts.users += len(new)
         self._buffer(
-            "studip_staged_users",
+            "stg_studip_users",
             {
                 "user_id": ("VARCHAR", [u.user_id for u in new]),
                 "username": ("VARCHAR", [u.username for u in new]),
@@ -227,7 +227,7 @@ class Stager:
     def _semesters_page(self, page: StudipPage) -> None:
         semesters: list[StudipSemester] = page.records
         self._buffer(
-            "studip_staged_semesters",
+            "stg_studip_semesters",
             {
                 "semester_id": ("VARCHAR", [s.id for s in semesters]),
                 "title": ("VARCHAR", [s.title for s in semesters]),
@@ -242,7 +242,7 @@ class Stager:
 
     def _settings_page(self, page: StudipPage) -> None:
         self._buffer(
-            "studip_staged_sem_types",
+            "stg_studip_sem_types",
             {
                 "type": ("VARCHAR", [key for key, _ in page.records]),
                 "name": ("VARCHAR", [t.name for _, t in page.records]),
@@ -263,7 +263,7 @@ class Stager:
         self.counts.courses += len({c.course_id for c in new} - self._courses)
         self._courses.update(c.course_id for c in new)
         self._buffer(
-            "studip_staged_courses",
+            "stg_studip_courses",
             {
                 "course_id": ("VARCHAR", [c.course_id for c in new]),
                 "number": ("VARCHAR", [c.number for c in new]),
@@ -284,7 +284,7 @@ class Stager:
         """(course_id, user_id, status) rows."""
         self.counts.memberships += len(rows)
         self._buffer(
-            "studip_staged_memberships",
+            "stg_studip_memberships",
             {
                 "course_id": ("VARCHAR", [course_id for course_id, _, _ in rows]),
                 "user_id": ("VARCHAR", [user_id for _, user_id, _ in rows]),
@@ -295,7 +295,7 @@ class Stager:
     def _institutes_page(self, page: StudipPage) -> None:
         rows = page.records
         self._buffer(
-            "studip_staged_user_institutes",
+            "stg_studip_user_institutes",
             {
                 "user_id": ("VARCHAR", [page.subject] * len(rows)),
                 "institute_id": ("VARCHAR", [i.institute_id for _, i in rows]),
@@ -653,7 +653,7 @@ def studip_raw_pages(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, studip: StudIPResource
 ) -> dg.MaterializeResult:
     """Stud.IP crawl of this sync: every response as received in raw_studip_pages, its
-    validated records in the studip_staged_* tables (invalid ones quarantined).
+    validated records in the stg_studip_* tables (invalid ones quarantined).
 
     First checks /discovery for the routes hubsync needs (fails naming the missing ones, before
     any crawling). Then semesters, course types (/studip/settings) and the user–course crawl:
@@ -826,7 +826,7 @@ STATE_TABLES = (
         ("username", "perms", "email", "given", "family", "formatted", "datafields"),
         """SELECT DISTINCT ON (user_id) user_id, username, perms, email, given, family,
                formatted, datafields
-           FROM studip_staged_users WHERE sync_key = $sync_key""",
+           FROM stg_studip_users WHERE sync_key = $sync_key""",
         None,
         "Stud.IP users the crawl reached: username, perms, e-mail, name and datafields "
         "(a map name -> value: Matrikelnummer, Geburtsdatum, CPF, ...).",
@@ -845,7 +845,7 @@ STATE_TABLES = (
         ),
         """SELECT DISTINCT ON (semester_id) semester_id, title, token, begin_at, end_at,
                seminars_begin_at, seminars_end_at, visible
-           FROM studip_staged_semesters WHERE sync_key = $sync_key""",
+           FROM stg_studip_semesters WHERE sync_key = $sync_key""",
         None,
         "Stud.IP semesters (all of them, from /semesters).",
     ),
@@ -869,12 +869,12 @@ STATE_TABLES = (
         # (the earliest semester of all when the crawl read every semester unfiltered)
         """WITH returned AS (
                SELECT c.course_id, arg_min(s.semester_id, s.begin_at) AS first_selected
-               FROM studip_staged_courses c JOIN studip_staged_semesters s
+               FROM stg_studip_courses c JOIN stg_studip_semesters s
                  ON s.sync_key = c.sync_key AND s.semester_id = c.semester_id
                WHERE c.sync_key = $sync_key GROUP BY c.course_id
            ), earliest AS (
                SELECT arg_min(semester_id, begin_at) AS semester_id
-               FROM studip_staged_semesters WHERE sync_key = $sync_key
+               FROM stg_studip_semesters WHERE sync_key = $sync_key
            )
            SELECT DISTINCT ON (c.course_id) c.course_id, c.number, c.title, c.subtitle, c.type,
                t.name AS type_name, t.class AS type_class, c.start_semester_id,
@@ -882,8 +882,8 @@ STATE_TABLES = (
                coalesce(r.first_selected, (SELECT semester_id FROM earliest))
                    AS first_selected_semester_id,
                coalesce(t.studygroup, false) AS studygroup
-           FROM studip_staged_courses c
-           LEFT JOIN studip_staged_sem_types t ON t.sync_key = c.sync_key AND t.type = c.type
+           FROM stg_studip_courses c
+           LEFT JOIN stg_studip_sem_types t ON t.sync_key = c.sync_key AND t.type = c.type
            LEFT JOIN returned r ON r.course_id = c.course_id
            WHERE c.sync_key = $sync_key
            ORDER BY c.course_id""",
@@ -899,7 +899,7 @@ STATE_TABLES = (
         ("course_id", "user_id"),
         ("status",),
         """SELECT DISTINCT ON (course_id, user_id) course_id, user_id, status
-           FROM studip_staged_memberships WHERE sync_key = $sync_key""",
+           FROM stg_studip_memberships WHERE sync_key = $sync_key""",
         # the courses whose members this sync read (their /course/<id>/members pages)
         f"""course_id IN (
             SELECT regexp_extract(request_key, '^/course/([0-9a-f]{{32}})/members$', 1)
@@ -912,7 +912,7 @@ STATE_TABLES = (
         ("institute_id",),
         ("name", "faculty_name", "city"),
         """SELECT DISTINCT ON (institute_id) institute_id, name, faculty_name, city
-           FROM studip_staged_user_institutes WHERE sync_key = $sync_key""",
+           FROM stg_studip_user_institutes WHERE sync_key = $sync_key""",
         None,
         "Stud.IP institutes (Einrichtungen) of the reached users.",
     ),
@@ -922,8 +922,8 @@ STATE_TABLES = (
         ("perms",),
         """SELECT DISTINCT ON (user_id, institute_id, relation) user_id, institute_id,
                relation, perms
-           FROM studip_staged_user_institutes WHERE sync_key = $sync_key""",
-        "user_id IN (SELECT user_id FROM studip_staged_users WHERE sync_key = $sync_key)",
+           FROM stg_studip_user_institutes WHERE sync_key = $sync_key""",
+        "user_id IN (SELECT user_id FROM stg_studip_users WHERE sync_key = $sync_key)",
         "Which users belong to which institute: relation work (staff) or study, with perms.",
     ),
 )

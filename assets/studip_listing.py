@@ -296,7 +296,7 @@ def keep_stored_users(stager: Stager, user_ids: list[str]) -> None:
     params = {"sync_key": stager.writer.sync_key, "ids": user_ids}
     stager.writer.execute(
         """
-        INSERT INTO studip_staged_users (sync_key, user_id, username, perms, email, given,
+        INSERT INTO stg_studip_users (sync_key, user_id, username, perms, email, given,
             family, formatted, datafields)
         SELECT $sync_key, user_id, username, perms, email, given, family, formatted, datafields
         FROM studip_users WHERE user_id IN (SELECT unnest($ids::VARCHAR[]))
@@ -305,7 +305,7 @@ def keep_stored_users(stager: Stager, user_ids: list[str]) -> None:
     )
     stager.writer.execute(
         """
-        INSERT INTO studip_staged_user_institutes (sync_key, user_id, institute_id, relation,
+        INSERT INTO stg_studip_user_institutes (sync_key, user_id, institute_id, relation,
             perms, name, faculty_name, city)
         SELECT $sync_key, ui.user_id, ui.institute_id, ui.relation, ui.perms, i.name,
             i.faculty_name, i.city

@@ -56,7 +56,7 @@ HUBSYNC_ROWS = {
     "co": [f"SELECT count(*) FROM {table}"
            for table in ("stg_co_students", "stg_co_studies", "stg_co_applications")],
     "lms": ["SELECT count(*) FROM (SELECT DISTINCT endpoint, RegistrationId"
-            " FROM lms_registration_items)"],
+            " FROM stg_lms_registrations)"],
 }  # fmt: skip
 DLT_ROWS = {
     "co": ["co_students", "co_studies", "co_applications"],

@@ -3,8 +3,8 @@
 The Dagster UI shows them on the assets that write those tables (``dagster/column_schema``), with
 the DDL's ``--`` comments as column descriptions. Only the shapes the migrations use are parsed:
 ``CREATE TABLE name (column TYPE ..., PRIMARY KEY (...))``,
-``ALTER TABLE name ADD COLUMN column TYPE`` and ``ALTER TABLE name ALTER COLUMN column DROP NOT
-NULL``.
+``ALTER TABLE name ADD COLUMN column TYPE``, ``ALTER TABLE name ALTER COLUMN column DROP NOT
+NULL`` and ``ALTER TABLE name RENAME TO new_name``.
 """
 
 import re
@@ -22,6 +22,7 @@ _ADD_COLUMN = re.compile(
 _DROP_NOT_NULL = re.compile(
     r"ALTER\s+TABLE\s+(\w+)\s+ALTER\s+(?:COLUMN\s+)?(\w+)\s+DROP\s+NOT\s+NULL", re.I
 )
+_RENAME = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+RENAME\s+TO\s+(\w+)", re.I)
 _CONSTRAINTS = ("PRIMARY", "UNIQUE", "CHECK", "FOREIGN", "CONSTRAINT")
 _MODIFIERS = re.compile(
     r"\s+(NOT\s+NULL|NULL|PRIMARY\s+KEY|UNIQUE|DEFAULT|CHECK|REFERENCES)\b.*", re.I
@@ -105,6 +106,9 @@ def table_columns(migrations: Iterable[Migration] = MIGRATIONS) -> dict[str, lis
                 else column
                 for column in tables.get(table, [])
             ]
+        for match in _RENAME.finditer(sql):
+            if match.group(1) in tables:
+                tables[match.group(2)] = tables.pop(match.group(1))
     return tables
 
 

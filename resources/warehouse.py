@@ -256,6 +256,19 @@ MIGRATIONS: list[Migration] = [
     # staged and current before keep comparing equal to the same rows staged after.
     Migration("co: row hashes over the typed content columns", CO_ROW_HASH_MIGRATION),
     Migration("co: the sync whose state the current tables hold", CO_CURRENT_BUILT),
+    # One naming for every source's staged records: raw_<system>_*, stg_<system>_*, <system>_*.
+    Migration(
+        "studip: staging tables named stg_studip_*",
+        "".join(
+            f"ALTER TABLE studip_staged_{name} RENAME TO stg_studip_{name};"
+            for name in ("users", "semesters", "sem_types", "courses", "memberships")
+        )
+        + "ALTER TABLE studip_staged_user_institutes RENAME TO stg_studip_user_institutes;",
+    ),
+    Migration(
+        "lms: staging table named stg_lms_registrations",
+        "ALTER TABLE lms_registration_items RENAME TO stg_lms_registrations;",
+    ),
 ]
 
 

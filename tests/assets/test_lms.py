@@ -342,9 +342,7 @@ def test_a_failed_sync_leaves_the_watermark_untouched(sync: Syncer) -> None:
     assert sync.query("SELECT * FROM lms_watermarks ORDER BY endpoint") == before
     for table in ("raw_lms_active_registrations", "raw_lms_completed_registrations"):
         assert sync.scalar(f"SELECT count(*) FROM {table} WHERE sync_key = ?", [INCR]) == 0
-    assert (
-        sync.scalar("SELECT count(*) FROM lms_registration_items WHERE sync_key = ?", [INCR]) == 0
-    )
+    assert sync.scalar("SELECT count(*) FROM stg_lms_registrations WHERE sync_key = ?", [INCR]) == 0
     assert state(sync) == current
     row = sync.query("SELECT status, watermarks FROM sync_runs WHERE key = ?", [INCR])
     assert row == [("running", None)]  # no job hook here; the run row never got LMS watermarks

@@ -43,9 +43,7 @@ def add_sync(
         "INSERT INTO raw_studip_pages VALUES (?, 'users', 1, '{}', ?, 1, '[]')",
         [sync_key, parsed.started_at],
     )
-    conn.execute(
-        "INSERT INTO studip_staged_memberships VALUES (?, 'c1', 'u1', 'autor')", [sync_key]
-    )
+    conn.execute("INSERT INTO stg_studip_memberships VALUES (?, 'c1', 'u1', 'autor')", [sync_key])
     conn.execute(
         "INSERT INTO quarantine (source, record_type, reason, sync_key) "
         "VALUES ('co', 'student', 'no STUDID', ?)",
@@ -79,11 +77,11 @@ def test_key_scoped_tables_cover_raw_staging_quarantine_and_hub_tables(conn) -> 
         "raw_studip_pages",
         "raw_co_students",
         "raw_lms_active_registrations",
-        "studip_staged_users",
+        "stg_studip_users",
         "stg_co_students",
         "co_sync_cursor",
         "lms_watermarks",
-        "lms_registration_items",
+        "stg_lms_registrations",
         "quarantine",
         "hub_events",
         "hub_batches",
@@ -136,7 +134,7 @@ def test_prune_removes_old_keys_from_every_table_and_keeps_what_state_needs(conn
     assert result.keys == sorted([*pruned, key("incremental", 170)])
     kept = {anchor, failed_full_after_anchor, unacknowledged, recent}
     assert keys_in(conn, "sync_runs", "key") == kept
-    for table in ("raw_studip_pages", "studip_staged_memberships", "quarantine"):
+    for table in ("raw_studip_pages", "stg_studip_memberships", "quarantine"):
         assert keys_in(conn, table) == kept
     assert keys_in(conn, "hub_batches") == keys_in(conn, "hub_events") == {unacknowledged}
     assert result.rows["raw_studip_pages"] == 3

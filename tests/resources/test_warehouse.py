@@ -85,6 +85,20 @@ def test_only_new_migrations_are_applied(tmp_path: Path) -> None:
     assert applied_migrations(conn) == [m.name for m in later]
 
 
+def test_staged_rows_keep_their_data_when_staging_tables_are_renamed(tmp_path: Path) -> None:
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    names = [m.name for m in MIGRATIONS]
+    renames = [names.index(n) for n in names if "staging table" in n and "named stg_" in n]
+    assert len(renames) == 2, "the Stud.IP and LMS renames"
+    ensure_schema(conn, MIGRATIONS[: min(renames)])
+    conn.execute("INSERT INTO studip_staged_memberships VALUES ('k', 'c1', 'u1', 'autor')")
+
+    ensure_schema(conn)
+
+    assert conn.execute("FROM stg_studip_memberships").fetchall() == [("k", "c1", "u1", "autor")]
+    assert not {"studip_staged_memberships", "lms_registration_items"} & tables(conn)
+
+
 def test_a_failing_migration_leaves_no_trace(tmp_path: Path) -> None:
     conn = duckdb.connect(str(tmp_path / "w.duckdb"))
     broken = [*MIGRATIONS, Migration("test: broken", "CREATE TABLE half (x INT); SELEC nonsense;")]
