@@ -247,18 +247,18 @@ def sync_run(
         sync_run,
         # HUB delivery, and with it the graph and every source upstream of it
         "hub_acknowledgement",
-        # Stud.IP (assets/studip.py; its raw pages are upstream of these)
+        # Stud.IP (assets/studip/; its raw pages are upstream of these)
         "studip_users",
         "studip_semesters",
         "studip_courses",
         "studip_memberships",
         "studip_institutes",
         "studip_user_institutes",
-        # CAMPUSonline (assets/campusonline.py; its raw pages are upstream of these)
+        # CAMPUSonline (assets/campusonline/; its raw pages are upstream of these)
         "co_students",
         "co_studies",
         "co_applications",
-        # LMS (assets/lms.py; its raw pages are upstream of these)
+        # LMS (assets/lms/; its raw pages are upstream of these)
         "lms_registrations",
         "lms_courses",
         "lms_learners",

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from assets.campusonline_json import student_json
+from assets.campusonline.connector_json import student_json
 from resources.campusonline import (
     APPLICATIONS,
     STUDENTS,

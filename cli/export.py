@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from assets.graph_students import UNSENDABLE_PERSONS_SQL, student_documents
+from assets.graph.students import UNSENDABLE_PERSONS_SQL, student_documents
 from resources.warehouse import inflate, table_columns
 
 ExportFormat = Literal["jsonl", "csv"]

@@ -1,7 +1,7 @@
 """``hubsync hub-reset``: forget what the HUB acknowledged, e.g. after switching HUBs.
 
 Delivery refuses a HUB other than the one the warehouse's acknowledged state came from
-(resources/hub_identity.py). After a deliberate switch (HUB_API_URL or HUB_ORG_ID changed) or a
+(resources/hub/identity.py). After a deliberate switch (HUB_API_URL or HUB_ORG_ID changed) or a
 HUB restored from a backup, this forgets that state and ties the warehouse to the configured
 HUB; the next sync sends every object to it.
 """
@@ -9,7 +9,7 @@ HUB; the next sync sends every object to it.
 import argparse
 import sys
 
-from resources.hub_identity import (
+from resources.hub.identity import (
     HubIdentity,
     acknowledged_objects,
     recorded_identity,

@@ -44,7 +44,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUBSYNC_INCREMENTAL_INTERVAL", "900"),
     Variable("HUBSYNC_FULL_SYNC_CRON", "0 2 * * *"),
     Variable("HUBSYNC_KEEP_DAYS", "90"),
-    # Identity matching (assets/graph.py): the rules in priority order, and where the matriculation
+    # Identity matching (assets/graph/): the rules in priority order, and where the matriculation
     # number (CO STUDID) sits in Stud.IP and in the LMS.
     Variable("HUBSYNC_MATCH_RULES", "studid,email,login"),
     Variable("STUDIP_STUDENT_ID_FIELD", "Matrikelnummer"),

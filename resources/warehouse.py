@@ -26,20 +26,20 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from resources.campusonline_schema import (
+from resources.campusonline.schema import (
     CAMPUSONLINE_SCHEMA,
     CO_CURRENT_BUILT,
     CO_ROW_HASH_MIGRATION,
 )
 from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_VIEWS
-from resources.hub_schema import (
+from resources.hub.schema import (
     HUB_REFUSALS_SCHEMA,
     HUB_SCHEMA,
     TYPE_VIEW_SQL,
     TYPE_VIEW_TABLES,
     type_views,
 )
-from resources.lms_schema import LMS_SCHEMA
+from resources.lms.schema import LMS_SCHEMA
 from resources.private_files import make_new_files_private
 from resources.settings import MIN_WAREHOUSE_MEMORY_MB, VARIABLES_BY_NAME, Settings
 
@@ -128,7 +128,7 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
-    # Stud.IP (assets/studip.py): raw pages, the crawl's staged records per sync key, and the
+    # Stud.IP (assets/studip/): raw pages, the crawl's staged records per sync key, and the
     # current state merged from them.
     Migration(
         "studip: raw pages, staging and current state",
@@ -221,7 +221,7 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration("hub: refused objects and messages given up", HUB_REFUSALS_SCHEMA),
     Migration("graph: identity conflicts and blocked persons", GRAPH_CONFLICTS_SCHEMA),
-    # resources/hub_identity.py: the HUB that hub_state belongs to (one row).
+    # resources/hub/identity.py: the HUB that hub_state belongs to (one row).
     Migration(
         "hub: identity of the HUB the acknowledged state belongs to",
         """
@@ -234,7 +234,7 @@ MIGRATIONS: list[Migration] = [
     ),
     # The Stud.IP listing's pages (JSON:API) are large (a 100,000-user listing is over 1 GB of
     # JSON) and land in one transaction, whose strings DuckDB holds in memory: they are stored
-    # zlib-compressed (about 15x smaller). assets/studip_listing.py:listing_pages reads them.
+    # zlib-compressed (about 15x smaller). assets/studip/listing.py:listing_pages reads them.
     Migration(
         "studip: the listing's raw pages, compressed",
         raw_page_table_ddl("raw_studip_listing_pages", compressed=True),
@@ -252,7 +252,7 @@ MIGRATIONS: list[Migration] = [
             for table in ("raw_co_students", "raw_co_studies", "raw_co_applications")
         ),
     ),
-    # CO rows are validated and hashed in DuckDB now (assets/campusonline_staging.py): rows
+    # CO rows are validated and hashed in DuckDB now (assets/campusonline/staging.py): rows
     # staged and current before keep comparing equal to the same rows staged after.
     Migration("co: row hashes over the typed content columns", CO_ROW_HASH_MIGRATION),
     Migration("co: the sync whose state the current tables hold", CO_CURRENT_BUILT),

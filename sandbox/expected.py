@@ -1,6 +1,6 @@
 """The world's expected HUB state: what a correct hubsync run must leave in the sandbox HUB.
 
-This is the mapping of ``assets/graph.py`` (identities, HUB objects) written a second time, in
+This is the mapping of ``assets/graph/`` (identities, HUB objects) written a second time, in
 plain Python over the world's records, so end-to-end tests have an oracle that does not share
 code with the pipeline. It sees exactly what hubsync's syncs can see:
 

@@ -58,7 +58,7 @@ from assets.hub.payload import Envelope, build_payload
 from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import sync_run
 from resources.hub import HubClient, HubResource
-from resources.hub_identity import HubIdentity, HubIdentityError, check_hub_identity
+from resources.hub.identity import HubIdentity, HubIdentityError, check_hub_identity
 from resources.warehouse import WarehouseResource
 
 # Delivery and acknowledgement list the messageIds left processing; hub_log_sensor polls them.
@@ -181,7 +181,7 @@ def hub_delivery(
 
 def ensure_same_hub(conn: duckdb.DuckDBPyConnection, hub: HubResource) -> None:
     """Before any request to the HUB: refuse one other than the HUB ``hub_state`` came from
-    (see resources/hub_identity.py; ``hubsync hub-reset`` switches)."""
+    (see resources/hub/identity.py; ``hubsync hub-reset`` switches)."""
     try:
         check_hub_identity(conn, HubIdentity.of(hub.api_url, hub.org_id))
     except HubIdentityError as exc:

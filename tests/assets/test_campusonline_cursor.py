@@ -3,7 +3,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from assets.campusonline_sync import CODES, CoCursor, RowStamp, row_stamp
+from assets.campusonline.sync import CODES, CoCursor, RowStamp, row_stamp
 from resources.campusonline import APPLICATIONS, STUDENTS, STUDIES
 
 LONDON = ZoneInfo("Europe/London")

@@ -3,8 +3,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import assets.campusonline_json
-from assets.campusonline_json import (
+from assets.campusonline import connector_json
+from assets.campusonline.connector_json import (
     EXMATRICULATION_STATUSES,
     GENDERS,
     STUDENT_STATUSES,
@@ -16,7 +16,7 @@ from assets.campusonline_json import (
     qualification_from_display_text,
     student_json,
 )
-from assets.campusonline_staging import typed_row
+from assets.campusonline.staging import typed_row
 from resources.campusonline import CoApplication, CoStudent, CoStudy
 from tests.resources.test_campusonline import FULL_APPLICATION, FULL_STUDENT, FULL_STUDY
 
@@ -62,7 +62,7 @@ def converted() -> dict:
 def test_key_order_and_id_types_match_the_connector() -> None:
     document = converted()
     assert list(document) == STUDENT_KEYS
-    assert list(assets.campusonline_json.STUDENT_KEYS) == STUDENT_KEYS  # export's null shape
+    assert list(connector_json.STUDENT_KEYS) == STUDENT_KEYS  # export's null shape
     assert list(document["studies"][0]) == STUDY_KEYS
     assert list(document["applications"][0]) == APPLICATION_KEYS
     assert document["id"] == "123123"

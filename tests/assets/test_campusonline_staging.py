@@ -12,7 +12,7 @@ import duckdb
 import pytest
 from pydantic import ValidationError
 
-from assets.campusonline_staging import (
+from assets.campusonline.staging import (
     RULES,
     FieldRule,
     field_rules,
@@ -20,7 +20,7 @@ from assets.campusonline_staging import (
     typed_row,
 )
 from resources.campusonline import SERVICES, CoRow, format_co_timestamp, parse_co_timestamp
-from resources.campusonline_schema import CO_ROW_HASH_MIGRATION, RAW_TABLES, STAGING_TABLES
+from resources.campusonline.schema import CO_ROW_HASH_MIGRATION, RAW_TABLES, STAGING_TABLES
 from resources.http import MAX_TEXT_CHARS
 from resources.quarantine import validation_reason
 from resources.warehouse import WarehouseResource, deflate

@@ -15,7 +15,7 @@ import pytest
 
 from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.studip import STATE_TABLES
-from assets.studip_listing import RefreshSlice, listing_pages
+from assets.studip.listing import RefreshSlice, listing_pages
 from resources.warehouse import WarehouseResource
 from sandbox.http import FaultConfig
 from sandbox.server import Sandbox, running_sandbox

@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from assets.campusonline_json import STUDENT_KEYS
+from assets.campusonline.connector_json import STUDENT_KEYS
 from cli.main import main
 from sandbox.expected import expected_hub_state
 from sandbox.server import Sandbox, running_sandbox

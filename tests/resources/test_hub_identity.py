@@ -6,7 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from resources.hub_identity import (
+from resources.hub.identity import (
     HubIdentity,
     HubIdentityError,
     check_hub_identity,

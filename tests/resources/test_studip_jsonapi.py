@@ -19,7 +19,7 @@ import responses
 
 from resources.http import HttpClient, RetryPolicy
 from resources.studip import StudipAuthError, StudipError, StudipNotFound
-from resources.studip_jsonapi import (
+from resources.studip.jsonapi import (
     FIELDSETS,
     Course,
     CourseMembership,

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from resources import hub_schema
+from resources.hub import schema as hub_schema
 from resources.warehouse import (
     MIGRATIONS,
     Migration,

@@ -32,7 +32,7 @@ import duckdb
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from assets.campusonline_sync import CODES
+from assets.campusonline.sync import CODES
 from resources.campusonline import (
     CO_TIMESTAMP_FORMAT,
     SERVICES,
@@ -40,7 +40,7 @@ from resources.campusonline import (
     CoRow,
     CoService,
 )
-from resources.campusonline_schema import (
+from resources.campusonline.schema import (
     RAW_TABLES,
     RECORD_TYPES,
     STAGING_TABLES,

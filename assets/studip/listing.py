@@ -47,7 +47,7 @@ from resources.studip import (
     StudipSemester,
     is_user_id,
 )
-from resources.studip_jsonapi import (
+from resources.studip.jsonapi import (
     Course,
     JsonApiClient,
     JsonApiPage,

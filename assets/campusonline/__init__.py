@@ -1,12 +1,12 @@
 """CAMPUSonline assets: raw landing (with the sync cursor) and the current CO state.
 
 ``co_raw_pages`` runs one CO sync for the partition's key (full or incremental, see
-``assets/campusonline_sync.py``) and lands every page in ``raw_co_students``,
+``assets/campusonline/sync.py``) and lands every page in ``raw_co_students``,
 ``raw_co_studies`` and ``raw_co_applications``; the cursor row of the sync (``co_sync_cursor``)
 commits in the same transaction as the pages, so a failed sync advances nothing.
 
 ``co_current_state`` validates the sync's rows into ``stg_co_*`` (malformed rows go to
-``quarantine``; ``assets/campusonline_staging.py``) and rebuilds ``co_students``, ``co_studies``
+``quarantine``; ``assets/campusonline/staging.py``) and rebuilds ``co_students``, ``co_studies``
 and ``co_applications``: the latest full sync up to this one, overlaid with the rows of the
 incremental syncs after it (or, for the incremental sync after the one the tables hold, only its
 own rows on top).
@@ -22,12 +22,12 @@ from typing import Literal
 import dagster as dg
 import duckdb
 
-from assets.campusonline_staging import DUPLICATE_REASON, stage_sync
-from assets.campusonline_sync import CODES, CoCursor, CoSyncRunner, SyncOutcome
+from assets.campusonline.staging import DUPLICATE_REASON, stage_sync
+from assets.campusonline.sync import CODES, CoCursor, CoSyncRunner, SyncOutcome
 from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import sync_run
 from resources.campusonline import SERVICES, CampusOnlineResource, CoPage, CoService
-from resources.campusonline_schema import (
+from resources.campusonline.schema import (
     CURRENT_TABLES,
     RAW_TABLES,
     RECORD_TYPES,

@@ -1,12 +1,12 @@
 """Stud.IP: the crawl with its raw landing, and the current state built from it.
 
 ``STUDIP_API_MODE`` (default ``auto``) may make a sync list Stud.IP through its JSON:API
-instead of crawling (``assets/studip_listing.py``): the listing lands with the same ``Stager``
+instead of crawling (``assets/studip/listing.py``): the listing lands with the same ``Stager``
 and builds the same ``studip_*`` tables, and being a snapshot it is merged like a full sync.
 
 ``studip_raw_pages`` (partitioned by ``sync_runs``) checks ``/discovery`` for the routes hubsync
 needs, reads the semesters and course types, resolves the semesters to sync, and crawls the
-user–course graph (see ``resources/studip.py``). Every response lands in ``raw_studip_pages`` as
+user–course graph (see ``resources/studip/``). Every response lands in ``raw_studip_pages`` as
 it arrives; its validated records land in the ``stg_studip_*`` tables of the sync key
 (invalid ones in ``quarantine``), all in one transaction: a failed crawl leaves nothing behind
 and a re-run replaces the key's pages.
@@ -40,7 +40,7 @@ import dagster as dg
 import duckdb
 
 from assets.partitions import SyncKey, parse_sync_key, sync_runs_partitions
-from assets.studip_listing import (
+from assets.studip.listing import (
     JSONAPI_KEY,
     LISTING_KEY,
     LISTING_RAW_TABLE,
@@ -380,7 +380,7 @@ def changed_studip_user_ids(
     Reads ``co_students`` (STUDID, EMAILADDRESSTU; also of students whose ``co_studies`` or
     ``co_applications`` rows changed) and ``lms_learners`` (StudentId, EmailAddress,
     OrganizationLoginId) rows whose ``changed_in_sync`` is the key, and matches them to
-    ``studip_users`` by the identity rules of ``assets/graph.py``: the ``student_id_field``
+    ``studip_users`` by the identity rules of ``assets/graph/``: the ``student_id_field``
     datafield = STUDID, the e-mail (case-insensitive), the login = username; and the Stud.IP user
     the last graph build joined to a changed person (``person_links``), found even when the change
     is what no longer matches. Every rule's matches count (re-reading one user too many is

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import duckdb
 
-from assets.campusonline_json import STUDENT_KEYS, co_model_from_row, student_json
+from assets.campusonline.connector_json import STUDENT_KEYS, co_model_from_row, student_json
 from resources.campusonline import CoApplication, CoStudent, CoStudy
 
 # The persons hub_desired leaves out (hubsync demo's summary counts them as unsendable_persons).

@@ -891,7 +891,7 @@ class StudIPResource(dg.ConfigurableResource):
 
     def jsonapi_client(self, *, retry_policy: RetryPolicy | None = None) -> Any:
         """The JSON:API client (HTTP Basic: the JSON:API takes the same account)."""
-        from resources.studip_jsonapi import JsonApiClient
+        from resources.studip.jsonapi import JsonApiClient
 
         base = self.jsonapi_url or (
             self.api_url.rstrip("/").removesuffix("/api.php") + "/jsonapi.php/v1"
