@@ -6,6 +6,7 @@ so the sync jobs select exactly "sync_summary and everything upstream of it".
 """
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -238,63 +239,54 @@ def sync_run(
     )
 
 
-@dg.asset(
-    partitions_def=sync_runs_partitions,
-    pool="duckdb",
-    group_name="sync",
-    kinds={"duckdb"},
-    deps=[
-        sync_run,
-        # HUB delivery, and with it the graph and every source upstream of it
-        "hub_acknowledgement",
-        # Stud.IP (assets/studip/; its raw pages are upstream of these)
-        "studip_users",
-        "studip_semesters",
-        "studip_courses",
-        "studip_memberships",
-        "studip_institutes",
-        "studip_user_institutes",
-        # CAMPUSonline (assets/campusonline/; its raw pages are upstream of these)
-        "co_students",
-        "co_studies",
-        "co_applications",
-        # LMS (assets/lms/; its raw pages are upstream of these)
-        "lms_registrations",
-        "lms_courses",
-        "lms_learners",
-    ],
-)
-def sync_summary(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
-) -> dg.MaterializeResult:
-    """Closes the sync: marks its sync_runs row successful, with the finish time and a JSON
-    summary (duration, pages and records landed per raw table, records quarantined, what the
-    HUB refused or did not answer). Fails, once everything deliverable was delivered, when the
-    HUB refused objects or a message was given up after HUB_MESSAGE_MAX_AGE.
+def build_sync_summary(sources: Iterable[dg.AssetsDefinition] = ()) -> dg.AssetsDefinition:
+    """The ``sync_summary`` asset: downstream of ``sync_run``, of HUB delivery (and with it the
+    graph) and of the last assets of ``sources`` (every source system's, pipelines/definitions.py),
+    so that it closes the sync after all of them."""
+    sources = list(sources)
+    keys = {key for assets in sources for key in assets.keys}
+    upstream = {dep for assets in sources for deps in assets.asset_deps.values() for dep in deps}
 
-    Runs last: every asset of a sync is upstream of it.
-    """
-    with warehouse.connection() as conn:
-        summary = finish_sync_run(conn, context.partition_key, datetime.now(UTC))
-    hub = summary["hub"]
-    metadata = {
-        "mode": summary["effective_mode"],
-        "duration_s": float(summary["duration_s"]),
-        "pages": summary["pages"],
-        "records": summary["records"],
-        "quarantined": summary["quarantined"],
-        "identity_conflicts": summary.get("identity_conflicts", 0),
-        "blocked_persons": summary.get("blocked_persons", 0),
-        "raw_tables": dg.MetadataValue.json(summary["raw"]),
-        "objects_refused": hub["objects_refused"],
-        "items_failed_by_type": dg.MetadataValue.json(hub["items_failed"]),
-        "messages_given_up": hub["messages_given_up"],
-        "hub": dg.MetadataValue.json(hub),
-    }
-    if summary["hub_error"]:
-        # Everything deliverable was delivered; the run fails so that nobody misses it.
-        raise dg.Failure(summary["hub_error"], metadata=metadata)
-    return dg.MaterializeResult(metadata=metadata)
+    @dg.asset(
+        partitions_def=sync_runs_partitions,
+        pool="duckdb",
+        group_name="sync",
+        kinds={"duckdb"},
+        deps=[sync_run, dg.AssetKey("hub_acknowledgement"), *sorted(keys - upstream)],
+    )
+    def sync_summary(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    ) -> dg.MaterializeResult:
+        """Closes the sync: marks its sync_runs row successful, with the finish time and a JSON
+        summary (duration, pages and records landed per raw table, records quarantined, what the
+        HUB refused or did not answer). Fails, once everything deliverable was delivered, when the
+        HUB refused objects or a message was given up after HUB_MESSAGE_MAX_AGE.
+
+        Runs last: every asset of a sync is upstream of it.
+        """
+        with warehouse.connection() as conn:
+            summary = finish_sync_run(conn, context.partition_key, datetime.now(UTC))
+        hub = summary["hub"]
+        metadata = {
+            "mode": summary["effective_mode"],
+            "duration_s": float(summary["duration_s"]),
+            "pages": summary["pages"],
+            "records": summary["records"],
+            "quarantined": summary["quarantined"],
+            "identity_conflicts": summary.get("identity_conflicts", 0),
+            "blocked_persons": summary.get("blocked_persons", 0),
+            "raw_tables": dg.MetadataValue.json(summary["raw"]),
+            "objects_refused": hub["objects_refused"],
+            "items_failed_by_type": dg.MetadataValue.json(hub["items_failed"]),
+            "messages_given_up": hub["messages_given_up"],
+            "hub": dg.MetadataValue.json(hub),
+        }
+        if summary["hub_error"]:
+            # Everything deliverable was delivered; the run fails so that nobody misses it.
+            raise dg.Failure(summary["hub_error"], metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return sync_summary
 
 
 @dg.failure_hook(required_resource_keys={"warehouse"})

@@ -21,10 +21,11 @@ import dagster as dg
 import requests
 
 from assets.campusonline import co_current_state, co_raw_pages
-from assets.sync import sync_run, sync_summary
+from assets.sync import build_sync_summary, sync_run
 from resources.campusonline import CampusOnlineResource
 from resources.warehouse import WarehouseResource
 
+sync_summary = build_sync_summary([co_raw_pages, co_current_state])
 RESULTS = Path(__file__).resolve().parent / "results"
 PORT_BASE = 18701
 
@@ -47,6 +48,7 @@ def wait_for(url: str, timeout_s: float = 300) -> None:
 def run_sync(
     instance: dg.DagsterInstance, resources: dict, key: str
 ) -> tuple[float, dict[str, float]]:
+
     instance.add_dynamic_partitions("sync_runs", [key])
     started = time.perf_counter()
     result = dg.materialize(

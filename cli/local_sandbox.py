@@ -8,15 +8,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from cli.reachability import systems
 from resources.settings import VARIABLES_BY_NAME
-
-# sandbox.urls key -> the setting that points hubsync at that system
-URL_VARIABLES = {
-    "co": "CO_API_URL",
-    "studip": "STUDIP_API_URL",
-    "lms": "LMS_API_URL",
-    "hub": "HUB_API_URL",
-}
 
 
 def sandbox_state_dir(warehouse_path: Path) -> Path:
@@ -52,10 +45,10 @@ def sandbox_environment(urls: Mapping[str, str]) -> dict[str, str]:
     leaves the environment (and ``Settings.uses_sandbox``) untouched.
     """
     env = {}
-    for system, variable in URL_VARIABLES.items():
-        url = urls[system].rstrip("/")
-        if url != VARIABLES_BY_NAME[variable].default:
-            env[variable] = url
+    for system in systems():
+        url = urls[system.code].rstrip("/")
+        if url != VARIABLES_BY_NAME[system.variable].default:
+            env[system.variable] = url
     return env
 
 

@@ -1,7 +1,7 @@
 """The ``hubsync`` command line (``python -m cli`` works too).
 
-Commands are a small registry: each ``Command`` names its handler and its arguments; ``SOURCES``
-maps each ``sync --source`` code to the asset group it runs.
+Commands are a small registry: each ``Command`` names its handler and its arguments. ``sync
+--source CODE`` takes the codes of the source systems' registry (``resources.sources``).
 
 Dagster, DuckDB and the assets are imported by the handlers that need them, not here: importing
 Dagster takes seconds, and `hubsync --help` or a configuration error should not wait for it.
@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cli.home import load_project_dotenv, prepare_dagster_home
-from cli.reachability import unreachable_message
+from cli.reachability import all_system_codes, unreachable_message
 from resources.private_files import make_new_files_private
 from resources.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
+from resources.sources import source_codes, source_system
 
 if TYPE_CHECKING:
     import duckdb
@@ -30,19 +31,6 @@ Handler = Callable[[argparse.Namespace], int]
 
 UI_HOST = "127.0.0.1"
 DAGSTER_DEV_SHUTDOWN_S = 30
-
-
-@dataclass(frozen=True)
-class Source:
-    asset_group: str  # the Dagster asset group holding the source's assets
-
-
-# `sync --source CODE` runs the sync bookkeeping assets plus the named sources' asset groups.
-SOURCES: dict[str, Source] = {
-    "co": Source("campusonline"),
-    "studip": Source("studip"),
-    "lms": Source("lms"),
-}
 
 
 @dataclass(frozen=True)
@@ -105,7 +93,7 @@ def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) ->
     defs = build_definitions(settings)
     selection = None
     if sources:
-        groups = ["sync", *(SOURCES[code].asset_group for code in sources)]
+        groups = ["sync", *(source_system(code).name for code in sources)]
         selection = list(dg.AssetSelection.groups(*groups).resolve(defs.resolve_asset_graph()))
     try:
         report = run_sync(defs, mode, new_sync_key(mode), asset_selection=selection)
@@ -118,7 +106,7 @@ def _run_sync(settings: Settings, *, full: bool, sources: Sequence[str] = ()) ->
 
 def _sync(args: argparse.Namespace) -> int:
     settings = load_settings()
-    unreachable = unreachable_message(settings, args.source or ["co", "studip", "lms", "hub"])
+    unreachable = unreachable_message(settings, args.source or all_system_codes())
     if unreachable:
         print(unreachable, file=sys.stderr)
         return 1
@@ -143,7 +131,7 @@ def _demo(args: argparse.Namespace) -> int:
             stack.enter_context(environment(sandbox_environment(sandbox.urls)))
             settings = load_settings()
         else:  # real systems: say so in one line if one does not answer
-            unreachable = unreachable_message(settings, ["co", "studip", "lms", "hub"])
+            unreachable = unreachable_message(settings, all_system_codes())
             if unreachable:
                 print(unreachable, file=sys.stderr)
                 return 1
@@ -288,7 +276,7 @@ def _sync_arguments(parser: argparse.ArgumentParser) -> None:
         "--source",
         action="append",
         default=[],
-        choices=sorted(SOURCES),
+        choices=source_codes(),
         help="sync only this source (repeatable)",
     )
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import requests
 
+from resources import sources
 from resources.http import safe_url
 from resources.settings import VARIABLES_BY_NAME, Settings
+from resources.sources import source_system
 
 TIMEOUT_S = 5
 
@@ -24,22 +26,20 @@ class System:
     variable: str  # the setting holding its URL
 
 
-SYSTEMS = (
-    System("co", "CAMPUSonline", "CO_API_URL"),
-    System("studip", "Stud.IP", "STUDIP_API_URL"),
-    System("lms", "LMS", "LMS_API_URL"),
-    System("hub", "HUB", "HUB_API_URL"),
-)
-SYSTEMS_BY_CODE = {system.code: system for system in SYSTEMS}
+HUB = System("hub", "HUB", "HUB_API_URL")
+
+
+def systems() -> list[System]:
+    """Every source system of the registry, and the HUB."""
+    return [System(s.code, s.label, s.url_variable) for s in sources.SOURCE_SYSTEMS] + [HUB]
+
+
+def all_system_codes() -> list[str]:
+    return [system.code for system in systems()]
 
 
 def api_url(settings: Settings, code: str) -> str:
-    return {
-        "co": settings.co.api_url,
-        "studip": settings.studip.api_url,
-        "lms": settings.lms.api_url,
-        "hub": settings.hub.api_url,
-    }[code]
+    return settings.hub.api_url if code == HUB.code else source_system(code).api_url(settings)
 
 
 def answers(url: str, timeout_s: float = TIMEOUT_S) -> bool:
@@ -54,8 +54,9 @@ def answers(url: str, timeout_s: float = TIMEOUT_S) -> bool:
 def unreachable_message(settings: Settings, codes: Sequence[str]) -> str | None:
     """One line naming the systems among ``codes`` that do not answer, and what to do; None
     when all of them answer."""
+    by_code = {system.code: system for system in systems()}
     down = [
-        (SYSTEMS_BY_CODE[code], api_url(settings, code))
+        (by_code[code], api_url(settings, code))
         for code in codes
         if not answers(api_url(settings, code))
     ]

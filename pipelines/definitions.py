@@ -6,13 +6,10 @@ Settings are read at import, so an invalid environment fails the code location l
 
 import dagster as dg
 
-from assets.campusonline import CAMPUSONLINE_ASSETS
 from assets.graph import GRAPH_ASSETS, GRAPH_CHECKS, GraphSettings
 from assets.hub import HUB_ASSETS, HUB_CHECKS
-from assets.lms import LMS_ASSETS
 from assets.maintenance import RetentionSettings, sync_retention
-from assets.studip import STUDIP_ASSETS
-from assets.sync import sync_run, sync_summary
+from assets.sync import build_sync_summary, sync_run
 from pipelines.jobs import (
     hub_acknowledgement_job,
     prune_sync_runs_job,
@@ -21,11 +18,9 @@ from pipelines.jobs import (
 )
 from pipelines.schedules import build_schedules
 from pipelines.sensors import build_sensors
-from resources.campusonline import campusonline_resource
+from resources import sources
 from resources.hub import hub_resource
-from resources.lms import lms_resource
 from resources.settings import Settings, load_settings
-from resources.studip import studip_resource
 from resources.table_schemas import migrated_table_columns
 from resources.warehouse import WarehouseResource
 
@@ -55,12 +50,13 @@ def with_table_schema(spec: dg.AssetSpec) -> dg.AssetSpec:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    """Every source system of the registry (its assets and resource), the graph, the HUB,
+    and the sync bookkeeping that opens and closes each sync around them."""
+    source_assets = [a for s in sources.SOURCE_SYSTEMS for a in s.asset_definitions()]
     assets = [
         sync_run,
-        sync_summary,
-        *STUDIP_ASSETS,
-        *CAMPUSONLINE_ASSETS,
-        *LMS_ASSETS,
+        build_sync_summary(source_assets),
+        *source_assets,
         *GRAPH_ASSETS,
         *HUB_ASSETS,
         sync_retention,
@@ -90,9 +86,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ),
         resources={
             "warehouse": WarehouseResource.of(settings),
-            "studip": studip_resource(settings.studip),
-            "campusonline": campusonline_resource(settings.co),
-            "lms": lms_resource(settings.lms),
+            **{s.name: s.make_resource(settings) for s in sources.SOURCE_SYSTEMS},
             "hub": hub_resource(settings.hub),
             "graph_settings": GraphSettings(
                 timezone=settings.co.timezone.key,

@@ -13,13 +13,13 @@ import dagster as dg
 
 from assets.hub import hub_acknowledgement
 from assets.maintenance import record_sync_failure, sync_retention
-from assets.sync import SYNC_TAG, mark_sync_failed, sync_summary
+from assets.sync import SYNC_TAG, mark_sync_failed
 
 # A sync is sync_summary and everything upstream of it. Later issues add their raw, graph and HUB
 # assets as dependencies of sync_summary, which puts them in the job without touching this
 # selection, while assets outside the sync (maintenance, reports) stay out. Asset checks on the
 # selected assets come along, so blocking checks gate delivery within the run.
-SYNC_SELECTION = dg.AssetSelection.assets(sync_summary).upstream()
+SYNC_SELECTION = dg.AssetSelection.assets("sync_summary").upstream()
 
 
 # Runs launched by the daemon or the UI print to the terminal of `hubsync ui` (dagster dev).

@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import SecretStr
 
+from resources import sources
+
 # The folder holding workspace.yaml. Relative paths resolve against it, so a code server or run
 # worker started in another working directory still finds the same warehouse.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -104,11 +106,9 @@ VARIABLES: tuple[Variable, ...] = (
 VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
 MIN_WAREHOUSE_MEMORY_MB = 128  # below it, a single CO page's JSON does not fit
 
-# Setting any of these means "talk to real systems": the CLI then does not start the sandbox.
 # studid: matriculation number (CO STUDID = Stud.IP datafield / LMS profile field); email:
 # university e-mail, case-insensitive; login: LMS login = Stud.IP username.
 MATCH_RULES = ("studid", "email", "login")
-API_URL_VARIABLES = ("CO_API_URL", "STUDIP_API_URL", "LMS_API_URL", "HUB_API_URL")
 STUDIP_OAUTH_VARIABLES = (
     "STUDIP_OAUTH_CONSUMER_KEY",
     "STUDIP_OAUTH_CONSUMER_SECRET",
@@ -465,18 +465,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def api_url_variables() -> list[str]:
+    """The settings naming each system's URL: every source system's (resources.sources) and
+    the HUB's. Setting any of them means "talk to real systems": the CLI then does not start
+    the sandbox."""
+    return [*(system.url_variable for system in sources.SOURCE_SYSTEMS), "HUB_API_URL"]
+
+
 def _real_system_errors(settings: Settings, env: Mapping[str, str]) -> list[str]:
     """Problems of a configuration that mixes real systems (a URL naming another machine) with
     sandbox settings, or sends to another machine over plain http."""
-    urls = {
-        "CO_API_URL": settings.co.api_url,
-        "STUDIP_API_URL": settings.studip.api_url,
-        "LMS_API_URL": settings.lms.api_url,
-        "HUB_API_URL": settings.hub.api_url,
-    }
+    urls = {s.url_variable: s.api_url(settings) for s in sources.SOURCE_SYSTEMS}
+    urls["HUB_API_URL"] = settings.hub.api_url
     real = [name for name, url in urls.items() if not is_loopback(urlsplit(url).hostname or "")]
     errors = []
-    unset = [name for name in API_URL_VARIABLES if not _is_set(env, name)]
+    unset = [name for name in api_url_variables() if not _is_set(env, name)]
     if real and unset:
         errors.append(
             f"{', '.join(real)} name{'s' if len(real) == 1 else ''} a real system but "
@@ -484,7 +487,7 @@ def _real_system_errors(settings: Settings, env: Mapping[str, str]) -> list[str]
             "at the sandbox on this machine; set every *_API_URL (or none, for the sandbox)"
         )
     for name in real:
-        needed = REAL_SYSTEM_VARIABLES[name]
+        needed = REAL_SYSTEM_VARIABLES.get(name, ())
         if name == "STUDIP_API_URL" and settings.studip.oauth1 is not None:
             needed = ()
         missing = [variable for variable in needed if not _is_set(env, variable)]
@@ -572,7 +575,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             poll_interval_s=read.seconds("HUB_POLL_INTERVAL"),
             message_max_age_s=_message_max_age(read, ack_timeout),
         ),
-        uses_sandbox=not any(_is_set(read.env, name) for name in API_URL_VARIABLES),
+        uses_sandbox=not any(_is_set(read.env, name) for name in api_url_variables()),
     )
     if read.errors:
         raise ConfigError(read.errors)

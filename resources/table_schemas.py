@@ -13,7 +13,8 @@ from functools import cache
 
 import dagster as dg
 
-from resources.warehouse import MIGRATIONS, Migration
+from resources.migrations import Migration
+from resources.warehouse import all_migrations
 
 _CREATE = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)\s*\(", re.I)
 _ADD_COLUMN = re.compile(
@@ -80,10 +81,11 @@ def _column(definition: str, comment: str) -> dg.TableColumn | None:
     )
 
 
-def table_columns(migrations: Iterable[Migration] = MIGRATIONS) -> dict[str, list[dg.TableColumn]]:
-    """Columns of every table the migrations create, in order, with later added columns."""
+def table_columns(migrations: Iterable[Migration] | None = None) -> dict[str, list[dg.TableColumn]]:
+    """Columns of every table the migrations (default: all) create, in order, with later added
+    columns."""
     tables: dict[str, list[dg.TableColumn]] = {}
-    for migration in migrations:
+    for migration in all_migrations() if migrations is None else migrations:
         sql = migration.sql
         for match in _CREATE.finditer(sql):
             body, _ = _table_body(sql, match.end())
@@ -114,7 +116,7 @@ def table_columns(migrations: Iterable[Migration] = MIGRATIONS) -> dict[str, lis
 
 @cache
 def migrated_table_columns() -> dict[str, list[dg.TableColumn]]:
-    """``table_columns()`` of ``MIGRATIONS``, parsed once per process."""
+    """``table_columns()`` of all migrations, parsed once per process."""
     return table_columns()
 
 

@@ -11,13 +11,11 @@ and a warehouse file or log left readable by others is made private.
 """
 
 import json
-import re
 import stat
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -26,11 +24,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from resources.campusonline.schema import (
-    CAMPUSONLINE_SCHEMA,
-    CO_CURRENT_BUILT,
-    CO_ROW_HASH_MIGRATION,
-)
+from resources import sources
 from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_VIEWS
 from resources.hub.schema import (
     HUB_REFUSALS_SCHEMA,
@@ -39,60 +33,13 @@ from resources.hub.schema import (
     TYPE_VIEW_TABLES,
     type_views,
 )
-from resources.lms.schema import LMS_SCHEMA
+from resources.migrations import Migration, check_raw_table_name
 from resources.private_files import make_new_files_private
 from resources.settings import MIN_WAREHOUSE_MEMORY_MB, VARIABLES_BY_NAME, Settings
 
 
 class WarehouseError(RuntimeError):
     """The warehouse cannot be opened or used; the message names the file and the reason."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    """One schema change. ``name`` identifies it for ever (prefix it with the component, e.g.
-    ``"campusonline: raw pages"``), so components can add migrations independently."""
-
-    name: str
-    sql: str
-
-
-_RAW_TABLE = re.compile(r"raw_[a-z0-9_]+")
-
-
-def _check_raw_table_name(name: str) -> None:
-    if not _RAW_TABLE.fullmatch(name):
-        raise ValueError(f"raw page tables are named raw_<lowercase words> (got {name!r})")
-
-
-def raw_page_table_ddl(name: str, *, compressed: bool = False) -> str:
-    """DDL for a raw page table. Every raw table has this shape, so one writer lands them all.
-
-    ``request_key`` identifies the API call within a sync (one sync makes many calls, e.g. one
-    per endpoint, per student or per semester) and ``page_nr`` the page within that call.
-    ``compressed``: the body is kept zlib-compressed (``body_zlib``, with ``body_bytes`` its size)
-    instead of as JSON, for pages so large that a sync's landing transaction, which DuckDB holds
-    in memory, would not fit.
-    """
-    _check_raw_table_name(name)
-    body = (
-        """body_zlib BLOB NOT NULL,     -- the response body as received, zlib-compressed
-            body_bytes BIGINT NOT NULL,  -- its size uncompressed"""
-        if compressed
-        else "body JSON NOT NULL,"
-    )
-    return f"""
-        CREATE TABLE {name} (
-            sync_key VARCHAR NOT NULL,
-            request_key VARCHAR NOT NULL,
-            page_nr INTEGER NOT NULL,
-            request_params JSON NOT NULL,
-            fetched_at TIMESTAMPTZ NOT NULL,
-            record_count INTEGER NOT NULL,
-            {body}
-            PRIMARY KEY (sync_key, request_key, page_nr)
-        );
-    """
 
 
 DEFAULT_MEMORY_MB = int(VARIABLES_BY_NAME["HUBSYNC_WAREHOUSE_MEMORY_MB"].default or 0)
@@ -102,7 +49,7 @@ DEFAULT_MEMORY_MB = int(VARIABLES_BY_NAME["HUBSYNC_WAREHOUSE_MEMORY_MB"].default
 # Columns holding enumerations are plain VARCHAR (no CHECK constraints): DuckDB cannot drop a
 # constraint without rebuilding the table, and later issues add values (e.g. effective_mode
 # 'fallback').
-MIGRATIONS: list[Migration] = [
+CORE_MIGRATIONS: list[Migration] = [
     Migration(
         "core: sync runs and quarantine",
         """
@@ -128,97 +75,12 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
-    # Stud.IP (assets/studip/): raw pages, the crawl's staged records per sync key, and the
-    # current state merged from them.
-    Migration(
-        "studip: raw pages, staging and current state",
-        raw_page_table_ddl("raw_studip_pages")
-        + """
-        CREATE TABLE studip_staged_users (
-            sync_key VARCHAR NOT NULL, user_id VARCHAR NOT NULL, username VARCHAR NOT NULL,
-            perms VARCHAR NOT NULL, email VARCHAR, given VARCHAR, family VARCHAR,
-            formatted VARCHAR, datafields MAP(VARCHAR, VARCHAR)
-        );
-        CREATE TABLE studip_staged_semesters (
-            sync_key VARCHAR NOT NULL, semester_id VARCHAR NOT NULL, title VARCHAR NOT NULL,
-            token VARCHAR, begin_at TIMESTAMPTZ NOT NULL, end_at TIMESTAMPTZ NOT NULL,
-            seminars_begin_at TIMESTAMPTZ, seminars_end_at TIMESTAMPTZ, visible INTEGER
-        );
-        CREATE TABLE studip_staged_sem_types (
-            sync_key VARCHAR NOT NULL, type VARCHAR NOT NULL, name VARCHAR, class VARCHAR
-        );
-        CREATE TABLE studip_staged_courses (
-            sync_key VARCHAR NOT NULL, course_id VARCHAR NOT NULL, number VARCHAR,
-            title VARCHAR NOT NULL, subtitle VARCHAR, type VARCHAR NOT NULL,
-            start_semester_id VARCHAR, end_semester_id VARCHAR, group_nr INTEGER
-        );
-        CREATE TABLE studip_staged_memberships (
-            sync_key VARCHAR NOT NULL, course_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL,
-            status VARCHAR NOT NULL
-        );
-        CREATE TABLE studip_staged_user_institutes (
-            sync_key VARCHAR NOT NULL, user_id VARCHAR NOT NULL, institute_id VARCHAR NOT NULL,
-            relation VARCHAR NOT NULL, perms VARCHAR, name VARCHAR, faculty_name VARCHAR,
-            city VARCHAR
-        );
-        CREATE TABLE studip_users (
-            user_id VARCHAR NOT NULL, username VARCHAR NOT NULL, perms VARCHAR NOT NULL,
-            email VARCHAR, given VARCHAR, family VARCHAR, formatted VARCHAR,
-            datafields MAP(VARCHAR, VARCHAR), changed_in_sync VARCHAR NOT NULL
-        );
-        CREATE TABLE studip_semesters (
-            semester_id VARCHAR NOT NULL, title VARCHAR NOT NULL, token VARCHAR,
-            begin_at TIMESTAMPTZ NOT NULL, end_at TIMESTAMPTZ NOT NULL,
-            seminars_begin_at TIMESTAMPTZ, seminars_end_at TIMESTAMPTZ, visible INTEGER,
-            changed_in_sync VARCHAR NOT NULL
-        );
-        CREATE TABLE studip_courses (
-            course_id VARCHAR NOT NULL, number VARCHAR, title VARCHAR NOT NULL, subtitle VARCHAR,
-            type VARCHAR NOT NULL, type_name VARCHAR, type_class VARCHAR,
-            start_semester_id VARCHAR, end_semester_id VARCHAR, group_nr INTEGER,
-            changed_in_sync VARCHAR NOT NULL
-        );
-        CREATE TABLE studip_memberships (
-            course_id VARCHAR NOT NULL, user_id VARCHAR NOT NULL, status VARCHAR NOT NULL,
-            changed_in_sync VARCHAR NOT NULL
-        );
-        CREATE TABLE studip_institutes (
-            institute_id VARCHAR NOT NULL, name VARCHAR, faculty_name VARCHAR, city VARCHAR,
-            changed_in_sync VARCHAR NOT NULL
-        );
-        CREATE TABLE studip_user_institutes (
-            user_id VARCHAR NOT NULL, institute_id VARCHAR NOT NULL, relation VARCHAR NOT NULL,
-            perms VARCHAR, changed_in_sync VARCHAR NOT NULL
-        );
-        """,
-    ),
-    Migration(
-        "campusonline: raw pages, staging, current state and cursor",
-        raw_page_table_ddl("raw_co_students")
-        + raw_page_table_ddl("raw_co_studies")
-        + raw_page_table_ddl("raw_co_applications")
-        + CAMPUSONLINE_SCHEMA,
-    ),
-    Migration(
-        "lms: raw registrations, watermarks, staging and current state",
-        raw_page_table_ddl("raw_lms_active_registrations")
-        + raw_page_table_ddl("raw_lms_completed_registrations")
-        + LMS_SCHEMA,
-    ),
+]
+# The graph's and the HUB's tables, applied after every source's (the graph's views join them).
+SHARED_MIGRATIONS: list[Migration] = [
     Migration("hub: desired and acknowledged state, events, batches, log", HUB_SCHEMA),
     Migration("graph: persons and identity links", GRAPH_SCHEMA),
     Migration("graph: views joining persons to every source", GRAPH_VIEWS),
-    # ?semester= returns every course running in the semester: which selected semester a course
-    # came back for gives an unlimited course its HUB term; study groups are no HUB sections.
-    Migration(
-        "studip: the selected semesters a course was returned for, and study groups",
-        """
-        ALTER TABLE studip_staged_courses ADD COLUMN semester_id VARCHAR;
-        ALTER TABLE studip_staged_sem_types ADD COLUMN studygroup BOOLEAN;
-        ALTER TABLE studip_courses ADD COLUMN first_selected_semester_id VARCHAR;
-        ALTER TABLE studip_courses ADD COLUMN studygroup BOOLEAN;
-        """,
-    ),
     Migration("hub: refused objects and messages given up", HUB_REFUSALS_SCHEMA),
     Migration("graph: identity conflicts and blocked persons", GRAPH_CONFLICTS_SCHEMA),
     # resources/hub/identity.py: the HUB that hub_state belongs to (one row).
@@ -232,44 +94,18 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
-    # The Stud.IP listing's pages (JSON:API) are large (a 100,000-user listing is over 1 GB of
-    # JSON) and land in one transaction, whose strings DuckDB holds in memory: they are stored
-    # zlib-compressed (about 15x smaller). assets/studip/listing.py:listing_pages reads them.
-    Migration(
-        "studip: the listing's raw pages, compressed",
-        raw_page_table_ddl("raw_studip_listing_pages", compressed=True),
-    ),
-    # CO pages too: 310 MB of JSON at 100,000 students, landed in one transaction with the
-    # cursor. New pages keep body NULL and body_zlib set; pages landed before keep body.
-    Migration(
-        "co: raw pages compressed",
-        "".join(
-            f"""
-            ALTER TABLE {table} ADD COLUMN body_zlib BLOB;
-            ALTER TABLE {table} ADD COLUMN body_bytes BIGINT;
-            ALTER TABLE {table} ALTER COLUMN body DROP NOT NULL;
-            """
-            for table in ("raw_co_students", "raw_co_studies", "raw_co_applications")
-        ),
-    ),
-    # CO rows are validated and hashed in DuckDB now (assets/campusonline/staging.py): rows
-    # staged and current before keep comparing equal to the same rows staged after.
-    Migration("co: row hashes over the typed content columns", CO_ROW_HASH_MIGRATION),
-    Migration("co: the sync whose state the current tables hold", CO_CURRENT_BUILT),
-    # One naming for every source's staged records: raw_<system>_*, stg_<system>_*, <system>_*.
-    Migration(
-        "studip: staging tables named stg_studip_*",
-        "".join(
-            f"ALTER TABLE studip_staged_{name} RENAME TO stg_studip_{name};"
-            for name in ("users", "semesters", "sem_types", "courses", "memberships")
-        )
-        + "ALTER TABLE studip_staged_user_institutes RENAME TO stg_studip_user_institutes;",
-    ),
-    Migration(
-        "lms: staging table named stg_lms_registrations",
-        "ALTER TABLE lms_registration_items RENAME TO stg_lms_registrations;",
-    ),
 ]
+
+
+def all_migrations() -> list[Migration]:
+    """Every migration in the order a new warehouse applies them: the core's, each source
+    system's (``SourceSystem.migrations``, in registry order), then the graph's and the HUB's.
+    Read from the registry when called, so a source registered later is included."""
+    return [
+        *CORE_MIGRATIONS,
+        *(m for system in sources.SOURCE_SYSTEMS for m in system.migrations()),
+        *SHARED_MIGRATIONS,
+    ]
 
 
 @contextmanager
@@ -304,13 +140,13 @@ def applied_migrations(conn: duckdb.DuckDBPyConnection) -> list[str]:
 def ensure_schema(
     conn: duckdb.DuckDBPyConnection, migrations: Sequence[Migration] | None = None
 ) -> int:
-    """Apply the migrations (default: ``MIGRATIONS``) the warehouse has not seen yet, in order;
-    return how many are applied in all.
+    """Apply the migrations (default: ``all_migrations()``) the warehouse has not seen yet, in
+    order; return how many are applied in all.
 
     Idempotent and cheap when up to date (one catalog check and one query).
     """
     if migrations is None:
-        migrations = MIGRATIONS
+        migrations = all_migrations()
     names = [m.name for m in migrations]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -548,7 +384,7 @@ def raw_page_bytes(
 ) -> Iterator[tuple[str, int, bytes]]:
     """``raw_page_bodies`` with each body as UTF-8 bytes: what a DuckDB query takes fastest
     (a BLOB parameter, ``decode``d in SQL, binds in a third of a VARCHAR's time)."""
-    _check_raw_table_name(table)
+    check_raw_table_name(table)
     columns = table_columns(conn, table)
     text = "body::VARCHAR" if "body" in columns else "NULL"
     packed = "body_zlib" if "body_zlib" in columns else "NULL"
@@ -618,7 +454,7 @@ class WarehouseResource(dg.ConfigurableResource):
         ``PageWriter.execute``) commit together on clean exit. On an exception everything rolls
         back, so the previous pages of the key stay intact.
         """
-        _check_raw_table_name(table)
+        check_raw_table_name(table)
         with self.connection() as conn, transaction(conn):
             try:
                 conn.execute(f"DELETE FROM {table} WHERE sync_key = ?", [sync_key])

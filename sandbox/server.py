@@ -28,13 +28,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from resources import sources
 from sandbox.http import FaultConfig, HttpError, Request, Response, SandboxServer
 from sandbox.world import World
 
 log = logging.getLogger("sandbox")
 
-SYSTEMS = ("co", "studip", "lms", "hub")
 DEFAULT_PORT_BASE = 8701
+HUB_SERVER = "sandbox.hub:HubServer"
+
+
+def server_classes() -> dict[str, str]:
+    """code -> module:class of each simulated system: hubsync's source systems in registry
+    order (ports 8701, 8702, …), then the HUB."""
+    return {**{s.code: s.sandbox for s in sources.SOURCE_SYSTEMS}, "hub": HUB_SERVER}
+
+
+def url_variables() -> dict[str, str]:
+    """code -> the setting that points hubsync at that system."""
+    return {**{s.code: s.url_variable for s in sources.SOURCE_SYSTEMS}, "hub": "HUB_API_URL"}
 
 
 class Sandbox:
@@ -50,11 +62,6 @@ class Sandbox:
         faults: dict[str, FaultConfig] | None = None,
         options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        from sandbox.campusonline import CoServer
-        from sandbox.hub import HubServer
-        from sandbox.lms import LmsServer
-        from sandbox.studip import StudipServer
-
         self.world = world
         self.state_dir = state_dir
         faults = faults or {}
@@ -62,11 +69,10 @@ class Sandbox:
         hub_options = dict(options.get("hub", {}))
         if state_dir is not None:
             hub_options.setdefault("state_path", state_dir / "hub_state.json")
-        classes = {"co": CoServer, "studip": StudipServer, "lms": LmsServer, "hub": HubServer}
         self.servers: dict[str, SandboxServer] = {}
-        for offset, system in enumerate(SYSTEMS):
+        for offset, (system, server_class) in enumerate(server_classes().items()):
             system_options = hub_options if system == "hub" else options.get(system, {})
-            server = classes[system](
+            server = sources.load(server_class)(
                 world,
                 host=host,
                 port=port_base + offset if port_base else 0,
@@ -100,12 +106,7 @@ class Sandbox:
     @property
     def env(self) -> dict[str, str]:
         """The environment variables that point hubsync at this sandbox."""
-        names = {
-            "co": "CO_API_URL",
-            "studip": "STUDIP_API_URL",
-            "lms": "LMS_API_URL",
-            "hub": "HUB_API_URL",
-        }
+        names = url_variables()
         return {names[system]: url for system, url in self.urls.items()}
 
     def start(self) -> None:
@@ -258,17 +259,18 @@ def running_sandbox(
 
 def _parse_faults(values: list[str]) -> dict[str, FaultConfig]:
     """``--fault co:error_rate=0.1`` (repeatable; ``all:`` applies to every server)."""
-    settings: dict[str, dict[str, Any]] = {system: {} for system in SYSTEMS}
+    systems = list(server_classes())
+    settings: dict[str, dict[str, Any]] = {system: {} for system in systems}
     for value in values:
         target, _, assignment = value.partition(":")
         name, _, raw = assignment.partition("=")
-        if target not in (*SYSTEMS, "all") or not name or not raw:
+        if target not in (*systems, "all") or not name or not raw:
             raise argparse.ArgumentTypeError(
                 f"--fault {value!r}: expected SYSTEM:NAME=VALUE with SYSTEM one of "
-                f"{', '.join(SYSTEMS)} or all"
+                f"{', '.join(systems)} or all"
             )
         parsed: Any = raw.split(",") if name == "script" else _number(raw)
-        for system in SYSTEMS if target == "all" else (target,):
+        for system in systems if target == "all" else (target,):
             settings[system][name] = parsed
     try:
         return {system: FaultConfig.from_dict(values) for system, values in settings.items()}

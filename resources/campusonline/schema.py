@@ -1,4 +1,4 @@
-"""The CAMPUSonline tables (the ``"campusonline: …"`` migration in ``resources.warehouse``).
+"""The CAMPUSonline tables and their migrations (``MIGRATIONS``).
 
 * ``raw_co_students``, ``raw_co_studies``, ``raw_co_applications``: the raw pages of each sync
   (``raw_page_table_ddl``, added by the migration itself).
@@ -15,6 +15,7 @@ The column lists mirror the row models of ``resources.campusonline`` (a test kee
 
 from resources.campusonline import SERVICES
 from resources.change_detection import row_hash_sql
+from resources.migrations import Migration, raw_page_table_ddl
 
 RAW_TABLES = {code: f"raw_co_{code}" for code in SERVICES}
 STAGING_TABLES = {code: f"stg_co_{code}" for code in SERVICES}
@@ -119,3 +120,31 @@ CO_ROW_HASH_MIGRATION = "\n".join(
 CO_CURRENT_BUILT = """
 CREATE TABLE co_current_built (built_from_key VARCHAR NOT NULL, base_key VARCHAR NOT NULL);
 """
+
+# Applied in order after the core migrations (resources.warehouse.migrations); append only.
+MIGRATIONS: list[Migration] = [
+    Migration(
+        "campusonline: raw pages, staging, current state and cursor",
+        raw_page_table_ddl("raw_co_students")
+        + raw_page_table_ddl("raw_co_studies")
+        + raw_page_table_ddl("raw_co_applications")
+        + CAMPUSONLINE_SCHEMA,
+    ),
+    # CO pages too: 310 MB of JSON at 100,000 students, landed in one transaction with the
+    # cursor. New pages keep body NULL and body_zlib set; pages landed before keep body.
+    Migration(
+        "co: raw pages compressed",
+        "".join(
+            f"""
+            ALTER TABLE {table} ADD COLUMN body_zlib BLOB;
+            ALTER TABLE {table} ADD COLUMN body_bytes BIGINT;
+            ALTER TABLE {table} ALTER COLUMN body DROP NOT NULL;
+            """
+            for table in ("raw_co_students", "raw_co_studies", "raw_co_applications")
+        ),
+    ),
+    # CO rows are validated and hashed in DuckDB now (assets/campusonline/staging.py): rows
+    # staged and current before keep comparing equal to the same rows staged after.
+    Migration("co: row hashes over the typed content columns", CO_ROW_HASH_MIGRATION),
+    Migration("co: the sync whose state the current tables hold", CO_CURRENT_BUILT),
+]

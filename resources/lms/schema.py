@@ -1,7 +1,11 @@
-"""DDL of the LMS tables besides its raw page tables (migration "lms: …" in warehouse.py).
+"""The LMS tables: raw pages per endpoint, watermarks, the staged items of each sync
+(``stg_lms_registrations``) and the current state (``lms_registrations``, ``lms_courses``,
+``lms_learners``).
 
 Column names of LMS data are the API's (``RegistrationId``, ``OrgProfileFieldValues`` …).
 """
+
+from resources.migrations import Migration, raw_page_table_ddl
 
 LMS_SCHEMA = """
 CREATE TABLE lms_watermarks (            -- one row per landed endpoint of a sync
@@ -75,3 +79,17 @@ CREATE TABLE lms_learners (
     changed_in_sync VARCHAR NOT NULL
 );
 """
+
+# Applied in order after the core migrations (resources.warehouse.migrations); append only.
+MIGRATIONS: list[Migration] = [
+    Migration(
+        "lms: raw registrations, watermarks, staging and current state",
+        raw_page_table_ddl("raw_lms_active_registrations")
+        + raw_page_table_ddl("raw_lms_completed_registrations")
+        + LMS_SCHEMA,
+    ),
+    Migration(
+        "lms: staging table named stg_lms_registrations",
+        "ALTER TABLE lms_registration_items RENAME TO stg_lms_registrations;",
+    ),
+]

@@ -17,7 +17,7 @@ from assets.campusonline import (
     stage_sync,
 )
 from assets.partitions import sync_runs_partitions
-from assets.sync import sync_run, sync_summary
+from assets.sync import build_sync_summary, sync_run
 from resources.campusonline import SERVICES, CampusOnlineResource
 from resources.warehouse import WarehouseResource, raw_page_bodies, transaction
 from sandbox.http import FaultConfig
@@ -25,6 +25,7 @@ from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
 from tests.instances import ephemeral_instance
 
+sync_summary = build_sync_summary([co_raw_pages, co_current_state])
 FULL = "full-20261123T020000Z"
 INCR = "incr-20261123T021500Z"
 INCR2 = "incr-20261123T023000Z"

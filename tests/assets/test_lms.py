@@ -19,7 +19,7 @@ from assets.lms import (
     update_current_state,
 )
 from assets.partitions import parse_sync_key, sync_runs_partitions
-from assets.sync import open_sync_run, sync_run, sync_summary
+from assets.sync import build_sync_summary, open_sync_run, sync_run
 from pipelines.definitions import build_definitions
 from resources.lms import LmsClient, LmsResource
 from resources.settings import load_settings
@@ -29,6 +29,7 @@ from sandbox.server import Sandbox, running_sandbox
 from sandbox.world import World
 from tests.instances import ephemeral_instance
 
+sync_summary = build_sync_summary([lms_registration_pages, lms_current_state])
 FULL = "full-20261123T020000Z"
 INCR = "incr-20261123T021500Z"
 INCR2 = "incr-20261123T023000Z"
@@ -470,6 +471,7 @@ def test_a_malformed_record_is_quarantined_and_the_rest_lands(sync: Syncer) -> N
 def test_the_full_sync_job_runs_the_lms_assets(
     sandbox: Sandbox, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+
     defs = build_definitions(load_settings({**os.environ, **sandbox.env}))
     job = defs.resolve_job_def("sync_job")
     graph = defs.resolve_asset_graph()

@@ -20,7 +20,7 @@ from cli.runs import run_sync
 from pipelines.definitions import build_definitions
 from resources.settings import load_settings
 from resources.studip import StudIPResource, studip_resource
-from resources.warehouse import MIGRATIONS, WarehouseResource, ensure_schema
+from resources.warehouse import WarehouseResource, all_migrations, ensure_schema
 from sandbox.expected import crawl_studip, default_seed_ids, default_semester_ids
 from sandbox.http import FaultConfig
 from sandbox.server import Sandbox, running_sandbox
@@ -285,7 +285,7 @@ def test_an_incremental_sync_rereads_only_the_changed_persons_courses(
 
 def test_changed_persons_map_to_studip_users_by_student_id_email_and_login() -> None:
     conn = duckdb.connect()
-    ensure_schema(conn, [m for m in MIGRATIONS if m.name.startswith(("core", "studip"))])
+    ensure_schema(conn, [m for m in all_migrations() if m.name.startswith(("core", "studip"))])
     conn.execute(
         """
         INSERT INTO studip_users (user_id, username, perms, email, datafields, changed_in_sync)

@@ -7,13 +7,16 @@ import dagster as dg
 import pytest
 
 from assets.partitions import sync_runs_partitions
-from assets.sync import mark_sync_failed, sync_run, sync_summary
+from assets.sync import build_sync_summary, mark_sync_failed, sync_run
 from pipelines.definitions import build_definitions
+from resources.migrations import raw_page_table_ddl
 from resources.settings import load_settings
-from resources.warehouse import WarehouseResource, raw_page_table_ddl
+from resources.warehouse import WarehouseResource
 from sandbox.server import running_sandbox
 from sandbox.world import World
 from tests.instances import ephemeral_instance
+
+sync_summary = build_sync_summary()  # without sources: these tests make their own
 
 FULL = "full-20261123T020000Z"
 INCR = "incr-20261123T101500Z"
@@ -186,6 +189,7 @@ def flaky_source() -> None:
 def test_a_failed_step_marks_the_sync_failed(
     instance: dg.DagsterInstance, warehouse: WarehouseResource
 ) -> None:
+
     job = dg.define_asset_job("test_job", hooks={mark_sync_failed})
     defs = dg.Definitions(
         assets=[sync_run, flaky_source], jobs=[job], resources={"warehouse": warehouse}

@@ -17,7 +17,7 @@ import pytest
 import pipelines.definitions
 from cli import home
 from cli.local_sandbox import sandbox_environment
-from cli.main import SOURCES, Source, _wait_for_dagster_dev, main
+from cli.main import _wait_for_dagster_dev, main
 from resources.settings import PROJECT_ROOT, Settings
 from resources.warehouse import WarehouseResource
 from sandbox.server import Sandbox
@@ -214,15 +214,6 @@ def test_export_waits_for_a_syncs_lock_and_says_so(
         f"hubsync: the warehouse {path} is in use by another process (a sync writes it); "
         "waiting up to 120 s for it\n"
     )
-
-
-def test_sync_of_a_landed_source_selects_its_group(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, live_sandbox: Sandbox
-) -> None:
-    monkeypatch.setitem(SOURCES, "co", Source(asset_group="sync"))
-    code, out, _ = run(capsys, "sync", "--source", "co")
-    assert code == 0
-    assert "sync_summary  success" in out
 
 
 def test_configuration_errors_exit_2_without_secrets(

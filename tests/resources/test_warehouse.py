@@ -14,16 +14,16 @@ import duckdb
 import pytest
 
 from resources.hub import schema as hub_schema
+from resources.migrations import Migration, raw_page_table_ddl
 from resources.warehouse import (
-    MIGRATIONS,
-    Migration,
     WarehouseError,
     WarehouseResource,
+    all_migrations,
     applied_migrations,
     ensure_schema,
-    raw_page_table_ddl,
 )
 
+MIGRATIONS = all_migrations()
 FETCHED = datetime(2026, 11, 23, 10, 15, tzinfo=UTC)
 
 
