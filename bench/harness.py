@@ -220,7 +220,7 @@ def tuning(env: dict[str, str]) -> dict[str, Any]:
         "co_page_size": settings.co.page_size,
         "studip_concurrency": settings.studip.concurrency,
         "studip_api_mode": settings.studip.api_mode,
-        "studip_page_size": settings.studip.page_size,
+        "studip_page_size": settings.studip.listing_page_size,
         "studip_relist_every": settings.studip.relist_every,
         "lms_page_size": settings.lms.page_size,
         "hub_batch_size": settings.hub.batch_size,

@@ -52,7 +52,7 @@ def main() -> None:
             "memberships": memberships,
             "wall_s": round(wall, 2),
             "cpu_s": round(cpu, 2),
-            "page_size": settings.page_size,
+            "page_size": settings.listing_page_size,
             "concurrency": settings.concurrency,
             "note": args.note,
         },

@@ -32,10 +32,13 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NameResolutionError
 
+from resources.settings import VARIABLES_BY_NAME
+
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MB = 1024 * 1024
-DEFAULT_MAX_RESPONSE_MB = 256  # HUBSYNC_MAX_RESPONSE_MB
-DEFAULT_MAX_PAGES = 10_000  # CO_MAX_PAGES, STUDIP_MAX_PAGES, LMS_MAX_PAGES
+# For clients made directly; resources take their settings (the same defaults).
+DEFAULT_MAX_RESPONSE_MB = int(VARIABLES_BY_NAME["HUBSYNC_MAX_RESPONSE_MB"].default or 0)
+DEFAULT_MAX_PAGES = int(VARIABLES_BY_NAME["CO_MAX_PAGES"].default or 0)  # each *_MAX_PAGES
 # Bytes read from the socket at a time. urllib3 decodes at most this much per read, so a
 # compressed body cannot balloon in memory between two checks of the limit.
 READ_CHUNK_BYTES = 64 * 1024

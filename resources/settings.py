@@ -14,13 +14,14 @@ import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from resources import sources
 
@@ -33,19 +34,27 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Variable:
+    """One setting, declared once: its default (the sandbox's), whether it is secret, and for
+    integers their bounds. The reader validates against them and the resources' fields take
+    their defaults and bounds from here (``setting_field``)."""
+
     name: str
     default: str | None
     secret: bool = False
+    minimum: int | None = None  # integers only
+    maximum: int | None = None
 
+
+MIN_WAREHOUSE_MEMORY_MB = 128  # below it, a single CO page's JSON does not fit
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("HUBSYNC_WAREHOUSE", "data/warehouse.duckdb"),
     # What DuckDB may hold in memory; beyond it, it spills to <warehouse>.tmp/ (a sync's landing
     # and staging are one transaction each, which DuckDB otherwise keeps wholly in memory).
-    Variable("HUBSYNC_WAREHOUSE_MEMORY_MB", "512"),
-    Variable("HUBSYNC_INCREMENTAL_INTERVAL", "900"),
+    Variable("HUBSYNC_WAREHOUSE_MEMORY_MB", "512", minimum=MIN_WAREHOUSE_MEMORY_MB),
+    Variable("HUBSYNC_INCREMENTAL_INTERVAL", "900", minimum=1),
     Variable("HUBSYNC_FULL_SYNC_CRON", "0 2 * * *"),
-    Variable("HUBSYNC_KEEP_DAYS", "90"),
+    Variable("HUBSYNC_KEEP_DAYS", "90", minimum=1),
     # Identity matching (assets/graph/): the rules in priority order, and where the matriculation
     # number (CO STUDID) sits in Stud.IP and in the LMS.
     Variable("HUBSYNC_MATCH_RULES", "studid,email,login"),
@@ -54,15 +63,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUBSYNC_AUTOMATION", "on"),
     # Limits against broken or hostile upstreams: the decoded size of one response, and pages
     # per call (CO_MAX_PAGES etc., far above what any university needs).
-    Variable("HUBSYNC_MAX_RESPONSE_MB", "256"),
+    Variable("HUBSYNC_MAX_RESPONSE_MB", "256", minimum=1),
     Variable("HUBSYNC_ALLOW_HTTP", "0"),
     Variable("CO_API_URL", "http://127.0.0.1:8701"),
     Variable("CO_CLIENT_ID", "hubsync"),
     Variable("CO_CLIENT_SECRET", "sandbox-co-secret", secret=True),
     Variable("CO_TIMEZONE", "Europe/Vienna"),
-    Variable("CO_PAGE_SIZE", "20000"),
-    Variable("CO_INCREMENTAL_THRESHOLD", "200"),
-    Variable("CO_MAX_PAGES", "10000"),
+    Variable("CO_PAGE_SIZE", "20000", minimum=1),
+    Variable("CO_INCREMENTAL_THRESHOLD", "200", minimum=0),
+    Variable("CO_MAX_PAGES", "10000", minimum=1),
     Variable("STUDIP_API_URL", "http://127.0.0.1:8702/api.php"),
     Variable("STUDIP_USERNAME", "hubsync-api"),
     Variable("STUDIP_PASSWORD", "sandbox-studip-password", secret=True),
@@ -75,36 +84,35 @@ VARIABLES: tuple[Variable, ...] = (
     # set but empty means none (the crawl starts from the API account alone).
     Variable("STUDIP_SEED_USERS", "lehre.koordination"),
     Variable("STUDIP_SEMESTERS", "current,next"),
-    Variable("STUDIP_CONCURRENCY", "8"),
-    Variable("STUDIP_MAX_PAGES", "10000"),
+    Variable("STUDIP_CONCURRENCY", "8", minimum=1, maximum=64),
+    Variable("STUDIP_MAX_PAGES", "10000", minimum=1),
     # auto: the JSON:API listing when /jsonapi.php/v1/users/me answers as root, else the crawl
     Variable("STUDIP_API_MODE", "auto"),
     # unset: jsonapi.php/v1 beside STUDIP_API_URL (this default is the sandbox's)
     Variable("STUDIP_JSONAPI_URL", "http://127.0.0.1:8702/jsonapi.php/v1"),
-    Variable("STUDIP_PAGE_SIZE", "500"),  # items per JSON:API listing page
+    Variable("STUDIP_PAGE_SIZE", "500", minimum=1),  # items per JSON:API listing page
     # a listing re-reads the datafields and institutes of 1/N of the users per full sync
-    Variable("STUDIP_DETAILS_REFRESH_DAYS", "90"),
+    Variable("STUDIP_DETAILS_REFRESH_DAYS", "90", minimum=1, maximum=3650),
     # an incremental sync lists on every N-th incremental sync, and crawls the users CO or the
     # LMS changed in between (a listing reads every user: 36 s at 100,000 students)
-    Variable("STUDIP_RELIST_EVERY", "1"),
+    Variable("STUDIP_RELIST_EVERY", "1", minimum=1, maximum=96),
     Variable("LMS_API_URL", "http://127.0.0.1:8703"),
     Variable("LMS_USERNAME", "hubsync"),
     Variable("LMS_PASSWORD", "sandbox-lms-password", secret=True),
     Variable("LMS_ORG_PATH", "/Root/Sandbox"),
-    Variable("LMS_PAGE_SIZE", "10000"),
-    Variable("LMS_MAX_PAGES", "10000"),
+    Variable("LMS_PAGE_SIZE", "10000", minimum=1),
+    Variable("LMS_MAX_PAGES", "10000", minimum=1),
     Variable("HUB_API_URL", "http://127.0.0.1:8704/sandbox"),
     Variable("HUB_API_KEY", "sandbox-hub-key", secret=True),
     Variable("HUB_ORG_ID", "0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
     Variable("HUB_WHO", "sis.hubsync"),
-    Variable("HUB_BATCH_SIZE", "500"),
+    Variable("HUB_BATCH_SIZE", "500", minimum=1),
     Variable("HUB_MAX_DELETE_SHARE", "0.10"),
     Variable("HUB_ACK_TIMEOUT", "300"),
     Variable("HUB_POLL_INTERVAL", "0.25"),
     Variable("HUB_MESSAGE_MAX_AGE", "86400"),
 )
 VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
-MIN_WAREHOUSE_MEMORY_MB = 128  # below it, a single CO page's JSON does not fit
 
 # studid: matriculation number (CO STUDID = Stud.IP datafield / LMS profile field); email:
 # university e-mail, case-insensitive; login: LMS login = Stud.IP username.
@@ -166,7 +174,7 @@ class StudipSettings:
     max_response_mb: int  # decoded size of one response at most
     api_mode: str = "auto"  # auto | jsonapi | rest
     jsonapi_url: str = ""  # the JSON:API base, .../jsonapi.php/v1
-    page_size: int = 500  # items per JSON:API listing page
+    listing_page_size: int = 500  # items per JSON:API listing page
     details_refresh_days: int = 90  # a listing re-reads every user's details once in N days
     relist_every: int = 1  # incremental syncs list on every N-th one, crawl in between
 
@@ -232,6 +240,7 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.errors: list[str] = []
+        self.values: dict[str, Any] = {}  # name -> the typed value read
 
     def _default(self, name: str) -> str:
         default = VARIABLES_BY_NAME[name].default
@@ -244,21 +253,28 @@ class _Reader:
         value = self.env[name]
         return value if VARIABLES_BY_NAME[name].secret else value.strip()
 
+    def _keep(self, name: str, value: T) -> T:
+        self.values[name] = value
+        return value
+
     def _parse(self, name: str, parse: Callable[[str], T], requirement: str) -> T:
         value = self._value(name)
         try:
-            return parse(value)
+            return self._keep(name, parse(value))
         except ValueError:
             self.errors.append(f"{name} {requirement} (got {_shown(name, value)})")
-            return parse(self._default(name))
+            return self._keep(name, parse(self._default(name)))
 
     def text(self, name: str) -> str:
-        return self._value(name)
+        return self._keep(name, self._value(name))
 
     def secret(self, name: str) -> SecretStr:
-        return SecretStr(self._value(name))
+        return self._keep(name, SecretStr(self._value(name)))
 
-    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
+    def integer(self, name: str) -> int:
+        variable = VARIABLES_BY_NAME[name]
+        minimum, maximum = variable.minimum, variable.maximum
+        assert minimum is not None, f"{name} declares no minimum: not an integer setting"
         if maximum is not None:
             requirement = f"must be an integer from {minimum} to {maximum}"
         elif minimum == 1:
@@ -382,15 +398,15 @@ class _Reader:
         """Comma-separated items; with ``required`` (what they name), at least one. With
         ``empty_means_none``, a variable set to nothing means no items (unset: the default)."""
         if empty_means_none and name in self.env and not self.env[name].strip():
-            return ()
+            return self._keep(name, ())
         value = self._value(name)
         items = tuple(item.strip() for item in value.split(",") if item.strip())
         if required and not items:
             self.errors.append(
                 f"{name} must name at least one {required} (got {_shown(name, value)})"
             )
-            return tuple(item.strip() for item in self._default(name).split(","))
-        return items
+            items = tuple(item.strip() for item in self._default(name).split(","))
+        return self._keep(name, items)
 
     def path(self, name: str) -> Path:
         value = self._value(name)
@@ -400,8 +416,8 @@ class _Reader:
             self.errors.append(
                 f"{name} must be a file path, not a directory (got {_shown(name, value)})"
             )
-            return PROJECT_ROOT / self._default(name)
-        return path
+            return self._keep(name, PROJECT_ROOT / self._default(name))
+        return self._keep(name, path)
 
 
 def _is_valid_cron(value: str) -> bool:
@@ -506,20 +522,14 @@ def _real_system_errors(settings: Settings, env: Mapping[str, str]) -> list[str]
     return errors
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate all settings from ``env`` (default: ``os.environ``).
-
-    Raises ``ConfigError`` naming every variable that holds an unusable value; once every value
-    is usable, also for a mix of real systems and sandbox settings (see the module docstring).
-    """
-    read = _Reader(os.environ if env is None else env)
-    max_response_mb = read.integer("HUBSYNC_MAX_RESPONSE_MB", 1)
-    settings = Settings(
+def _read_settings(read: _Reader) -> Settings:
+    max_response_mb = read.integer("HUBSYNC_MAX_RESPONSE_MB")
+    return Settings(
         warehouse_path=read.path("HUBSYNC_WAREHOUSE"),
-        warehouse_memory_mb=read.integer("HUBSYNC_WAREHOUSE_MEMORY_MB", MIN_WAREHOUSE_MEMORY_MB),
-        incremental_interval_s=read.integer("HUBSYNC_INCREMENTAL_INTERVAL", 1),
+        warehouse_memory_mb=read.integer("HUBSYNC_WAREHOUSE_MEMORY_MB"),
+        incremental_interval_s=read.integer("HUBSYNC_INCREMENTAL_INTERVAL"),
         full_sync_cron=read.cron("HUBSYNC_FULL_SYNC_CRON"),
-        keep_days=read.integer("HUBSYNC_KEEP_DAYS", 1),
+        keep_days=read.integer("HUBSYNC_KEEP_DAYS"),
         match_rules=read.rules("HUBSYNC_MATCH_RULES"),
         automation=read.switch("HUBSYNC_AUTOMATION"),
         allow_http=read.flag("HUBSYNC_ALLOW_HTTP"),
@@ -528,9 +538,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             client_id=read.text("CO_CLIENT_ID"),
             client_secret=read.secret("CO_CLIENT_SECRET"),
             timezone=read.zone("CO_TIMEZONE"),
-            page_size=read.integer("CO_PAGE_SIZE", 1),
-            incremental_threshold=read.integer("CO_INCREMENTAL_THRESHOLD", 0),
-            max_pages=read.integer("CO_MAX_PAGES", 1),
+            page_size=read.integer("CO_PAGE_SIZE"),
+            incremental_threshold=read.integer("CO_INCREMENTAL_THRESHOLD"),
+            max_pages=read.integer("CO_MAX_PAGES"),
             max_response_mb=max_response_mb,
         ),
         studip=StudipSettings(
@@ -540,9 +550,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             oauth1=_studip_oauth1(read),
             seed_users=read.items("STUDIP_SEED_USERS", empty_means_none=True),
             semesters=read.items("STUDIP_SEMESTERS", required="semester"),
-            concurrency=read.integer("STUDIP_CONCURRENCY", 1, 64),
+            concurrency=read.integer("STUDIP_CONCURRENCY"),
             student_id_field=read.text("STUDIP_STUDENT_ID_FIELD"),
-            max_pages=read.integer("STUDIP_MAX_PAGES", 1),
+            max_pages=read.integer("STUDIP_MAX_PAGES"),
             max_response_mb=max_response_mb,
             api_mode=read.choice("STUDIP_API_MODE", STUDIP_API_MODES),
             jsonapi_url=(
@@ -550,18 +560,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 if _is_set(read.env, "STUDIP_JSONAPI_URL")
                 else jsonapi_url_beside(studip_api_url)
             ),
-            page_size=read.integer("STUDIP_PAGE_SIZE", 1),
-            details_refresh_days=read.integer("STUDIP_DETAILS_REFRESH_DAYS", 1, 3650),
-            relist_every=read.integer("STUDIP_RELIST_EVERY", 1, 96),
+            listing_page_size=read.integer("STUDIP_PAGE_SIZE"),
+            details_refresh_days=read.integer("STUDIP_DETAILS_REFRESH_DAYS"),
+            relist_every=read.integer("STUDIP_RELIST_EVERY"),
         ),
         lms=LmsSettings(
             api_url=read.url("LMS_API_URL"),
             username=read.text("LMS_USERNAME"),
             password=read.secret("LMS_PASSWORD"),
             org_path=read.org_path("LMS_ORG_PATH"),
-            page_size=read.integer("LMS_PAGE_SIZE", 1),
+            page_size=read.integer("LMS_PAGE_SIZE"),
             student_id_field=read.text("LMS_STUDENT_ID_FIELD"),
-            max_pages=read.integer("LMS_MAX_PAGES", 1),
+            max_pages=read.integer("LMS_MAX_PAGES"),
             max_response_mb=max_response_mb,
         ),
         hub=HubSettings(
@@ -569,7 +579,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             api_key=read.secret("HUB_API_KEY"),
             org_id=read.text("HUB_ORG_ID"),
             who=read.text("HUB_WHO"),
-            batch_size=read.integer("HUB_BATCH_SIZE", 1),
+            batch_size=read.integer("HUB_BATCH_SIZE"),
             max_delete_share=read.fraction("HUB_MAX_DELETE_SHARE"),
             ack_timeout_s=(ack_timeout := read.seconds("HUB_ACK_TIMEOUT")),
             poll_interval_s=read.seconds("HUB_POLL_INTERVAL"),
@@ -577,12 +587,68 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         uses_sandbox=not any(_is_set(read.env, name) for name in api_url_variables()),
     )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate all settings from ``env`` (default: ``os.environ``).
+
+    Raises ``ConfigError`` naming every variable that holds an unusable value; once every value
+    is usable, also for a mix of real systems and sandbox settings (see the module docstring).
+    """
+    read = _Reader(os.environ if env is None else env)
+    settings = _read_settings(read)
     if read.errors:
         raise ConfigError(read.errors)
     errors = _real_system_errors(settings, read.env)
     if errors:
         raise ConfigError(errors)
     return settings
+
+
+@cache
+def _defaults() -> Mapping[str, Any]:
+    read = _Reader({})
+    _read_settings(read)
+    return read.values
+
+
+def _plain(value: Any) -> Any:
+    """A settings value as resource config takes it."""
+    if isinstance(value, ZoneInfo):
+        return value.key
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def setting_field(name: str, description: str) -> Any:
+    """The pydantic field of a resource that holds the setting ``name``: its default and bounds
+    are the ones declared in ``VARIABLES`` (read as the settings read them), so they are
+    written once."""
+    variable = VARIABLES_BY_NAME[name]
+    if variable.secret or variable.default is None:
+        raise ValueError(f"{name} has no default to give a resource field")
+    bounds = {"ge": variable.minimum, "le": variable.maximum}
+    return Field(
+        default=_plain(_defaults()[name]),
+        description=f"{description} ({name}).",
+        **{key: bound for key, bound in bounds.items() if bound is not None},
+    )
+
+
+def resource_config(section: Any) -> dict[str, Any]:
+    """The plain values of a settings section (``settings.co`` …) as keyword arguments of its
+    resource, whose fields have the same names. Secrets and nested parts are left out: they
+    are passed on their own (secrets by ``secret_config``); unset parts (None) keep the
+    resource's default."""
+    config = {}
+    for item in fields(section):
+        value = getattr(section, item.name)
+        if value is not None and not isinstance(value, SecretStr) and not is_dataclass(value):
+            config[item.name] = _plain(value)
+    return config
 
 
 def secret_config(

@@ -35,7 +35,7 @@ from resources.hub.schema import (
 )
 from resources.migrations import Migration, check_raw_table_name
 from resources.private_files import make_new_files_private
-from resources.settings import MIN_WAREHOUSE_MEMORY_MB, VARIABLES_BY_NAME, Settings
+from resources.settings import VARIABLES_BY_NAME, Settings, setting_field
 
 
 class WarehouseError(RuntimeError):
@@ -414,11 +414,9 @@ class WarehouseResource(dg.ConfigurableResource):
         default=10.0,
         description="How long to wait while another process holds the DuckDB lock.",
     )
-    memory_mb: int = Field(
-        default=DEFAULT_MEMORY_MB,
-        ge=MIN_WAREHOUSE_MEMORY_MB,
-        description="What DuckDB may hold in memory before it spills to <file>.tmp/ "
-        "(HUBSYNC_WAREHOUSE_MEMORY_MB).",
+    memory_mb: int = setting_field(
+        "HUBSYNC_WAREHOUSE_MEMORY_MB",
+        "What DuckDB may hold in memory before it spills to <file>.tmp/",
     )
 
     @classmethod

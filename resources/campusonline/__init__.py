@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from resources.http import (
     DEFAULT_MAX_PAGES,
-    DEFAULT_MAX_RESPONSE_MB,
     MB,
     ApiError,
     HttpClient,
@@ -36,7 +35,12 @@ from resources.http import (
     page_errors,
     reject_bad_text,
 )
-from resources.settings import CampusOnlineSettings, secret_config
+from resources.settings import (
+    CampusOnlineSettings,
+    resource_config,
+    secret_config,
+    setting_field,
+)
 
 CO_TIMESTAMP_FORMAT = "%d.%m.%YT%H:%M:%S"
 LIVE_SOURCE_PREFIX = "LiveSync"
@@ -523,20 +527,15 @@ class CampusOnlineResource(dg.ConfigurableResource):
     api_url: str = Field(description="CO base URL (CO_API_URL).")
     client_id: str = Field(description="OAuth2 client id (CO_CLIENT_ID).")
     client_secret: str = Field(description="OAuth2 client secret (CO_CLIENT_SECRET).")
-    timezone: str = Field(default="Europe/Vienna", description="CO's zone (CO_TIMEZONE).")
-    page_size: int = Field(default=20000, ge=1, description="Records per page (CO_PAGE_SIZE).")
-    max_pages: int = Field(
-        default=DEFAULT_MAX_PAGES, ge=1, description="Pages per call at most (CO_MAX_PAGES)."
+    timezone: str = setting_field("CO_TIMEZONE", "CO's time zone")
+    page_size: int = setting_field("CO_PAGE_SIZE", "Records per page")
+    max_pages: int = setting_field("CO_MAX_PAGES", "Pages per call at most")
+    max_response_mb: int = setting_field(
+        "HUBSYNC_MAX_RESPONSE_MB", "Decoded size of a response at most"
     )
-    max_response_mb: int = Field(
-        default=DEFAULT_MAX_RESPONSE_MB,
-        ge=1,
-        description="Decoded size of a response at most (HUBSYNC_MAX_RESPONSE_MB).",
-    )
-    incremental_threshold: int = Field(
-        default=200,
-        ge=0,
-        description="Changed students above which an incremental sync runs as a full one.",
+    incremental_threshold: int = setting_field(
+        "CO_INCREMENTAL_THRESHOLD",
+        "Changed students above which an incremental sync runs as a full one",
     )
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 120.0
@@ -596,13 +595,4 @@ def campusonline_resource(
     config); ``in_process`` gives a resource with the secret's value, for direct use (the CLI).
     """
     secret = secret_config("CO_CLIENT_SECRET", settings.client_secret, in_process=in_process)
-    return CampusOnlineResource(
-        api_url=settings.api_url,
-        client_id=settings.client_id,
-        client_secret=secret,
-        timezone=settings.timezone.key,
-        page_size=settings.page_size,
-        max_pages=settings.max_pages,
-        max_response_mb=settings.max_response_mb,
-        incremental_threshold=settings.incremental_threshold,
-    )
+    return CampusOnlineResource(**resource_config(settings), client_secret=secret)

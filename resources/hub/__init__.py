@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from resources.http import ApiError, HttpClient, RedirectRefused, RetryPolicy, body_excerpt
+from resources.settings import resource_config, secret_config, setting_field
 
 if TYPE_CHECKING:
     from resources.settings import HubSettings
@@ -385,27 +386,22 @@ class HubResource(dg.ConfigurableResource):
     api_key: str = Field(description="HUB_API_KEY (secret, via dagster.EnvVar).")
     org_id: str = Field(description="HUB_ORG_ID: the organisation key sent in every envelope.")
     who: str = Field(description="HUB_WHO: the source identifier sent in every envelope.")
-    batch_size: int = Field(default=500, description="HUB_BATCH_SIZE: objects per POST.")
-    max_delete_share: float = Field(
-        default=0.10,
-        description="HUB_MAX_DELETE_SHARE: deletes above this share of an object "
-        "type's state block delivery.",
+    batch_size: int = setting_field("HUB_BATCH_SIZE", "Objects per POST")
+    max_delete_share: float = setting_field(
+        "HUB_MAX_DELETE_SHARE", "Deletes above this share of an object type's state block delivery"
     )
-
-    ack_timeout_s: float = Field(
-        default=300.0,
-        description="How long a sync waits for the HUB to finish a phase's "
-        "messages before leaving them to the next run or the log sensor.",
+    ack_timeout_s: float = setting_field(
+        "HUB_ACK_TIMEOUT",
+        "How long a sync waits for the HUB to finish a phase's messages before leaving them to "
+        "the next run or the log sensor",
     )
-
-    poll_interval_s: float = Field(
-        default=0.25, description="First wait between getLog polls; it doubles up to 5 s."
+    poll_interval_s: float = setting_field(
+        "HUB_POLL_INTERVAL", "First wait between getLog polls; it doubles up to 5 s"
     )
-
-    message_max_age_s: float = Field(
-        default=86400.0,
-        description="HUB_MESSAGE_MAX_AGE: a message still processing this long after it was "
-        "posted is given up as an unknown outcome and its objects are sent again.",
+    message_max_age_s: float = setting_field(
+        "HUB_MESSAGE_MAX_AGE",
+        "A message still processing this long after it was posted is given up as an unknown "
+        "outcome and its objects are sent again",
     )
 
     def client(self) -> HubClient:
@@ -421,16 +417,6 @@ def envelope(
 
 def hub_resource(settings: HubSettings) -> HubResource:
     """The resource from settings; the API key goes through ``dagster.EnvVar`` when set."""
-    from resources.settings import secret_config
-
     return HubResource(
-        api_url=settings.api_url,
-        api_key=secret_config("HUB_API_KEY", settings.api_key),
-        org_id=settings.org_id,
-        who=settings.who,
-        batch_size=settings.batch_size,
-        max_delete_share=settings.max_delete_share,
-        ack_timeout_s=settings.ack_timeout_s,
-        poll_interval_s=settings.poll_interval_s,
-        message_max_age_s=settings.message_max_age_s,
+        **resource_config(settings), api_key=secret_config("HUB_API_KEY", settings.api_key)
     )

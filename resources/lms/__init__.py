@@ -33,7 +33,6 @@ from requests.adapters import HTTPAdapter
 
 from resources.http import (
     DEFAULT_MAX_PAGES,
-    DEFAULT_MAX_RESPONSE_MB,
     MB,
     ApiError,
     HttpClient,
@@ -42,7 +41,7 @@ from resources.http import (
     reject_bad_text,
 )
 from resources.quarantine import validation_reason
-from resources.settings import LmsSettings, secret_config
+from resources.settings import LmsSettings, resource_config, secret_config, setting_field
 
 SYSTEM = "LMS"
 TOKEN_PATH = "/services/api/oauth2/token"
@@ -486,19 +485,13 @@ class LmsResource(dg.ConfigurableResource):
     username: str = Field(description="Password-grant user, an org login id (LMS_USERNAME).")
     password: str = Field(description="Its password (LMS_PASSWORD, secret).")
     org_path: str = Field(description="Org path, the token scope and orgPath (LMS_ORG_PATH).")
-    page_size: int = Field(default=10_000, ge=1, description="Registrations per page.")
-    max_pages: int = Field(
-        default=DEFAULT_MAX_PAGES, ge=1, description="Pages per call at most (LMS_MAX_PAGES)."
+    page_size: int = setting_field("LMS_PAGE_SIZE", "Registrations per page")
+    max_pages: int = setting_field("LMS_MAX_PAGES", "Pages per call at most")
+    max_response_mb: int = setting_field(
+        "HUBSYNC_MAX_RESPONSE_MB", "Decoded size of a response at most"
     )
-    max_response_mb: int = Field(
-        default=DEFAULT_MAX_RESPONSE_MB,
-        ge=1,
-        description="Decoded size of a response at most (HUBSYNC_MAX_RESPONSE_MB).",
-    )
-    student_id_field: str = Field(
-        default=STUDENT_ID_FIELD,
-        description="The OrgProfileFieldValue holding the matriculation number "
-        "(LMS_STUDENT_ID_FIELD).",
+    student_id_field: str = setting_field(
+        "LMS_STUDENT_ID_FIELD", "The OrgProfileFieldValue holding the matriculation number"
     )
     timeout_s: float = Field(default=120.0, gt=0, description="Read timeout per request.")
     retry_attempts: int = Field(default=5, ge=1, description="Tries per request on 429/5xx.")
@@ -525,12 +518,5 @@ class LmsResource(dg.ConfigurableResource):
 def lms_resource(settings: LmsSettings) -> LmsResource:
     """The resource for the ``LMS_*`` settings; the password reaches runs as an ``EnvVar``."""
     return LmsResource(
-        api_url=settings.api_url,
-        username=settings.username,
-        password=secret_config("LMS_PASSWORD", settings.password),
-        org_path=settings.org_path,
-        page_size=settings.page_size,
-        max_pages=settings.max_pages,
-        max_response_mb=settings.max_response_mb,
-        student_id_field=settings.student_id_field,
+        **resource_config(settings), password=secret_config("LMS_PASSWORD", settings.password)
     )

@@ -48,7 +48,6 @@ from requests_oauthlib import OAuth1
 
 from resources.http import (
     DEFAULT_MAX_PAGES,
-    DEFAULT_MAX_RESPONSE_MB,
     MB,
     ApiError,
     HttpClient,
@@ -57,7 +56,12 @@ from resources.http import (
     reject_bad_text,
 )
 from resources.quarantine import validation_reason
-from resources.settings import StudipSettings, secret_config
+from resources.settings import (
+    StudipSettings,
+    resource_config,
+    secret_config,
+    setting_field,
+)
 
 SYSTEM = "Stud.IP"
 
@@ -811,49 +815,36 @@ class StudIPResource(dg.ConfigurableResource):
         default_factory=list,
         description="Usernames or user ids the crawl starts from (STUDIP_SEED_USERS).",
     )
-    semesters: list[str] = Field(
-        default_factory=lambda: ["current", "next"],
-        description="current, next, all, semester ids or titles (STUDIP_SEMESTERS).",
+    semesters: list[str] = setting_field(
+        "STUDIP_SEMESTERS", "current, next, all, semester ids or titles"
     )
-    concurrency: int = Field(default=8, ge=1, le=64, description="STUDIP_CONCURRENCY.")
-    student_id_field: str = Field(
-        default="Matrikelnummer",
-        description="The user datafield holding the matriculation number "
-        "(STUDIP_STUDENT_ID_FIELD).",
+    concurrency: int = setting_field("STUDIP_CONCURRENCY", "Requests in flight")
+    student_id_field: str = setting_field(
+        "STUDIP_STUDENT_ID_FIELD", "The user datafield holding the matriculation number"
     )
     page_size: int = Field(default=100, ge=1, description="Items requested per page.")
-    max_pages: int = Field(
-        default=DEFAULT_MAX_PAGES, ge=1, description="Pages per call at most (STUDIP_MAX_PAGES)."
+    max_pages: int = setting_field("STUDIP_MAX_PAGES", "Pages per call at most")
+    max_response_mb: int = setting_field(
+        "HUBSYNC_MAX_RESPONSE_MB", "Decoded size of a response at most"
     )
-    max_response_mb: int = Field(
-        default=DEFAULT_MAX_RESPONSE_MB,
-        ge=1,
-        description="Decoded size of a response at most (HUBSYNC_MAX_RESPONSE_MB).",
-    )
-    api_mode: Literal["auto", "jsonapi", "rest"] = Field(
-        default="auto",
-        description="auto: the JSON:API listing when /users/me answers as root, else the "
-        "classic crawl; jsonapi or rest force one (STUDIP_API_MODE).",
+    api_mode: Literal["auto", "jsonapi", "rest"] = setting_field(
+        "STUDIP_API_MODE",
+        "auto: the JSON:API listing when /users/me answers as root, else the classic crawl; "
+        "jsonapi or rest force one",
     )
     jsonapi_url: str = Field(
         default="", description="The JSON:API base .../jsonapi.php/v1 (STUDIP_JSONAPI_URL)."
     )
-    listing_page_size: int = Field(
-        default=500, ge=1, description="Items per JSON:API listing page (STUDIP_PAGE_SIZE)."
+    listing_page_size: int = setting_field("STUDIP_PAGE_SIZE", "Items per JSON:API listing page")
+    details_refresh_days: int = setting_field(
+        "STUDIP_DETAILS_REFRESH_DAYS",
+        "A listing's full sync re-reads the datafields and institutes of the users whose day "
+        "it is, so every user's once in N days",
     )
-    details_refresh_days: int = Field(
-        default=90,
-        ge=1,
-        le=3650,
-        description="A listing's full sync re-reads the datafields and institutes of the users "
-        "whose day it is, so every user's once in N days (STUDIP_DETAILS_REFRESH_DAYS).",
-    )
-    relist_every: int = Field(
-        default=1,
-        ge=1,
-        le=96,
-        description="In listing mode, an incremental sync lists on every N-th incremental sync "
-        "and crawls the users CO or the LMS changed in the others (STUDIP_RELIST_EVERY).",
+    relist_every: int = setting_field(
+        "STUDIP_RELIST_EVERY",
+        "In listing mode, an incremental sync lists on every N-th incremental sync and crawls "
+        "the users CO or the LMS changed in the others",
     )
     timeout_s: float = Field(default=60.0, gt=0, description="Read timeout per request.")
     retry_attempts: int = Field(
@@ -967,8 +958,7 @@ def studip_resource(settings: StudipSettings) -> StudIPResource:
 
     oauth = settings.oauth1
     return StudIPResource(
-        api_url=settings.api_url,
-        username=settings.username,
+        **resource_config(settings),
         password=secret_config("STUDIP_PASSWORD", settings.password),
         oauth_consumer_key=oauth.consumer_key if oauth else None,
         oauth_consumer_secret=(
@@ -978,15 +968,4 @@ def studip_resource(settings: StudipSettings) -> StudIPResource:
         oauth_token_secret=(
             secret_config("STUDIP_OAUTH_TOKEN_SECRET", oauth.token_secret) if oauth else None
         ),
-        seed_users=list(settings.seed_users),
-        semesters=list(settings.semesters),
-        concurrency=settings.concurrency,
-        max_pages=settings.max_pages,
-        max_response_mb=settings.max_response_mb,
-        student_id_field=settings.student_id_field,
-        api_mode=settings.api_mode,
-        jsonapi_url=settings.jsonapi_url,
-        listing_page_size=settings.page_size,
-        details_refresh_days=settings.details_refresh_days,
-        relist_every=settings.relist_every,
     )

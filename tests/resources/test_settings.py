@@ -1,6 +1,7 @@
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -12,6 +13,7 @@ from resources.settings import (
     PROJECT_ROOT,
     STUDIP_OAUTH_VARIABLES,
     VARIABLES,
+    VARIABLES_BY_NAME,
     ConfigError,
     load_settings,
     secret_config,
@@ -495,7 +497,7 @@ def test_limits_reach_the_clients() -> None:
 def test_studip_api_mode_and_the_jsonapi_url_beside_the_classic_one() -> None:
     real = {**REAL, "STUDIP_API_URL": "https://uni.example/studip/api.php"}
     studip = load_settings(real).studip
-    assert (studip.api_mode, studip.page_size) == ("auto", 500)
+    assert (studip.api_mode, studip.listing_page_size) == ("auto", 500)
     assert studip.jsonapi_url == "https://uni.example/studip/jsonapi.php/v1"
     env = {"STUDIP_API_MODE": "REST", "STUDIP_JSONAPI_URL": "https://x.example/jsonapi.php/v1"}
     studip = load_settings(env).studip
@@ -506,3 +508,71 @@ def test_studip_api_mode_and_the_jsonapi_url_beside_the_classic_one() -> None:
     assert "STUDIP_JSONAPI_URL must be an http(s) URL ending in /jsonapi.php/v1" in str(
         raised.value
     )
+
+
+def _resource_fields() -> dict[str, list[tuple[str, Any]]]:
+    """Setting name -> (resource class, field) of every resource field naming a setting."""
+    from resources.campusonline import CampusOnlineResource
+    from resources.hub import HubResource
+    from resources.lms import LmsResource
+    from resources.studip import StudIPResource
+    from resources.warehouse import WarehouseResource
+
+    found: dict[str, list[tuple[str, Any]]] = {}
+    for cls in (CampusOnlineResource, StudIPResource, LmsResource, HubResource, WarehouseResource):
+        for info in cls.model_fields.values():
+            named = re.search(r"\(([A-Z][A-Z0-9_]+)[,)]", info.description or "")
+            if named and named.group(1) in VARIABLES_BY_NAME:
+                found.setdefault(named.group(1), []).append((cls.__name__, info))
+    return found
+
+
+def test_resource_fields_take_their_default_and_bounds_from_the_one_declaration() -> None:
+    defaults = load_settings({})
+    fields = _resource_fields()
+    expected = {
+        "CO_PAGE_SIZE": 20000,
+        "STUDIP_PAGE_SIZE": 500,
+        "LMS_PAGE_SIZE": 10000,
+        "HUB_BATCH_SIZE": 500,
+        "HUBSYNC_MAX_RESPONSE_MB": 256,
+        "CO_TIMEZONE": "Europe/Vienna",
+        "STUDIP_SEMESTERS": ["current", "next"],
+        "HUB_ACK_TIMEOUT": 300.0,
+        "HUBSYNC_WAREHOUSE_MEMORY_MB": 512,
+    }
+    for name, value in expected.items():
+        assert fields[name] and all(info.default == value for _, info in fields[name]), name
+    for name, found in fields.items():
+        variable = VARIABLES_BY_NAME[name]
+        declared = {"Ge": variable.minimum, "Le": variable.maximum}
+        for owner, info in found:
+            if variable.secret or variable.default is None or info.is_required():
+                continue
+            bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in info.metadata}
+            assert bounds == {k: v for k, v in declared.items() if v is not None}, (owner, name)
+    assert defaults.co.page_size == 20000  # the settings read the same declaration
+
+
+def test_every_setting_reaches_its_resource_by_the_one_hand_off() -> None:
+    from resources.campusonline import campusonline_resource
+    from resources.studip import studip_resource
+    from resources.warehouse import WarehouseResource
+
+    env = {
+        "CO_PAGE_SIZE": "777", "CO_INCREMENTAL_THRESHOLD": "3", "CO_TIMEZONE": "Europe/Berlin",
+        "STUDIP_PAGE_SIZE": "333", "STUDIP_CONCURRENCY": "3", "STUDIP_RELIST_EVERY": "4",
+        "STUDIP_SEMESTERS": "all", "LMS_PAGE_SIZE": "555", "LMS_STUDENT_ID_FIELD": "Nr",
+        "HUB_BATCH_SIZE": "44", "HUB_POLL_INTERVAL": "0.5", "HUBSYNC_WAREHOUSE_MEMORY_MB": "256",
+    }  # fmt: skip
+    settings = load_settings(env)
+    co = campusonline_resource(settings.co)
+    studip = studip_resource(settings.studip)
+    lms = lms_resource(settings.lms)
+    hub = hub_resource(settings.hub)
+    warehouse = WarehouseResource.of(settings)
+    assert (co.page_size, co.incremental_threshold, co.timezone) == (777, 3, "Europe/Berlin")
+    assert (studip.listing_page_size, studip.concurrency, studip.relist_every) == (333, 3, 4)
+    assert studip.semesters == ["all"]
+    assert (lms.page_size, lms.student_id_field) == (555, "Nr")
+    assert (hub.batch_size, hub.poll_interval_s, warehouse.memory_mb) == (44, 0.5, 256)
