@@ -1,4 +1,4 @@
-"""DDL of the student graph's tables (migration "graph: …" in warehouse.py)."""
+"""DDL of the student graph's tables (the "graph: …" migrations in resources/warehouse.py)."""
 
 GRAPH_SCHEMA = """
 CREATE TABLE persons (

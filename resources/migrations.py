@@ -1,7 +1,7 @@
 """Schema migrations: named, append-only schema changes, and the one shape of every raw table.
 
 Each component declares its own (a source system in ``resources/<name>/schema.py``); the
-warehouse applies them in order (``resources.warehouse.migrations``).
+warehouse applies them in order (``resources.warehouse.all_migrations``).
 """
 
 import re

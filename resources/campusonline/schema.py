@@ -121,7 +121,7 @@ CO_CURRENT_BUILT = """
 CREATE TABLE co_current_built (built_from_key VARCHAR NOT NULL, base_key VARCHAR NOT NULL);
 """
 
-# Applied in order after the core migrations (resources.warehouse.migrations); append only.
+# Applied in order after the core migrations (resources.warehouse.all_migrations); append only.
 MIGRATIONS: list[Migration] = [
     Migration(
         "campusonline: raw pages, staging, current state and cursor",

@@ -1,4 +1,4 @@
-"""DDL of the HUB delivery tables (migration "hub: …" in warehouse.py).
+"""DDL of the HUB delivery tables (the "hub: …" migrations in resources/warehouse.py).
 
 ``hub_desired`` is what the HUB should hold (rebuilt from the student graph every sync),
 ``hub_state`` what it acknowledged; the diff of the two becomes ``hub_events``, grouped into

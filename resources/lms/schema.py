@@ -80,7 +80,7 @@ CREATE TABLE lms_learners (
 );
 """
 
-# Applied in order after the core migrations (resources.warehouse.migrations); append only.
+# Applied in order after the core migrations (resources.warehouse.all_migrations); append only.
 MIGRATIONS: list[Migration] = [
     Migration(
         "lms: raw registrations, watermarks, staging and current state",

@@ -4,7 +4,7 @@ and the current state merged from them (``studip_*``, with ``changed_in_sync``).
 
 from resources.migrations import Migration, raw_page_table_ddl
 
-# Applied in order after the core migrations (resources.warehouse.migrations); append only.
+# Applied in order after the core migrations (resources.warehouse.all_migrations); append only.
 MIGRATIONS: list[Migration] = [
     # Stud.IP (assets/studip/): raw pages, the crawl's staged records per sync key, and the
     # current state merged from them.
