@@ -45,7 +45,8 @@ class Variable:
     maximum: int | None = None
 
 
-MIN_WAREHOUSE_MEMORY_MB = 128  # below it, a single CO page's JSON does not fit
+# Below it CAMPUSonline staging cannot screen a page even row by row (it needs about 160 MB).
+MIN_WAREHOUSE_MEMORY_MB = 256
 
 VARIABLES: tuple[Variable, ...] = (
     Variable("HUBSYNC_WAREHOUSE", "data/warehouse.duckdb"),

@@ -461,7 +461,7 @@ def co_current_state(
         ).fetchone()
         if mode_row is None:
             raise dg.Failure(f"CAMPUSonline pages of {key} have not landed: run co_raw_pages first")
-        staged = stage_sync(conn, key, campusonline.zone)
+        staged = stage_sync(conn, key, campusonline.zone, memory_mb=warehouse.memory_mb)
         landed = {
             code: conn.execute(
                 "SELECT count(*), coalesce(sum(coalesce(body_bytes, length(body::VARCHAR))), 0) "

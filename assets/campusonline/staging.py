@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import annotated_types
 import duckdb
+import orjson
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
@@ -46,9 +47,9 @@ from resources.campusonline.schema import (
     STAGING_TABLES,
     row_hash_expression,
 )
-from resources.http import MAX_TEXT_CHARS, loads
+from resources.http import MAX_TEXT_CHARS, MB, gc_paused, loads
 from resources.quarantine import QUARANTINE_COLUMNS, quarantine, validation_reason
-from resources.warehouse import raw_page_bytes
+from resources.warehouse import DEFAULT_MEMORY_MB, raw_page_bytes
 
 # the shapes both sides accept (DuckDB's strptime reads CO_TIMESTAMP_FORMAT as Python's does)
 _TIMESTAMP_SHAPE = r"\d{2}\.\d{2}\.\d{4}T\d{2}:\d{2}:\d{2}"
@@ -203,16 +204,44 @@ RULES = {code: field_rules(SERVICES[code].model) for code in CODES}
 
 def _items_sql(service: CoService, row_shape: Any, pages: str = "TRUE") -> str:
     """The rows of the pages in ``co_page`` (those matching ``pages``), one per row: request_key,
-    page_nr, row_nr and the row as ``json_transform`` reads it with ``row_shape``."""
-    shape = json.dumps({"resource": [{"content": {service.row_key: row_shape}}]})
+    page_nr, row_nr and the row as ``json_transform`` reads it with ``row_shape``. A page is one
+    JSON document as received (``co_page``), or its rows one by one (``co_line``, see
+    ``row_lines``)."""
+    document = _quoted(json.dumps({"resource": [{"content": {service.row_key: row_shape}}]}))
+    row = _quoted(json.dumps(row_shape))
     return f"""
         SELECT request_key, page_nr, row_nr, item.content.{service.row_key} AS row
         FROM (SELECT request_key, page_nr,
                      unnest(doc.resource) AS item, generate_subscripts(doc.resource, 1) AS row_nr
-              FROM (SELECT request_key, page_nr,
-                           json_transform(decode(body), {_quoted(shape)}) AS doc
+              FROM (SELECT request_key, page_nr, json_transform(decode(body), {document}) AS doc
                     FROM co_page WHERE {pages}))
+        UNION ALL
+        SELECT request_key, page_nr, row_nr, json_transform(line, {row}) AS row
+        FROM co_line WHERE {pages}
     """
+
+
+def row_lines(service: CoService, body: bytes) -> list[str]:
+    """A raw page's rows as JSON texts, in page order (``null`` where a resource has no row under
+    the service's key), for a page too large to parse as one document: DuckDB parses each line
+    on its own, in vectors of a few thousand rows, however large the page. Costs about 15 ms
+    per MB in Python, so only such pages take this way."""
+    with gc_paused():
+        payload = loads(body)
+        resources = payload.get("resource") if isinstance(payload, dict) else None
+        lines = []
+        for item in resources if isinstance(resources, list) else []:
+            content = item.get("content") if isinstance(item, dict) else None
+            row = content.get(service.row_key) if isinstance(content, dict) else None
+            lines.append(_json_text(row))
+        return lines
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, which json keeps exactly
+        return json.dumps(value, ensure_ascii=False)
 
 
 def _screen_sql(service: CoService) -> str:
@@ -324,20 +353,36 @@ class StageCounts:
 
 
 STAGE_BATCH_BYTES = 16_000_000  # pages screened together, up to about this much JSON
+# DuckDB needs about ten times a page's size to parse it as one JSON document (a 36 MB page of
+# 20,000 students: between 350 and 400 MB), and cannot spill that to disk: a page beyond
+# memory / DOCUMENT_PARSE_FACTOR is split into rows first (``row_lines``).
+DOCUMENT_PARSE_FACTOR = 12
+LINES_PER_INSERT = 2048
 
 
-def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dict[str, StageCounts]:
-    """Validate every row of the key's raw pages into ``stg_co_*``; quarantine the bad ones."""
+def stage_sync(
+    conn: duckdb.DuckDBPyConnection,
+    key: str,
+    zone: ZoneInfo,
+    *,
+    memory_mb: int = DEFAULT_MEMORY_MB,
+) -> dict[str, StageCounts]:
+    """Validate every row of the key's raw pages into ``stg_co_*``; quarantine the bad ones.
+    ``memory_mb``: what DuckDB may hold (HUBSYNC_WAREHOUSE_MEMORY_MB)."""
     conn.execute("DELETE FROM quarantine WHERE source = 'co' AND sync_key = ?", [key])
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE co_page (request_key VARCHAR, page_nr INTEGER, body BLOB)"
+    )
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE co_line "
+        "(request_key VARCHAR, page_nr INTEGER, row_nr INTEGER, line VARCHAR)"
     )
     counts = {}
     for code in CODES:
         service = SERVICES[code]
         conn.execute(f"DELETE FROM {STAGING_TABLES[code]} WHERE sync_key = ?", [key])
         validated_in_python = sum(
-            _stage_pages(conn, key, service, zone, batch)
+            _stage_pages(conn, key, service, zone, batch, memory_mb * MB)
             for batch in _batches(raw_page_bytes(conn, RAW_TABLES[code], key))
         )
         quarantine_duplicates(conn, key, service)
@@ -351,6 +396,7 @@ def stage_sync(conn: duckdb.DuckDBPyConnection, key: str, zone: ZoneInfo) -> dic
         ).fetchall()[0]
         counts[code] = StageCounts(int(rows), int(quarantined), validated_in_python)
     conn.execute("DROP TABLE co_page")
+    conn.execute("DROP TABLE co_line")
     return counts
 
 
@@ -379,11 +425,28 @@ def _stage_pages(
     service: CoService,
     zone: ZoneInfo,
     pages: list[Page],
+    memory_bytes: int,
 ) -> int:
     """Screen pages in DuckDB, stage what passed and let pydantic explain the rest; return how
     many rows it explained."""
     conn.execute("DELETE FROM co_page")
-    conn.executemany("INSERT INTO co_page VALUES (?, ?, ?)", pages)
+    conn.execute("DELETE FROM co_line")
+    for request_key, page_nr, body in pages:
+        if len(body) * DOCUMENT_PARSE_FACTOR > memory_bytes:
+            lines = row_lines(service, body)
+            for start in range(0, len(lines), LINES_PER_INSERT):
+                conn.execute(
+                    "INSERT INTO co_line SELECT $key, $page, $start + "
+                    "generate_subscripts($lines, 1), unnest($lines)",
+                    {
+                        "key": request_key,
+                        "page": page_nr,
+                        "start": start,
+                        "lines": lines[start : start + LINES_PER_INSERT],
+                    },
+                )
+        else:
+            conn.execute("INSERT INTO co_page VALUES (?, ?, ?)", [request_key, page_nr, body])
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE co_screened AS {_screen_sql(service)}", {"zone": zone.key}
     )

@@ -5,6 +5,7 @@ same reason — and the rows CO really sends never need pydantic."""
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -82,10 +83,12 @@ def awkward_rows(code: str) -> Iterator[Any]:
 PAGE_ROWS = 100  # the awkward rows land on several pages, screened together
 
 
-def land(conn: duckdb.DuckDBPyConnection, code: str, rows: list[Any]) -> None:
+def land(
+    conn: duckdb.DuckDBPyConnection, code: str, rows: list[Any], page_rows: int = PAGE_ROWS
+) -> None:
     service = SERVICES[code]
-    for page_nr, start in enumerate(range(0, len(rows), PAGE_ROWS), start=1):
-        page = rows[start : start + PAGE_ROWS]
+    for page_nr, start in enumerate(range(0, len(rows), page_rows), start=1):
+        page = rows[start : start + page_rows]
         body = json.dumps(
             {
                 "type": "resources",
@@ -124,14 +127,17 @@ def _canonical(row: Any) -> str:
 
 
 @pytest.mark.parametrize("code", list(SERVICES))
+@pytest.mark.parametrize("memory_mb", [512, 0], ids=["one-document", "row-by-row"])
 def test_staging_gives_what_the_row_model_gives_for_every_awkward_row(
-    warehouse: WarehouseResource, code: str
+    warehouse: WarehouseResource, code: str, memory_mb: int
 ) -> None:
+    """Pages parsed as one document, and pages split into rows first (at memory_mb=0 every page
+    is too large for one document), stage and quarantine alike."""
     rows = list(awkward_rows(code))
     model = SERVICES[code].model
     with warehouse.connection() as conn:
         land(conn, code, rows)
-        counts = stage_sync(conn, KEY, VIENNA)[code]
+        counts = stage_sync(conn, KEY, VIENNA, memory_mb=memory_mb)[code]
         staged = staged_rows(conn, code)
         quarantined = sorted(
             (_canonical(json.loads(raw)), reason)
@@ -152,6 +158,21 @@ def test_staging_gives_what_the_row_model_gives_for_every_awkward_row(
     assert quarantined == expected_quarantined
     assert counts.rows == len(expected_staged) and counts.quarantined == len(quarantined)
     assert 0 < counts.rows_validated_in_python < len(rows)  # both paths ran
+
+
+def test_a_page_too_large_to_parse_as_one_document_is_staged_row_by_row(tmp_path: Path) -> None:
+    """DuckDB needs about ten times a page's size to parse it as one document and cannot spill
+    that: a large page (CO_PAGE_SIZE=40,000, or long rows) failed the sync with "Out of Memory"
+    at the warehouse's memory setting."""
+    id_field = SERVICES["students"].model.id_field
+    rows = [{**FULL_STUDENT, id_field: nr} for nr in range(12_000)]  # one page of 26 MB
+    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"), memory_mb=256)
+    with warehouse.connection() as conn:
+        land(conn, "students", rows, page_rows=len(rows))
+        with pytest.raises(duckdb.OutOfMemoryException):  # as one document, whatever it says
+            stage_sync(conn, KEY, VIENNA, memory_mb=100_000)
+        counts = stage_sync(conn, KEY, VIENNA, memory_mb=warehouse.memory_mb)["students"]
+    assert (counts.rows, counts.quarantined) == (len(rows), 0)
 
 
 @pytest.mark.parametrize("code", list(SERVICES))

@@ -384,8 +384,8 @@ INVALID_VALUES: dict[str, list[tuple[str, str]]] = {
     "HUBSYNC_FULL_SYNC_CRON": [("61 * * * *", "must be a 5-field cron expression")],
     "HUBSYNC_KEEP_DAYS": [("ninety", "must be a positive integer")],
     "HUBSYNC_WAREHOUSE_MEMORY_MB": [
-        ("100", "must be an integer of at least 128"),
-        ("1GB", "must be an integer of at least 128"),
+        ("200", "must be an integer of at least 256"),
+        ("1GB", "must be an integer of at least 256"),
     ],
     "CO_API_URL": [
         ("http://campus.example.org:99999", "must be an http(s) URL with a host"),

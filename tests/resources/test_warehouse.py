@@ -370,17 +370,17 @@ def test_duckdb_keeps_to_the_memory_setting_and_spills_beyond_it(warehouse_path:
     from resources.warehouse import transaction
 
     settings = load_settings(
-        {"HUBSYNC_WAREHOUSE": str(warehouse_path), "HUBSYNC_WAREHOUSE_MEMORY_MB": "128"}
+        {"HUBSYNC_WAREHOUSE": str(warehouse_path), "HUBSYNC_WAREHOUSE_MEMORY_MB": "256"}
     )
     warehouse = WarehouseResource.of(settings)
-    assert warehouse.memory_mb == 128
+    assert warehouse.memory_mb == 256
     with warehouse.connection() as conn:
         (limit,) = conn.execute("SELECT current_setting('memory_limit')").fetchone() or ("",)
-        assert limit == "122.0 MiB"  # 128 MB
+        assert limit == "244.1 MiB"  # 256 MB
         with transaction(conn):
             conn.execute(
-                "CREATE TABLE big AS SELECT i, repeat(md5(i::VARCHAR), 8) AS s "
-                "FROM range(1000000) t(i)"  # 256 MB of strings, one transaction
+                "CREATE TABLE big AS SELECT i, repeat(md5(i::VARCHAR), 16) AS s "
+                "FROM range(1000000) t(i)"  # 512 MB of strings, one transaction
             )
         assert conn.execute("SELECT count(DISTINCT s) FROM big").fetchone() == (1000000,)
     assert WarehouseResource(path=str(warehouse_path)).memory_mb == 512  # the default
