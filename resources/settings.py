@@ -173,11 +173,11 @@ class StudipSettings:
     student_id_field: str  # the user datafield holding the matriculation number
     max_pages: int  # per call: more means the paging does not end
     max_response_mb: int  # decoded size of one response at most
-    api_mode: str = "auto"  # auto | jsonapi | rest
-    jsonapi_url: str = ""  # the JSON:API base, .../jsonapi.php/v1
-    listing_page_size: int = 500  # items per JSON:API listing page
-    details_refresh_days: int = 90  # a listing re-reads every user's details once in N days
-    relist_every: int = 1  # incremental syncs list on every N-th one, crawl in between
+    api_mode: str  # auto | jsonapi | rest
+    jsonapi_url: str  # the JSON:API base, .../jsonapi.php/v1
+    listing_page_size: int  # items per JSON:API listing page
+    details_refresh_days: int  # a listing re-reads every user's details once in N days
+    relist_every: int  # incremental syncs list on every N-th one, crawl in between
 
 
 STUDIP_API_MODES = ("auto", "jsonapi", "rest")
