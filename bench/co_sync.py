@@ -2,22 +2,26 @@
 
     .venv/bin/python bench/co_sync.py --students 20000
     .venv/bin/python bench/co_sync.py --students 20000 --page-size 2000
+    .venv/bin/python bench/co_sync.py --students 30000 --memory-mb 256
 
 The sandbox runs as a subprocess (``hubsync sandbox``), so the peak RSS reported is the sync's
-own. Prints one JSON object and writes it to bench/results/co_sync-<N>-<page size>.json.
+own; ``peak_rss_mb_by_step`` pins the full sync's peak to its steps (sampled every 50 ms).
+``--memory-mb`` is HUBSYNC_WAREHOUSE_MEMORY_MB. Prints one JSON object and writes it to
+bench/results/co_sync-<N>-<page size>.json.
 """
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import harness
 import requests
 
 from assets.campusonline import co_current_state, co_raw_pages
@@ -28,10 +32,6 @@ from resources.warehouse import WarehouseResource
 sync_summary = build_sync_summary([co_raw_pages, co_current_state])
 RESULTS = Path(__file__).resolve().parent / "results"
 PORT_BASE = 18701
-
-
-def peak_rss_mb() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def wait_for(url: str, timeout_s: float = 300) -> None:
@@ -45,24 +45,47 @@ def wait_for(url: str, timeout_s: float = 300) -> None:
     raise TimeoutError(url)
 
 
+def step_peaks(
+    instance: dg.DagsterInstance, run_id: str, sampler: harness.RssSampler
+) -> dict[str, float]:
+    """The highest resident set sampled while each step of the run ran."""
+    started: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            started[event.step_key] = entry.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            peak = sampler.peak_between(started.get(event.step_key, 0.0), entry.timestamp)
+            if peak is not None:
+                peaks[event.step_key] = peak
+    return peaks
+
+
 def run_sync(
     instance: dg.DagsterInstance, resources: dict, key: str
-) -> tuple[float, dict[str, float]]:
-
+) -> tuple[float, dict[str, Any]]:
     instance.add_dynamic_partitions("sync_runs", [key])
     started = time.perf_counter()
-    result = dg.materialize(
-        [sync_run, co_raw_pages, co_current_state, sync_summary],
-        partition_key=key,
-        instance=instance,
-        resources=resources,
-    )
+    with harness.RssSampler(interval_s=0.05) as sampler:
+        result = dg.materialize(
+            [sync_run, co_raw_pages, co_current_state, sync_summary],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+        )
     elapsed = round(time.perf_counter() - started, 2)
     raw = result.asset_materializations_for_node("co_raw_pages")[0].metadata
     numbers = {
         name: raw[name].value
         for name in ("pages", "records", "requests", "bytes", "duration_s", "changed_students")
     }
+    numbers["co_current_state_s"] = (
+        result.asset_materializations_for_node("co_current_state")[0].metadata["duration_s"].value
+    )
+    numbers["peak_rss_mb_by_step"] = step_peaks(instance, result.run_id, sampler)
     return elapsed, numbers
 
 
@@ -70,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--students", type=int, default=20000)
     parser.add_argument("--page-size", type=int, default=20000)
+    parser.add_argument("--memory-mb", type=int, default=None, help="HUBSYNC_WAREHOUSE_MEMORY_MB")
     args = parser.parse_args()
 
     sandbox = subprocess.Popen(
@@ -83,7 +107,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             os.environ["DAGSTER_HOME"] = folder
             resources = {
-                "warehouse": WarehouseResource(path=f"{folder}/warehouse.duckdb"),
+                "warehouse": WarehouseResource(
+                    path=f"{folder}/warehouse.duckdb",
+                    **({"memory_mb": args.memory_mb} if args.memory_mb else {}),
+                ),
                 "campusonline": CampusOnlineResource(
                     api_url=base,
                     client_id="hubsync",
@@ -103,11 +130,12 @@ def main() -> None:
         "benchmark": "co_sync",
         "students": args.students,
         "page_size": args.page_size,
+        "warehouse_memory_mb": resources["warehouse"].memory_mb,
         "full_sync_s": full_s,
         "full": full,
         "incremental_sync_s": incr_s,
         "incremental": incremental,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": harness.peak_rss_mb(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"co_sync-{args.students}-{args.page_size}.json").write_text(
