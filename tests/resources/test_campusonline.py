@@ -438,7 +438,7 @@ def test_the_broken_byte_is_stripped_before_parsing() -> None:
     responses.get(STUDENTS_URL, body=text.encode("utf-8"), content_type="application/json")
     (page,) = make_client().pages(STUDENTS)
     assert page.rows[0]["NOTE"] == "Datensatz aus Altsystem"
-    assert "\x18" not in page.body
+    assert b"\x18" not in page.body
     assert json.loads(page.body)["resource"][0]["content"]["DMSStudents"]["STPERSONNR"] == 1
 
 
