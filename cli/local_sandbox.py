@@ -8,8 +8,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from cli.reachability import systems
 from resources.settings import VARIABLES_BY_NAME
+from resources.sources import url_variables
 
 
 def sandbox_state_dir(warehouse_path: Path) -> Path:
@@ -45,10 +45,10 @@ def sandbox_environment(urls: Mapping[str, str]) -> dict[str, str]:
     leaves the environment (and ``Settings.uses_sandbox``) untouched.
     """
     env = {}
-    for system in systems():
-        url = urls[system.code].rstrip("/")
-        if url != VARIABLES_BY_NAME[system.variable].default:
-            env[system.variable] = url
+    for code, variable in url_variables().items():
+        url = urls[code].rstrip("/")
+        if url != VARIABLES_BY_NAME[variable].default:
+            env[variable] = url
     return env
 
 

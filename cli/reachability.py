@@ -26,7 +26,7 @@ class System:
     variable: str  # the setting holding its URL
 
 
-HUB = System("hub", "HUB", "HUB_API_URL")
+HUB = System(sources.HUB_CODE, "HUB", sources.HUB_URL_VARIABLE)
 
 
 def systems() -> list[System]:
@@ -55,11 +55,8 @@ def unreachable_message(settings: Settings, codes: Sequence[str]) -> str | None:
     """One line naming the systems among ``codes`` that do not answer, and what to do; None
     when all of them answer."""
     by_code = {system.code: system for system in systems()}
-    down = [
-        (by_code[code], api_url(settings, code))
-        for code in codes
-        if not answers(api_url(settings, code))
-    ]
+    urls = {code: api_url(settings, code) for code in codes}
+    down = [(by_code[code], url) for code, url in urls.items() if not answers(url)]
     if not down:
         return None
     listed = ", ".join(f"{system.name} at {safe_url(url)}" for system, url in down)

@@ -32,13 +32,13 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NameResolutionError
 
-from resources.settings import VARIABLES_BY_NAME
+from resources.settings import setting_default
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MB = 1024 * 1024
 # For clients made directly; resources take their settings (the same defaults).
-DEFAULT_MAX_RESPONSE_MB = int(VARIABLES_BY_NAME["HUBSYNC_MAX_RESPONSE_MB"].default or 0)
-DEFAULT_MAX_PAGES = int(VARIABLES_BY_NAME["CO_MAX_PAGES"].default or 0)  # each *_MAX_PAGES
+DEFAULT_MAX_RESPONSE_MB: int = setting_default("HUBSYNC_MAX_RESPONSE_MB")
+DEFAULT_MAX_PAGES: int = setting_default("CO_MAX_PAGES")  # each *_MAX_PAGES
 # Bytes read from the socket at a time. urllib3 decodes at most this much per read, so a
 # compressed body cannot balloon in memory between two checks of the limit.
 READ_CHUNK_BYTES = 64 * 1024
@@ -267,18 +267,16 @@ class HttpClient:
             body_excerpt(response),
         )
 
-    def json(
-        self, response: requests.Response, *, clean: Callable[[bytes], bytes] | None = None
-    ) -> Any:
-        """The response body as JSON, or an :class:`ApiError` naming the URL."""
+    def json(self, response: requests.Response, *, content: bytes | None = None) -> Any:
+        """The response body as JSON, or an :class:`ApiError` naming the URL. ``content``: the
+        body as the caller cleaned it, parsed instead of the response's own."""
         started = time.perf_counter()
         try:
-            return self._json(response, clean)
+            return self._json(response, response.content if content is None else content)
         finally:
             self.stats.record_parse(time.perf_counter() - started)
 
-    def _json(self, response: requests.Response, clean: Callable[[bytes], bytes] | None) -> Any:
-        content = clean(response.content) if clean else response.content
+    def _json(self, response: requests.Response, content: bytes) -> Any:
         try:
             if len(content) < LARGE_BODY_BYTES:
                 return orjson.loads(content)

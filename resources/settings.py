@@ -483,17 +483,16 @@ def is_loopback(host: str) -> bool:
 
 
 def api_url_variables() -> list[str]:
-    """The settings naming each system's URL: every source system's (resources.sources) and
-    the HUB's. Setting any of them means "talk to real systems": the CLI then does not start
-    the sandbox."""
-    return [*(system.url_variable for system in sources.SOURCE_SYSTEMS), "HUB_API_URL"]
+    """The settings naming each system's URL (``sources.url_variables``). Setting any of them
+    means "talk to real systems": the CLI then does not start the sandbox."""
+    return list(sources.url_variables().values())
 
 
 def _real_system_errors(settings: Settings, env: Mapping[str, str]) -> list[str]:
     """Problems of a configuration that mixes real systems (a URL naming another machine) with
     sandbox settings, or sends to another machine over plain http."""
     urls = {s.url_variable: s.api_url(settings) for s in sources.SOURCE_SYSTEMS}
-    urls["HUB_API_URL"] = settings.hub.api_url
+    urls[sources.HUB_URL_VARIABLE] = settings.hub.api_url
     real = [name for name, url in urls.items() if not is_loopback(urlsplit(url).hostname or "")]
     errors = []
     unset = [name for name in api_url_variables() if not _is_set(env, name)]
@@ -613,6 +612,12 @@ def _defaults() -> Mapping[str, Any]:
     return read.values
 
 
+def setting_default(name: str) -> Any:
+    """The default of the setting ``name``, typed as the settings read it (``512``, not
+    ``"512"``): for code that needs it without reading the environment."""
+    return _defaults()[name]
+
+
 def _plain(value: Any) -> Any:
     """A settings value as resource config takes it."""
     if isinstance(value, ZoneInfo):
@@ -633,7 +638,7 @@ def setting_field(name: str, description: str) -> Any:
         raise ValueError(f"{name} has no default to give a resource field")
     bounds = {"ge": variable.minimum, "le": variable.maximum}
     return Field(
-        default=_plain(_defaults()[name]),
+        default=_plain(setting_default(name)),
         description=f"{description} ({name}).",
         **{key: bound for key, bound in bounds.items() if bound is not None},
     )

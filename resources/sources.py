@@ -97,3 +97,11 @@ def source_system(code: str) -> SourceSystem:
 
 def source_codes() -> list[str]:
     return [system.code for system in SOURCE_SYSTEMS]
+
+
+HUB_CODE, HUB_URL_VARIABLE = "hub", "HUB_API_URL"
+
+
+def url_variables() -> dict[str, str]:
+    """code -> the setting naming that system's URL: every source system's, then the HUB's."""
+    return {**{s.code: s.url_variable for s in SOURCE_SYSTEMS}, HUB_CODE: HUB_URL_VARIABLE}

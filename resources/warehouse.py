@@ -35,14 +35,14 @@ from resources.hub.schema import (
 )
 from resources.migrations import Migration, check_raw_table_name
 from resources.private_files import make_new_files_private
-from resources.settings import VARIABLES_BY_NAME, Settings, setting_field
+from resources.settings import Settings, setting_default, setting_field
 
 
 class WarehouseError(RuntimeError):
     """The warehouse cannot be opened or used; the message names the file and the reason."""
 
 
-DEFAULT_MEMORY_MB = int(VARIABLES_BY_NAME["HUBSYNC_WAREHOUSE_MEMORY_MB"].default or 0)
+DEFAULT_MEMORY_MB: int = setting_default("HUBSYNC_WAREHOUSE_MEMORY_MB")
 
 # Applied in list order, each in its own transaction; applied names are recorded in
 # schema_migrations. Append new migrations at the end; never edit or rename an applied one.

@@ -41,12 +41,7 @@ HUB_SERVER = "sandbox.hub:HubServer"
 def server_classes() -> dict[str, str]:
     """code -> module:class of each simulated system: hubsync's source systems in registry
     order (ports 8701, 8702, …), then the HUB."""
-    return {**{s.code: s.sandbox for s in sources.SOURCE_SYSTEMS}, "hub": HUB_SERVER}
-
-
-def url_variables() -> dict[str, str]:
-    """code -> the setting that points hubsync at that system."""
-    return {**{s.code: s.url_variable for s in sources.SOURCE_SYSTEMS}, "hub": "HUB_API_URL"}
+    return {**{s.code: s.sandbox for s in sources.SOURCE_SYSTEMS}, sources.HUB_CODE: HUB_SERVER}
 
 
 class Sandbox:
@@ -106,7 +101,7 @@ class Sandbox:
     @property
     def env(self) -> dict[str, str]:
         """The environment variables that point hubsync at this sandbox."""
-        names = url_variables()
+        names = sources.url_variables()
         return {names[system]: url for system, url in self.urls.items()}
 
     def start(self) -> None:

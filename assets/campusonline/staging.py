@@ -245,8 +245,8 @@ def _json_text(value: Any) -> str:
 
 
 def _screen_sql(service: CoService) -> str:
-    """The rows of the pages in ``co_page`` as request_key, page_nr, row_nr, ``passed`` and the
-    typed columns. Each field is read as its JSON text (``f.<name>``); a row that is no object
+    """The rows of ``_items_sql`` as request_key, page_nr, row_nr, ``passed`` and the typed
+    columns. Each field is read as its JSON text (``f.<name>``); a row that is no object
     has every field NULL, and every model has a required field."""
     fields = {rule.name: "JSON" for rule in RULES[service.code]}
     screens = " AND ".join(_screen(rule) for rule in RULES[service.code])
@@ -259,8 +259,8 @@ def _screen_sql(service: CoService) -> str:
 
 
 def _unscreened_rows_sql(service: CoService) -> str:
-    """(request_key, page_nr, row_nr, JSON text) of the rows in ``co_page`` the screen did not
-    pass (one more parse of their pages, however many rows)."""
+    """(request_key, page_nr, row_nr, JSON text) of the rows the screen did not pass (one more
+    parse of their pages, or of their lines, however many rows)."""
     failed = "FROM co_screened WHERE NOT passed"
     pages = f"(request_key, page_nr) IN (SELECT (request_key, page_nr) {failed})"
     return f"""

@@ -465,9 +465,9 @@ class CampusOnlineClient:
         fetched_at = datetime.now(UTC)
         if response.status_code != 200:
             raise self.http.error(response, _error_message(response))
-        body = _utf8(response.content.replace(BROKEN_BYTE, b""))
         # CO sometimes emits a raw U+0018 inside strings, which is not valid JSON.
-        payload = self.http.json(response, clean=lambda _: body)
+        body = _utf8(response.content.replace(BROKEN_BYTE, b""))
+        payload = self.http.json(response, content=body)
         try:
             rows = envelope_rows(payload)
         except ValueError as exc:

@@ -74,7 +74,7 @@ def test_invalid_json_names_the_url(client: HttpClient) -> None:
     response = client.request("GET", "/page?PageNr=2")
     with pytest.raises(ApiError, match=r"GET https://api.example.test/base/page -> 200: .*JSON"):
         client.json(response)
-    assert client.json(response, clean=lambda b: b + b"]}") == {"resource": []}
+    assert client.json(response, content=response.content + b"]}") == {"resource": []}
 
 
 def test_safe_url_drops_query_and_credentials() -> None:
