@@ -110,7 +110,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("HUB_BATCH_SIZE", "500", minimum=1),
     Variable("HUB_MAX_DELETE_SHARE", "0.10"),
     Variable("HUB_ACK_TIMEOUT", "300"),
-    Variable("HUB_POLL_INTERVAL", "0.25"),
+    Variable("HUB_POLL_INTERVAL", "0.1"),
     Variable("HUB_MESSAGE_MAX_AGE", "86400"),
 )
 VARIABLES_BY_NAME: Mapping[str, Variable] = {v.name: v for v in VARIABLES}
