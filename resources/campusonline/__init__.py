@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar
@@ -410,16 +411,18 @@ class CampusOnlineClient:
         last_sync: datetime | None = None,
         only_inactive: bool = False,
     ) -> Iterator[CoPage]:
-        """Every page of one call, fetched lazily; ends after the first short page.
+        """Every page of one call; ends after the first short page.
+
+        While the caller lands a full page, the next one is already being fetched: CO then
+        builds page N+1 while we compress and store page N, instead of each waiting for the
+        other. There is still one request in flight at a time, and no request more than
+        without: the next page is asked for only once this one is known to be full.
 
         A page that repeats an earlier one (a server ignoring ``PageNr``) or more than
         ``max_pages`` pages (``CO_MAX_PAGES``) mean the paging would never end: ``ApiError``.
         """
-        page_nr = 1
-        earlier: dict[bytes, int] = {}  # digest of each full page's row ids -> its number
-        while True:
-            if page_nr > self.max_pages:
-                raise self._endless(service, f"more than {self.max_pages} pages (CO_MAX_PAGES)")
+
+        def fetch(page_nr: int) -> CoPage:
             params = self.query(
                 service,
                 filter=filter,
@@ -428,15 +431,28 @@ class CampusOnlineClient:
                 page_nr=page_nr,
             )
             with page_errors(f"page {page_nr}"):
-                page = self._page(service, page_nr, params)
-            if len(page.rows) < self.page_size:
-                yield page
-                return
-            first = earlier.setdefault(_row_ids_digest(service, page.rows), page_nr)
-            if first != page_nr:
-                raise self._endless(service, f"page {page_nr} repeats page {first}")
-            yield page
-            page_nr += 1
+                return self._page(service, page_nr, params)
+
+        earlier: dict[bytes, int] = {}  # digest of each full page's row ids -> its number
+        with ThreadPoolExecutor(1, thread_name_prefix="co-next-page") as pool:
+            coming: Future[CoPage] | None = pool.submit(fetch, 1)
+            try:
+                while coming is not None:
+                    page = coming.result()
+                    coming = None
+                    if len(page.rows) < self.page_size:
+                        yield page
+                        return
+                    first = earlier.setdefault(_row_ids_digest(service, page.rows), page.page_nr)
+                    if first != page.page_nr:
+                        raise self._endless(service, f"page {page.page_nr} repeats page {first}")
+                    if page.page_nr < self.max_pages:
+                        coming = pool.submit(fetch, page.page_nr + 1)
+                    yield page
+                raise self._endless(service, f"more than {self.max_pages} pages (CO_MAX_PAGES)")
+            finally:
+                if coming is not None:
+                    coming.cancel()  # leaving the block waits for one already under way
 
     def _endless(self, service: CoService, why: str) -> ApiError:
         return ApiError(

@@ -1,4 +1,5 @@
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -180,6 +181,12 @@ def query_of(call: Any) -> list[tuple[str, str]]:
 
 def data_calls() -> list[Any]:
     return [c for c in responses.calls if "/pl/rest/" in c.request.url]
+
+
+def wait_for_data_calls(count: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(data_calls()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 # -- timestamps (reference §5) -----------------------------------------------------------------
@@ -427,6 +434,32 @@ def test_an_exactly_full_last_page_costs_one_empty_page() -> None:
     responses.get(APPLICANTS_URL, json=envelope("DMSApplicants", []))
     pages = list(make_client(page_size=2).pages(APPLICATIONS))
     assert [len(p.rows) for p in pages] == [2, 2, 0]
+
+
+@responses.activate
+def test_the_next_page_is_fetched_while_the_caller_lands_a_full_one() -> None:
+    add_token()
+    responses.get(STUDENTS_URL, json=students_page(2, start=1))
+    responses.get(STUDENTS_URL, json=students_page(1, start=3))
+    pages = make_client(page_size=2).pages(STUDENTS)
+    first = next(pages)
+    wait_for_data_calls(2)  # the caller is still busy with page 1
+    assert [dict(query_of(c))["PageNr"] for c in data_calls()] == ["1", "2"]
+    assert [first.page_nr, *(p.page_nr for p in pages)] == [1, 2]
+    assert len(data_calls()) == 2  # nothing asked for beyond the short page
+
+
+@responses.activate
+def test_a_caller_that_stops_early_leaves_no_request_behind() -> None:
+    add_token()
+    for start in (1, 3, 5):
+        responses.get(STUDENTS_URL, json=students_page(2, start=start))
+    pages = make_client(page_size=2).pages(STUDENTS)
+    next(pages)
+    wait_for_data_calls(2)
+    pages.close()  # page 2 was under way: nothing is asked for after it
+    time.sleep(0.05)
+    assert [dict(query_of(c))["PageNr"] for c in data_calls()] == ["1", "2"]
 
 
 @responses.activate
