@@ -51,8 +51,9 @@ CREATE TABLE hub_batches (
     objects INTEGER NOT NULL,
     envelope JSON NOT NULL,            -- the exact text posted, stored before posting
     bytes INTEGER NOT NULL,
-    status VARCHAR NOT NULL,           -- pending | posting | sent | acknowledged | unknown |
-                                       -- not_arrived | rejected | superseded | forgotten
+    status VARCHAR NOT NULL,           -- building | pending | posting | sent | acknowledged |
+                                       -- unknown | not_arrived | rejected | superseded |
+                                       -- forgotten
     message_id VARCHAR,
     http_status INTEGER,
     http_body VARCHAR,                 -- the HUB's answer when it refused or failed

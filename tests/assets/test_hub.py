@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.hub import HUB_ASSETS, HUB_CHECKS
+from assets.hub import HUB_ASSETS, HUB_CHECKS, payload
 from assets.hub.diff import PHASES, Change, compute_diff, read_diff
 from assets.hub.payload import MAX_BATCH_BYTES, envelope_text, iter_batches
 from resources.hub import HubClient, HubResource
@@ -317,6 +317,52 @@ def test_a_slow_hub_leaves_batches_pending_for_later(sandbox, warehouse, sync) -
     assert sandbox.hub.state_snapshot() == expected
     sync("full-20261123T120000Z")
     assert batches(warehouse, "full-20261123T120000Z") == []
+    assert duplicate_entity_inserts(warehouse) == 0
+
+
+class DiedBuilding(Exception):
+    pass
+
+
+def test_a_payload_build_that_dies_half_way_sends_nothing_and_is_replaced(
+    sandbox, warehouse, sync, monkeypatch
+) -> None:
+    """Chunks are committed as they are written (one transaction held every uncommitted row
+    in memory), as ``building`` batches: a build that dies leaves those, never sent, and the
+    next build deletes them."""
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    monkeypatch.setattr(payload, "STORE_CHUNK", 100)
+    real_insert = payload._insert_rows
+    inserts = {"n": 0}
+
+    def insert_then_die(conn, table, *args):
+        inserts["n"] += 1
+        if inserts["n"] == 5:  # the third chunk's batches: two chunks are committed
+            raise DiedBuilding
+        real_insert(conn, table, *args)
+
+    monkeypatch.setattr(payload, "_insert_rows", insert_then_die)
+    failed = sync("full-20261123T100000Z", raise_on_error=False)
+    assert not failed.success
+    left = batches(warehouse, "full-20261123T100000Z")
+    assert left and {status for *_, status in left} == {"building"}
+    assert sandbox.hub.messages() == []
+
+    monkeypatch.setattr(payload, "_insert_rows", real_insert)
+    sync("full-20261123T110000Z")
+    assert sandbox.hub.state_snapshot() == expected
+    assert batches(warehouse, "full-20261123T100000Z") == []
+    with warehouse.connection() as conn:
+        statuses = dict(
+            conn.execute("SELECT status, count(*) FROM hub_batches GROUP BY ALL").fetchall()
+        )
+        orphans = conn.execute(
+            "SELECT count(*) FROM hub_events e WHERE NOT EXISTS (SELECT 1 FROM hub_batches b "
+            "WHERE b.sync_key = e.sync_key AND b.batch_no = e.batch_no)"
+        ).fetchone()
+    assert statuses == {"acknowledged": statuses["acknowledged"]}
+    assert orphans == (0,)
     assert duplicate_entity_inserts(warehouse) == 0
 
 
