@@ -612,8 +612,9 @@ def build_hub_desired(
         conn.execute(DESIRED_COURSES_SQL)
         conn.execute(DESIRED_LMS_SQL)
         cleaned = clean_hub_desired(conn)
-        conn.execute(BLOCKED_DESIRED_SQL)
         (blocked,) = conn.execute("SELECT count(*) FROM person_blocks").fetchone() or (0,)
+        if blocked:  # else it changes nothing, after reading every link's JSON twice
+            conn.execute(BLOCKED_DESIRED_SQL)
         unsendable = dict(
             conn.execute(
                 "SELECT person_key, reason FROM g_users WHERE reason IS NOT NULL"
