@@ -11,6 +11,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -176,16 +177,10 @@ def store_batches(
 
     batch_select = BATCH_SELECT.format(status=BUILDING if building else "pending")
 
-    def insert() -> None:
-        _insert_rows(conn, "hub_batches", BATCH_COLUMNS, batch_rows, batch_select)
-        _insert_rows(conn, "hub_events", EVENT_COLUMNS, event_rows, EVENT_SELECT)
-
     def flush() -> None:
-        if building:
-            with transaction(conn):
-                insert()
-        else:
-            insert()
+        with transaction(conn) if building else nullcontext():
+            _insert_rows(conn, "hub_batches", BATCH_COLUMNS, batch_rows, batch_select)
+            _insert_rows(conn, "hub_events", EVENT_COLUMNS, event_rows, EVENT_SELECT)
         batch_rows.clear()
         event_rows.clear()
 
@@ -276,19 +271,14 @@ def _insert_rows(
 def _supersede_unsent(conn: duckdb.DuckDBPyConnection, sync_key: str) -> int:
     """Unsent batches are recomputed: this key's are dropped, older keys' marked superseded,
     and those an interrupted build left ``building`` (of any key) dropped."""
-    dropped = [(sync_key, "pending")] + [
-        (key, BUILDING)
-        for (key,) in conn.execute(
-            "SELECT DISTINCT sync_key FROM hub_batches WHERE status = ?", [BUILDING]
-        ).fetchall()
-    ]
-    for key, status in dropped:
-        conn.execute(
-            "DELETE FROM hub_events WHERE sync_key = ? AND batch_no IN (SELECT batch_no "
-            "FROM hub_batches WHERE sync_key = ? AND status = ?)",
-            [key, key, status],
-        )
-        conn.execute("DELETE FROM hub_batches WHERE sync_key = ? AND status = ?", [key, status])
+    dropped = "(b.sync_key = $key AND b.status = 'pending') OR b.status = $building"
+    params = {"key": sync_key, "building": BUILDING}
+    conn.execute(
+        f"DELETE FROM hub_events e USING hub_batches b WHERE b.sync_key = e.sync_key "
+        f"AND b.batch_no = e.batch_no AND ({dropped})",
+        params,
+    )
+    conn.execute(f"DELETE FROM hub_batches b WHERE {dropped}", params)
     row = conn.execute("SELECT count(*) FROM hub_batches WHERE status = 'pending'").fetchall()[0]
     conn.execute("UPDATE hub_batches SET status = 'superseded' WHERE status = 'pending'")
     return int(row[0]) if row else 0
