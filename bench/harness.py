@@ -101,6 +101,11 @@ class SandboxProcess:
     def peak_rss_mb(self) -> float | None:
         return process_peak_rss_mb(self.process.pid)
 
+    def route_counts(self, system: str) -> dict[str, int]:
+        """API requests ``system`` served per route pattern (admin routes excluded)."""
+        counts = self.admin(system, "GET", "requests")["counts"]
+        return {route: n for route, n in sorted(counts.items()) if " /_sandbox/" not in route}
+
     def request_counts(self) -> dict[str, int]:
         """API requests served per system (admin routes excluded)."""
         return {

@@ -112,6 +112,7 @@ def main() -> None:
             sync = harness.run_sync_here(env, args.then, key, sys.stderr)
             end_to_end = round(time.perf_counter() - started, 2)
             served = sandbox.request_counts()
+            studip_routes = sandbox.route_counts("studip")
         mode = effective_mode(warehouse, key)
 
     changes = sum(step["counts"].values())
@@ -130,6 +131,7 @@ def main() -> None:
         "stages": harness.stages(sync),
         "studip": studip_numbers(sync),
         "requests_served": served,
+        "studip_requests_by_route": studip_routes,
         "requests_per_change": round(requests_served / changes, 2) if changes else None,
         "events": sync.number("hub_payload", "events"),
         "batches_posted": sync.number("hub_delivery", "batches_posted"),
