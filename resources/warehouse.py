@@ -25,6 +25,7 @@ import duckdb
 from pydantic import Field
 
 from resources import sources
+from resources.graph_changes import GRAPH_CHANGES_SCHEMA
 from resources.graph_schema import GRAPH_CONFLICTS_SCHEMA, GRAPH_SCHEMA, GRAPH_VIEWS
 from resources.hub.schema import (
     HUB_REFUSALS_SCHEMA,
@@ -94,6 +95,7 @@ SHARED_MIGRATIONS: list[Migration] = [
         );
         """,
     ),
+    Migration("graph: changes awaiting the next hub_desired build", GRAPH_CHANGES_SCHEMA),
 ]
 
 

@@ -33,6 +33,7 @@ from resources.campusonline.schema import (
     RECORD_TYPES,
     STAGING_TABLES,
 )
+from resources.graph_changes import note_changes, note_rebuild
 from resources.warehouse import PageWriter, WarehouseResource, transaction
 
 GROUP = "campusonline"
@@ -306,7 +307,22 @@ def rebuild_current_state(
         "(SELECT sync_key FROM co_chain ORDER BY sync_started_at LIMIT 1)",
         {"key": key},
     )
+    _note_graph_changes(conn, key)
     return build, counts
+
+
+def _note_graph_changes(conn: duckdb.DuckDBPyConnection, key: str) -> None:
+    """Tell the next ``hub_desired`` build which students changed (a student removed changes
+    its person, which ``persons`` notes); after a full sync it rebuilds everything."""
+    full = conn.execute("SELECT is_full FROM co_chain WHERE sync_key = ?", [key]).fetchone()
+    if full and full[0]:
+        note_rebuild(conn, f"a full CAMPUSonline sync ({key})")
+    note_changes(
+        conn,
+        "co_student",
+        "SELECT STPERSONNR FROM co_students WHERE changed_in_sync = $key",
+        {"key": key},
+    )
 
 
 def _build_mode(conn: duckdb.DuckDBPyConnection, key: str) -> Literal["overlay", "rebuild"]:

@@ -47,6 +47,7 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
+from resources.graph_changes import REBUILD, note_changes, note_rebuild
 from resources.warehouse import WarehouseResource, transaction
 
 MATCH_RULES = ("studid", "email", "login")  # the default order
@@ -254,14 +255,25 @@ INSERT INTO person_conflicts
 SELECT c.*, c.claimed_person IN (SELECT person_key FROM g_blocked) FROM g_conflicts c;
 """
 
-STORE_PERSONS_SQL = """
-DELETE FROM persons WHERE NOT EXISTS (
-    SELECT 1 FROM g_persons n
-    WHERE n.person_key = persons.person_key
-      AND n.co_stpersonnr IS NOT DISTINCT FROM persons.co_stpersonnr
-      AND n.studip_user_id IS NOT DISTINCT FROM persons.studip_user_id
-      AND n.lms_login IS NOT DISTINCT FROM persons.lms_login
-      AND n.roles = persons.roles);
+_SAME_PERSON = """n.person_key = p.person_key
+      AND n.co_stpersonnr IS NOT DISTINCT FROM p.co_stpersonnr
+      AND n.studip_user_id IS NOT DISTINCT FROM p.studip_user_id
+      AND n.lms_login IS NOT DISTINCT FROM p.lms_login
+      AND n.roles = p.roles"""
+
+# The persons replaced (old rows and new), with their Stud.IP users: the next hub_desired build
+# rebuilds their users and the links of those users' courses.
+REPLACED_PERSONS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE g_replaced AS
+SELECT person_key, studip_user_id FROM persons p
+WHERE NOT EXISTS (SELECT 1 FROM g_persons n WHERE {_SAME_PERSON})
+UNION ALL
+SELECT person_key, studip_user_id FROM g_persons n
+WHERE NOT EXISTS (SELECT 1 FROM persons p WHERE {_SAME_PERSON});
+"""
+
+STORE_PERSONS_SQL = f"""
+DELETE FROM persons p WHERE NOT EXISTS (SELECT 1 FROM g_persons n WHERE {_SAME_PERSON});
 
 INSERT INTO persons
 SELECT n.*, NULL, NULL FROM g_persons n
@@ -285,8 +297,13 @@ FROM persons p
 LEFT JOIN co_students c ON c.STPERSONNR = p.co_stpersonnr
 LEFT JOIN studip_users u ON u.user_id = p.studip_user_id
 LEFT JOIN lms_learners l ON l.OrganizationLoginId = p.lms_login
-WHERE len(p.roles) > 0
+WHERE len(p.roles) > 0 /*PERSONS_SCOPE*/
 """
+
+
+def _blocked_count(conn: duckdb.DuckDBPyConnection) -> int:
+    (blocked,) = conn.execute("SELECT count(*) FROM person_blocks").fetchone() or (0,)
+    return int(blocked)
 
 
 def resolve_identities(
@@ -300,7 +317,14 @@ def resolve_identities(
     with transaction(conn):
         conn.execute(identity_sql(rules, studip_field))
         conn.execute(PERSONS_SQL)
+        blocked_before = _blocked_count(conn)
         conn.execute(BLOCKS_SQL)
+        if blocked_before or _blocked_count(conn):
+            # blocked persons keep what the HUB acknowledged: only a whole build applies that
+            note_rebuild(conn, "identity conflicts block persons (person_blocks)")
+        conn.execute(REPLACED_PERSONS_SQL)
+        note_changes(conn, "person", "SELECT person_key FROM g_replaced")
+        note_changes(conn, "studip_user_relinked", "SELECT studip_user_id FROM g_replaced")
         conn.execute(STORE_PERSONS_SQL)
     rows = conn.execute("SELECT system || ':' || rule, count(*) FROM person_links GROUP BY 1")
     return dict(rows.fetchall())
@@ -368,7 +392,7 @@ CREATE OR REPLACE TEMP TABLE g_members AS
 SELECT m.course_id, p.hub_code, m.status, g.subject, g.term_code
 FROM studip_memberships m JOIN persons p ON p.studip_user_id = m.user_id
 JOIN g_sections g ON g.course_id = m.course_id
-WHERE p.hub_code IS NOT NULL;
+WHERE p.hub_code IS NOT NULL /*COURSES_SCOPE*/;
 
 INSERT INTO hub_desired
 SELECT 'sectionstudent', key, sis_id, json_object(
@@ -475,9 +499,12 @@ def term_code(begin: datetime, zone: ZoneInfo) -> str:
     return f"{local.year}{'S' if 3 <= local.month <= 8 else 'W'}"
 
 
-def store_terms(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date) -> None:
-    """Insert the desired terms and fill ``g_terms`` (semester id, term code, whether ``today``
-    falls in it: the first such semester is the current term) for the courses."""
+def store_terms(
+    conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date, target: str = "hub_desired"
+) -> None:
+    """Insert the desired terms into ``target`` and fill ``g_terms`` (semester id, term code,
+    whether ``today`` falls in it: the first such semester is the current term) for the
+    courses."""
     semesters = conn.execute(
         "SELECT semester_id, title, begin_at, end_at FROM studip_semesters ORDER BY begin_at"
     ).fetchall()
@@ -498,7 +525,7 @@ def store_terms(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date) ->
             "end_date": last.isoformat(),
         }
         conn.execute(
-            "INSERT INTO hub_desired VALUES ('term', ?, NULL, ?, ?)",
+            f"INSERT INTO {target} VALUES ('term', ?, NULL, ?, ?)",
             [code, json.dumps(term), semester_id],
         )
         conn.execute("INSERT INTO g_terms VALUES (?, ?, ?)", [semester_id, code, is_current])
@@ -565,13 +592,14 @@ def clean_text(value: object) -> object:
     return value
 
 
-def clean_hub_desired(conn: duckdb.DuckDBPyConnection) -> int:
-    """Remove UNSAFE_TEXT from the keys and payloads of ``hub_desired``; how many objects had
-    some. One place for every object type, after they are built in SQL."""
+def clean_hub_desired(conn: duckdb.DuckDBPyConnection, table: str = "hub_desired") -> int:
+    """Remove UNSAFE_TEXT from the keys and payloads of ``table`` (``hub_desired``, or the
+    objects an incremental build made); how many objects had some. One place for every object
+    type, after they are built in SQL."""
     # Keys and sis_ids are made of codes the payload holds too, so the payload tells (0.3 s
     # for the 500,000 objects of 100,000 students).
     rows = conn.execute(
-        "SELECT rowid, key, sis_id, payload FROM hub_desired WHERE regexp_matches(payload, ?)",
+        f"SELECT rowid, key, sis_id, payload FROM {table} WHERE regexp_matches(payload, ?)",
         [_MAYBE_UNSAFE_JSON],
     ).fetchall()
     cleaned = 0
@@ -583,7 +611,7 @@ def clean_hub_desired(conn: duckdb.DuckDBPyConnection) -> int:
             continue
         text = json.dumps(clean_payload, ensure_ascii=False, separators=(",", ":"))
         conn.execute(
-            "UPDATE hub_desired SET key = ?, sis_id = ?, payload = ? WHERE rowid = ?",
+            f"UPDATE {table} SET key = ?, sis_id = ?, payload = ? WHERE rowid = ?",
             [clean_key, clean_sis_id, text, rowid],
         )
         cleaned += 1
@@ -597,32 +625,159 @@ class DesiredSummary:
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> records left out
     cleaned: int = 0  # objects that had control or bidi characters removed
     blocked: int = 0  # persons whose HUB changes an identity conflict holds back
+    build: str = "rebuild"  # rebuild | incremental
+    why: list[str] = field(default_factory=list)  # why it rebuilt
+    persons_rebuilt: int = 0  # an incremental build's persons whose user it rebuilt
+    courses_rebuilt: int = 0  # an incremental build's Stud.IP courses whose links it rebuilt
+
+
+# An incremental build rebuilds the users of the persons the noted changes touch ...
+DIRTY_PERSONS_SQL = """
+CREATE OR REPLACE TEMP TABLE g_dirty_persons AS
+SELECT id AS person_key FROM graph_changes WHERE kind = 'person'
+UNION SELECT p.person_key FROM persons p JOIN graph_changes c
+    ON c.kind = 'co_student' AND c.id = p.co_stpersonnr::VARCHAR
+UNION SELECT p.person_key FROM persons p JOIN graph_changes c
+    ON c.kind = 'studip_user' AND c.id = p.studip_user_id
+UNION SELECT p.person_key FROM persons p JOIN graph_changes c
+    ON c.kind = 'lms_learner' AND c.id = p.lms_login;
+
+CREATE OR REPLACE TEMP TABLE g_old_codes AS
+SELECT person_key, studip_user_id, hub_code FROM persons
+WHERE person_key IN (SELECT person_key FROM g_dirty_persons);
+"""
+
+# ... and the Stud.IP links of the courses whose course or memberships changed, or one of whose
+# members now has another HUB code or belongs to another person (USER_OUTCOMES_SQL has run).
+DIRTY_COURSES_SQL = """
+CREATE OR REPLACE TEMP TABLE g_dirty_courses AS
+WITH members AS (
+    SELECT id AS user_id FROM graph_changes WHERE kind = 'studip_user_relinked'
+    UNION SELECT o.studip_user_id FROM g_old_codes o JOIN persons p USING (person_key)
+    WHERE o.hub_code IS DISTINCT FROM p.hub_code AND o.studip_user_id IS NOT NULL
+)
+SELECT id AS course_id FROM graph_changes WHERE kind = 'studip_course'
+UNION SELECT course_id FROM studip_memberships WHERE user_id IN (SELECT user_id FROM members);
+"""
+
+# What an incremental build replaces: the terms, subjects and sections (a few per course, all
+# rebuilt), the users of the dirty persons, the Stud.IP links of the dirty courses (and of
+# courses that are no section any more), and the LMS's links (a few per LMS course, all rebuilt).
+REPLACED_OBJECTS_SQL = """
+DELETE FROM hub_desired
+WHERE object_type IN ('term', 'subject', 'section')
+   OR (object_type = 'user' AND origin IN (SELECT person_key FROM g_dirty_persons))
+   OR (object_type IN ('sectionstudent', 'sectionteacher') AND (
+       starts_with(origin, 'lms-')
+       OR origin IN (SELECT course_id FROM g_dirty_courses)
+       OR origin NOT IN (SELECT course_id FROM g_sections)));
+"""
+
+PERSONS_SCOPE = "AND p.person_key IN (SELECT person_key FROM g_dirty_persons)"
+COURSES_SCOPE = "AND m.course_id IN (SELECT course_id FROM g_dirty_courses)"
+
+
+def _into(sql: str, target: str) -> str:
+    return sql.replace("INSERT INTO hub_desired", f"INSERT INTO {target}")
+
+
+def _rebuild_reasons(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Why this build cannot be incremental (none: it can)."""
+    why = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM graph_changes WHERE kind = ? ORDER BY id", [REBUILD]
+        ).fetchall()
+    ]
+    if _blocked_count(conn):
+        why.append("identity conflicts block persons (person_blocks)")
+    return sorted(set(why))
+
+
+def _terms(conn: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str, str]]:
+    return sorted(
+        conn.execute(
+            f"SELECT key, payload::VARCHAR, origin FROM {table} WHERE object_type = 'term'"
+        ).fetchall()
+    )
+
+
+def _build_everything(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date) -> int:
+    """Rebuild ``hub_desired`` whole; how many objects had text cleaned."""
+    conn.execute("DELETE FROM hub_desired")
+    store_terms(conn, zone, today)
+    conn.execute(USER_OUTCOMES_SQL)
+    conn.execute(DESIRED_USERS_SQL)
+    conn.execute(DESIRED_COURSES_SQL)
+    conn.execute(DESIRED_LMS_SQL)
+    cleaned = clean_hub_desired(conn)
+    if _blocked_count(conn):  # else it changes nothing, after reading every link's JSON twice
+        conn.execute(BLOCKED_DESIRED_SQL)
+    return cleaned
+
+
+def _build_changes(conn: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+    """Replace the objects the noted changes touch (``g_new`` holds the terms already);
+    return (objects cleaned, persons rebuilt, courses rebuilt)."""
+    conn.execute(DIRTY_PERSONS_SQL)
+    conn.execute(USER_OUTCOMES_SQL.replace("/*PERSONS_SCOPE*/", PERSONS_SCOPE))
+    conn.execute(_into(DESIRED_USERS_SQL, "g_new"))
+    conn.execute(DIRTY_COURSES_SQL)
+    conn.execute(_into(DESIRED_COURSES_SQL.replace("/*COURSES_SCOPE*/", COURSES_SCOPE), "g_new"))
+    conn.execute(_into(DESIRED_LMS_SQL, "g_new"))
+    cleaned = clean_hub_desired(conn, "g_new")
+    conn.execute(REPLACED_OBJECTS_SQL)
+    conn.execute("INSERT INTO hub_desired SELECT * FROM g_new")
+    persons, courses = conn.execute(
+        "SELECT (SELECT count(*) FROM g_dirty_persons), (SELECT count(*) FROM g_dirty_courses)"
+    ).fetchone() or (0, 0)
+    return cleaned, int(persons), int(courses)
 
 
 def build_hub_desired(
     conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: date
 ) -> DesiredSummary:
-    """Rebuild ``hub_desired`` from the graph (``persons`` must be resolved first). Objects are
-    not de-duplicated here: two objects with one key must reach the blocking check."""
+    """Bring ``hub_desired`` up to the graph (``persons`` must be resolved first): rebuild
+    only the objects of the changes noted in ``graph_changes`` (``incremental``), or all of
+    them after a change nothing can be traced from (``rebuild``, and why). Either way the
+    result is what a rebuild from nothing gives. Objects are not de-duplicated here: two
+    objects with one key must reach the blocking check."""
     with transaction(conn):
-        conn.execute("DELETE FROM hub_desired")
-        store_terms(conn, zone, today)
-        conn.execute(USER_OUTCOMES_SQL)
-        conn.execute(DESIRED_USERS_SQL)
-        conn.execute(DESIRED_COURSES_SQL)
-        conn.execute(DESIRED_LMS_SQL)
-        cleaned = clean_hub_desired(conn)
-        (blocked,) = conn.execute("SELECT count(*) FROM person_blocks").fetchone() or (0,)
-        if blocked:  # else it changes nothing, after reading every link's JSON twice
-            conn.execute(BLOCKED_DESIRED_SQL)
+        why = _rebuild_reasons(conn)
+        persons = courses = 0
+        if not why:
+            conn.execute("CREATE OR REPLACE TEMP TABLE g_new AS FROM hub_desired LIMIT 0")
+            store_terms(conn, zone, today, target="g_new")
+            cleaned = clean_hub_desired(conn, "g_new")
+            if _terms(conn, "g_new") != _terms(conn, "hub_desired"):
+                why = ["the terms changed"]
+            else:
+                cleaned_objects, persons, courses = _build_changes(conn)
+                cleaned += cleaned_objects
+            conn.execute("DROP TABLE g_new")
+        if why:
+            cleaned = _build_everything(conn, zone, today)
+        conn.execute("DELETE FROM graph_changes")
         unsendable = dict(
             conn.execute(
-                "SELECT person_key, reason FROM g_users WHERE reason IS NOT NULL"
+                "SELECT person_key, unsendable_reason FROM persons "
+                "WHERE unsendable_reason IS NOT NULL"
             ).fetchall()
         )
         dropped = dict(conn.execute(DROPPED_SQL).fetchall())
+        blocked = _blocked_count(conn)
     counts = conn.execute("SELECT object_type, count(*) FROM hub_desired GROUP BY 1").fetchall()
-    return DesiredSummary(dict(counts), unsendable, dropped, cleaned, int(blocked))
+    return DesiredSummary(
+        dict(counts),
+        unsendable,
+        dropped,
+        cleaned,
+        blocked,
+        build="rebuild" if why else "incremental",
+        why=why,
+        persons_rebuilt=persons,
+        courses_rebuilt=courses,
+    )
 
 
 # -- assets -----------------------------------------------------------------------------------
@@ -707,6 +862,10 @@ def hub_desired(
             "blocked_persons": summary.blocked,
             "unsendable_by_reason": dg.MetadataValue.json(reasons),
             "text_cleaned_objects": summary.cleaned,
+            "build": summary.build,
+            "rebuilt_because": dg.MetadataValue.json(summary.why),
+            "persons_rebuilt": summary.persons_rebuilt,
+            "studip_courses_rebuilt": summary.courses_rebuilt,
             "dagster/row_count": sum(summary.counts.values()),
             "duration_s": round(time.perf_counter() - started, 3),
         }

@@ -27,6 +27,7 @@ import duckdb
 from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import sync_run
 from resources.change_detection import row_hash_sql
+from resources.graph_changes import note_changes, note_rebuild
 from resources.lms import (
     ENDPOINTS,
     REGISTRATION_STATUS_NAMES,
@@ -520,6 +521,19 @@ def sync_numbers(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, int]:
     return {"sync_items": int(items), "duplicates_dropped": int(items) - int(distinct)}
 
 
+def _note_graph_changes(conn: duckdb.DuckDBPyConnection, key: str) -> None:
+    """Tell the next ``hub_desired`` build which learners changed (it rebuilds the LMS's sections
+    and links whole: a few per course); after a full sync it rebuilds everything."""
+    if parse_sync_key(key).mode == "full":
+        note_rebuild(conn, f"a full LMS sync ({key})")
+    note_changes(
+        conn,
+        "lms_learner",
+        "SELECT OrganizationLoginId FROM lms_learners WHERE changed_in_sync = $key",
+        {"key": key},
+    )
+
+
 def update_current_state(
     conn: duckdb.DuckDBPyConnection, key: str, student_id_field: str = STUDENT_ID_FIELD
 ) -> tuple[dict[str, StateChange], dict[str, int]]:
@@ -539,6 +553,7 @@ def update_current_state(
             table: apply_new_state(conn, table, key_column, key)
             for table, (key_column, _) in STATE_TABLES.items()
         }
+        _note_graph_changes(conn, key)
     numbers = {**sync_numbers(conn, key), "resent_unchanged": int(resent)}
     return changes, numbers
 

@@ -51,6 +51,7 @@ from assets.studip.listing import (
 )
 from assets.sync import sync_run
 from resources.change_detection import row_hash_sql
+from resources.graph_changes import REBUILD, note_changes, note_rebuild
 from resources.quarantine import quarantine
 from resources.studip import (
     CRAWL_ROUTES,
@@ -817,6 +818,7 @@ class StateTable:
     incoming: str  # the sync's rows: SELECT keys + values ... WHERE sync_key = $sync_key
     incremental_scope: str | None  # rows an incremental sync replaces (None: it only upserts)
     description: str
+    graph_change: str | None = None  # the kind of graph change its rows note (by keys[0])
 
 
 STATE_TABLES = (
@@ -830,6 +832,7 @@ STATE_TABLES = (
         None,
         "Stud.IP users the crawl reached: username, perms, e-mail, name and datafields "
         "(a map name -> value: Matrikelnummer, Geburtsdatum, CPF, ...).",
+        "studip_user",
     ),
     StateTable(
         "studip_semesters",
@@ -848,6 +851,7 @@ STATE_TABLES = (
            FROM stg_studip_semesters WHERE sync_key = $sync_key""",
         None,
         "Stud.IP semesters (all of them, from /semesters).",
+        REBUILD,
     ),
     StateTable(
         "studip_courses",
@@ -893,6 +897,7 @@ STATE_TABLES = (
         "semester), with start and end semester, the earliest selected semester it came back "
         "for, the course type's name and class from /studip/settings SEM_TYPE, and whether "
         "that class is a study group's (SEM_CLASS studygroup_mode).",
+        "studip_course",
     ),
     StateTable(
         "studip_memberships",
@@ -906,6 +911,7 @@ STATE_TABLES = (
             FROM {RAW_TABLE}
             WHERE sync_key = $sync_key AND request_key LIKE '/course/%/members')""",
         "Course members with their status (dozent, tutor, autor, user).",
+        "studip_course",
     ),
     StateTable(
         "studip_institutes",
@@ -1010,11 +1016,24 @@ def merge_state(conn: Sql, table: StateTable, sync_key: str, *, full: bool) -> d
     scope = "TRUE" if full else table.incremental_scope
     deleted = 0
     if scope is not None:
-        deleted = count(
-            f"DELETE FROM {table.name} AS t WHERE ({scope}) "
+        gone = (
+            f"FROM {table.name} AS t WHERE ({scope}) "
             f"AND NOT EXISTS (SELECT 1 FROM studip_incoming AS i WHERE {match})"
         )
+        if table.graph_change not in (None, REBUILD):
+            ids = f"SELECT t.{table.keys[0]} {gone}"
+            note_changes(conn, table.graph_change, ids, params if "$sync_key" in ids else None)
+        deleted = count(f"DELETE {gone}")
     conn.execute("DROP TABLE studip_incoming")
+    if table.graph_change == REBUILD and inserted + updated + deleted:
+        note_rebuild(conn, f"{table.name} changed")
+    elif table.graph_change is not None:
+        note_changes(
+            conn,
+            table.graph_change,
+            f"SELECT {table.keys[0]} FROM {table.name} WHERE changed_in_sync = $sync_key",
+            params,
+        )
     return {"inserted": inserted, "updated": updated, "deleted": deleted}
 
 
@@ -1061,6 +1080,8 @@ def studip_current_state(
             raise dg.Failure(
                 f"no Stud.IP pages landed for {sync_key}; materialize studip_raw_pages first"
             )
+        if full:
+            note_rebuild(conn, f"a full Stud.IP sync ({sync_key})")
         # a listing is a snapshot of Stud.IP whatever the sync's mode: absent rows are gone
         full = full or listing_landed(conn, sync_key)
         for table in STATE_TABLES:

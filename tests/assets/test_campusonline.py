@@ -454,6 +454,8 @@ def test_an_incremental_sync_overlays_its_rows_and_equals_a_rebuild(
     next_view_refresh(sandbox)
     first = sync(instance, warehouse, resource, FULL)
     assert metadata(first, "co_current_state")["co_students"]["build"] == "rebuild"
+    noted = query(warehouse, "SELECT kind, id FROM graph_changes WHERE kind = 'rebuild'")
+    assert ("rebuild", f"a full CAMPUSonline sync ({FULL})") in noted
     for key in (INCR, INCR2, INCR3):
         sandbox.world.step(scale=3.0)
         next_view_refresh(sandbox)
@@ -461,6 +463,13 @@ def test_an_incremental_sync_overlays_its_rows_and_equals_a_rebuild(
         current = metadata(result, "co_current_state")
         assert current["co_students"]["build"] == "overlay"
         assert current["co_students"]["changed_rows"] > 0
+        changed = query(
+            warehouse,
+            "SELECT 'co_student', STPERSONNR::VARCHAR FROM co_students WHERE changed_in_sync = ?",
+            [key],
+        )
+        noted = query(warehouse, "SELECT kind, id FROM graph_changes")
+        assert set(changed) <= set(noted), "noted for the next hub_desired build"
         overlaid = _current_tables(warehouse)
         with warehouse.connection() as conn, transaction(conn):
             conn.execute("DELETE FROM co_current_built")

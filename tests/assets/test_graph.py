@@ -25,6 +25,7 @@ from assets.graph import (
     resolve_identities,
     term_code,
 )
+from resources.graph_changes import note_changes, note_rebuild
 from resources.warehouse import WarehouseResource
 from sandbox.expected import (
     OBJECT_TYPES,
@@ -55,9 +56,11 @@ def _ts(epoch: int) -> datetime:
 
 
 def load_sources(conn: duckdb.DuckDBPyConnection, world: World) -> None:
-    """Write the world's current records into the sources' current-state tables."""
+    """Write the world's current records into the sources' current-state tables, noting a
+    rebuild for the next ``hub_desired`` build as a full sync does."""
     for table in SOURCE_TABLES:
         conn.execute(f"DELETE FROM {table}")
+    note_rebuild(conn, "the test loaded the sources")
     for s in world.co_students.values():
         _co_student(conn, world, s)
     users, courses = crawl_studip(world, default_semester_ids(world), default_seed_ids(world))
@@ -627,3 +630,140 @@ def test_an_lms_learner_showing_a_students_email_does_not_displace_the_student_i
     assert links[learner.login] == (person, "studid")
     assert links[impostor.login] == (f"lms:{impostor.login}", "conflict")
     assert expected.persons[person].lms.login == learner.login
+
+
+# -- incremental builds (issue 19) -------------------------------------------------------------
+
+HUB_DESIRED_ROWS = "SELECT object_type, key, sis_id, payload::VARCHAR, origin FROM hub_desired"
+
+
+def _one(conn: duckdb.DuckDBPyConnection, sql: str) -> tuple:
+    row = conn.execute(sql).fetchone()
+    assert row, sql
+    return row
+
+
+def _member_moves(conn: duckdb.DuckDBPyConnection) -> None:
+    """One student leaves a course and another joins it."""
+    course, leaver = _one(
+        conn,
+        "SELECT course_id, user_id FROM studip_memberships m JOIN persons p "
+        "ON p.studip_user_id = m.user_id WHERE status = 'autor' AND p.hub_code IS NOT NULL "
+        "AND course_id IN (SELECT key FROM hub_desired WHERE object_type = 'section') "
+        "ORDER BY ALL LIMIT 1",
+    )
+    (joiner,) = _one(
+        conn,
+        "SELECT studip_user_id FROM persons WHERE hub_code IS NOT NULL AND studip_user_id "
+        f"NOT IN (SELECT user_id FROM studip_memberships WHERE course_id = '{course}') "
+        "ORDER BY 1 LIMIT 1",
+    )
+    conn.execute(
+        "DELETE FROM studip_memberships WHERE course_id = ? AND user_id = ?", [course, leaver]
+    )
+    conn.execute("INSERT INTO studip_memberships VALUES (?, ?, 'autor', 'k')", [course, joiner])
+    note_changes(conn, "studip_course", f"SELECT '{course}'")
+
+
+def _course_renumbered(conn: duckdb.DuckDBPyConnection) -> None:
+    """A course with a lecturer gets another number (its subject) and title."""
+    (course,) = _one(
+        conn,
+        "SELECT DISTINCT origin FROM hub_desired WHERE object_type = 'sectionteacher' "
+        "ORDER BY 1 LIMIT 1",
+    )
+    conn.execute(
+        "UPDATE studip_courses SET number = 'RENUMBERED-1', title = 'Renamed' WHERE course_id = ?",
+        [course],
+    )
+    note_changes(conn, "studip_course", f"SELECT '{course}'")
+
+
+def _username_changes(conn: duckdb.DuckDBPyConnection) -> None:
+    """A Stud.IP-only person (their HUB code is their username) gets another username."""
+    (user_id,) = _one(
+        conn,
+        "SELECT studip_user_id FROM persons WHERE person_key LIKE 'studip:%' "
+        "AND hub_code IS NOT NULL AND studip_user_id IN (SELECT user_id FROM studip_memberships) "
+        "ORDER BY 1 LIMIT 1",
+    )
+    conn.execute(
+        "UPDATE studip_users SET username = username || '.new' WHERE user_id = ?", [user_id]
+    )
+    note_changes(conn, "studip_user", f"SELECT '{user_id}'")
+
+
+def _student_renamed(conn: duckdb.DuckDBPyConnection) -> None:
+    (number,) = _one(
+        conn, "SELECT co_stpersonnr FROM persons WHERE hub_code IS NOT NULL ORDER BY 1 LIMIT 1"
+    )
+    conn.execute("UPDATE co_students SET FAMILYNAME = 'Neu' WHERE STPERSONNR = ?", [number])
+    note_changes(conn, "co_student", f"SELECT {number}")
+
+
+def _account_unlinked(conn: duckdb.DuckDBPyConnection) -> None:
+    """A student's Stud.IP account loses the matriculation number, e-mail and birth date that
+    joined it to them: it becomes a person of its own the HUB cannot take, and the student's
+    links in its courses must go."""
+    (user_id,) = _one(
+        conn,
+        "SELECT p.studip_user_id FROM persons p JOIN person_links l "
+        "ON l.system = 'studip' AND l.source_id = p.studip_user_id "
+        "WHERE p.co_stpersonnr IS NOT NULL AND p.hub_code IS NOT NULL "
+        "AND p.studip_user_id IN (SELECT user_id FROM studip_memberships) ORDER BY 1 LIMIT 1",
+    )
+    conn.execute(
+        "UPDATE studip_users SET datafields = map([], []), email = 'someone@else.example' "
+        "WHERE user_id = ?",
+        [user_id],
+    )
+    note_changes(conn, "studip_user", f"SELECT '{user_id}'")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_member_moves, _course_renumbered, _username_changes, _student_renamed, _account_unlinked],
+)
+def test_an_incremental_build_from_the_noted_changes_equals_a_rebuild(
+    warehouse: WarehouseResource, change
+) -> None:
+    """Each kind of change, noted as its merge notes it, rebuilds only what it touches, and
+    ``hub_desired`` comes out as a rebuild from nothing makes it (which differs from before)."""
+    world = World(seed=15, students=200, today=TODAY)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        before = set(conn.execute(HUB_DESIRED_ROWS).fetchall())
+        change(conn)
+        resolve_identities(conn)
+        summary = build_hub_desired(conn, VIENNA, TODAY)
+        built = set(conn.execute(HUB_DESIRED_ROWS).fetchall())
+        note_rebuild(conn, "the test rebuilds")
+        build_hub_desired(conn, VIENNA, TODAY)
+        rebuilt = set(conn.execute(HUB_DESIRED_ROWS).fetchall())
+    assert summary.build == "incremental", summary.why
+    assert built != before
+    assert sorted(built - rebuilt) == sorted(rebuilt - built) == []
+    assert 0 < summary.persons_rebuilt + summary.courses_rebuilt < 20
+
+
+def test_changed_terms_or_blocked_persons_make_the_build_rebuild(
+    warehouse: WarehouseResource,
+) -> None:
+    world = World(seed=15, students=200, today=TODAY)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        assert "the test loaded the sources" in build_hub_desired(conn, VIENNA, TODAY).why
+        assert build_hub_desired(conn, VIENNA, TODAY).build == "incremental"
+        conn.execute("UPDATE studip_semesters SET title = title || ' (neu)'")
+        summary = build_hub_desired(conn, VIENNA, TODAY)
+        assert (summary.build, summary.why) == ("rebuild", ["the terms changed"])
+        assert "(neu)" in _one(conn, "SELECT payload FROM hub_desired_terms LIMIT 1")[0]
+        conn.execute(
+            "INSERT INTO person_blocks SELECT person_key, 'test', NULL, NULL, NULL, NULL, now() "
+            "FROM persons LIMIT 1"
+        )
+        summary = build_hub_desired(conn, VIENNA, TODAY)
+        assert summary.why == ["identity conflicts block persons (person_blocks)"]

@@ -439,6 +439,12 @@ def test_changed_in_sync_names_the_sync_that_changed_a_learner(sync: Syncer) -> 
     assert rows[learner.login] == INCR
     assert set(rows.values()) == {FULL, INCR}
     assert list(rows.values()).count(INCR) == 1
+    # noted for the next hub_desired build (the full sync's notes ask for a rebuild)
+    noted = set(sync.query("SELECT kind, id FROM graph_changes WHERE kind <> 'rebuild'"))
+    assert ("lms_learner", learner.login) in noted
+    assert ("rebuild", f"a full LMS sync ({FULL})") in set(
+        sync.query("SELECT kind, id FROM graph_changes")
+    )
     assert sync.query(
         "SELECT StudentId, OrgProfileFieldValues['StudentId'] FROM lms_learners "
         "WHERE OrganizationLoginId = ?",

@@ -241,6 +241,8 @@ def test_an_incremental_sync_rereads_only_the_changed_persons_courses(
     with running_sandbox(port_base=0, world=world) as sb:
         studip = studip_for(sb)
         assert materialize(instance, warehouse, studip, FULL).success
+        rebuild = ("rebuild", f"a full Stud.IP sync ({FULL})")
+        assert rebuild in ids(warehouse, "SELECT kind, id FROM graph_changes")
         users, courses = expected_crawl(world)
         student = next(u for u in sorted(users) if world.studip_users[u].perms == "autor")
         new_course = next(c for c in sorted(courses) if student not in world.memberships[c])
@@ -256,6 +258,8 @@ def test_an_incremental_sync_rereads_only_the_changed_persons_courses(
             studip_assets, "changed_studip_user_ids", lambda conn, key, field: [student]
         )
         sb.studip.counts.clear()  # type: ignore[attr-defined]
+        with warehouse.connection() as conn:
+            conn.execute("DELETE FROM graph_changes")  # as a hub_desired build consumes them
 
         result = materialize(instance, warehouse, studip, INCR)
         assert result.success
@@ -281,6 +285,9 @@ def test_an_incremental_sync_rereads_only_the_changed_persons_courses(
         warehouse, "SELECT course_id, user_id FROM studip_memberships"
     )
     assert ids(warehouse, "SELECT user_id FROM studip_users") == users
+    # the next hub_desired build rebuilds the links of both courses
+    noted = ids(warehouse, "SELECT kind, id FROM graph_changes")
+    assert noted == {("studip_course", new_course), ("studip_course", left_course)}
 
 
 def test_changed_persons_map_to_studip_users_by_student_id_email_and_login() -> None:

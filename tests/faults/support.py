@@ -121,10 +121,10 @@ class SyncHarness:
         assert rows, f"no sync_runs row for {key}"
         return rows[0]
 
-    def change_world(self, seed: int) -> None:
+    def change_world(self, seed: int, *, scale: float = 1.0) -> None:
         world = self.sandbox.world
         world.clock.advance(900)
-        world.step(seed=seed)
+        world.step(seed=seed, scale=scale)
         world.clock.advance(900)  # past CO's next view refresh
 
 
