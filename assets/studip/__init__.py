@@ -595,9 +595,9 @@ def plan_crawl(
 
 def find_new_users(client: StudipClient, stager: Stager, student_id_field: str) -> list[str]:
     """Stud.IP users of the persons changed in this sync that Stud.IP knew nothing of before:
-    one ``/users?q=`` search each, then ``/user/:id`` of each hit (a hit is a short record,
-    without the e-mail and datafields the rules need); kept, and staged, where a rule matches.
-    Everything read is landed."""
+    one ``/users?q=`` search each, then ``/user/:id`` of each hit, ``STUDIP_CONCURRENCY`` at a
+    time (a hit is a short record, without the e-mail and datafields the rules need); kept,
+    and staged, where a rule matches. Everything read is landed."""
     by_search: dict[str, list[UnlinkedPerson]] = defaultdict(list)
     for person in unlinked_changed_persons(stager.writer, stager.writer.sync_key):
         by_search[person.search].append(person)  # one search per name, however many share it
@@ -606,14 +606,11 @@ def find_new_users(client: StudipClient, stager: Stager, student_id_field: str) 
     for text, persons in by_search.items():
         for page in client.search_users(text):
             stager.land(page)
-            for hit in page.records:
-                if hit.id in read:
-                    continue
-                read.add(hit.id)
+            hits = list(dict.fromkeys(hit.id for hit in page.records if hit.id not in read))
+            read.update(hits)
+            for user_id, hit_page in zip(hits, client.user_pages(hits), strict=True):
                 # the crawl may read this user again: this read is landed as the search's
-                user_page = replace(
-                    client.user_page(hit.id), request_key=f"/user/{hit.id}?q={text}"
-                )
+                user_page = replace(hit_page, request_key=f"/user/{user_id}?q={text}")
                 matching = [
                     u
                     for u in user_page.records

@@ -518,6 +518,40 @@ def test_concurrency_stays_within_its_bound(server: StudipServer, world: World) 
     server.faults.configure(FaultConfig())
 
 
+def test_user_pages_are_read_concurrently_and_come_in_order(
+    server: StudipServer, world: World
+) -> None:
+    """The hits of a name search are read ``concurrency`` at a time (at 100,000 students a
+    changed student's full name had about 30 hits, read one after another), in their order;
+    an unknown id gives its page without a record."""
+    server.faults.configure(FaultConfig(latency_ms=15))
+    client = resource(api_url=server.base_url, concurrency=3).client()
+    in_flight, peak = 0, 0
+    lock = threading.Lock()
+    send = client.http.session.request
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            return send(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight -= 1
+
+    client.http.session.request = counting  # type: ignore[method-assign]
+    user_ids = [*sorted(world.studip_users)[:8], "f" * 32]
+    pages = list(client.user_pages(user_ids))
+    server.faults.configure(FaultConfig())
+    assert [p.subject for p in pages] == user_ids
+    assert [p.records[0].user_id for p in pages[:-1]] == user_ids[:-1]
+    assert not pages[-1].found and not pages[-1].records
+    assert peak == 3, f"expected 3 requests in flight at the peak, saw {peak}"
+    assert list(client.user_pages([])) == []
+
+
 def test_fetching_waits_for_a_slow_consumer_and_a_stopped_one_frees_the_pool(
     server: StudipServer, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
