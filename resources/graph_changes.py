@@ -25,6 +25,8 @@ KINDS = {
     "person": "a persons person_key that was replaced: its user",
     "studip_user_relinked": "a Stud.IP user whose person changed: the links of its courses",
     "studip_course": "a Stud.IP course_id whose course or memberships changed: its links",
+    "lms_learner_relinked": "an LMS login whose person changed: the links of its courses",
+    "lms_course": "an LMS CourseId whose registrations changed: its links",
 }
 
 GRAPH_CHANGES_SCHEMA = f"""

@@ -261,14 +261,14 @@ _SAME_PERSON = """n.person_key = p.person_key
       AND n.lms_login IS NOT DISTINCT FROM p.lms_login
       AND n.roles = p.roles"""
 
-# The persons replaced (old rows and new), with their Stud.IP users: the next hub_desired build
-# rebuilds their users and the links of those users' courses.
+# The persons replaced (old rows and new), with their Stud.IP users and LMS logins: the next
+# hub_desired build rebuilds their users and the links of those accounts' courses.
 REPLACED_PERSONS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE g_replaced AS
-SELECT person_key, studip_user_id FROM persons p
+SELECT person_key, studip_user_id, lms_login FROM persons p
 WHERE NOT EXISTS (SELECT 1 FROM g_persons n WHERE {_SAME_PERSON})
 UNION ALL
-SELECT person_key, studip_user_id FROM g_persons n
+SELECT person_key, studip_user_id, lms_login FROM g_persons n
 WHERE NOT EXISTS (SELECT 1 FROM persons p WHERE {_SAME_PERSON});
 """
 
@@ -325,6 +325,7 @@ def resolve_identities(
         conn.execute(REPLACED_PERSONS_SQL)
         note_changes(conn, "person", "SELECT person_key FROM g_replaced")
         note_changes(conn, "studip_user_relinked", "SELECT studip_user_id FROM g_replaced")
+        note_changes(conn, "lms_learner_relinked", "SELECT lms_login FROM g_replaced")
         conn.execute(STORE_PERSONS_SQL)
     rows = conn.execute("SELECT system || ':' || rule, count(*) FROM person_links GROUP BY 1")
     return dict(rows.fetchall())
@@ -442,6 +443,9 @@ SELECT DISTINCT 'section', section, CourseId, json_object(
     'status', 'active'), CourseId
 FROM g_lms;
 
+"""
+
+DESIRED_LMS_LINKS_SQL = """
 INSERT INTO hub_desired
 SELECT DISTINCT 'sectionstudent', key, sis_id, json_object(
     'sis_id', sis_id,
@@ -450,7 +454,7 @@ SELECT DISTINCT 'sectionstudent', key, sis_id, json_object(
     'term_code', term_code), section
 FROM (SELECT section, hub_code, concat_ws('|', section, hub_code, term_code) AS key, term_code,
              sha1('sectionstudent|' || key)[:20] AS sis_id
-      FROM g_lms WHERE hub_code IS NOT NULL);
+      FROM g_lms WHERE hub_code IS NOT NULL /*LMS_SCOPE*/);
 """
 
 # Blocked persons (``person_blocks``) keep what the HUB acknowledged: their user and links as
@@ -629,6 +633,7 @@ class DesiredSummary:
     why: list[str] = field(default_factory=list)  # why it rebuilt
     persons_rebuilt: int = 0  # an incremental build's persons whose user it rebuilt
     courses_rebuilt: int = 0  # an incremental build's Stud.IP courses whose links it rebuilt
+    lms_courses_rebuilt: int = 0  # and LMS courses
 
 
 # An incremental build rebuilds the users of the persons the noted changes touch ...
@@ -643,7 +648,7 @@ UNION SELECT p.person_key FROM persons p JOIN graph_changes c
     ON c.kind = 'lms_learner' AND c.id = p.lms_login;
 
 CREATE OR REPLACE TEMP TABLE g_old_codes AS
-SELECT person_key, studip_user_id, hub_code FROM persons
+SELECT person_key, studip_user_id, lms_login, hub_code FROM persons
 WHERE person_key IN (SELECT person_key FROM g_dirty_persons);
 """
 
@@ -660,21 +665,42 @@ SELECT id AS course_id FROM graph_changes WHERE kind = 'studip_course'
 UNION SELECT course_id FROM studip_memberships WHERE user_id IN (SELECT user_id FROM members);
 """
 
+# ... and the LMS links of the LMS courses whose registrations changed, one of whose learners
+# now has another HUB code or belongs to another person, or whose section changed (its name,
+# or a new current term: all of them). The LMS's sections are in g_new already.
+DIRTY_LMS_COURSES_SQL = """
+CREATE OR REPLACE TEMP TABLE g_dirty_lms_courses AS
+WITH learners AS (
+    SELECT id AS login FROM graph_changes WHERE kind = 'lms_learner_relinked'
+    UNION SELECT o.lms_login FROM g_old_codes o JOIN persons p USING (person_key)
+    WHERE o.hub_code IS DISTINCT FROM p.hub_code AND o.lms_login IS NOT NULL
+), sections AS (
+    SELECT key, payload::VARCHAR FROM g_new
+    WHERE object_type = 'section' AND starts_with(key, 'lms-')
+    EXCEPT SELECT key, payload::VARCHAR FROM hub_desired
+    WHERE object_type = 'section' AND starts_with(key, 'lms-')
+)
+SELECT id AS CourseId FROM graph_changes WHERE kind = 'lms_course'
+UNION SELECT CourseId FROM lms_registrations
+WHERE OrganizationLoginId IN (SELECT login FROM learners)
+UNION SELECT CourseId FROM g_lms WHERE section IN (SELECT key FROM sections);
+"""
+
 # What an incremental build replaces: the terms, subjects and sections (a few per course, all
-# rebuilt), the users of the dirty persons, the Stud.IP links of the dirty courses (and of
-# courses that are no section any more), and the LMS's links (a few per LMS course, all rebuilt).
+# rebuilt), the users of the dirty persons, and the links of the dirty courses of Stud.IP and
+# the LMS (a link's origin is its section).
 REPLACED_OBJECTS_SQL = """
 DELETE FROM hub_desired
 WHERE object_type IN ('term', 'subject', 'section')
    OR (object_type = 'user' AND origin IN (SELECT person_key FROM g_dirty_persons))
    OR (object_type IN ('sectionstudent', 'sectionteacher') AND (
-       starts_with(origin, 'lms-')
-       OR origin IN (SELECT course_id FROM g_dirty_courses)
-       OR origin NOT IN (SELECT course_id FROM g_sections)));
+       origin IN (SELECT course_id FROM g_dirty_courses)
+       OR origin IN (SELECT 'lms-' || CourseId FROM g_dirty_lms_courses)));
 """
 
 PERSONS_SCOPE = "AND p.person_key IN (SELECT person_key FROM g_dirty_persons)"
 COURSES_SCOPE = "AND m.course_id IN (SELECT course_id FROM g_dirty_courses)"
+LMS_SCOPE = "AND CourseId IN (SELECT CourseId FROM g_dirty_lms_courses)"
 
 
 def _into(sql: str, target: str) -> str:
@@ -710,28 +736,32 @@ def _build_everything(conn: duckdb.DuckDBPyConnection, zone: ZoneInfo, today: da
     conn.execute(DESIRED_USERS_SQL)
     conn.execute(DESIRED_COURSES_SQL)
     conn.execute(DESIRED_LMS_SQL)
+    conn.execute(DESIRED_LMS_LINKS_SQL)
     cleaned = clean_hub_desired(conn)
     if _blocked_count(conn):  # else it changes nothing, after reading every link's JSON twice
         conn.execute(BLOCKED_DESIRED_SQL)
     return cleaned
 
 
-def _build_changes(conn: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+def _build_changes(conn: duckdb.DuckDBPyConnection) -> tuple[int, int, int, int]:
     """Replace the objects the noted changes touch (``g_new`` holds the terms already);
-    return (objects cleaned, persons rebuilt, courses rebuilt)."""
+    return (objects cleaned, persons, Stud.IP courses and LMS courses rebuilt)."""
     conn.execute(DIRTY_PERSONS_SQL)
     conn.execute(USER_OUTCOMES_SQL.replace("/*PERSONS_SCOPE*/", PERSONS_SCOPE))
     conn.execute(_into(DESIRED_USERS_SQL, "g_new"))
     conn.execute(DIRTY_COURSES_SQL)
     conn.execute(_into(DESIRED_COURSES_SQL.replace("/*COURSES_SCOPE*/", COURSES_SCOPE), "g_new"))
     conn.execute(_into(DESIRED_LMS_SQL, "g_new"))
+    conn.execute(DIRTY_LMS_COURSES_SQL)
+    conn.execute(_into(DESIRED_LMS_LINKS_SQL.replace("/*LMS_SCOPE*/", LMS_SCOPE), "g_new"))
     cleaned = clean_hub_desired(conn, "g_new")
     conn.execute(REPLACED_OBJECTS_SQL)
     conn.execute("INSERT INTO hub_desired SELECT * FROM g_new")
-    persons, courses = conn.execute(
-        "SELECT (SELECT count(*) FROM g_dirty_persons), (SELECT count(*) FROM g_dirty_courses)"
-    ).fetchone() or (0, 0)
-    return cleaned, int(persons), int(courses)
+    persons, courses, lms_courses = conn.execute(
+        "SELECT (SELECT count(*) FROM g_dirty_persons), (SELECT count(*) FROM g_dirty_courses), "
+        "(SELECT count(*) FROM g_dirty_lms_courses)"
+    ).fetchone() or (0, 0, 0)
+    return cleaned, int(persons), int(courses), int(lms_courses)
 
 
 def build_hub_desired(
@@ -744,7 +774,7 @@ def build_hub_desired(
     objects with one key must reach the blocking check."""
     with transaction(conn):
         why = _rebuild_reasons(conn)
-        persons = courses = 0
+        persons = courses = lms_courses = 0
         if not why:
             conn.execute("CREATE OR REPLACE TEMP TABLE g_new AS FROM hub_desired LIMIT 0")
             store_terms(conn, zone, today, target="g_new")
@@ -752,7 +782,7 @@ def build_hub_desired(
             if _terms(conn, "g_new") != _terms(conn, "hub_desired"):
                 why = ["the terms changed"]
             else:
-                cleaned_objects, persons, courses = _build_changes(conn)
+                cleaned_objects, persons, courses, lms_courses = _build_changes(conn)
                 cleaned += cleaned_objects
             conn.execute("DROP TABLE g_new")
         if why:
@@ -777,6 +807,7 @@ def build_hub_desired(
         why=why,
         persons_rebuilt=persons,
         courses_rebuilt=courses,
+        lms_courses_rebuilt=lms_courses,
     )
 
 
@@ -866,6 +897,7 @@ def hub_desired(
             "rebuilt_because": dg.MetadataValue.json(summary.why),
             "persons_rebuilt": summary.persons_rebuilt,
             "studip_courses_rebuilt": summary.courses_rebuilt,
+            "lms_courses_rebuilt": summary.lms_courses_rebuilt,
             "dagster/row_count": sum(summary.counts.values()),
             "duration_s": round(time.perf_counter() - started, 3),
         }

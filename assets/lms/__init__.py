@@ -521,9 +521,24 @@ def sync_numbers(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, int]:
     return {"sync_items": int(items), "duplicates_dropped": int(items) - int(distinct)}
 
 
+def _note_changed_courses(conn: duckdb.DuckDBPyConnection) -> None:
+    """Before the registrations are replaced: tell the next ``hub_desired`` build the courses
+    of the registrations that are new, changed or gone (their links)."""
+    note_changes(
+        conn,
+        "lms_course",
+        """SELECT o.CourseId FROM lms_registrations o
+               LEFT JOIN new_lms_registrations n USING (RegistrationId)
+           WHERE n.row_hash IS DISTINCT FROM o.row_hash
+           UNION SELECT n.CourseId FROM new_lms_registrations n
+               LEFT JOIN lms_registrations o USING (RegistrationId)
+           WHERE o.row_hash IS DISTINCT FROM n.row_hash""",
+    )
+
+
 def _note_graph_changes(conn: duckdb.DuckDBPyConnection, key: str) -> None:
-    """Tell the next ``hub_desired`` build which learners changed (it rebuilds the LMS's sections
-    and links whole: a few per course); after a full sync it rebuilds everything."""
+    """Tell the next ``hub_desired`` build which learners changed; after a full sync it
+    rebuilds everything."""
     if parse_sync_key(key).mode == "full":
         note_rebuild(conn, f"a full LMS sync ({key})")
     note_changes(
@@ -549,6 +564,7 @@ def update_current_state(
             """,
             [key],
         ).fetchone() or (0,)
+        _note_changed_courses(conn)
         changes = {
             table: apply_new_state(conn, table, key_column, key)
             for table, (key_column, _) in STATE_TABLES.items()

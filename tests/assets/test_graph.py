@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -701,6 +701,22 @@ def _student_renamed(conn: duckdb.DuckDBPyConnection) -> None:
     note_changes(conn, "co_student", f"SELECT {number}")
 
 
+def _student_id_changes(conn: duckdb.DuckDBPyConnection) -> None:
+    """A student whose Stud.IP account and LMS learner also show their e-mail gets another
+    matriculation number, their HUB code: both stay theirs (by e-mail), every link of theirs
+    changes."""
+    (number,) = _one(
+        conn,
+        "SELECT p.co_stpersonnr FROM persons p JOIN co_students c ON c.STPERSONNR = "
+        "p.co_stpersonnr JOIN studip_users u ON u.user_id = p.studip_user_id "
+        "JOIN lms_learners l ON l.OrganizationLoginId = p.lms_login "
+        "WHERE p.hub_code IS NOT NULL AND lower(u.email) = lower(c.EMAILADDRESSTU) "
+        "AND lower(l.EmailAddress) = lower(c.EMAILADDRESSTU) ORDER BY 1 LIMIT 1",
+    )
+    conn.execute("UPDATE co_students SET STUDID = '09999999' WHERE STPERSONNR = ?", [number])
+    note_changes(conn, "co_student", f"SELECT {number}")
+
+
 def _account_unlinked(conn: duckdb.DuckDBPyConnection) -> None:
     """A student's Stud.IP account loses the matriculation number, e-mail and birth date that
     joined it to them: it becomes a person of its own the HUB cannot take, and the student's
@@ -720,9 +736,58 @@ def _account_unlinked(conn: duckdb.DuckDBPyConnection) -> None:
     note_changes(conn, "studip_user", f"SELECT '{user_id}'")
 
 
+def _registration_moves(conn: duckdb.DuckDBPyConnection) -> None:
+    """One learner's LMS registration ends and another learner registers for the course."""
+    registration, course = _one(
+        conn,
+        "SELECT RegistrationId, CourseId FROM lms_registrations r JOIN persons p "
+        "ON p.lms_login = r.OrganizationLoginId WHERE p.hub_code IS NOT NULL ORDER BY 1 LIMIT 1",
+    )
+    (login,) = _one(
+        conn,
+        "SELECT lms_login FROM persons WHERE hub_code IS NOT NULL AND lms_login NOT IN "
+        f"(SELECT OrganizationLoginId FROM lms_registrations WHERE CourseId = '{course}') "
+        "ORDER BY 1 LIMIT 1",
+    )
+    conn.execute(
+        "INSERT INTO lms_registrations SELECT * REPLACE ('new-1' AS RegistrationId, "
+        "? AS OrganizationLoginId) FROM lms_registrations WHERE RegistrationId = ?",
+        [login, registration],
+    )
+    conn.execute("DELETE FROM lms_registrations WHERE RegistrationId = ?", [registration])
+    note_changes(conn, "lms_course", f"SELECT '{course}'")
+
+
+def _learner_unlinked(conn: duckdb.DuckDBPyConnection) -> None:
+    """A learner loses the student id and e-mail that joined it to a student: it becomes a
+    person of its own the HUB cannot take (no birth date), and the student's links in its
+    courses must go."""
+    (login,) = _one(
+        conn,
+        "SELECT l.source_id FROM person_links l JOIN persons p ON p.lms_login = l.source_id "
+        "WHERE l.system = 'lms' AND l.rule = 'studid' AND p.hub_code IS NOT NULL "
+        "AND l.source_id NOT IN (SELECT username FROM studip_users) ORDER BY 1 LIMIT 1",
+    )
+    conn.execute(
+        "UPDATE lms_learners SET StudentId = NULL, EmailAddress = 'someone@else.example', "
+        "OrgProfileFieldValues = map([], []) WHERE OrganizationLoginId = ?",
+        [login],
+    )
+    note_changes(conn, "lms_learner", f"SELECT '{login}'")
+
+
 @pytest.mark.parametrize(
     "change",
-    [_member_moves, _course_renumbered, _username_changes, _student_renamed, _account_unlinked],
+    [
+        _member_moves,
+        _course_renumbered,
+        _username_changes,
+        _student_renamed,
+        _student_id_changes,
+        _account_unlinked,
+        _registration_moves,
+        _learner_unlinked,
+    ],
 )
 def test_an_incremental_build_from_the_noted_changes_equals_a_rebuild(
     warehouse: WarehouseResource, change
@@ -745,7 +810,28 @@ def test_an_incremental_build_from_the_noted_changes_equals_a_rebuild(
     assert summary.build == "incremental", summary.why
     assert built != before
     assert sorted(built - rebuilt) == sorted(rebuilt - built) == []
-    assert 0 < summary.persons_rebuilt + summary.courses_rebuilt < 20
+    rebuilt_counts = (summary.persons_rebuilt, summary.courses_rebuilt, summary.lms_courses_rebuilt)
+    assert 0 < sum(rebuilt_counts) < 20, rebuilt_counts
+
+
+def test_a_new_current_term_rebuilds_every_lms_link(warehouse: WarehouseResource) -> None:
+    """LMS registrations are sections of the current term: when today falls in the next
+    semester, every LMS section and link changes, the Stud.IP ones do not."""
+    world = World(seed=15, students=200, today=TODAY)
+    later = datetime.fromtimestamp(world.next_semester.begin, VIENNA).date() + timedelta(days=1)
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)
+        summary = build_hub_desired(conn, VIENNA, later)
+        built = set(conn.execute(HUB_DESIRED_ROWS).fetchall())
+        note_rebuild(conn, "the test rebuilds")
+        build_hub_desired(conn, VIENNA, later)
+        rebuilt = set(conn.execute(HUB_DESIRED_ROWS).fetchall())
+        (lms_courses,) = _one(conn, "SELECT count(DISTINCT CourseId) FROM lms_registrations")
+    assert summary.build == "incremental"
+    assert summary.lms_courses_rebuilt == lms_courses and summary.courses_rebuilt == 0
+    assert built == rebuilt
 
 
 def test_changed_terms_or_blocked_persons_make_the_build_rebuild(
