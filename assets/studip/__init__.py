@@ -565,9 +565,10 @@ def plan_crawl(
     if incremental and known:
         changed = changed_studip_user_ids(stager.writer, stager.writer.sync_key, student_id_field)
         courses = previous_courses(stager.writer, changed, semester_ids)
-        found = find_new_users(client, stager, student_id_field)
+        found = find_new_users(client, stager, student_id_field, set(known))
         seeds = [*changed, *(u for u in found if u not in changed)]
-        return CrawlPlan("incremental", seeds, found, known, courses)
+        fetched = [u for u in found if u not in set(known)]  # known hits were not read
+        return CrawlPlan("incremental", seeds, fetched, known, courses)
     me = client.user_page()
     stager.land(me)
     seeds = [u.user_id for u in me.records]
@@ -593,31 +594,60 @@ def plan_crawl(
     return CrawlPlan("full", seeds, fetched, [], [])
 
 
-def find_new_users(client: StudipClient, stager: Stager, student_id_field: str) -> list[str]:
-    """Stud.IP users of the persons changed in this sync that Stud.IP knew nothing of before:
-    one ``/users?q=`` search each, then ``/user/:id`` of each hit, ``STUDIP_CONCURRENCY`` at a
-    time (a hit is a short record, without the e-mail and datafields the rules need); kept,
-    and staged, where a rule matches. Everything read is landed."""
+@dataclass(frozen=True)
+class StoredUser:
+    """A Stud.IP user as the last sync stored it (what ``UnlinkedPerson.matches`` reads)."""
+
+    user_id: str
+    username: str
+    email: str | None
+    datafield_map: dict[str, str]
+
+
+def stored_users(conn: Sql, user_ids: Sequence[str]) -> dict[str, StoredUser]:
+    rows = conn.execute(
+        "SELECT user_id, username, email, datafields FROM studip_users "
+        "WHERE list_contains($ids, user_id)",
+        {"ids": list(user_ids)},
+    ).fetchall()
+    return {row[0]: StoredUser(row[0], row[1], row[2], dict(row[3] or {})) for row in rows}
+
+
+def find_new_users(
+    client: StudipClient, stager: Stager, student_id_field: str, known: set[str]
+) -> list[str]:
+    """Stud.IP users of the persons changed in this sync that no Stud.IP user was joined to:
+    one ``/users?q=`` search each. A hit is a short record, without the e-mail and datafields
+    the rules need: a hit the last syncs stored (in ``known``) is checked against its stored
+    record, any other is read with ``/user/:id``, ``STUDIP_CONCURRENCY`` at a time. Kept, and
+    staged, where a rule matches. Everything read is landed.
+
+    At 100,000 students a changed student's full name had about 30 namesakes, nearly all
+    stored: reading each took 470 of an incremental crawl's 1,208 requests. A stored user whose
+    record changed in Stud.IP alone is matched as stored until the next listing or full sync,
+    as every Stud.IP-only change is."""
     by_search: dict[str, list[UnlinkedPerson]] = defaultdict(list)
     for person in unlinked_changed_persons(stager.writer, stager.writer.sync_key):
         by_search[person.search].append(person)  # one search per name, however many share it
     found: list[str] = []
-    read: set[str] = set()
+    seen: set[str] = set()
+
+    def keep(users: Iterable[Any], persons: list[UnlinkedPerson]) -> bool:
+        matching = [u for u in users if any(p.matches(u, student_id_field) for p in persons)]
+        found.extend(u.user_id for u in matching if u.user_id not in found)
+        return bool(matching)
+
     for text, persons in by_search.items():
         for page in client.search_users(text):
             stager.land(page)
-            hits = list(dict.fromkeys(hit.id for hit in page.records if hit.id not in read))
-            read.update(hits)
-            for user_id, hit_page in zip(hits, client.user_pages(hits), strict=True):
+            hits = list(dict.fromkeys(hit.id for hit in page.records if hit.id not in seen))
+            seen.update(hits)
+            keep(stored_users(stager.writer, [h for h in hits if h in known]).values(), persons)
+            unknown = [h for h in hits if h not in known]
+            for user_id, hit_page in zip(unknown, client.user_pages(unknown), strict=True):
                 # the crawl may read this user again: this read is landed as the search's
                 user_page = replace(hit_page, request_key=f"/user/{user_id}?q={text}")
-                matching = [
-                    u
-                    for u in user_page.records
-                    if any(p.matches(u, student_id_field) for p in persons)
-                ]
-                stager.land(user_page, stage=bool(matching))
-                found += [u.user_id for u in matching if u.user_id not in found]
+                stager.land(user_page, stage=keep(user_page.records, persons))
     return found
 
 
