@@ -265,19 +265,19 @@ _SAME_PERSON = """n.person_key = p.person_key
 # hub_desired build rebuilds their users and the links of those accounts' courses.
 REPLACED_PERSONS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE g_replaced AS
-SELECT person_key, studip_user_id, lms_login FROM persons p
+SELECT false AS new, person_key, studip_user_id, lms_login FROM persons p
 WHERE NOT EXISTS (SELECT 1 FROM g_persons n WHERE {_SAME_PERSON})
 UNION ALL
-SELECT person_key, studip_user_id, lms_login FROM g_persons n
+SELECT true, person_key, studip_user_id, lms_login FROM g_persons n
 WHERE NOT EXISTS (SELECT 1 FROM persons p WHERE {_SAME_PERSON});
 """
 
-STORE_PERSONS_SQL = f"""
-DELETE FROM persons p WHERE NOT EXISTS (SELECT 1 FROM g_persons n WHERE {_SAME_PERSON});
+STORE_PERSONS_SQL = """
+DELETE FROM persons WHERE person_key IN (SELECT person_key FROM g_replaced WHERE NOT new);
 
 INSERT INTO persons
 SELECT n.*, NULL, NULL FROM g_persons n
-WHERE NOT EXISTS (SELECT 1 FROM persons p WHERE p.person_key = n.person_key);
+WHERE person_key IN (SELECT person_key FROM g_replaced WHERE new);
 """
 
 USERS_SQL = f"""
