@@ -66,7 +66,7 @@ def studip_numbers(sync: harness.SyncMeasurement) -> dict[str, Any]:
     """The Stud.IP step's mode and requests (``users_read_in_full``: a listing's detail reads)."""
     return {
         name: sync.number("studip_raw_pages", name)
-        for name in ("requests", "jsonapi_requests", "users_read_in_full")
+        for name in ("requests", "jsonapi_requests", "users_read_in_full", "plan_s", "http_seconds")
     }
 
 

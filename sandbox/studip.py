@@ -922,12 +922,14 @@ class StudipServer(SandboxServer):
         base = f"{self.origin}/assets/images/avatars/user/nobody"
         return {f"avatar_{size}": f"{base}_{size}.webp" for size in AVATAR_SIZES}
 
-    def _name(self, user: StudipUser) -> dict[str, str]:
+    def _given_family(self, user: StudipUser) -> tuple[str, str]:
         if user.pid is None:
-            given, family = API_ACCOUNT_NAME
-        else:
-            person = self.world.persons[user.pid]
-            given, family = person.given, person.family
+            return API_ACCOUNT_NAME
+        person = self.world.persons[user.pid]
+        return person.given, person.family
+
+    def _name(self, user: StudipUser) -> dict[str, str]:
+        given, family = self._given_family(user)
         return {
             "username": user.username,
             "formatted": f"{given} {family}".strip(),
@@ -1167,10 +1169,14 @@ class StudipServer(SandboxServer):
         )
 
     def _matches(self, user: StudipUser, needle: str) -> bool:
-        name = self._name(user)
-        return any(
-            needle in text.lower()
-            for text in (user.username, name["given"], name["family"], name["formatted"])
+        # the fields of _name without building it: a search looks at every user (0.09 s for
+        # 86,000 users that way, half of it building the names)
+        given, family = self._given_family(user)
+        return (
+            needle in user.username.lower()
+            or needle in given.lower()
+            or needle in family.lower()
+            or needle in f"{given} {family}".strip().lower()
         )
 
     def _course(self, request: Request) -> Response:

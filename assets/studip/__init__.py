@@ -721,6 +721,7 @@ def studip_raw_pages(
             except SemesterSelectionError as exc:
                 raise dg.Failure(str(exc)) from exc
             stager.land(client.settings())
+            planning, plan_s = time.perf_counter(), 0.0
             if listing:
                 plan = listing_plan(jsonapi, client, stager, studip, semester_ids, semesters, key)
                 context.log.info(
@@ -740,6 +741,7 @@ def studip_raw_pages(
                     f"Stud.IP {plan.mode} crawl from {len(plan.seeds)} seed users over "
                     f"{len(semester_ids)} semesters, {studip.concurrency} requests at a time"
                 )
+                plan_s = time.perf_counter() - planning
                 for page in client.crawl(
                     plan.seeds,
                     crawl_semesters(semester_ids, semesters),
@@ -778,6 +780,10 @@ def studip_raw_pages(
             "memberships": counts.memberships,
             "quarantined": counts.quarantined,
             "concurrency": studip.concurrency,
+            # a crawl's planning (its changed users, and the searches for new ones); the
+            # requests' time summed over the threads (more than the wall time when concurrent)
+            **({} if listing else {"plan_s": round(plan_s, 3)}),
+            "http_seconds": round(stats["http_seconds"] + listing_stats["http_seconds"], 3),
             "duration_s": round(duration, 3),
             "requests_per_s": round(requests_made / duration, 1) if duration else 0.0,
         }
