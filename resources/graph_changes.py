@@ -43,9 +43,12 @@ INSERT INTO graph_changes VALUES ('{REBUILD}', 'the change queue is new');
 def note_changes(
     conn: duckdb.DuckDBPyConnection, kind: str, ids_sql: str, params: Any = None
 ) -> None:
-    """Note the ids ``ids_sql`` selects (one column) as changed, of ``kind``."""
+    """Note the ids ``ids_sql`` selects (one column) as changed, of ``kind``; nothing when a
+    rebuild is noted already (a full sync noted 100,000 students for nothing)."""
     if kind not in KINDS:
         raise ValueError(f"unknown graph change kind {kind!r}")
+    if rebuild_noted(conn):
+        return
     conn.execute(
         f"INSERT OR IGNORE INTO graph_changes SELECT DISTINCT '{kind}', id::VARCHAR "
         f"FROM ({ids_sql}) AS changed(id) WHERE id IS NOT NULL",
@@ -56,3 +59,8 @@ def note_changes(
 def note_rebuild(conn: duckdb.DuckDBPyConnection, why: str) -> None:
     """Make the next ``hub_desired`` build rebuild everything, saying why."""
     conn.execute("INSERT OR IGNORE INTO graph_changes VALUES (?, ?)", [REBUILD, why])
+
+
+def rebuild_noted(conn: duckdb.DuckDBPyConnection) -> bool:
+    row = conn.execute("SELECT 1 FROM graph_changes WHERE kind = ? LIMIT 1", [REBUILD]).fetchone()
+    return row is not None
