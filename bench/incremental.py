@@ -70,6 +70,14 @@ def studip_numbers(sync: harness.SyncMeasurement) -> dict[str, Any]:
     }
 
 
+def desired_numbers(sync: harness.SyncMeasurement) -> dict[str, Any]:
+    """What the ``hub_desired`` step rebuilt (all zero: it rebuilt everything)."""
+    return {
+        name: sync.number("hub_desired", name)
+        for name in ("persons_rebuilt", "studip_courses_rebuilt", "lms_courses_rebuilt")
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--students", type=int, default=20000)
@@ -130,6 +138,7 @@ def main() -> None:
         "end_to_end_s": end_to_end,
         "stages": harness.stages(sync),
         "studip": studip_numbers(sync),
+        "hub_desired": desired_numbers(sync),
         "requests_served": served,
         "studip_requests_by_route": studip_routes,
         "requests_per_change": round(requests_served / changes, 2) if changes else None,

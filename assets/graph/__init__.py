@@ -33,6 +33,11 @@ with a teacher role but no CPF or e-mail is not sent; ``persons.unsendable_reaso
 Text sent to the HUB carries no control characters (NUL, line breaks, C1) and no bidi
 embedding, override or isolate characters (a U+202E makes a name display as another): they
 are removed from ``hub_desired`` and counted; the raw pages keep them as received.
+
+``hub_desired`` is maintained from the changes the merges and ``persons`` note in
+``graph_changes`` (``resources/graph_changes.py``): the users of the persons they touch and the
+links of the Stud.IP and LMS courses they touch are rebuilt, terms, subjects and sections
+(a few per course) always; a full sync, a changed term or a blocked person rebuilds everything.
 """
 
 import json
@@ -874,7 +879,9 @@ def hub_desired(
 ) -> dg.MaterializeResult:
     """What the HUB should hold: every term, subject, user, section and link the mapping of
     the graph gives (``hub_desired``, one row per object with its exact JSON). Persons the HUB
-    could not take are counted by reason, never sent with invented values."""
+    could not take are counted by reason, never sent with invented values. An incremental
+    sync rebuilds only the objects its changes touch (``build``: incremental, with what it
+    rebuilt); a full sync rebuilds everything (``rebuilt_because``)."""
     zone = ZoneInfo(graph_settings.timezone)
     started = time.perf_counter()
     with warehouse.connection() as conn:
