@@ -658,16 +658,18 @@ WHERE person_key IN (SELECT person_key FROM g_dirty_persons);
 """
 
 # ... and the Stud.IP links of the courses whose course or memberships changed, or one of whose
-# members now has another HUB code or belongs to another person (USER_OUTCOMES_SQL has run).
+# members now has another HUB code (g_recoded: USER_OUTCOMES_SQL has run) or belongs to another
+# person.
 DIRTY_COURSES_SQL = """
+CREATE OR REPLACE TEMP TABLE g_recoded AS
+SELECT o.studip_user_id, o.lms_login FROM g_old_codes o JOIN persons p USING (person_key)
+WHERE o.hub_code IS DISTINCT FROM p.hub_code;
+
 CREATE OR REPLACE TEMP TABLE g_dirty_courses AS
-WITH members AS (
-    SELECT id AS user_id FROM graph_changes WHERE kind = 'studip_user_relinked'
-    UNION SELECT o.studip_user_id FROM g_old_codes o JOIN persons p USING (person_key)
-    WHERE o.hub_code IS DISTINCT FROM p.hub_code AND o.studip_user_id IS NOT NULL
-)
 SELECT id AS course_id FROM graph_changes WHERE kind = 'studip_course'
-UNION SELECT course_id FROM studip_memberships WHERE user_id IN (SELECT user_id FROM members);
+UNION SELECT course_id FROM studip_memberships WHERE user_id IN (
+    SELECT id FROM graph_changes WHERE kind = 'studip_user_relinked'
+    UNION SELECT studip_user_id FROM g_recoded);
 """
 
 # ... and the LMS links of the LMS courses whose registrations changed, one of whose learners
@@ -677,8 +679,7 @@ DIRTY_LMS_COURSES_SQL = """
 CREATE OR REPLACE TEMP TABLE g_dirty_lms_courses AS
 WITH learners AS (
     SELECT id AS login FROM graph_changes WHERE kind = 'lms_learner_relinked'
-    UNION SELECT o.lms_login FROM g_old_codes o JOIN persons p USING (person_key)
-    WHERE o.hub_code IS DISTINCT FROM p.hub_code AND o.lms_login IS NOT NULL
+    UNION SELECT lms_login FROM g_recoded
 ), sections AS (
     SELECT key, payload::VARCHAR FROM g_new
     WHERE object_type = 'section' AND starts_with(key, 'lms-')

@@ -491,29 +491,34 @@ def test_known_users_are_not_expanded(server: StudipServer, world: World) -> Non
     assert {p.subject for p in pages if p.route.startswith("/user/")} == {seed}
 
 
+class InFlight:
+    """Counts the client's requests in flight; ``peak`` is the most at once."""
+
+    def __init__(self, client: StudipClient) -> None:
+        self.now, self.peak = 0, 0
+        self._lock = threading.Lock()
+        self._send = client.http.session.request
+        client.http.session.request = self._counting  # type: ignore[method-assign]
+
+    def _counting(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            return self._send(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
 def test_concurrency_stays_within_its_bound(server: StudipServer, world: World) -> None:
     server.faults.configure(FaultConfig(latency_ms=15))
     client = resource(api_url=server.base_url, concurrency=3).client()
-    in_flight, peak = 0, 0
-    lock = threading.Lock()
-    send = client.http.session.request
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        nonlocal in_flight, peak
-        with lock:
-            in_flight += 1
-            peak = max(peak, in_flight)
-        try:
-            return send(*args, **kwargs)
-        finally:
-            with lock:
-                in_flight -= 1
-
-    client.http.session.request = counting  # type: ignore[method-assign]
+    flight = InFlight(client)
     started = time.perf_counter()
     pages = list(client.crawl(seeds(world), default_semester_ids(world)))
     assert len(pages) > 20
-    assert peak == 3, f"expected exactly 3 requests in flight at the peak, saw {peak}"
+    assert flight.peak == 3, f"expected exactly 3 requests in flight at the peak, saw {flight.peak}"
     assert time.perf_counter() - started > 0.015 * len(pages) / 3
     server.faults.configure(FaultConfig())
 
@@ -526,29 +531,14 @@ def test_user_pages_are_read_concurrently_and_come_in_order(
     an unknown id gives its page without a record."""
     server.faults.configure(FaultConfig(latency_ms=15))
     client = resource(api_url=server.base_url, concurrency=3).client()
-    in_flight, peak = 0, 0
-    lock = threading.Lock()
-    send = client.http.session.request
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        nonlocal in_flight, peak
-        with lock:
-            in_flight += 1
-            peak = max(peak, in_flight)
-        try:
-            return send(*args, **kwargs)
-        finally:
-            with lock:
-                in_flight -= 1
-
-    client.http.session.request = counting  # type: ignore[method-assign]
+    flight = InFlight(client)
     user_ids = [*sorted(world.studip_users)[:8], "f" * 32]
     pages = list(client.user_pages(user_ids))
     server.faults.configure(FaultConfig())
     assert [p.subject for p in pages] == user_ids
     assert [p.records[0].user_id for p in pages[:-1]] == user_ids[:-1]
     assert not pages[-1].found and not pages[-1].records
-    assert peak == 3, f"expected 3 requests in flight at the peak, saw {peak}"
+    assert flight.peak == 3, f"expected 3 requests in flight at the peak, saw {flight.peak}"
     assert list(client.user_pages([])) == []
 
 
