@@ -7,11 +7,13 @@ sent and ``nextFromDate``, the time taken just before the endpoint's first call.
 incremental sync sends that ``nextFromDate``; nothing is stored unless both endpoints were read
 to the end, so a failed sync advances nothing. A full sync reads from the beginning of time.
 
-``lms_current_state`` rebuilds ``lms_registrations``, ``lms_courses`` and ``lms_learners`` in
+``lms_current_state`` builds ``lms_registrations``, ``lms_courses`` and ``lms_learners`` in
 SQL: the items of the latest successful full sync overlaid with every later sync, one row per
 ``RegistrationId`` (the latest fetched wins: a later sync, then the completed endpoint, which is
 read after the active one, then the later page and position). A registration absent from the
-latest full sync is gone. ``changed_in_sync`` names the sync that last changed a row.
+latest full sync is gone. ``changed_in_sync`` names the sync that last changed a row. An
+incremental sync that follows the landing the tables hold (``lms_current_built``) applies only
+its own items (``overlay``), which gives the same tables.
 """
 
 import json
@@ -19,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import duckdb
@@ -383,17 +385,15 @@ _LEARNER_CONTENT = [c for c in LEARNER_SCHEMA if c not in ("row_hash", "changed_
 _OLDEST_FIRST = "l.started, i.endpoint = 'completed', i.page_nr, i.item_nr"
 
 
-def build_current_items(
-    conn: duckdb.DuckDBPyConnection, as_of: datetime, key: str | None = None
-) -> None:
-    """Temp table ``lms_current_items``: per RegistrationId its latest item among the base and
-    every later landing up to ``as_of`` (all landings if there is no base). The base is the
-    latest full landing whose sync succeeded, or ``key``'s own: a full sync that failed (one the
-    mass-delete guard blocked, say) is overlaid like any later landing, it deletes nothing, or
-    every sync after it would be built on its snapshot and blocked too."""
+def build_chain(conn: duckdb.DuckDBPyConnection, as_of: datetime, key: str | None = None) -> None:
+    """Temp table ``lms_chain`` (sync_key, mode, started): the base and every later landing up
+    to ``as_of`` (all landings if there is no base). The base is the latest full landing whose
+    sync succeeded, or ``key``'s own: a full sync that failed (one the mass-delete guard
+    blocked, say) is overlaid like any later landing, it deletes nothing, or every sync after
+    it would be built on its snapshot and blocked too."""
     conn.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE lms_current_items AS
+        """
+        CREATE OR REPLACE TEMP TABLE lms_chain AS
         WITH landings AS (
             SELECT sync_key, any_value(mode) AS mode, any_value(sync_started_at) AS started
             FROM lms_watermarks WHERE sync_started_at <= ? GROUP BY sync_key
@@ -406,19 +406,58 @@ def build_current_items(
                            WHERE r.key = l.sync_key AND r.status = 'success')
                 -- landed without sync bookkeeping (the LMS assets materialized alone)
                 OR NOT EXISTS (SELECT 1 FROM sync_runs r WHERE r.key = l.sync_key))
-        ),
-        ranked AS (
+        )
+        SELECT sync_key, mode, started FROM landings
+        WHERE started >= (SELECT started FROM base)
+        """,
+        [as_of, key],
+    )
+
+
+def build_current_items(conn: duckdb.DuckDBPyConnection, only_key: str | None = None) -> None:
+    """Temp table ``lms_current_items``: per RegistrationId its latest item in ``lms_chain``
+    (``only_key``: in that landing alone)."""
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE lms_current_items AS
+        WITH ranked AS (
             SELECT i.*, l.started,
                 -- fetch order over the overlaid syncs: the higher, the more recent
                 row_number() OVER (ORDER BY {_OLDEST_FIRST}) AS fetch_rank
-            FROM stg_lms_registrations i JOIN landings l USING (sync_key)
-            WHERE l.started >= (SELECT started FROM base)
+            FROM stg_lms_registrations i JOIN lms_chain l USING (sync_key)
+            {"WHERE i.sync_key = $key" if only_key else ""}
         )
         SELECT * FROM ranked
         QUALIFY row_number() OVER (PARTITION BY RegistrationId ORDER BY fetch_rank DESC) = 1
         """,
-        [as_of, key],
+        {"key": only_key} if only_key else None,
     )
+
+
+def _build_mode(conn: duckdb.DuckDBPyConnection, key: str) -> Literal["overlay", "rebuild"]:
+    """``overlay`` when ``key`` is incremental and the tables hold the state of the landing
+    before it in ``lms_chain``, on the same base: then only its items need applying. Anything
+    else (a full sync, a re-run, a sync skipped or run out of order, a new base) rebuilds."""
+    chain = conn.execute("SELECT sync_key, mode FROM lms_chain ORDER BY started").fetchall()
+    built = conn.execute("SELECT built_from_key, base_key FROM lms_current_built").fetchall()
+    if len(chain) < 2 or chain[-1][0] != key or chain[-1][1] == "full" or not built:
+        return "rebuild"
+    return "overlay" if built[0] == (chain[-2][0], chain[0][0]) else "rebuild"
+
+
+def _moved(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether an item of the sync moves a stored registration to another course or learner:
+    the course or learner it leaves may then take its values from older items, which only a
+    rebuild reads."""
+    (moved,) = conn.execute(
+        """
+        SELECT EXISTS (SELECT 1 FROM new_lms_registrations n JOIN lms_registrations o
+                       USING (RegistrationId)
+                       WHERE n.CourseId <> o.CourseId
+                          OR n.OrganizationLoginId <> o.OrganizationLoginId)
+        """
+    ).fetchone() or (True,)
+    return bool(moved)
 
 
 def build_new_state(
@@ -482,10 +521,10 @@ class StateChange:
 
 
 def apply_new_state(
-    conn: duckdb.DuckDBPyConnection, table: str, key_column: str, key: str
+    conn: duckdb.DuckDBPyConnection, table: str, key_column: str, key: str, *, whole: bool = True
 ) -> StateChange:
-    """Make ``table`` equal to ``new_<table>``; rows that are new or differ get
-    ``changed_in_sync = key``, unchanged rows keep theirs."""
+    """Make ``table`` equal to ``new_<table>`` (``whole``; else only upsert its rows); rows that
+    are new or differ get ``changed_in_sync = key``, unchanged rows keep theirs."""
     new = f"new_{table}"
     inserted, updated = conn.execute(
         f"""
@@ -494,10 +533,11 @@ def apply_new_state(
         FROM {new} n LEFT JOIN {table} o ON o.{key_column} = n.{key_column}
         """
     ).fetchone() or (0, 0)
-    (deleted,) = conn.execute(
-        f"SELECT count(*) FROM {table} WHERE {key_column} NOT IN (SELECT {key_column} FROM {new})"
-    ).fetchone() or (0,)
-    conn.execute(f"DELETE FROM {table} WHERE {key_column} NOT IN (SELECT {key_column} FROM {new})")
+    deleted = 0
+    if whole:
+        gone = f"{key_column} NOT IN (SELECT {key_column} FROM {new})"
+        (deleted,) = conn.execute(f"SELECT count(*) FROM {table} WHERE {gone}").fetchone() or (0,)
+        conn.execute(f"DELETE FROM {table} WHERE {gone}")
     conn.execute(
         f"""
         INSERT OR REPLACE INTO {table}
@@ -521,18 +561,30 @@ def sync_numbers(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, int]:
     return {"sync_items": int(items), "duplicates_dropped": int(items) - int(distinct)}
 
 
-def _note_changed_courses(conn: duckdb.DuckDBPyConnection) -> None:
+def _note_changed_courses(conn: duckdb.DuckDBPyConnection, *, whole: bool) -> None:
     """Before the registrations are replaced: tell the next ``hub_desired`` build the courses
-    of the registrations that are new, changed or gone (their links)."""
-    note_changes(
-        conn,
-        "lms_course",
-        """SELECT o.CourseId FROM lms_registrations o
-               LEFT JOIN new_lms_registrations n USING (RegistrationId)
-           WHERE n.row_hash IS DISTINCT FROM o.row_hash
-           UNION SELECT n.CourseId FROM new_lms_registrations n
-               LEFT JOIN lms_registrations o USING (RegistrationId)
-           WHERE o.row_hash IS DISTINCT FROM n.row_hash""",
+    of the registrations that are new, changed or (``whole``) gone (their links)."""
+    changed = """SELECT n.CourseId FROM new_lms_registrations n
+                     LEFT JOIN lms_registrations o USING (RegistrationId)
+                 WHERE o.row_hash IS DISTINCT FROM n.row_hash"""
+    gone = """SELECT o.CourseId FROM lms_registrations o
+                  LEFT JOIN new_lms_registrations n USING (RegistrationId)
+              WHERE n.row_hash IS DISTINCT FROM o.row_hash"""
+    note_changes(conn, "lms_course", f"{changed} UNION {gone}" if whole else changed)
+
+
+def _offerings_of_touched_courses(conn: duckdb.DuckDBPyConnection) -> None:
+    """An overlay's ``new_lms_courses`` have the offerings of the sync's items; a course's are
+    those of all its registrations (the sync's applied already)."""
+    conn.execute(
+        f"""
+        UPDATE new_lms_courses n SET OfferingShortIds = r.ids
+        FROM (SELECT CourseId, list_sort(list_distinct(list(OfferingShortId))) AS ids
+              FROM lms_registrations
+              WHERE CourseId IN (SELECT CourseId FROM new_lms_courses) GROUP BY CourseId) r
+        WHERE r.CourseId = n.CourseId;
+        UPDATE new_lms_courses SET row_hash = {row_hash_sql(_COURSE_CONTENT)};
+        """
     )
 
 
@@ -551,11 +603,24 @@ def _note_graph_changes(conn: duckdb.DuckDBPyConnection, key: str) -> None:
 
 def update_current_state(
     conn: duckdb.DuckDBPyConnection, key: str, student_id_field: str = STUDENT_ID_FIELD
-) -> tuple[dict[str, StateChange], dict[str, int]]:
+) -> tuple[dict[str, StateChange], dict[str, Any]]:
+    """Bring the ``lms_*`` tables to the state as of ``key``: an incremental sync that follows
+    the landing whose state they hold (``lms_current_built``) applies its own items
+    (``build`` = overlay, O(changes)); every other sync rebuilds them from the last full sync
+    and the landings after it (rebuild)."""
     as_of = parse_sync_key(key).started_at
     with transaction(conn):
-        build_current_items(conn, as_of, key)
-        build_new_state(conn, student_id_field)
+        build_chain(conn, as_of, key)
+        build = _build_mode(conn, key)
+        if build == "overlay":
+            build_current_items(conn, only_key=key)
+            build_new_state(conn, student_id_field)
+            if _moved(conn):
+                build = "rebuild"
+        if build == "rebuild":
+            build_current_items(conn)
+            build_new_state(conn, student_id_field)
+        whole = build == "rebuild"
         (resent,) = conn.execute(
             """
             SELECT count(*) FROM new_lms_registrations n JOIN lms_registrations o
@@ -564,13 +629,20 @@ def update_current_state(
             """,
             [key],
         ).fetchone() or (0,)
-        _note_changed_courses(conn)
-        changes = {
-            table: apply_new_state(conn, table, key_column, key)
-            for table, (key_column, _) in STATE_TABLES.items()
-        }
+        _note_changed_courses(conn, whole=whole)
+        changes = {}
+        for table, (key_column, _) in STATE_TABLES.items():
+            if table == "lms_courses" and not whole:
+                _offerings_of_touched_courses(conn)
+            changes[table] = apply_new_state(conn, table, key_column, key, whole=whole)
+        conn.execute("DELETE FROM lms_current_built")
+        conn.execute(
+            "INSERT INTO lms_current_built SELECT $key, "
+            "(SELECT sync_key FROM lms_chain ORDER BY started LIMIT 1)",
+            {"key": key},
+        )
         _note_graph_changes(conn, key)
-    numbers = {**sync_numbers(conn, key), "resent_unchanged": int(resent)}
+    numbers = {**sync_numbers(conn, key), "resent_unchanged": int(resent), "build": build}
     return changes, numbers
 
 
@@ -613,20 +685,23 @@ def update_current_state(
 def lms_current_state(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, lms: LmsResource
 ) -> Iterator[dg.MaterializeResult]:
-    """Rebuilds lms_registrations, lms_courses and lms_learners as of this sync: the latest full
+    """Brings lms_registrations, lms_courses and lms_learners to this sync: the latest full
     sync overlaid with the later ones, deduplicated by RegistrationId (the latest fetched wins).
-    Rows this sync changed carry its key in changed_in_sync."""
+    An incremental sync after the one the tables hold applies only its own items (``build``:
+    overlay); any other rebuilds. Rows this sync changed carry its key in changed_in_sync."""
     key = context.partition_key
     started = time.perf_counter()
     with warehouse.connection() as conn:
         changes, numbers = update_current_state(conn, key, lms.student_id_field)
     seconds = round(time.perf_counter() - started, 3)
+    build = numbers.pop("build")
     for table, change in changes.items():
         metadata: dict[str, Any] = {
             "dagster/row_count": change.rows,
             "inserted": change.inserted,
             "updated": change.updated,
             "deleted": change.deleted,
+            "build": build,
             "duration_s": seconds,
         }
         if table == "lms_registrations":

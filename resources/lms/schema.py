@@ -92,4 +92,10 @@ MIGRATIONS: list[Migration] = [
         "lms: staging table named stg_lms_registrations",
         "ALTER TABLE lms_registration_items RENAME TO stg_lms_registrations;",
     ),
+    Migration(
+        "lms: the sync whose state the current tables hold",
+        # one row: the landing the lms_* tables were built as of, and the full sync under it
+        "CREATE TABLE lms_current_built "
+        "(built_from_key VARCHAR NOT NULL, base_key VARCHAR NOT NULL);",
+    ),
 ]

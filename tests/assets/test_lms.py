@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from assets.lms import (
+    STATE_TABLES,
     land_registrations,
     lms_current_state,
     lms_registration_pages,
@@ -282,6 +283,55 @@ def test_late_vessel_completions_are_caught_by_the_next_sync(sync: Syncer) -> No
     assert {rid: s for rid, (s, _) in current.items()} == {
         rid: STATUS_NAMES[s] for rid, s in world_registrations(sync.sb).items()
     }
+
+
+def _current_tables(sync: Syncer) -> dict[str, list[tuple[Any, ...]]]:
+    return {table: sync.query(f"SELECT * FROM {table} ORDER BY ALL") for table in STATE_TABLES}
+
+
+def test_an_incremental_sync_overlays_its_items_and_equals_a_rebuild(sync: Syncer) -> None:
+    """The O(changes) path: after each incremental sync the tables equal what rebuilding from
+    the full sync gives, changed_in_sync included; a re-run, and a sync whose item moves a
+    registration to another learner, rebuild."""
+    assert sync.direct(FULL)["state"]["build"] == "rebuild"
+    keys = [f"incr-20261123T02{minute}00Z" for minute in (15, 30, 45)]
+    for seed, key in enumerate(keys, start=1):
+        sync.sb.world.step(seed=seed)
+        assert sync.direct(key)["state"]["build"] == "overlay"
+        overlaid = _current_tables(sync)
+        with sync.warehouse.connection() as conn:
+            conn.execute("DELETE FROM lms_current_built")
+            _, numbers = update_current_state(conn, key)
+        assert numbers["build"] == "rebuild"
+        assert _current_tables(sync) == overlaid
+    with sync.warehouse.connection() as conn:
+        _, numbers = update_current_state(conn, keys[-1])  # a re-run
+    assert numbers["build"] == "rebuild"
+    assert _current_tables(sync) == overlaid
+
+    # a course gets a second offering: one of its registrations comes back under it, the
+    # others keep the first (the course lists both, as a rebuild finds them in its items)
+    world = sync.sb.world
+    with world.lock:
+        registration = sorted(world.lms_registrations.values(), key=lambda r: r.registration_id)[0]
+        world.lms_courses[registration.course_id].offering_short_id = "second-offering"
+        registration.modified_at = world.clock.now()
+    assert sync.direct("incr-20261123T030000Z")["state"]["build"] == "overlay"
+    [(offerings,)] = sync.query(
+        "SELECT OfferingShortIds FROM lms_courses WHERE CourseId = ?", [registration.course_id]
+    )
+    assert "second-offering" in offerings and len(offerings) > 1
+    overlaid = _current_tables(sync)
+    with sync.warehouse.connection() as conn:
+        conn.execute("DELETE FROM lms_current_built")
+        update_current_state(conn, "incr-20261123T030000Z")
+    assert _current_tables(sync) == overlaid
+
+    with world.lock:
+        other = next(login for login in sorted(world.lms_learners) if login != registration.login)
+        registration.login = other
+        registration.modified_at = world.clock.now()
+    assert sync.direct("incr-20261123T031500Z")["state"]["build"] == "rebuild"
 
 
 def test_duplicates_across_syncs_leave_one_unchanged_row(sync: Syncer) -> None:
