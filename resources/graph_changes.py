@@ -21,12 +21,11 @@ KINDS = {
     REBUILD: "why everything must be rebuilt",
     "co_student": "a co_students STPERSONNR: its person's user",
     "studip_user": "a studip_users user_id: its person's user",
-    "lms_learner": "an lms_learners OrganizationLoginId: its person's user",
+    "lms_learner": "an LMS login whose learner or registrations changed: its person's user and "
+    "LMS links",
     "person": "a persons person_key that was replaced: its user",
     "studip_user_relinked": "a Stud.IP user whose person changed: the links of its courses",
     "studip_course": "a Stud.IP course_id whose course or memberships changed: its links",
-    "lms_learner_relinked": "an LMS login whose person changed: the links of its courses",
-    "lms_course": "an LMS CourseId whose registrations changed: its links",
 }
 
 GRAPH_CHANGES_SCHEMA = f"""

@@ -35,9 +35,10 @@ embedding, override or isolate characters (a U+202E makes a name display as anot
 are removed from ``hub_desired`` and counted; the raw pages keep them as received.
 
 ``hub_desired`` is maintained from the changes the merges and ``persons`` note in
-``graph_changes`` (``resources/graph_changes.py``): the users of the persons they touch and the
-links of the Stud.IP and LMS courses they touch are rebuilt, terms, subjects and sections
-(a few per course) always; a full sync, a changed term or a blocked person rebuilds everything.
+``graph_changes`` (``resources/graph_changes.py``): the users of the persons they touch, the
+Stud.IP links of the courses they touch and the LMS links of those persons' HUB codes are
+rebuilt, terms, subjects and sections (a few per course) always; a full sync, a changed term or
+a blocked person rebuilds everything.
 """
 
 import json
@@ -330,7 +331,6 @@ def resolve_identities(
         conn.execute(REPLACED_PERSONS_SQL)
         note_changes(conn, "person", "SELECT person_key FROM g_replaced")
         note_changes(conn, "studip_user_relinked", "SELECT studip_user_id FROM g_replaced")
-        note_changes(conn, "lms_learner_relinked", "SELECT lms_login FROM g_replaced")
         conn.execute(STORE_PERSONS_SQL)
     rows = conn.execute("SELECT system || ':' || rule, count(*) FROM person_links GROUP BY 1")
     return dict(rows.fetchall())
@@ -662,7 +662,7 @@ WHERE person_key IN (SELECT person_key FROM g_dirty_persons);
 # person.
 DIRTY_COURSES_SQL = """
 CREATE OR REPLACE TEMP TABLE g_recoded AS
-SELECT o.studip_user_id, o.lms_login FROM g_old_codes o JOIN persons p USING (person_key)
+SELECT o.studip_user_id FROM g_old_codes o JOIN persons p USING (person_key)
 WHERE o.hub_code IS DISTINCT FROM p.hub_code;
 
 CREATE OR REPLACE TEMP TABLE g_dirty_courses AS
@@ -672,41 +672,45 @@ UNION SELECT course_id FROM studip_memberships WHERE user_id IN (
     UNION SELECT studip_user_id FROM g_recoded);
 """
 
-# ... and the LMS links of the LMS courses whose registrations changed, one of whose learners
-# now has another HUB code or belongs to another person, or whose section changed (its name,
-# or a new current term: all of them). The LMS's sections are in g_new already.
-DIRTY_LMS_COURSES_SQL = """
+# ... and the LMS links of those persons' HUB codes, before and after (an LMS course has
+# thousands of registrations: rebuilding a course for one of them rebuilt 6,000 links), and of
+# the LMS courses whose section changed (its name, or a new current term: all of them). The
+# LMS's sections are in g_new already; hub_desired's users are still the last build's.
+DIRTY_LMS_SQL = """
+CREATE OR REPLACE TEMP TABLE g_dirty_codes AS
+SELECT key AS code FROM hub_desired
+WHERE object_type = 'user' AND origin IN (SELECT person_key FROM g_dirty_persons)
+UNION SELECT hub_code FROM persons
+WHERE person_key IN (SELECT person_key FROM g_dirty_persons) AND hub_code IS NOT NULL;
+
 CREATE OR REPLACE TEMP TABLE g_dirty_lms_courses AS
-WITH learners AS (
-    SELECT id AS login FROM graph_changes WHERE kind = 'lms_learner_relinked'
-    UNION SELECT lms_login FROM g_recoded
-), sections AS (
+WITH sections AS (
     SELECT key, payload::VARCHAR FROM g_new
     WHERE object_type = 'section' AND starts_with(key, 'lms-')
     EXCEPT SELECT key, payload::VARCHAR FROM hub_desired
     WHERE object_type = 'section' AND starts_with(key, 'lms-')
 )
-SELECT id AS CourseId FROM graph_changes WHERE kind = 'lms_course'
-UNION SELECT CourseId FROM lms_registrations
-WHERE OrganizationLoginId IN (SELECT login FROM learners)
-UNION SELECT CourseId FROM g_lms WHERE section IN (SELECT key FROM sections);
+SELECT DISTINCT CourseId FROM g_lms WHERE section IN (SELECT key FROM sections);
 """
 
 # What an incremental build replaces: the terms, subjects and sections (a few per course, all
-# rebuilt), the users of the dirty persons, and the links of the dirty courses of Stud.IP and
-# the LMS (a link's origin is its section).
+# rebuilt), the users of the dirty persons, the links of the dirty Stud.IP courses (a link's
+# origin is its section) and the LMS links of the dirty codes and LMS courses.
 REPLACED_OBJECTS_SQL = """
 DELETE FROM hub_desired
 WHERE object_type IN ('term', 'subject', 'section')
    OR (object_type = 'user' AND origin IN (SELECT person_key FROM g_dirty_persons))
    OR (object_type IN ('sectionstudent', 'sectionteacher') AND (
        origin IN (SELECT course_id FROM g_dirty_courses)
-       OR origin IN (SELECT 'lms-' || CourseId FROM g_dirty_lms_courses)));
+       OR origin IN (SELECT 'lms-' || CourseId FROM g_dirty_lms_courses)
+       OR (starts_with(origin, 'lms-')
+           AND payload->>'$.student.code' IN (SELECT code FROM g_dirty_codes))));
 """
 
 PERSONS_SCOPE = "AND p.person_key IN (SELECT person_key FROM g_dirty_persons)"
 COURSES_SCOPE = "AND m.course_id IN (SELECT course_id FROM g_dirty_courses)"
-LMS_SCOPE = "AND CourseId IN (SELECT CourseId FROM g_dirty_lms_courses)"
+LMS_SCOPE = """AND (CourseId IN (SELECT CourseId FROM g_dirty_lms_courses)
+    OR hub_code IN (SELECT code FROM g_dirty_codes))"""
 
 
 def _into(sql: str, target: str) -> str:
@@ -758,7 +762,7 @@ def _build_changes(conn: duckdb.DuckDBPyConnection) -> tuple[int, int, int, int]
     conn.execute(DIRTY_COURSES_SQL)
     conn.execute(_into(DESIRED_COURSES_SQL.replace("/*COURSES_SCOPE*/", COURSES_SCOPE), "g_new"))
     conn.execute(_into(DESIRED_LMS_SQL, "g_new"))
-    conn.execute(DIRTY_LMS_COURSES_SQL)
+    conn.execute(DIRTY_LMS_SQL)
     conn.execute(_into(DESIRED_LMS_LINKS_SQL.replace("/*LMS_SCOPE*/", LMS_SCOPE), "g_new"))
     cleaned = clean_hub_desired(conn, "g_new")
     conn.execute(REPLACED_OBJECTS_SQL)

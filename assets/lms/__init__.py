@@ -561,16 +561,16 @@ def sync_numbers(conn: duckdb.DuckDBPyConnection, key: str) -> dict[str, int]:
     return {"sync_items": int(items), "duplicates_dropped": int(items) - int(distinct)}
 
 
-def _note_changed_courses(conn: duckdb.DuckDBPyConnection, *, whole: bool) -> None:
-    """Before the registrations are replaced: tell the next ``hub_desired`` build the courses
-    of the registrations that are new, changed or (``whole``) gone (their links)."""
-    changed = """SELECT n.CourseId FROM new_lms_registrations n
+def _note_changed_registrations(conn: duckdb.DuckDBPyConnection, *, whole: bool) -> None:
+    """Before the registrations are replaced: tell the next ``hub_desired`` build the learners
+    of the registrations that are new, changed or (``whole``) gone (their persons' links)."""
+    changed = """SELECT n.OrganizationLoginId FROM new_lms_registrations n
                      LEFT JOIN lms_registrations o USING (RegistrationId)
                  WHERE o.row_hash IS DISTINCT FROM n.row_hash"""
-    gone = """SELECT o.CourseId FROM lms_registrations o
+    gone = """SELECT o.OrganizationLoginId FROM lms_registrations o
                   LEFT JOIN new_lms_registrations n USING (RegistrationId)
               WHERE n.row_hash IS DISTINCT FROM o.row_hash"""
-    note_changes(conn, "lms_course", f"{changed} UNION {gone}" if whole else changed)
+    note_changes(conn, "lms_learner", f"{changed} UNION {gone}" if whole else changed)
 
 
 def _offerings_of_touched_courses(conn: duckdb.DuckDBPyConnection) -> None:
@@ -629,7 +629,7 @@ def update_current_state(
             """,
             [key],
         ).fetchone() or (0,)
-        _note_changed_courses(conn, whole=whole)
+        _note_changed_registrations(conn, whole=whole)
         changes = {}
         for table, (key_column, _) in STATE_TABLES.items():
             if table == "lms_courses" and not whole:

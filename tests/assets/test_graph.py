@@ -738,10 +738,11 @@ def _account_unlinked(conn: duckdb.DuckDBPyConnection) -> None:
 
 def _registration_moves(conn: duckdb.DuckDBPyConnection) -> None:
     """One learner's LMS registration ends and another learner registers for the course."""
-    registration, course = _one(
+    registration, course, leaver = _one(
         conn,
-        "SELECT RegistrationId, CourseId FROM lms_registrations r JOIN persons p "
-        "ON p.lms_login = r.OrganizationLoginId WHERE p.hub_code IS NOT NULL ORDER BY 1 LIMIT 1",
+        "SELECT RegistrationId, CourseId, OrganizationLoginId FROM lms_registrations r "
+        "JOIN persons p ON p.lms_login = r.OrganizationLoginId WHERE p.hub_code IS NOT NULL "
+        "ORDER BY 1 LIMIT 1",
     )
     (login,) = _one(
         conn,
@@ -755,7 +756,7 @@ def _registration_moves(conn: duckdb.DuckDBPyConnection) -> None:
         [login, registration],
     )
     conn.execute("DELETE FROM lms_registrations WHERE RegistrationId = ?", [registration])
-    note_changes(conn, "lms_course", f"SELECT '{course}'")
+    note_changes(conn, "lms_learner", f"SELECT * FROM (VALUES ('{leaver}'), ('{login}'))")
 
 
 def _learner_unlinked(conn: duckdb.DuckDBPyConnection) -> None:

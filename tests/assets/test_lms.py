@@ -493,14 +493,41 @@ def test_changed_in_sync_names_the_sync_that_changed_a_learner(sync: Syncer) -> 
     assert rows[learner.login] == INCR
     assert set(rows.values()) == {FULL, INCR}
     assert list(rows.values()).count(INCR) == 1
-    # noted for the next hub_desired build: the learner's user, the course's links
+    # noted for the next hub_desired build: the learner's user and links
     noted = set(sync.query("SELECT kind, id FROM graph_changes"))
-    assert noted == {("lms_learner", learner.login), ("lms_course", registration.course_id)}
+    assert noted == {("lms_learner", learner.login)}
     assert sync.query(
         "SELECT StudentId, OrgProfileFieldValues['StudentId'] FROM lms_learners "
         "WHERE OrganizationLoginId = ?",
         [learner.login],
     ) == [("09999999", "09999999")]
+
+
+def test_a_changed_registration_notes_its_learner_for_the_next_hub_desired_build(
+    sync: Syncer,
+) -> None:
+    """A registration completed: its learner's record is the same, but the person's LMS links
+    change, so the learner is noted."""
+    sync.direct(FULL)
+    sync.query("DELETE FROM graph_changes RETURNING kind")  # as a hub_desired build consumes
+    world = sync.sb.world
+    with world.lock:
+        registration = next(
+            r
+            for r in sorted(world.lms_registrations.values(), key=lambda r: r.registration_id)
+            if r.status == 1
+        )
+        registration.status, registration.completion_date = 2, world.clock.now()
+        registration.modified_at = world.clock.now()
+    sync.direct(INCR)
+    assert state(sync)[registration.registration_id] == ("Completed", INCR)
+    [(learner_changed_in,)] = sync.query(
+        "SELECT changed_in_sync FROM lms_learners WHERE OrganizationLoginId = ?",
+        [registration.login],
+    )
+    assert learner_changed_in == FULL
+    noted = set(sync.query("SELECT kind, id FROM graph_changes"))
+    assert ("lms_learner", registration.login) in noted
 
 
 def test_a_malformed_record_is_quarantined_and_the_rest_lands(sync: Syncer) -> None:
