@@ -108,14 +108,7 @@ class SandboxProcess:
 
     def request_counts(self) -> dict[str, int]:
         """API requests served per system (admin routes excluded)."""
-        return {
-            system: sum(
-                n
-                for route, n in self.admin(system, "GET", "requests")["counts"].items()
-                if " /_sandbox/" not in route
-            )
-            for system in self.origins
-        }
+        return {system: sum(self.route_counts(system).values()) for system in self.origins}
 
 
 _ENV_SYSTEMS = {"CO_API_URL": "co", "STUDIP_API_URL": "studip", "LMS_API_URL": "lms",

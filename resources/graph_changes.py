@@ -55,6 +55,19 @@ def note_changes(
     )
 
 
+def note_changed_rows(
+    conn: duckdb.DuckDBPyConnection, kind: str, table: str, id_column: str, sync_key: str
+) -> None:
+    """Note, as ``kind``, the ``id_column`` of the rows of ``table`` that ``sync_key`` changed
+    (``changed_in_sync``: new rows and rows whose content differs)."""
+    note_changes(
+        conn,
+        kind,
+        f"SELECT {id_column} FROM {table} WHERE changed_in_sync = $sync_key",
+        {"sync_key": sync_key},
+    )
+
+
 def note_rebuild(conn: duckdb.DuckDBPyConnection, why: str) -> None:
     """Make the next ``hub_desired`` build rebuild everything, saying why."""
     conn.execute("INSERT OR IGNORE INTO graph_changes VALUES (?, ?)", [REBUILD, why])

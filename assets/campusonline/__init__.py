@@ -33,7 +33,8 @@ from resources.campusonline.schema import (
     RECORD_TYPES,
     STAGING_TABLES,
 )
-from resources.graph_changes import note_changes, note_rebuild
+from resources.change_detection import current_state_build
+from resources.graph_changes import note_changed_rows, note_rebuild
 from resources.warehouse import PageWriter, WarehouseResource, transaction
 
 GROUP = "campusonline"
@@ -317,26 +318,17 @@ def _note_graph_changes(conn: duckdb.DuckDBPyConnection, key: str) -> None:
     full = conn.execute("SELECT is_full FROM co_chain WHERE sync_key = ?", [key]).fetchone()
     if full and full[0]:
         note_rebuild(conn, f"a full CAMPUSonline sync ({key})")
-    note_changes(
-        conn,
-        "co_student",
-        "SELECT STPERSONNR FROM co_students WHERE changed_in_sync = $key",
-        {"key": key},
-    )
+    note_changed_rows(conn, "co_student", "co_students", "STPERSONNR", key)
 
 
 def _build_mode(conn: duckdb.DuckDBPyConnection, key: str) -> Literal["overlay", "rebuild"]:
-    """``overlay`` when ``key`` is incremental and the tables hold the state of the sync before
-    it in its chain, on the same base: then only its rows need applying. Anything else (a full
-    sync, a re-run, a sync skipped or run out of order, a base that changed because a full
-    sync failed after its state was built) rebuilds the chain."""
+    """Whether ``key`` overlays the tables or rebuilds the chain (a base that changed because a
+    full sync failed after its state was built rebuilds too)."""
     chain = conn.execute(
         "SELECT sync_key, is_full FROM co_chain ORDER BY sync_started_at"
     ).fetchall()
     built = conn.execute("SELECT built_from_key, base_key FROM co_current_built").fetchall()
-    if len(chain) < 2 or chain[-1] != (key, False) or not built:
-        return "rebuild"
-    return "overlay" if built[0] == (chain[-2][0], chain[0][0]) else "rebuild"
+    return current_state_build(chain, built, key)
 
 
 def _applicable_rows_filter(code: str) -> str:

@@ -28,8 +28,8 @@ import duckdb
 
 from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import sync_run
-from resources.change_detection import row_hash_sql
-from resources.graph_changes import note_changes, note_rebuild
+from resources.change_detection import current_state_build, row_hash_sql
+from resources.graph_changes import note_changed_rows, note_changes, note_rebuild
 from resources.lms import (
     ENDPOINTS,
     REGISTRATION_STATUS_NAMES,
@@ -435,14 +435,12 @@ def build_current_items(conn: duckdb.DuckDBPyConnection, only_key: str | None = 
 
 
 def _build_mode(conn: duckdb.DuckDBPyConnection, key: str) -> Literal["overlay", "rebuild"]:
-    """``overlay`` when ``key`` is incremental and the tables hold the state of the landing
-    before it in ``lms_chain``, on the same base: then only its items need applying. Anything
-    else (a full sync, a re-run, a sync skipped or run out of order, a new base) rebuilds."""
-    chain = conn.execute("SELECT sync_key, mode FROM lms_chain ORDER BY started").fetchall()
+    """Whether ``key``'s items overlay the tables or the chain is rebuilt."""
+    chain = conn.execute(
+        "SELECT sync_key, mode = 'full' FROM lms_chain ORDER BY started"
+    ).fetchall()
     built = conn.execute("SELECT built_from_key, base_key FROM lms_current_built").fetchall()
-    if len(chain) < 2 or chain[-1][0] != key or chain[-1][1] == "full" or not built:
-        return "rebuild"
-    return "overlay" if built[0] == (chain[-2][0], chain[0][0]) else "rebuild"
+    return current_state_build(chain, built, key)
 
 
 def _moved(conn: duckdb.DuckDBPyConnection) -> bool:
@@ -593,12 +591,7 @@ def _note_graph_changes(conn: duckdb.DuckDBPyConnection, key: str) -> None:
     rebuilds everything."""
     if parse_sync_key(key).mode == "full":
         note_rebuild(conn, f"a full LMS sync ({key})")
-    note_changes(
-        conn,
-        "lms_learner",
-        "SELECT OrganizationLoginId FROM lms_learners WHERE changed_in_sync = $key",
-        {"key": key},
-    )
+    note_changed_rows(conn, "lms_learner", "lms_learners", "OrganizationLoginId", key)
 
 
 def update_current_state(

@@ -51,7 +51,7 @@ from assets.studip.listing import (
 )
 from assets.sync import sync_run
 from resources.change_detection import row_hash_sql
-from resources.graph_changes import REBUILD, note_changes, note_rebuild
+from resources.graph_changes import REBUILD, note_changed_rows, note_changes, note_rebuild
 from resources.quarantine import quarantine
 from resources.studip import (
     CRAWL_ROUTES,
@@ -565,9 +565,10 @@ def plan_crawl(
     if incremental and known:
         changed = changed_studip_user_ids(stager.writer, stager.writer.sync_key, student_id_field)
         courses = previous_courses(stager.writer, changed, semester_ids)
-        found = find_new_users(client, stager, student_id_field, set(known))
+        known_ids = set(known)
+        found = find_new_users(client, stager, student_id_field, known_ids)
         seeds = [*changed, *(u for u in found if u not in changed)]
-        fetched = [u for u in found if u not in set(known)]  # known hits were not read
+        fetched = [u for u in found if u not in known_ids]  # known hits were not read
         return CrawlPlan("incremental", seeds, fetched, known, courses)
     me = client.user_page()
     stager.land(me)
@@ -1061,12 +1062,7 @@ def merge_state(conn: Sql, table: StateTable, sync_key: str, *, full: bool) -> d
     if table.graph_change == REBUILD and inserted + updated + deleted:
         note_rebuild(conn, f"{table.name} changed")
     elif table.graph_change is not None:
-        note_changes(
-            conn,
-            table.graph_change,
-            f"SELECT {table.keys[0]} FROM {table.name} WHERE changed_in_sync = $sync_key",
-            params,
-        )
+        note_changed_rows(conn, table.graph_change, table.name, table.keys[0], sync_key)
     return {"inserted": inserted, "updated": updated, "deleted": deleted}
 
 
