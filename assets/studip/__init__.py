@@ -523,29 +523,35 @@ class CrawlPlan:
     seeds: list[str]
     fetched_users: list[str]  # their record came from /user or /users?q= already
     known_users: list[str]  # reached only as seeds (incremental)
-    seed_courses: list[str]  # courses whose members are re-read whoever reaches them
+    # (incremental) each seed's stored courses of the selected semesters: the crawl reads the
+    # members of those whose membership changed
+    stored_courses: dict[str, list[str]]
 
 
-def previous_courses(conn: Sql, user_ids: Sequence[str], semester_ids: Sequence[str]) -> list[str]:
-    """The courses of the selected semesters the users were members of at the last sync: an
-    incremental sync re-reads them too, so a membership that ended disappears."""
+def stored_courses(
+    conn: Sql, user_ids: Sequence[str], semester_ids: Sequence[str]
+) -> dict[str, list[str]]:
+    """The courses of the selected semesters each user was a member of at the last sync. An
+    incremental crawl reads the members of a course the user no longer lists (so a membership
+    that ended disappears) and of one it newly lists, not of those both have."""
     if not user_ids or not semester_ids:
-        return []
+        return {}
     # a course runs from its start to its end semester; one without a start has no end either
     rows = conn.execute(
         """
-        SELECT DISTINCT m.course_id FROM studip_memberships m
+        SELECT m.user_id, list(DISTINCT m.course_id ORDER BY m.course_id)
+        FROM studip_memberships m
         JOIN studip_courses c USING (course_id)
         LEFT JOIN studip_semesters s ON s.semester_id = c.start_semester_id
         LEFT JOIN studip_semesters e ON e.semester_id = c.end_semester_id
         WHERE list_contains($users, m.user_id) AND (c.start_semester_id IS NULL OR EXISTS (
             SELECT 1 FROM studip_semesters x WHERE list_contains($semesters, x.semester_id)
               AND x.begin_at BETWEEN s.begin_at AND coalesce(e.begin_at, s.begin_at)))
-        ORDER BY 1
+        GROUP BY m.user_id ORDER BY 1
         """,
         {"users": list(user_ids), "semesters": list(semester_ids)},
     )
-    return [course_id for (course_id,) in rows.fetchall()]
+    return dict(rows.fetchall())
 
 
 def plan_crawl(
@@ -564,11 +570,11 @@ def plan_crawl(
     known = known_studip_user_ids(stager.writer)
     if incremental and known:
         changed = changed_studip_user_ids(stager.writer, stager.writer.sync_key, student_id_field)
-        courses = previous_courses(stager.writer, changed, semester_ids)
         known_ids = set(known)
         found = find_new_users(client, stager, student_id_field, known_ids)
         seeds = [*changed, *(u for u in found if u not in changed)]
         fetched = [u for u in found if u not in known_ids]  # known hits were not read
+        courses = stored_courses(stager.writer, seeds, semester_ids)
         return CrawlPlan("incremental", seeds, fetched, known, courses)
     me = client.user_page()
     stager.land(me)
@@ -592,7 +598,7 @@ def plan_crawl(
             stager.land(client.user_page(user_id))
             fetched.append(user_id)
         seeds.append(user_id)
-    return CrawlPlan("full", seeds, fetched, [], [])
+    return CrawlPlan("full", seeds, fetched, [], {})
 
 
 @dataclass(frozen=True)
@@ -748,7 +754,7 @@ def studip_raw_pages(
                     crawl_semesters(semester_ids, semesters),
                     fetched_users=plan.fetched_users,
                     known_users=plan.known_users,
-                    seed_courses=plan.seed_courses,
+                    stored_courses=plan.stored_courses,
                 ):
                     stager.land(page)
             stager.flush()
