@@ -20,6 +20,7 @@ Prints one JSON object and writes it to bench/results/incremental-<N>-<K>.json.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import shutil
 import sys
 import tempfile
@@ -90,6 +91,11 @@ def main() -> None:
         type=Path,
         help="copy the warehouse after the full sync here, to profile steps against it later",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write cProfile statistics of the incremental sync here (pstats format)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,9 +122,15 @@ def main() -> None:
                 sandbox.admin(system, "POST", "requests/reset")
             time.sleep(1)  # the incremental key must be a later second than the full one
             key = new_sync_key(args.then)
+            profiler = cProfile.Profile() if args.profile else None
             started = time.perf_counter()
+            if profiler:
+                profiler.enable()
             sync = harness.run_sync_here(env, args.then, key, sys.stderr)
             end_to_end = round(time.perf_counter() - started, 2)
+            if profiler:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
             served = sandbox.request_counts()
             studip_routes = sandbox.route_counts("studip")
         mode = effective_mode(warehouse, key)
