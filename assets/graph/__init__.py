@@ -693,18 +693,50 @@ WITH sections AS (
 SELECT DISTINCT CourseId FROM g_lms WHERE section IN (SELECT key FROM sections);
 """
 
-# What an incremental build replaces: the terms, subjects and sections (a few per course, all
-# rebuilt), the users of the dirty persons, the links of the dirty Stud.IP courses (a link's
-# origin is its section) and the LMS links of the dirty codes and LMS courses.
-REPLACED_OBJECTS_SQL = """
+# What an incremental build rebuilds (into g_new): the terms, subjects and sections (a few per
+# course, all rebuilt), the users of the dirty persons, the links of the dirty Stud.IP courses
+# (a link's origin is its section) and the LMS links of the dirty codes and LMS courses.
+REBUILT_SCOPE = """
+object_type IN ('term', 'subject', 'section')
+OR (object_type = 'user' AND origin IN (SELECT person_key FROM g_dirty_persons))
+OR (object_type IN ('sectionstudent', 'sectionteacher') AND (
+    origin IN (SELECT course_id FROM g_dirty_courses)
+    OR origin IN (SELECT 'lms-' || CourseId FROM g_dirty_lms_courses)
+    OR (starts_with(origin, 'lms-')
+        AND payload->>'$.student.code' IN (SELECT code FROM g_dirty_codes))))
+"""
+
+# Replace the rebuilt objects by g_new, writing only the rows that differ: most of them come
+# out as they were (every section, every link of a big course one member joined), and each
+# row deleted or written costs again when DuckDB checkpoints (0.36 s at 100,000 students when
+# all 64,000 were replaced). Rows compare as a multiset: rows with one hash are numbered
+# (copy), and a pair counts as the same only when every column is equal.
+REPLACE_REBUILT_SQL = f"""
+CREATE OR REPLACE TEMP TABLE g_old AS
+SELECT row_id, h, row_number() OVER (PARTITION BY h) AS copy,
+       object_type, key, sis_id, payload, origin
+FROM (SELECT rowid AS row_id, hash(object_type, key, sis_id, payload::VARCHAR, origin) AS h,
+             object_type, key, sis_id, payload::VARCHAR AS payload, origin
+      FROM hub_desired WHERE {REBUILT_SCOPE});
+
+CREATE OR REPLACE TEMP TABLE g_new AS
+SELECT *, row_number() OVER (PARTITION BY h) AS copy
+FROM (SELECT *, hash(object_type, key, sis_id, payload::VARCHAR, origin) AS h FROM g_new);
+
+CREATE OR REPLACE TEMP TABLE g_same AS
+SELECT o.row_id, n.h, n.copy
+FROM g_old o JOIN g_new n ON n.h = o.h AND n.copy = o.copy
+WHERE n.object_type = o.object_type AND n.key = o.key AND n.payload::VARCHAR = o.payload
+  AND n.sis_id IS NOT DISTINCT FROM o.sis_id AND n.origin IS NOT DISTINCT FROM o.origin;
+
 DELETE FROM hub_desired
-WHERE object_type IN ('term', 'subject', 'section')
-   OR (object_type = 'user' AND origin IN (SELECT person_key FROM g_dirty_persons))
-   OR (object_type IN ('sectionstudent', 'sectionteacher') AND (
-       origin IN (SELECT course_id FROM g_dirty_courses)
-       OR origin IN (SELECT 'lms-' || CourseId FROM g_dirty_lms_courses)
-       OR (starts_with(origin, 'lms-')
-           AND payload->>'$.student.code' IN (SELECT code FROM g_dirty_codes))));
+WHERE rowid IN (SELECT row_id FROM g_old ANTI JOIN g_same USING (row_id));
+
+INSERT INTO hub_desired
+SELECT object_type, key, sis_id, payload, origin FROM g_new ANTI JOIN g_same USING (h, copy);
+
+DROP TABLE g_old;
+DROP TABLE g_same;
 """
 
 PERSONS_SCOPE = "AND p.person_key IN (SELECT person_key FROM g_dirty_persons)"
@@ -765,8 +797,7 @@ def _build_changes(conn: duckdb.DuckDBPyConnection) -> tuple[int, int, int, int]
     conn.execute(DIRTY_LMS_SQL)
     conn.execute(_into(DESIRED_LMS_LINKS_SQL.replace("/*LMS_SCOPE*/", LMS_SCOPE), "g_new"))
     cleaned = clean_hub_desired(conn, "g_new")
-    conn.execute(REPLACED_OBJECTS_SQL)
-    conn.execute("INSERT INTO hub_desired SELECT * FROM g_new")
+    conn.execute(REPLACE_REBUILT_SQL)
     persons, courses, lms_courses = conn.execute(
         "SELECT (SELECT count(*) FROM g_dirty_persons), (SELECT count(*) FROM g_dirty_courses), "
         "(SELECT count(*) FROM g_dirty_lms_courses)"
