@@ -10,7 +10,14 @@ import duckdb
 
 from assets.hub.acknowledgement import ItemOutcomes, acknowledge, in_flight_batches, mark_uncertain
 from assets.hub.diff import PHASES, Change
-from assets.hub.payload import Envelope, doo, store_batches
+from assets.hub.payload import (
+    ENVELOPE_COLUMNS,
+    Envelope,
+    doo,
+    envelope_text_of,
+    store_batches,
+    stored_envelope,
+)
 from resources.hub import HubClient, PostOutcome, PostResult, envelope
 from resources.warehouse import transaction
 
@@ -79,12 +86,12 @@ def split_batch(
 ) -> list[tuple[int, str, int]]:
     """Move a refused batch's events into two new pending batches of the same phase (first
     half, second half) with their envelopes; return [(batch_no, envelope text, objects)]."""
-    phase, object_type, action, text = conn.execute(
-        "SELECT phase, object_type, action, envelope::VARCHAR FROM hub_batches "
+    phase, object_type, action, text, compressed = conn.execute(
+        f"SELECT phase, object_type, action, {ENVELOPE_COLUMNS} FROM hub_batches "
         "WHERE sync_key = ? AND batch_no = ?",
         [sync_key, batch_no],
     ).fetchall()[0]
-    head = json.loads(text)
+    head = json.loads(envelope_text_of(text, compressed))
     events = conn.execute(
         "SELECT seq, payload::VARCHAR FROM hub_events WHERE sync_key = ? AND batch_no = ? "
         "ORDER BY seq",
@@ -107,10 +114,10 @@ def split_batch(
             )  # fmt: skip
             conn.execute(
                 "INSERT INTO hub_batches (sync_key, batch_no, phase, object_type, action, "
-                "objects, envelope, bytes, status, split_from) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?::JSON, ?, 'pending', ?)",
-                [sync_key, last + offset, phase, object_type, action, len(part), half_text,
-                 len(half_text.encode()), batch_no],
+                "objects, envelope_zlib, bytes, status, split_from) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                [sync_key, last + offset, phase, object_type, action, len(part),
+                 stored_envelope(half_text), len(half_text.encode()), batch_no],
             )  # fmt: skip
             conn.execute(
                 "UPDATE hub_events SET batch_no = ? WHERE sync_key = ? AND batch_no = ? "
@@ -190,13 +197,13 @@ def _pending(
 ) -> list[tuple[int, list[tuple[int, str]]]]:
     """This sync's unsent batches by phase, in sending order: [(phase, [(batch_no, json)])]."""
     rows = conn.execute(
-        "SELECT phase, batch_no, envelope::VARCHAR FROM hub_batches "
+        f"SELECT phase, batch_no, {ENVELOPE_COLUMNS} FROM hub_batches "
         "WHERE sync_key = ? AND status = 'pending' AND (phase = ? OR ? IS NULL) ORDER BY batch_no",
         [sync_key, phase, phase],
     ).fetchall()
     phases: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for batch_phase, batch_no, text in rows:
-        phases[batch_phase].append((batch_no, text))
+    for batch_phase, batch_no, text, compressed in rows:
+        phases[batch_phase].append((batch_no, envelope_text_of(text, compressed)))
     return sorted(phases.items())
 
 

@@ -20,7 +20,7 @@ import duckdb
 from assets.hub.acknowledgement import mark_uncertain
 from assets.hub.diff import Change, compute_diff, read_diff
 from resources.hub import envelope
-from resources.warehouse import transaction
+from resources.warehouse import deflate, inflate, transaction
 
 MAX_BATCH_BYTES = 1_000_000
 BUILDING = "building"  # written by a payload build that has not finished: never sent
@@ -200,7 +200,7 @@ def store_batches(
                 batch.object_type,
                 batch.action,
                 len(batch.changes),
-                text,
+                stored_envelope(text),
                 size,
             )
         )
@@ -227,7 +227,7 @@ def store_batches(
 
 
 BATCH_SELECT = (
-    "sync_key, batch_no, phase, object_type, action, objects, envelope::JSON, bytes, '{status}'"
+    "sync_key, batch_no, phase, object_type, action, objects, envelope_zlib, bytes, '{status}'"
 )
 EVENT_SELECT = "sync_key, seq, batch_no, object_type, action, key, log_sis_id, payload::JSON"
 BATCH_COLUMNS = [
@@ -237,9 +237,30 @@ BATCH_COLUMNS = [
     "object_type",
     "action",
     "objects",
-    "envelope",
+    "envelope_zlib",
     "bytes",
 ]
+
+
+def stored_envelope(text: str) -> bytes:
+    """An envelope as ``hub_batches.envelope_zlib`` keeps it."""
+    return deflate(text.encode())
+
+
+# A batch's envelope as SQL columns, and its text from them (see envelope_text_of).
+ENVELOPE_COLUMNS = "envelope::VARCHAR, envelope_zlib"
+
+
+def envelope_text_of(text: str | None, compressed: bytes | None) -> str:
+    """The exact text a batch posts: ``envelope_zlib`` inflated, or, for a batch stored before
+    envelopes were compressed, ``envelope``."""
+    if compressed is not None:
+        return inflate(compressed)
+    if text is None:
+        raise ValueError("a HUB batch without an envelope")
+    return text
+
+
 EVENT_COLUMNS = [
     "sync_key",
     "seq",

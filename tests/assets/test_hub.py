@@ -18,10 +18,11 @@ import dagster as dg
 import pytest
 
 from assets.hub import HUB_ASSETS, HUB_CHECKS, payload
+from assets.hub.delivery import deliver
 from assets.hub.diff import PHASES, Change, compute_diff, read_diff
 from assets.hub.payload import MAX_BATCH_BYTES, envelope_text, iter_batches
 from resources.hub import HubClient, HubResource
-from resources.warehouse import WarehouseResource
+from resources.warehouse import WarehouseResource, inflate
 from sandbox.expected import HubState, expected_hub_state
 from sandbox.http import FaultConfig
 from sandbox.server import running_sandbox
@@ -143,6 +144,55 @@ def test_a_full_sync_from_empty_makes_the_hub_equal_the_world(sandbox, warehouse
     sync("full-20261123T110000Z")
     assert batches(warehouse, "full-20261123T110000Z") == []
     assert len(sandbox.hub.messages()) == messages
+
+
+def test_each_batch_keeps_the_exact_text_it_posted_compressed(
+    sandbox, warehouse, sync, monkeypatch
+) -> None:
+    """``hub_batches.envelope_zlib`` is the text posted, zlib-compressed: DuckDB rewrites a row
+    group's column whenever a row is added to it, and a first full sync's envelopes share one
+    row group with every later sync's batches."""
+    load_desired(warehouse, expected_hub_state(sandbox.world).state)
+    real_post = HubClient.post_batch
+    posted: list[str] = []
+
+    def record(self, text):
+        posted.append(text)
+        return real_post(self, text)
+
+    monkeypatch.setattr(HubClient, "post_batch", record)
+    sync("full-20261123T100000Z")
+    with warehouse.connection() as conn:
+        rows = conn.execute(
+            "SELECT envelope, envelope_zlib, bytes FROM hub_batches ORDER BY batch_no"
+        ).fetchall()
+    assert len(rows) == len(posted) > 5
+    assert [inflate(compressed) for _, compressed, _ in rows] == posted
+    assert all(text is None for text, _, _ in rows)
+    assert sum(len(compressed) for _, compressed, _ in rows) < sum(n for *_, n in rows) / 4
+
+
+def test_a_batch_stored_before_envelopes_were_compressed_is_still_sent(sandbox, warehouse) -> None:
+    """A pending batch of an older hubsync keeps its JSON in ``envelope``: it is posted as it is."""
+    expected = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, expected)
+    hub = hub_resource(sandbox)
+    key = "full-20261123T100000Z"
+    with warehouse.connection() as conn:
+        payload.build_payload(
+            conn, key, full=True, batch_size=hub.batch_size, org_id=hub.org_id, who=hub.who
+        )
+        stored = conn.execute("SELECT batch_no, envelope_zlib FROM hub_batches").fetchall()
+        assert len(stored) > 5
+        for batch_no, compressed in stored:  # as a hubsync before the migration stored them
+            conn.execute(
+                "UPDATE hub_batches SET envelope = ?::JSON, envelope_zlib = NULL "
+                "WHERE batch_no = ?",
+                [inflate(compressed), batch_no],
+            )
+        summary = deliver(conn, hub.client(), key, ack_timeout_s=20.0, poll_s=0.02)
+    assert not summary.stopped and summary.posted["accepted"] == len(stored)
+    assert sandbox.hub.state_snapshot() == expected
 
 
 def test_changes_send_exactly_the_changed_objects(sandbox, warehouse, sync) -> None:
