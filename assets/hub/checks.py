@@ -108,13 +108,13 @@ def _references_sql() -> str:
         for t in OBJECT_TYPES
         for path, target in t.references
     )
+    # two anti-joins, not one against the UNION of both tables: that de-duplicated a million
+    # keys on every sync (0.2-0.3 s at 100,000 students, 0.13 s this way)
     return f"""
-WITH known AS (
-    SELECT object_type, key FROM hub_desired UNION SELECT object_type, key FROM hub_state
-),
-refs AS ({refs})
+WITH refs AS ({refs})
 SELECT r.object_type, r.key, r.ref_type, r.ref FROM refs r
-WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.object_type = r.ref_type AND k.key = r.ref)
+WHERE NOT EXISTS (SELECT 1 FROM hub_desired k WHERE k.object_type = r.ref_type AND k.key = r.ref)
+  AND NOT EXISTS (SELECT 1 FROM hub_state k WHERE k.object_type = r.ref_type AND k.key = r.ref)
 ORDER BY 1, 2 LIMIT 20
 """
 

@@ -298,6 +298,23 @@ def test_guards_block_duplicate_codes_and_dangling_links(sandbox, warehouse, syn
     assert sandbox.hub.messages() == []
 
 
+def test_a_link_to_an_object_only_the_hub_holds_is_not_dangling(sandbox, warehouse, sync) -> None:
+    """An incremental sync deletes no entity: a link may name a user the HUB acknowledged that
+    this build no longer sends (``hub_state`` counts as known, not only ``hub_desired``)."""
+    state = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, state)
+    assert sync("full-20261123T100000Z").success
+    with warehouse.connection() as conn:
+        (code,) = conn.execute(
+            "SELECT payload->>'$.student.code' FROM hub_desired "
+            "WHERE object_type = 'sectionstudent' ORDER BY key LIMIT 1"
+        ).fetchone()
+        conn.execute("DELETE FROM hub_desired WHERE object_type = 'user' AND key = ?", [code])
+    result = sync("incr-20261123T110000Z", raise_on_error=False)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["hub_links_reference_known_objects"].passed is True
+
+
 class KilledAfterPosting(Exception):
     pass
 
