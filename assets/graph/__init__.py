@@ -165,11 +165,22 @@ SELECT login,
        choice AS claimed, rule AS claim_rule
 FROM ranked;
 
-DELETE FROM person_links;
-INSERT INTO person_links
-SELECT 'co', STPERSONNR::VARCHAR, person_key, 'anchor' FROM g_co
+-- Only the links that changed are written: rewriting all of them (216,000 at 100,000
+-- students) took 0.1 s and its commit 0.2 s more on every sync. After deleting every copy of
+-- a row that has fewer copies now, what is missing is exactly g_links EXCEPT ALL the table.
+CREATE OR REPLACE TEMP TABLE g_links AS
+SELECT 'co' AS system, STPERSONNR::VARCHAR AS source_id, person_key, 'anchor' AS rule FROM g_co
 UNION ALL SELECT 'studip', user_id, person_key, rule FROM g_studip
 UNION ALL SELECT 'lms', login, person_key, rule FROM g_lms;
+
+CREATE OR REPLACE TEMP TABLE g_links_gone AS
+SELECT DISTINCT * FROM (SELECT * FROM person_links EXCEPT ALL SELECT * FROM g_links);
+
+DELETE FROM person_links p USING g_links_gone g
+WHERE p.system = g.system AND p.source_id = g.source_id AND p.person_key = g.person_key
+  AND p.rule = g.rule;
+
+INSERT INTO person_links SELECT * FROM g_links EXCEPT ALL SELECT * FROM person_links;
 
 CREATE OR REPLACE TEMP TABLE g_conflicts AS
 SELECT 'studip' AS system, l.user_id AS source_id, l.claimed AS claimed_person,

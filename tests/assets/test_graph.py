@@ -868,6 +868,33 @@ def test_an_incremental_build_writes_only_the_rows_that_differ_counting_identica
     assert written == [("M",), ("u1",)], "only the second M and the changed user are written"
 
 
+def test_identity_resolution_writes_only_the_links_that_changed(
+    warehouse: WarehouseResource,
+) -> None:
+    """``person_links`` comes out as resolving from nothing makes it, and a link that did not
+    change is not written again (rewriting all of them cost 0.3 s a sync at 100,000 students)."""
+    world = World(seed=15, students=200, today=TODAY)
+    links = "SELECT system, source_id, person_key, rule FROM person_links"
+    with warehouse.connection() as conn:
+        load_sources(conn, world)
+        resolve_identities(conn)
+        build_hub_desired(conn, VIENNA, TODAY)  # the HUB codes the change below looks for
+        rowids_before = {r for (r,) in conn.execute("SELECT rowid FROM person_links").fetchall()}
+        before = sorted(conn.execute(links).fetchall())
+        _account_unlinked(conn)
+        resolve_identities(conn)
+        after = sorted(conn.execute(links).fetchall())
+        written = conn.execute(
+            f"SELECT system, source_id, person_key, rule FROM person_links "
+            f"WHERE rowid NOT IN {tuple(rowids_before)}"
+        ).fetchall()
+        conn.execute("DELETE FROM person_links")
+        resolve_identities(conn)
+        from_nothing = sorted(conn.execute(links).fetchall())
+    assert after == from_nothing
+    assert written and sorted(written) == sorted(set(after) - set(before))
+
+
 def test_a_new_current_term_rebuilds_every_lms_link(warehouse: WarehouseResource) -> None:
     """LMS registrations are sections of the current term: when today falls in the next
     semester, every LMS section and link changes, the Stud.IP ones do not."""
