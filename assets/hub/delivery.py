@@ -230,6 +230,13 @@ def queue_missing_inserts(
 ) -> int:
     """Store inserts for this phase's entities that their update found missing, so they reach
     the HUB in this run (before the links that name them) rather than the next."""
+    # nearly always none: the join below reads every event and desired object (30 ms a phase
+    # at 100,000 students), so first ask whether any update of this sync was reconciled
+    reconciled = conn.execute(
+        "SELECT 1 FROM hub_log WHERE sync_key = ? AND outcome = 'reconciled' LIMIT 1", [sync_key]
+    ).fetchall()
+    if not reconciled:
+        return 0
     rows = conn.execute(MISSING_AFTER_UPDATE_SQL, {"sync_key": sync_key, "phase": phase})
     changes = [Change(kind, "insert", key, json.loads(obj)) for kind, key, obj in rows.fetchall()]
     if not changes:
