@@ -609,8 +609,8 @@ class StudipClient:
         semesters an earlier sync stored the user as a member of. Of that user's courses, only
         those whose membership changed have their members read: a course the user's list has
         and the store has not (joined), and, once the list is complete, a stored course it no
-        longer has (left). A course both have is not read: at 100,000 students a changed
-        student's courses had 360 member pages, nearly all of them unchanged.
+        longer has (left). A course both have is not read: at 100,000 students the courses of
+        the 12 users of ten changes took 364 member pages, nearly all of them unchanged.
         """
         crawl = _Crawl(
             self,
