@@ -626,8 +626,9 @@ def find_new_users(
     """Stud.IP users of the persons changed in this sync that no Stud.IP user was joined to:
     one ``/users?q=`` search each. A hit is a short record, without the e-mail and datafields
     the rules need: a hit the last syncs stored (in ``known``) is checked against its stored
-    record, any other is read with ``/user/:id``, ``STUDIP_CONCURRENCY`` at a time. Kept, and
-    staged, where a rule matches. Everything read is landed.
+    record, any other is read with ``/user/:id``. Searches and reads run
+    ``STUDIP_CONCURRENCY`` at a time. Kept, and staged, where a rule matches. Everything read is
+    landed.
 
     At 100,000 students a changed student's full name had about 30 namesakes, nearly all
     stored: reading each took 470 of an incremental crawl's 1,208 requests. A stored user whose
@@ -638,23 +639,28 @@ def find_new_users(
         by_search[person.search].append(person)  # one search per name, however many share it
     found: list[str] = []
     seen: set[str] = set()
+    unknown: dict[str, str] = {}  # a hit no earlier sync stored -> the search that found it
 
     def keep(users: Iterable[Any], persons: list[UnlinkedPerson]) -> bool:
         matching = [u for u in users if any(p.matches(u, student_id_field) for p in persons)]
         found.extend(u.user_id for u in matching if u.user_id not in found)
         return bool(matching)
 
-    for text, persons in by_search.items():
-        for page in client.search_users(text):
+    texts = list(by_search)
+    for text, pages in zip(texts, client.searches(texts), strict=True):
+        for page in pages:
             stager.land(page)
             hits = list(dict.fromkeys(hit.id for hit in page.records if hit.id not in seen))
             seen.update(hits)
-            keep(stored_users(stager.writer, [h for h in hits if h in known]).values(), persons)
-            unknown = [h for h in hits if h not in known]
-            for user_id, hit_page in zip(unknown, client.user_pages(unknown), strict=True):
-                # the crawl may read this user again: this read is landed as the search's
-                user_page = replace(hit_page, request_key=f"/user/{user_id}?q={text}")
-                stager.land(user_page, stage=keep(user_page.records, persons))
+            stored = stored_users(stager.writer, [h for h in hits if h in known])
+            keep(stored.values(), by_search[text])
+            unknown.update((h, text) for h in hits if h not in known)
+    hits = list(unknown)
+    for user_id, hit_page in zip(hits, client.user_pages(hits), strict=True):
+        # the crawl may read this user again: this read is landed as the search's
+        text = unknown[user_id]
+        user_page = replace(hit_page, request_key=f"/user/{user_id}?q={text}")
+        stager.land(user_page, stage=keep(user_page.records, by_search[text]))
     return found
 
 

@@ -542,6 +542,26 @@ def test_user_pages_are_read_concurrently_and_come_in_order(
     assert list(client.user_pages([])) == []
 
 
+def test_searches_run_concurrently_and_come_in_order(server: StudipServer, world: World) -> None:
+    """The name searches of an incremental crawl run ``concurrency`` at a time (each scans the
+    user table on the server), each with all its pages, in the order asked."""
+    server.faults.configure(FaultConfig(latency_ms=15))
+    client = resource(api_url=server.base_url, concurrency=3, page_size=2).client()
+    flight = InFlight(client)
+    users = sorted(world.studip_users.values(), key=lambda u: u.user_id)[:6]
+    texts = [*(u.username for u in users), "nobody-has-this-name"]
+    results = list(client.searches(texts))
+    server.faults.configure(FaultConfig())
+    assert [[p.subject for p in pages] for pages in results] == [
+        [text] * len(pages) for text, pages in zip(texts, results, strict=True)
+    ]
+    for user, pages in zip(users, results[:-1], strict=True):
+        assert user.user_id in {hit.id for page in pages for hit in page.records}
+    assert [hit for page in results[-1] for hit in page.records] == []
+    assert flight.peak == 3, f"expected 3 requests in flight at the peak, saw {flight.peak}"
+    assert list(client.searches([])) == []
+
+
 def test_fetching_waits_for_a_slow_consumer_and_a_stopped_one_frees_the_pool(
     server: StudipServer, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
