@@ -90,6 +90,18 @@ def test_the_listing_client_benchmark_hands_over_every_user_once(tmp_path: Path)
     assert result["users"] > 40 and result["memberships"] > result["users"]
 
 
+def test_the_course_pages_benchmark_reads_every_member_each_way(tmp_path: Path) -> None:
+    result = run_bench(
+        "studip_course_pages.py", "--students", "40", "--rounds", "1", results=tmp_path
+    )
+    assert result["course_members"] > 1
+    assert set(result["wall_s"]) == {
+        "one_after_another_100", "one_after_another_500", "one_after_another_2000",
+        "concurrent_500",
+    }  # fmt: skip
+    assert all(len(times) == 1 and times[0] > 0 for times in result["wall_s"].values())
+
+
 def test_peer_compares_both_tools_runs_and_a_no_op_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
