@@ -19,7 +19,6 @@ from typing import TextIO
 
 import dagster as dg
 import sqlalchemy.exc
-from dagster._core.definitions.dependency import NodeHandle
 from dagster._utils.error import SerializableErrorInfo  # the error in failure events
 
 from assets.partitions import SyncMode, sync_runs_partitions
@@ -28,6 +27,7 @@ from pipelines.sensors import HOST_TAG, PID_TAG, reap_dead_runs
 
 _QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 _STEP_WRAPPER = dg.DagsterExecutionStepExecutionError.__name__
+_CHECK_FAILED = "DagsterAssetCheckFailedError"  # a blocking check of the step did not pass
 _NOT_EXECUTING = "Dependencies for step "
 UNSENDABLE_REASONS = "unsendable_by_reason"  # hub_desired's metadata: persons per reason
 
@@ -56,11 +56,8 @@ class SyncReport:
     success: bool = False
     duration_s: float = 0.0
     error: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)  # step -> how the summary names it
     hub_notes: list[str] = field(default_factory=list)  # what went wrong at the HUB
-
-    def label(self, step: str) -> str:
-        return self.labels.get(step, step)
+    checks_not_passed: list[str] = field(default_factory=list)  # "NAME (SEVERITY): why"
 
 
 def error_text(error: SerializableErrorInfo) -> str:
@@ -69,6 +66,11 @@ def error_text(error: SerializableErrorInfo) -> str:
     if error.cls_name == _STEP_WRAPPER and error.cause is not None:
         error = error.cause
     message = error.message.strip()
+    if error.cls_name == _CHECK_FAILED:  # "...: N blocking asset checks failed ...:\nasset: name"
+        lines = message.splitlines()[1:]
+        failed = [name for line in lines for name in line.partition(": ")[2].split(",")]
+        which = "a blocking check" if len(failed) == 1 else "blocking checks"
+        return f"{which} failed: {', '.join(failed)}"
     qualified_name, separator, text = message.partition(": ")
     if not separator or qualified_name.rsplit(".", 1)[-1] != error.cls_name:
         return message
@@ -94,8 +96,16 @@ class _Progress:
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def _step(self, step: str) -> str:
-        return self.report.label(step)
+    def _check(self, evaluation: dg.AssetCheckEvaluation) -> None:
+        """A check that did not pass: a progress line and a line of the summary (the checks run
+        inside their asset's step, so no step line names them)."""
+        if evaluation.passed:
+            return
+        severity = evaluation.severity.value
+        why = f": {evaluation.description}" if evaluation.description else ""
+        line = f"{evaluation.check_name} ({severity}){why}"
+        self.report.checks_not_passed.append(line)
+        self._say(f"    check {line}")
 
     def __call__(self, entry: dg.EventLogEntry) -> None:
         event = entry.dagster_event
@@ -112,24 +122,27 @@ class _Progress:
             if self.report.error is None:
                 self.report.error = error_text(error) if error else event.message
             return
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            self._check(event.event_specific_data)
+            return
         if step is None:
             return
         step_report = self.report.steps.setdefault(step, StepReport())
         if event.event_type == dg.DagsterEventType.STEP_START:
             step_report.status, step_report.started = "running", entry.timestamp
-            self._say(f"  {self._step(step)}: started")
+            self._say(f"  {step}: started")
         elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
             step_report.status, step_report.finished = "success", entry.timestamp
-            self._say(f"  {self._step(step)}: done in {step_report.duration_s or 0:.1f} s")
+            self._say(f"  {step}: done in {step_report.duration_s or 0:.1f} s")
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
             step_report.status, step_report.finished = "failed", entry.timestamp
             error = event.step_failure_data.error
             message = error_text(error) if error else "failed"
             self.report.error = self.report.error or f"{step}: {message}"
-            self._say(f"  {self._step(step)}: FAILED: {message}")
+            self._say(f"  {step}: FAILED: {message}")
         elif event.event_type == dg.DagsterEventType.STEP_SKIPPED:
             step_report.status = "skipped"
-            self._say(f"  {self._step(step)}: skipped")
+            self._say(f"  {step}: skipped")
         elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
             materialization = event.step_materialization_data.materialization
             asset = materialization.asset_key.to_user_string()
@@ -141,19 +154,6 @@ class _Progress:
             notes = materialization.metadata.get(HUB_NOTES_METADATA)
             if isinstance(notes, dg.JsonMetadataValue) and isinstance(notes.value, list):
                 self.report.hub_notes.extend(str(note) for note in notes.value)
-
-
-def check_labels(job: dg.JobDefinition) -> dict[str, str]:
-    """Step -> "check NAME" for the steps that run asset checks. Their step keys join asset and
-    check name (``persons_persons_unmatched_and_conflicting``), which reads like a typo."""
-    labels = {}
-    for node in job.graph.nodes:
-        assets_def = job.asset_layer.get_assets_def_for_node(NodeHandle(node.name, None))
-        if assets_def is None or assets_def.keys or not assets_def.check_keys:
-            continue
-        names = sorted(key.name for key in assets_def.check_keys)
-        labels[node.name] = "check " + ", ".join(names)
-    return labels
 
 
 class SyncKeyTaken(RuntimeError):
@@ -197,7 +197,6 @@ def run_sync(
     out = out or sys.stdout
     report = SyncReport(key=key, mode=mode, run_id=str(uuid.uuid4()))
     job = defs.resolve_job_def("sync_job")
-    report.labels = check_labels(job)
     with dg.DagsterInstance.get() as instance:
         for run_id in reap_dead_runs(instance):
             print(f"hubsync: run {run_id} had died unfinished; marked failed", file=out)
@@ -316,7 +315,7 @@ def render_summary(report: SyncReport, warehouse: Path | None = None) -> str:
     if report.steps and len(not_run) == len(order):
         not_run = []  # nothing ran: the table says so
     order = [step for step in order if step not in not_run]
-    width = max((len(report.label(step)) for step in order), default=4)
+    width = max((len(step) for step in order), default=4)
     lines.append(f"  {'step':<{width}}  {'status':<8}  {'time':>7}  numbers")
     for step in order:
         step_report = report.steps[step]
@@ -325,11 +324,13 @@ def render_summary(report: SyncReport, warehouse: Path | None = None) -> str:
         numbers = " ".join(
             f"{k}={_format_number(v)}" for k, v in step_report.numbers.items() if _headline(k)
         )
-        label = report.label(step)
-        lines.append(f"  {label:<{width}}  {step_report.status:<8}  {shown:>7}  {numbers}".rstrip())
+        lines.append(f"  {step:<{width}}  {step_report.status:<8}  {shown:>7}  {numbers}".rstrip())
     if not_run:
         after = ", after the failure" if not report.success else ""
-        lines += _wrapped(f"  not run{after}: ", [report.label(step) for step in not_run])
+        lines += _wrapped(f"  not run{after}: ", not_run)
+    if report.checks_not_passed:
+        lines.append("  checks not passed:")
+        lines += [f"    {check}" for check in report.checks_not_passed]
     if report.hub_notes:
         lines.append("  HUB:")
         lines += [f"    {note}" for note in report.hub_notes]

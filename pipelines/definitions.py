@@ -6,7 +6,7 @@ Settings are read at import, so an invalid environment fails the code location l
 
 import dagster as dg
 
-from assets.graph import GRAPH_ASSETS, GRAPH_CHECKS, GraphSettings
+from assets.graph import GRAPH_ASSETS, GraphSettings
 from assets.hub import HUB_ASSETS, HUB_CHECKS
 from assets.maintenance import RetentionSettings, sync_retention
 from assets.sync import build_sync_summary, sync_run
@@ -63,12 +63,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     ]
     return dg.Definitions(
         assets=dg.map_asset_specs(with_table_schema, assets),
-        asset_checks=[*GRAPH_CHECKS, *HUB_CHECKS],
         # Every step opens DuckDB and is in pool "duckdb" (limit 1), so steps run one at a time
         # anyway: a process per step (the multiprocess default) would only add its start-up
         # (seconds per step on a busy host). Runs from the daemon and the UI then execute like
         # the CLI's, in the run worker's process; pools still apply.
         executor=dg.in_process_executor,
+        asset_checks=HUB_CHECKS,
         jobs=[
             sync_job,
             hub_acknowledgement_job,

@@ -47,11 +47,10 @@ from assets.hub.acknowledgement import (
     stuck_metadata,
 )
 from assets.hub.checks import (
-    hub_deletes_within_limit,
-    hub_desired_codes_unique,
-    hub_items_refused,
-    hub_links_reference_known_objects,
-    hub_messages_finish_in_time,
+    ALLOW_DELETES_TAG,
+    DELIVERY_CHECKS,
+    PAYLOAD_CHECKS,
+    payload_check_results,
 )
 from assets.hub.delivery import DeliverySummary, deliver
 from assets.hub.payload import Envelope, build_payload
@@ -80,6 +79,7 @@ def _errors_table(outcomes: ItemOutcomes) -> str:
     kinds={"duckdb"},
     pool="duckdb",
     deps=[sync_run, HUB_DESIRED],
+    check_specs=PAYLOAD_CHECKS,
 )
 def hub_payload(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, hub: HubResource
@@ -110,6 +110,12 @@ def hub_payload(
             org_id=hub.org_id,
             who=hub.who,
         )
+        checks = payload_check_results(
+            conn,
+            context.partition_key,
+            hub,
+            deletes_allowed=context.run.tags.get(ALLOW_DELETES_TAG) == "true",
+        )
     notes = []
     if settled.messages_lost:
         notes.append(
@@ -137,7 +143,7 @@ def hub_payload(
         duration_s=_since(started),
     )
     metadata[HUB_NOTES_METADATA] = dg.MetadataValue.json(notes)
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, check_results=checks)
 
 
 @dg.asset(
@@ -285,10 +291,4 @@ def hub_acknowledgement(
 
 
 HUB_ASSETS = [hub_payload, hub_delivery, hub_acknowledgement]
-HUB_CHECKS = [
-    hub_deletes_within_limit,
-    hub_desired_codes_unique,
-    hub_links_reference_known_objects,
-    hub_items_refused,
-    hub_messages_finish_in_time,
-]
+HUB_CHECKS = DELIVERY_CHECKS

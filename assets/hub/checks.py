@@ -1,5 +1,10 @@
 """The checks guarding ``hub_payload`` (blocking: deletes within limit, unique codes, links
-to known objects) and ``hub_delivery`` (refused items, messages finishing in time)."""
+to known objects) and ``hub_delivery`` (refused items, messages finishing in time).
+
+``hub_payload``'s are inline checks (``check_specs``): they run on its own connection at the
+end of its step. As steps of their own they cost an incremental sync about 70 ms each (a
+DuckDB connection and Dagster's step events) for queries of a few ms. A blocking check that
+fails fails the step, so nothing downstream runs."""
 
 from collections import Counter
 
@@ -14,6 +19,28 @@ ALLOW_DELETES_TAG = "hubsync/allow-deletes"
 # The assets the checks guard (keys: the assets are defined beside, in assets/hub/__init__.py).
 HUB_PAYLOAD = dg.AssetKey("hub_payload")
 HUB_DELIVERY = dg.AssetKey("hub_delivery")
+
+DELETES_WITHIN_LIMIT = dg.AssetCheckSpec(
+    "hub_deletes_within_limit",
+    asset=HUB_PAYLOAD,
+    blocking=True,
+    description="Deletes and archivals (updates to status ``arquived``, e.g. every student "
+    "exmatriculated) above HUB_MAX_DELETE_SHARE of an object type's acknowledged state block "
+    f"delivery, unless the run carries the tag ``{ALLOW_DELETES_TAG}=true``.",
+)
+DESIRED_CODES_UNIQUE = dg.AssetCheckSpec(
+    "hub_desired_codes_unique",
+    asset=HUB_PAYLOAD,
+    blocking=True,
+    description="Two desired objects of one type with the same business key block delivery.",
+)
+LINKS_REFERENCE_KNOWN_OBJECTS = dg.AssetCheckSpec(
+    "hub_links_reference_known_objects",
+    asset=HUB_PAYLOAD,
+    blocking=True,
+    description="Every link and section references an object the HUB holds or this sync sends.",
+)
+PAYLOAD_CHECKS = [DELETES_WITHIN_LIMIT, DESIRED_CODES_UNIQUE, LINKS_REFERENCE_KNOWN_OBJECTS]
 
 
 # What this sync's pending batches take away from the HUB, per object type: deletes, and updates
@@ -49,29 +76,34 @@ def removals_by_type(
     return conn.execute(REMOVALS_SQL, {"sync_key": sync_key}).fetchall()
 
 
-@dg.asset_check(asset=HUB_PAYLOAD, blocking=True, pool="duckdb")
-def hub_deletes_within_limit(
-    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, hub: HubResource
+def payload_check_results(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, hub: HubResource, *, deletes_allowed: bool
+) -> list[dg.AssetCheckResult]:
+    """The results of ``PAYLOAD_CHECKS`` for the batches ``hub_payload`` just stored."""
+    return [
+        deletes_within_limit(conn, sync_key, hub.max_delete_share, allowed=deletes_allowed),
+        desired_codes_unique(conn),
+        links_reference_known_objects(conn),
+    ]
+
+
+def deletes_within_limit(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, max_share: float, *, allowed: bool
 ) -> dg.AssetCheckResult:
-    """Deletes and archivals (updates to status ``arquived``, e.g. every student
-    exmatriculated) above HUB_MAX_DELETE_SHARE of an object type's acknowledged state block
-    delivery, unless the run carries the tag ``hubsync/allow-deletes=true``."""
-    sync_key = context.run.tags.get("dagster/partition", "")
-    with warehouse.connection() as conn:
-        shares = removals_by_type(conn, sync_key)
-    over = {t: d + a for t, n, d, a in shares if n and (d + a) / n > hub.max_delete_share}
+    shares = removals_by_type(conn, sync_key)
+    over = {t: d + a for t, n, d, a in shares if n and (d + a) / n > max_share}
     archivals = {t: a for t, _, _, a in shares if a}
-    allowed = context.run.tags.get(ALLOW_DELETES_TAG) == "true"
     return dg.AssetCheckResult(
+        check_name=DELETES_WITHIN_LIMIT.name,
         passed=not over or allowed,
         metadata={
             "deletes_over_limit": dg.MetadataValue.json(over),
             "archivals": dg.MetadataValue.json(archivals),
-            "max_delete_share": hub.max_delete_share,
+            "max_delete_share": max_share,
             "override": allowed,
         },
         description=(
-            f"deletes and archivals above {hub.max_delete_share:.0%} of {', '.join(over)}; "
+            f"deletes and archivals above {max_share:.0%} of {', '.join(over)}; "
             f"launch the run with tag {ALLOW_DELETES_TAG}=true to allow them"
         )
         if over
@@ -79,15 +111,13 @@ def hub_deletes_within_limit(
     )
 
 
-@dg.asset_check(asset=HUB_PAYLOAD, blocking=True, pool="duckdb")
-def hub_desired_codes_unique(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    """Two desired objects of one type with the same business key block delivery."""
-    with warehouse.connection() as conn:
-        rows = conn.execute(
-            "SELECT object_type, key, count(*) FROM hub_desired "
-            "GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 20"
-        ).fetchall()
+def desired_codes_unique(conn: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    rows = conn.execute(
+        "SELECT object_type, key, count(*) FROM hub_desired "
+        "GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 20"
+    ).fetchall()
     return dg.AssetCheckResult(
+        check_name=DESIRED_CODES_UNIQUE.name,
         passed=not rows,
         metadata={
             "duplicates": dg.MetadataValue.json(
@@ -122,12 +152,10 @@ ORDER BY 1, 2 LIMIT 20
 REFERENCES_SQL = _references_sql()
 
 
-@dg.asset_check(asset=HUB_PAYLOAD, blocking=True, pool="duckdb")
-def hub_links_reference_known_objects(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    """Every link and section references an object the HUB holds or this sync sends."""
-    with warehouse.connection() as conn:
-        rows = conn.execute(REFERENCES_SQL).fetchall()
+def links_reference_known_objects(conn: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+    rows = conn.execute(REFERENCES_SQL).fetchall()
     return dg.AssetCheckResult(
+        check_name=LINKS_REFERENCE_KNOWN_OBJECTS.name,
         passed=not rows,
         metadata={
             "dangling": dg.MetadataValue.json(
@@ -195,3 +223,8 @@ def hub_messages_finish_in_time(
         if stuck
         else None,
     )
+
+
+# Separate steps, not inline: they run after hub_acknowledgement, whose wait is what lets a
+# message count as processing longer than HUB_ACK_TIMEOUT.
+DELIVERY_CHECKS = [hub_items_refused, hub_messages_finish_in_time]

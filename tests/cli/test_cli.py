@@ -23,6 +23,7 @@ from resources.warehouse import WarehouseResource
 from sandbox.server import Sandbox
 from sandbox.server import running_sandbox as real_running_sandbox
 from sandbox.world import World
+from tests.faults.support import without_records
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -124,6 +125,27 @@ def test_a_failed_run_exits_non_zero_with_the_error(
     code, _, err = run(capsys, "sync")  # deciding full vs incremental reads the warehouse
     assert code == 1
     assert f"hubsync: cannot open the warehouse {not_duckdb}" in err
+
+
+def test_a_check_that_did_not_pass_is_named_with_its_reason(
+    capsys: pytest.CaptureFixture[str], live_sandbox: Sandbox
+) -> None:
+    """The checks run inside their asset's step: the line and the summary name the check and
+    say why (here: how to allow the deletes), not just that hub_payload failed."""
+    assert run(capsys, "sync", "--full")[0] == 0
+    live_sandbox.servers["co"].add_response_filter(without_records("dmsstudents"))
+    try:
+        code, out, _ = run(capsys, "sync", "--full")
+    finally:
+        live_sandbox.servers["co"].clear_request_hooks()
+    assert code == 1
+    assert "hub_payload: FAILED" in out
+    line = "hub_deletes_within_limit (ERROR): deletes and archivals above"
+    assert f"    check {line}" in out  # the progress line
+    summary = out[out.index("Sync full-") :]
+    assert f"  checks not passed:\n    {line}" in summary
+    assert "hubsync/allow-deletes=true" in summary
+    assert "  error: hub_payload: a blocking check failed: hub_deletes_within_limit\n" in summary
 
 
 def test_export_writes_a_table(capsys: pytest.CaptureFixture[str], live_sandbox: Sandbox) -> None:

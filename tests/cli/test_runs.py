@@ -6,16 +6,16 @@ import threading
 from pathlib import Path
 
 import dagster as dg
+from dagster._utils.error import SerializableErrorInfo
 
 from cli.runs import (
     StepReport,
     SyncKeyTaken,
     SyncReport,
-    check_labels,
     claim_sync_key,
+    error_text,
     render_summary,
 )
-from pipelines.definitions import defs
 
 
 def test_summary_shows_headline_numbers_only() -> None:
@@ -49,11 +49,10 @@ def test_summary_lists_steps_in_run_order_and_names_the_warehouse() -> None:
     # the run's events reach the summary in plan order (alphabetical), not in run order
     report = SyncReport("full-20261123T020000Z", "full", "run-1", success=True, duration_s=9.0)
     report.steps["co_raw_pages"] = StepReport("success", 2.0, 3.0)
-    report.steps["hub_payload_hub_desired_codes_unique"] = StepReport("success", 5.0, 6.0)
+    report.steps["hub_delivery"] = StepReport("success", 5.0, 6.0)
     report.steps["sync_run"] = StepReport("success", 1.0, 2.0)
     report.steps["sync_summary"] = StepReport("not run")
     report.steps["hub_payload"] = StepReport("success", 4.0, 5.0)
-    report.labels = {"hub_payload_hub_desired_codes_unique": "check hub_desired_codes_unique"}
 
     text = render_summary(report, warehouse=Path("/srv/hubsync/warehouse.duckdb"))
 
@@ -65,26 +64,24 @@ def test_summary_lists_steps_in_run_order_and_names_the_warehouse() -> None:
         "sync_run",
         "co_raw_pages",
         "hub_payload",
-        "check hub_desired_codes_unique",
+        "hub_delivery",
         "not run: sync_summary",
     ]
-    assert "hub_payload_hub_desired_codes_unique" not in text
 
 
 def test_steps_that_never_ran_after_a_failure_share_one_line() -> None:
     report = SyncReport("full-20261123T020000Z", "full", "run-1", success=False)
     report.steps["sync_run"] = StepReport("success", 1.0, 2.0)
     report.steps["co_raw_pages"] = StepReport("failed", 2.0, 3.0)
-    for step in ("co_current_state", "persons", "hub_payload_hub_desired_codes_unique"):
+    for step in ("co_current_state", "persons", "hub_payload"):
         report.steps[step] = StepReport("not run")
-    report.labels = {"hub_payload_hub_desired_codes_unique": "check hub_desired_codes_unique"}
 
     lines = render_summary(report).splitlines()
 
     assert lines[-3:] == [
         "  sync_run      success     1.0 s",
         "  co_raw_pages  failed      1.0 s",
-        "  not run, after the failure: co_current_state, persons, check hub_desired_codes_unique",
+        "  not run, after the failure: co_current_state, persons, hub_payload",
     ]
 
 
@@ -104,13 +101,23 @@ def test_summary_explains_unsendable_persons() -> None:
     ]
 
 
-def test_check_steps_are_labelled_by_their_check() -> None:
-    labels = check_labels(defs.resolve_job_def("sync_job"))
-    assert labels["persons_persons_unmatched_and_conflicting"] == (
-        "check persons_unmatched_and_conflicting"
+def test_a_failed_blocking_check_reads_as_one_line_naming_the_checks() -> None:
+    def failed(message: str) -> SerializableErrorInfo:
+        return SerializableErrorInfo(message, [], "DagsterAssetCheckFailedError")
+
+    one = failed(
+        "dagster._core.errors.DagsterAssetCheckFailedError: 1 blocking asset check failed "
+        "with ERROR severity:\nhub_payload: hub_deletes_within_limit"
     )
-    assert labels["hub_payload_hub_deletes_within_limit"] == "check hub_deletes_within_limit"
-    assert "persons" not in labels and "hub_payload" not in labels
+    two = failed(
+        "dagster._core.errors.DagsterAssetCheckFailedError: 2 blocking asset checks failed "
+        "with ERROR severity:\nhub_payload: hub_desired_codes_unique,"
+        "hub_links_reference_known_objects"
+    )
+    assert error_text(one) == "a blocking check failed: hub_deletes_within_limit"
+    assert error_text(two) == (
+        "blocking checks failed: hub_desired_codes_unique, hub_links_reference_known_objects"
+    )
 
 
 def _race_for(key: str, instances: list[dg.DagsterInstance]) -> list[str]:

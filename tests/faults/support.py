@@ -8,7 +8,8 @@ HUB holds exactly the world's expected state.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from pipelines.definitions import build_definitions
 from resources.http import HttpClient, RetryPolicy
 from resources.settings import load_settings
 from sandbox.expected import expected_hub_state
+from sandbox.http import Request, Response
 from sandbox.server import Sandbox
 
 # Short waits keep fault tests fast: a read times out after READ_TIMEOUT_S, and retries back off
@@ -139,3 +141,19 @@ def describe_differences(sandbox: Sandbox, limit: int = 10) -> str:
             if want.get(key) != have.get(key):
                 lines.append(f"{kind} {key}: expected {want.get(key)}, HUB has {have.get(key)}")
     return "\n".join(lines[:limit])
+
+
+def without_records(path: str) -> Callable[[Request, Response], Response]:
+    """A response filter: answers whose path contains ``path`` come back with no records."""
+
+    def rewrite(request: Request, response: Response) -> Response:
+        if response.status != 200 or path not in request.path.lower():
+            return response
+        payload = json.loads(response.body)
+        if isinstance(payload, dict) and isinstance(payload.get("resource"), list):
+            payload["resource"] = []  # CAMPUSonline
+        elif isinstance(payload, dict) and isinstance(payload.get("Items"), list):
+            payload["Items"], payload["TotalItems"] = [], 0  # the LMS
+        return Response.json(payload)
+
+    return rewrite

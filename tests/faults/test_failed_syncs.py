@@ -6,13 +6,12 @@ state.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import date
 
 import pytest
 
-from sandbox.http import FaultConfig, Request, Response
+from sandbox.http import FaultConfig
 from sandbox.server import running_sandbox
 from sandbox.world import World
 from tests.faults.support import (
@@ -20,6 +19,7 @@ from tests.faults.support import (
     converged,
     describe_differences,
     fast_http_clients,
+    without_records,
 )
 from tests.instances import ephemeral_instance
 
@@ -65,22 +65,6 @@ def test_after_a_failed_incremental_sync_the_next_one_reads_every_studip_change(
     assert converged(sandbox), describe_differences(sandbox)
 
 
-def _without_records(path: str):
-    """A response filter: answers whose path contains ``path`` come back with no records."""
-
-    def rewrite(request: Request, response: Response) -> Response:
-        if response.status != 200 or path not in request.path.lower():
-            return response
-        payload = json.loads(response.body)
-        if isinstance(payload, dict) and isinstance(payload.get("resource"), list):
-            payload["resource"] = []  # CAMPUSonline
-        elif isinstance(payload, dict) and isinstance(payload.get("Items"), list):
-            payload["Items"], payload["TotalItems"] = [], 0  # the LMS
-        return Response.json(payload)
-
-    return rewrite
-
-
 @pytest.mark.parametrize(
     "source,path", [("co", "dmsstudents"), ("lms", "registration")], ids=["co", "lms"]
 )
@@ -92,7 +76,7 @@ def test_a_full_sync_blocked_by_the_delete_guard_does_not_block_the_next_syncs(
     and blocked too, every one of them until the next full sync."""
     sandbox = harness.sandbox
     assert harness.sync("full").success
-    sandbox.servers[source].add_response_filter(_without_records(path))
+    sandbox.servers[source].add_response_filter(without_records(path))
     try:
         blocked = harness.sync("full")
     finally:

@@ -27,9 +27,35 @@ def test_groups_per_source_and_for_graph_and_hub() -> None:
     assert by_key["hub_delivery"].metadata["dagster/table_name"] == "hub_batches"
 
 
-def test_asset_checks_are_defined() -> None:
-    checks = {spec.name for c in defs.asset_checks or [] for spec in c.check_specs}  # type: ignore[union-attr]
-    assert {"hub_deletes_within_limit", "persons_unmatched_and_conflicting"} <= checks
+def test_asset_checks_are_defined_inline_and_the_payload_guards_block() -> None:
+    """The payload's guards and the persons check run inside their asset's step
+    (``check_specs``), with no step of their own."""
+    specs = {
+        spec.name: spec
+        for a in [*(defs.assets or []), *(defs.asset_checks or [])]
+        for spec in getattr(a, "check_specs", ())  # type: ignore[union-attr]
+    }
+    assert {
+        "persons_unmatched_and_conflicting",
+        "hub_deletes_within_limit",
+        "hub_desired_codes_unique",
+        "hub_links_reference_known_objects",
+        "hub_items_refused",
+        "hub_messages_finish_in_time",
+    } <= set(specs)
+    assert all(
+        specs[name].blocking
+        for name in (
+            "hub_deletes_within_limit",
+            "hub_desired_codes_unique",
+            "hub_links_reference_known_objects",
+        )
+    )
+    steps = {node.name for node in defs.resolve_job_def("sync_job").graph.nodes}
+    assert not any("hub_deletes_within_limit" in step for step in steps)
+    # the delivery checks stay steps: they must run after hub_acknowledgement's wait
+    separate = {spec.name for c in defs.asset_checks or [] for spec in c.check_specs}  # type: ignore[union-attr]
+    assert separate == {"hub_items_refused", "hub_messages_finish_in_time"}
 
 
 def test_sensors_schedules_and_jobs_are_wired() -> None:
