@@ -337,9 +337,12 @@ def acknowledge(
             )
             still.append((sync_key, batch_no, message_id))
         waiting = still
-        if not waiting or time.monotonic() + delay > deadline:
+        remaining = deadline - time.monotonic()
+        if not waiting or remaining <= 0:
             break
-        sleep(delay)
+        # the last wait is cut to the deadline and followed by one more poll: stopping once the
+        # next (doubled) wait would pass it ended the wait up to 5 s before the timeout
+        sleep(min(delay, remaining))
         delay = min(delay * 2, 5.0)
     return outcomes, len(waiting)
 

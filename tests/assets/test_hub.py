@@ -666,3 +666,34 @@ def test_a_refusal_no_half_could_pass_stops_delivery(sandbox, warehouse, sync) -
     refused = _refused(warehouse, key)
     assert refused and all(a.startswith("HTTP 403: ") for a in refused.values())
     assert sandbox.hub.messages() == []
+
+
+def test_waiting_for_a_log_lasts_the_whole_timeout(warehouse) -> None:
+    """With polls 0.1 s apart, doubling, a message still processing after a 0.35 s wait was
+    given up at 0.3 s: the next wait (0.4 s) would have passed the deadline. At a 60 s timeout
+    that ended the wait up to 5 s early. Now the last wait is cut to the deadline and followed
+    by one more poll."""
+    from assets.hub.acknowledgement import acknowledge
+    from resources.hub import SyncLog
+
+    class StillProcessing:
+        def __init__(self) -> None:
+            self.polls: list[float] = []
+
+        def get_log(self, message_id: str, *, only_if_finished: bool = False) -> SyncLog:
+            self.polls.append(time.monotonic())
+            return SyncLog(message_id, status=1, items=[])
+
+    hub = StillProcessing()
+    with warehouse.connection() as conn:
+        started = time.monotonic()
+        outcomes, unfinished = acknowledge(
+            conn,
+            hub,
+            [("incr-1", 1, "m-1")],
+            timeout_s=0.35,
+            poll_s=0.1,  # type: ignore[arg-type]
+        )
+    assert unfinished == 1 and outcomes.applied == 0
+    assert hub.polls[-1] - started >= 0.35  # polled at the deadline, not 0.05 s before it
+    assert len(hub.polls) == 4  # at 0, 0.1, 0.3 and 0.35 s
