@@ -16,6 +16,7 @@ decodes to gigabytes); JSON nested too deeply to parse is a bad page, not a ``Re
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import random
@@ -347,15 +348,24 @@ MAX_TEXT_CHARS = 10_000  # longer values of a record's fields are refused, not s
 
 def reject_bad_text(data: Any, fields: Iterable[str]) -> Any:
     """For a record model's ``mode="before"`` validator: refuse the record when one of its
-    ``fields`` holds invalid UTF-8 (decoded as U+FFFD) or an oversized string."""
+    ``fields`` (``field_names(cls)``) holds invalid UTF-8 (decoded as U+FFFD) or an oversized
+    string."""
     if isinstance(data, dict):
         for name in fields:
             value = data.get(name)
-            if isinstance(value, str) and "\ufffd" in value:
-                raise ValueError(f"{name} holds invalid UTF-8 bytes")
-            if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            if isinstance(value, str) and ("\ufffd" in value or len(value) > MAX_TEXT_CHARS):
+                if "\ufffd" in value:
+                    raise ValueError(f"{name} holds invalid UTF-8 bytes")
                 raise ValueError(f"{name} is longer than {MAX_TEXT_CHARS} characters")
     return data
+
+
+@functools.cache
+def field_names(model: type) -> tuple[str, ...]:
+    """A pydantic model's field names, once per model: ``model_fields`` is a property that
+    takes microseconds, and a record validator asked for it 79,089 times for the 26,363
+    members of one course (0.18 s of the 0.8 s it took to parse them)."""
+    return tuple(model.model_fields)  # type: ignore[attr-defined]
 
 
 NESTED_TOO_DEEPLY = "it nests arrays or objects too deeply to parse"

@@ -33,6 +33,7 @@ from resources.http import (
     ApiError,
     HttpClient,
     RetryPolicy,
+    field_names,
     page_errors,
     reject_bad_text,
 )
@@ -113,7 +114,7 @@ class CoRow(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _reject_bad_text(cls, data: Any) -> Any:
-        return reject_bad_text(data, cls.model_fields)
+        return reject_bad_text(data, field_names(cls))
 
     @property
     def is_live(self) -> bool:

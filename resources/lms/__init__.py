@@ -37,6 +37,7 @@ from resources.http import (
     ApiError,
     HttpClient,
     RetryPolicy,
+    field_names,
     page_errors,
     reject_bad_text,
 )
@@ -105,7 +106,7 @@ class Registration(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _reject_bad_text(cls, data: Any) -> Any:
-        return reject_bad_text(data, cls.model_fields)
+        return reject_bad_text(data, field_names(cls))
 
     @model_validator(mode="after")
     def _status_is_known(self) -> Self:
