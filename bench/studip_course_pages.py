@@ -1,13 +1,14 @@
 """Reading the biggest Stud.IP course's members: page size, and pages one after another or
-several in flight.
+read ahead.
 
     .venv/bin/python bench/studip_course_pages.py --students 100000
 
-An incremental crawl reads a course's members whenever one of its members joins or leaves it,
-one page after another (``StudipClient.pages``). At 100,000 students one course has 26,363
-members. The sandbox runs in its own process (faults off); this reads that course with the
-REST client at several page sizes, then all its pages of 500 with ``STUDIP_CONCURRENCY`` in
-flight, ``--rounds`` times each, and prints the wall times (one JSON object, also written to
+An incremental crawl reads a course's members whenever one of its members joins or leaves it
+(``StudipClient.course_members``: after the first page, the others are read ahead with up to
+``STUDIP_CONCURRENCY`` in flight). At 100,000 students one course has 26,363 members. The
+sandbox runs in its own process (faults off); this reads that course with the REST client one
+page after another at several page sizes, then read ahead at each page size, ``--rounds``
+times each, and prints the wall times (one JSON object, also written to
 bench/results/studip_course_pages-<N>.json).
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,28 +27,12 @@ from resources.studip import StudipClient, studip_resource  # noqa: E402
 from sandbox.world import World  # noqa: E402
 
 PAGE_SIZES = (100, 500, 2000)
-CONCURRENT_PAGE_SIZE = 500
 
 
-def read_one_after_another(client: StudipClient, course_id: str, page_size: int) -> int:
+def read_members(client: StudipClient, course_id: str, page_size: int, read_ahead: bool) -> int:
     client.page_size = page_size
-    return sum(len(page.records) for page in client.course_members(course_id))
-
-
-def read_concurrently(client: StudipClient, course_id: str, total: int) -> int:
-    """Every page of the course at once, ``client.concurrency`` in flight."""
-    client.page_size = CONCURRENT_PAGE_SIZE
-
-    def page_at(offset: int) -> int:
-        path = f"/course/{course_id}/members"
-        response = client._get(
-            "/course/:course_id/members", path, {"offset": offset, "limit": CONCURRENT_PAGE_SIZE}
-        )
-        return len(client.http.json(response)["collection"])
-
-    offsets = range(0, total, CONCURRENT_PAGE_SIZE)
-    with ThreadPoolExecutor(max_workers=client.concurrency) as pool:
-        return sum(pool.map(page_at, offsets))
+    pages = client.course_members(course_id, read_ahead=read_ahead)
+    return sum(len(page.records) for page in pages)
 
 
 def main() -> None:
@@ -65,19 +49,15 @@ def main() -> None:
     with harness.sandbox_process(args.students, seed=args.seed) as sandbox:
         client = studip_resource(load_settings(sandbox.env).studip).client()
         for _ in range(args.rounds):
-            for size in PAGE_SIZES:
-                started = time.perf_counter()
-                read = read_one_after_another(client, course_id, size)
-                timings.setdefault(f"one_after_another_{size}", []).append(
-                    round(time.perf_counter() - started, 3)
-                )
-                assert read == len(members), (read, len(members))
-            started = time.perf_counter()
-            read = read_concurrently(client, course_id, len(members))
-            timings.setdefault(f"concurrent_{CONCURRENT_PAGE_SIZE}", []).append(
-                round(time.perf_counter() - started, 3)
-            )
-            assert read == len(members), (read, len(members))
+            for read_ahead in (False, True):
+                for size in PAGE_SIZES:
+                    started = time.perf_counter()
+                    read = read_members(client, course_id, size, read_ahead)
+                    how = "read_ahead" if read_ahead else "one_after_another"
+                    timings.setdefault(f"{how}_{size}", []).append(
+                        round(time.perf_counter() - started, 3)
+                    )
+                    assert read == len(members), (read, len(members))
         concurrency = client.concurrency
     harness.write_result(
         f"studip_course_pages-{args.students}",

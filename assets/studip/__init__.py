@@ -279,7 +279,7 @@ class Stager:
         )
 
     def _members_page(self, page: StudipPage) -> None:
-        self.stage_memberships([(page.subject, m.member.id, m.status) for m in page.records])
+        self.stage_memberships([(page.subject, m.user_id, m.status) for m in page.records])
 
     def stage_memberships(self, rows: Sequence[tuple[str, str, str]]) -> None:
         """(course_id, user_id, status) rows."""

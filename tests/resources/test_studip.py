@@ -1,31 +1,37 @@
 """The Stud.IP client: paging, collections, types, errors, OAuth1 and the crawl."""
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+import requests
 import responses
 from oauthlib.oauth1 import Client as OAuthClient
 from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 from responses import matchers
 
 from resources import studip as studip_module
-from resources.http import RetryPolicy
+from resources.http import ApiError, RetryPolicy
 from resources.settings import load_settings
 from resources.studip import (
     CRAWL_ROUTES,
+    CourseMember,
     SemesterSelectionError,
     StudipAuthError,
     StudipClient,
     StudipError,
+    StudipMember,
     StudIPResource,
     StudipRouteNotActivated,
     StudipRoutesMissing,
     StudipSemester,
+    collection_values,
     select_semesters,
     studip_resource,
 )
@@ -33,6 +39,7 @@ from sandbox.expected import crawl_studip, default_seed_ids, default_semester_id
 from sandbox.http import FaultConfig
 from sandbox.studip import StudipServer
 from sandbox.world import World
+from tests.contract import recordings
 
 BASE = "https://studip.example.test/api.php"
 U1, U2, U3 = "1" * 32, "2" * 32, "3" * 32
@@ -108,7 +115,7 @@ def test_paging_uses_its_own_offset_not_the_rounded_one_and_stops_on_total(
     expect(2, 2, page([member(users[2])], 3, 2, 2))
     pages = list(client.course_members(C1))
     assert [p.page_nr for p in pages] == [0, 1]
-    assert [m.member.id for p in pages for m in p.records] == users
+    assert [m.user_id for p in pages for m in p.records] == users
     assert len(responses.calls) == 2, "stops on offset + items >= total, not on the links"
 
 
@@ -134,7 +141,7 @@ def test_no_links_when_total_fits_one_page(client: StudipClient) -> None:
     body = page([member(U1)], 1, 0, 2)
     assert "links" not in body["pagination"]
     expect(0, 2, body)
-    assert [m.member.id for p in client.course_members(C1) for m in p.records] == [U1]
+    assert [m.user_id for p in client.course_members(C1) for m in p.records] == [U1]
     assert len(responses.calls) == 1
 
 
@@ -145,6 +152,107 @@ def test_an_empty_page_before_total_ends_the_paging(client: StudipClient) -> Non
     assert len(list(client.course_members(C1))) == 2
 
 
+def serve_members(
+    users: list[str], *, total: Any = None, short_at: int | None = None, ignore_offset: bool = False
+) -> list[tuple[int, int]]:
+    """A members route answering every offset from ``users`` (``total``: what it reports,
+    ``len(users)`` by default, or a function of the offset; ``short_at``: the page at this
+    offset has one item only; ``ignore_offset``: the first page for every offset). Returns the
+    (offset, limit) of each request as it comes."""
+    asked: list[tuple[int, int]] = []
+
+    def answer(request: Any) -> tuple[int, dict[str, str], str]:
+        with flight.lock:
+            flight.now += 1
+            flight.peak = max(flight.peak, flight.now)
+        time.sleep(flight.latency_s)
+        with flight.lock:
+            flight.now -= 1
+        query = dict(parse_qsl(urlsplit(request.url).query))
+        offset, limit = int(query["offset"]), int(query["limit"])
+        asked.append((offset, limit))
+        start = 0 if ignore_offset else offset
+        items = [member(u) for u in users[start : start + (1 if offset == short_at else limit)]]
+        reported = len(users) if total is None else total(offset) if callable(total) else total
+        return 200, {}, json.dumps(page(items, reported, offset, limit))
+
+    responses.add_callback(responses.GET, members_url(), callback=answer)
+    return asked
+
+
+class _Flight:
+    """Requests in flight at the members route (``peak``: the most at once)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.peak = 0
+        self.latency_s = 0.0
+
+
+flight = _Flight()
+
+
+def ids(n: int) -> list[str]:
+    return [f"{i:032x}" for i in range(n)]
+
+
+@responses.activate
+def test_a_courses_pages_after_the_first_are_read_ahead_and_come_in_order() -> None:
+    client = resource(page_size=2, concurrency=3).client()
+    users = ids(11)
+    asked = serve_members(users)
+    flight.peak, flight.latency_s = 0, 0.02
+    try:
+        pages = list(client.course_members(C1))
+    finally:
+        flight.latency_s = 0.0
+    assert [p.page_nr for p in pages] == [0, 1, 2, 3, 4, 5]
+    assert [m.user_id for p in pages for m in p.records] == users
+    assert asked[0] == (0, 2) and sorted(asked[1:]) == [(o, 2) for o in range(2, 12, 2)]
+    assert flight.peak == 3, f"expected 3 requests in flight at the peak, saw {flight.peak}"
+
+
+@responses.activate
+def test_a_server_ignoring_the_offset_fails_reading_ahead_too() -> None:
+    client = resource(page_size=2, concurrency=4).client()
+    asked = serve_members(ids(10), ignore_offset=True)
+    with pytest.raises(ApiError, match="paging does not end: page 1 repeats page 0"):
+        list(client.course_members(C1))
+    assert len(asked) <= 5, "no more requests than the total needs"
+
+
+@responses.activate
+def test_a_total_past_studip_max_pages_asks_for_no_page_ahead() -> None:
+    client = resource(page_size=2, concurrency=4).client()
+    client.max_pages = 3
+    asked = serve_members(ids(10))  # 5 pages
+    with pytest.raises(ApiError, match=r"more than 3 pages \(STUDIP_MAX_PAGES\)"):
+        list(client.course_members(C1))
+    assert asked == [(0, 2)]
+
+
+@responses.activate
+def test_a_short_page_among_those_read_ahead_goes_on_from_where_it_ends() -> None:
+    """The page at offset 2 has one member (a server that leaves some out after its LIMIT):
+    the pages read ahead start one member too far, so they are dropped and paging goes on
+    from offset 3, one page after another, as it would have without reading ahead."""
+    client = resource(page_size=2, concurrency=4).client()
+    users = ids(7)
+    asked = serve_members(users, short_at=2)
+    read = [m.user_id for p in client.course_members(C1) for m in p.records]
+    assert read == users
+    assert asked[-2:] == [(3, 2), (5, 2)]
+
+
+@responses.activate
+def test_a_total_that_grew_while_reading_ahead_is_read_to_its_end() -> None:
+    client = resource(page_size=2, concurrency=4).client()
+    users = ids(8)
+    serve_members(users, total=lambda offset: 4 if offset == 0 else 8)
+    read = [m.user_id for p in client.course_members(C1) for m in p.records]
+    assert read == users
+
+
 @responses.activate
 def test_a_malformed_record_is_rejected_with_its_reason_and_the_rest_kept(
     client: StudipClient,
@@ -152,7 +260,7 @@ def test_a_malformed_record_is_rejected_with_its_reason_and_the_rest_kept(
     bad = member(U2, status="superuser")
     expect(0, 2, page([member(U1), bad], 2, 0, 2))
     (only,) = list(client.course_members(C1))
-    assert [m.member.id for m in only.records] == [U1]
+    assert [m.user_id for m in only.records] == [U1]
     (rejected,) = only.rejected
     assert rejected.record_key == U2 and "status" in rejected.reason
 
@@ -308,7 +416,7 @@ def test_500_is_retried_then_fails_with_route_and_status(
 def test_500_then_success_is_retried_transparently(client: StudipClient) -> None:
     responses.get(members_url(), body="<html>PHP</html>", status=500, content_type="text/html")
     expect(0, 2, page([member(U1)], 1, 0, 2))
-    assert [m.member.id for p in client.course_members(C1) for m in p.records] == [U1]
+    assert [m.user_id for p in client.course_members(C1) for m in p.records] == [U1]
 
 
 @responses.activate
@@ -647,3 +755,77 @@ def test_a_refused_connection_says_so_once() -> None:
     assert message.count("Stud.IP: GET") == 1, message
     assert message.startswith(f"Stud.IP: GET http://127.0.0.1:{port}/api.php/user: /user: no ")
     assert "ConnectionError" in message
+
+
+# -- members parsed without validating ------------------------------------------------------
+
+
+def _validated_members(collection: Any) -> tuple[list[Any], list[Any]]:
+    """What the model alone makes of a members collection: the reference for the plain path."""
+    records, rejected = [], []
+    for raw in collection_values(collection):
+        record, problem = studip_module._validate(StudipMember, raw, "membership", "")
+        if record is not None:
+            records.append(CourseMember(record.member.id, record.status))
+        elif problem is not None:
+            rejected.append((problem.reason, raw))
+    return records, rejected
+
+
+def _same(parsed: tuple[list[Any], list[Any]], expected: tuple[list[Any], list[Any]]) -> None:
+    records, rejected = parsed
+    assert (records, [(r.reason, r.raw) for r in rejected]) == expected
+
+
+def test_members_built_without_validating_equal_the_validated_ones(
+    server: StudipServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every member of every course the sandbox serves and of every recorded members body:
+    the plain path (``plain_member``) gives exactly what the model gives."""
+    bodies = [r.body for r in recordings("api") if r.path.endswith("/members") and r.status == 200]
+    assert bodies, "no recorded members body"
+    world = server.world
+    for course_id in sorted(world.memberships)[:60]:
+        response = requests.get(
+            f"{server.base_url}/course/{course_id}/members",
+            params={"limit": 1000},
+            auth=("hubsync-api", "sandbox-studip-password"),
+            timeout=10,
+        )
+        bodies.append(response.json())
+    for body in bodies:
+        collection = body["collection"]
+        _same(studip_module._parse_members(collection), _validated_members(collection))
+
+    validated = []
+    monkeypatch.setattr(
+        studip_module, "_validate", lambda *args: validated.append(args) or (None, None)
+    )
+    members = sum(len(studip_module._parse_members(b["collection"])[0]) for b in bodies)
+    assert members > 100 and not validated, "plainly valid members are not validated"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"status": "superuser"},
+        {"status": 3},
+        {"member": None},
+        {"member": {"id": "A" * 32}},
+        {"member": {"id": "a" * 31}},
+        {"member": {"id": 12345}},
+        {"member": {"id": "a" * 32}},
+        {"member": {"id": "a" * 32, "name": None}},
+        {"member": {"id": "a" * 32, "name": {"formatted": "x"}}},
+        {"member": {"id": "a" * 32, "name": {"username": 123}}},
+        {"member": {"id": "a" * 32, "name": {"username": "u", "given": "Gr\ufffdn"}}},
+        {"member": {"id": "a" * 32, "name": {"username": "u", "family": "x" * 10_001}}},
+        {"member": {"id": "a" * 32, "name": {"username": "u", "prefix": None}}},
+        {"member": {"id": "a" * 32, "name": {"username": "u", "extra": 1}, "avatar": "x"}},
+        {"member": {"id": "a" * 32, "name": "u"}},
+    ],
+)
+def test_a_member_that_is_not_plain_is_what_the_model_makes_of_it(change: dict[str, Any]) -> None:
+    raw = {**member("b" * 32), **change}
+    collection = {"/api.php/user/x": raw}
+    _same(studip_module._parse_members(collection), _validated_members(collection))

@@ -108,7 +108,7 @@ def check_institutes(c: StudipClient, r: Recording) -> None:
 def check_members(c: StudipClient, r: Recording) -> None:
     page = first_page(c.course_members(r.route_path.split("/")[2]))
     assert page.rejected == []
-    assert [(m.member.id, m.status) for m in page.records] == [
+    assert [(m.user_id, m.status) for m in page.records] == [
         (x["member"]["id"], x["status"]) for x in items(r.body)
     ]
 
