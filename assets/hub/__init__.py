@@ -114,6 +114,7 @@ def hub_payload(
             conn,
             context.partition_key,
             hub,
+            full=full,
             deletes_allowed=context.run.tags.get(ALLOW_DELETES_TAG) == "true",
         )
     notes = []

@@ -77,13 +77,19 @@ def removals_by_type(
 
 
 def payload_check_results(
-    conn: duckdb.DuckDBPyConnection, sync_key: str, hub: HubResource, *, deletes_allowed: bool
+    conn: duckdb.DuckDBPyConnection,
+    sync_key: str,
+    hub: HubResource,
+    *,
+    full: bool,
+    deletes_allowed: bool,
 ) -> list[dg.AssetCheckResult]:
-    """The results of ``PAYLOAD_CHECKS`` for the batches ``hub_payload`` just stored."""
+    """The results of ``PAYLOAD_CHECKS`` for the batches ``hub_payload`` just stored (an
+    incremental sync checks codes and references of what it sends)."""
     return [
         deletes_within_limit(conn, sync_key, hub.max_delete_share, allowed=deletes_allowed),
-        desired_codes_unique(conn),
-        links_reference_known_objects(conn),
+        desired_codes_unique(conn, sync_key, full=full),
+        links_reference_known_objects(conn, sync_key, full=full),
     ]
 
 
@@ -111,10 +117,25 @@ def deletes_within_limit(
     )
 
 
-def desired_codes_unique(conn: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
+# What this sync sends: the objects of its pending batches. An incremental sync checks only
+# those (a few hundred at 100,000 students instead of a million desired objects): a duplicate
+# key with no event is one whose copies both equal what the HUB holds, so nothing is sent for
+# it, and every full sync checks everything.
+SENT_EVENTS = """
+    SELECT e.object_type, e.key, e.payload
+    FROM hub_events e JOIN hub_batches b USING (sync_key, batch_no)
+    WHERE e.sync_key = $sync_key AND b.status = 'pending' AND e.action <> 'delete'"""
+SENT_THIS_SYNC = f"SEMI JOIN ({SENT_EVENTS}) e USING (object_type, key)"
+
+
+def desired_codes_unique(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, *, full: bool
+) -> dg.AssetCheckResult:
+    scope = "" if full else SENT_THIS_SYNC
     rows = conn.execute(
-        "SELECT object_type, key, count(*) FROM hub_desired "
-        "GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 20"
+        f"SELECT object_type, key, count(*) FROM hub_desired d {scope} "
+        "GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 20",
+        {"sync_key": sync_key} if scope else {},
     ).fetchall()
     return dg.AssetCheckResult(
         check_name=DESIRED_CODES_UNIQUE.name,
@@ -127,13 +148,13 @@ def desired_codes_unique(conn: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult
     )
 
 
-def _references_sql() -> str:
-    """The references of desired objects to objects neither desired nor acknowledged: one
-    SELECT per referencing field of ``OBJECT_TYPES`` (a field that may be absent refers to
-    nothing when it is)."""
+def _references_sql(objects: str) -> str:
+    """The references of ``objects`` (desired objects: ``object_type``, ``key``, ``payload``)
+    to objects neither desired nor acknowledged: one SELECT per referencing field of
+    ``OBJECT_TYPES`` (a field that may be absent refers to nothing when it is)."""
     refs = " UNION ALL ".join(
         f"SELECT object_type, key, '{target}' AS ref_type, payload->>'{path}' AS ref "
-        f"FROM hub_desired WHERE object_type = '{t.name}'"
+        f"FROM {objects} WHERE object_type = '{t.name}'"
         + (f" AND payload->>'{path}' IS NOT NULL" if t.optional(path) else "")
         for t in OBJECT_TYPES
         for path, target in t.references
@@ -149,11 +170,18 @@ ORDER BY 1, 2 LIMIT 20
 """
 
 
-REFERENCES_SQL = _references_sql()
+REFERENCES_SQL = _references_sql("hub_desired")
+# an incremental sync's inserts and updates carry the desired objects' payloads
+SENT_REFERENCES_SQL = _references_sql(f"({SENT_EVENTS})")
 
 
-def links_reference_known_objects(conn: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
-    rows = conn.execute(REFERENCES_SQL).fetchall()
+def links_reference_known_objects(
+    conn: duckdb.DuckDBPyConnection, sync_key: str, *, full: bool
+) -> dg.AssetCheckResult:
+    if full:
+        rows = conn.execute(REFERENCES_SQL).fetchall()
+    else:
+        rows = conn.execute(SENT_REFERENCES_SQL, {"sync_key": sync_key}).fetchall()
     return dg.AssetCheckResult(
         check_name=LINKS_REFERENCE_KNOWN_OBJECTS.name,
         passed=not rows,

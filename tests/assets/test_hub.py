@@ -298,6 +298,51 @@ def test_guards_block_duplicate_codes_and_dangling_links(sandbox, warehouse, syn
     assert sandbox.hub.messages() == []
 
 
+def test_an_incremental_sync_checks_codes_and_links_of_what_it_sends(
+    sandbox, warehouse, sync
+) -> None:
+    """An incremental sync checks only the objects of its own batches (not the million desired
+    objects at 100,000 students): a changed duplicate and a new dangling link block it; an
+    identical copy of a user the HUB holds sends nothing and is left to the full syncs, which
+    check everything."""
+    state = expected_hub_state(sandbox.world).state
+    load_desired(warehouse, state)
+    assert sync("full-20261123T100000Z").success
+    with warehouse.connection() as conn:
+        conn.execute(
+            "INSERT INTO hub_desired SELECT * FROM hub_desired WHERE object_type = 'user' "
+            "ORDER BY key LIMIT 1"
+        )
+    quiet = sync("incr-20261123T103000Z", raise_on_error=False)
+    checks = {c.check_name: c for c in quiet.get_asset_check_evaluations()}
+    assert checks["hub_desired_codes_unique"].passed is True  # nothing sent for it
+    full = sync("full-20261123T104500Z", raise_on_error=False)
+    checks = {c.check_name: c for c in full.get_asset_check_evaluations()}
+    assert checks["hub_desired_codes_unique"].passed is False  # a full sync checks everything
+    with warehouse.connection() as conn:
+        conn.execute(
+            "DELETE FROM hub_desired WHERE rowid = (SELECT max(rowid) FROM hub_desired "
+            "WHERE object_type = 'user')"
+        )
+    with warehouse.connection() as conn:
+        conn.execute(
+            "INSERT INTO hub_desired SELECT object_type, key, sis_id, "
+            'json_merge_patch(payload, \'{"name": "Someone Else"}\'), origin FROM hub_desired '
+            "WHERE object_type = 'user' ORDER BY key DESC LIMIT 1"
+        )
+        conn.execute("""INSERT INTO hub_desired VALUES ('sectionstudent', 'nowhere|nobody|2026W',
+                     'x', '{"sis_id": "x", "section": {"code": "nowhere"},
+                     "student": {"code": "nobody"}, "term_code": "2026W"}', NULL)""")
+    result = sync("incr-20261123T110000Z", raise_on_error=False)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["hub_desired_codes_unique"].passed is False
+    assert checks["hub_links_reference_known_objects"].passed is False
+    assert "nowhere" in json.dumps(
+        checks["hub_links_reference_known_objects"].metadata["dangling"].value
+    )
+    assert not result.asset_materializations_for_node("hub_delivery")
+
+
 def test_a_link_to_an_object_only_the_hub_holds_is_not_dangling(sandbox, warehouse, sync) -> None:
     """An incremental sync deletes no entity: a link may name a user the HUB acknowledged that
     this build no longer sends (``hub_state`` counts as known, not only ``hub_desired``)."""
