@@ -101,6 +101,11 @@ class SandboxProcess:
     def peak_rss_mb(self) -> float | None:
         return process_peak_rss_mb(self.process.pid)
 
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the sandbox process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def route_counts(self, system: str) -> dict[str, int]:
         """API requests ``system`` served per route pattern (admin routes excluded)."""
         counts = self.admin(system, "GET", "requests")["counts"]

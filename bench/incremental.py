@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import resource
 import shutil
 import sys
 import tempfile
@@ -84,6 +85,11 @@ def desired_numbers(sync: harness.SyncMeasurement) -> dict[str, Any]:
     }
 
 
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def incremental_run(
     sandbox: harness.SandboxProcess,
     env: dict[str, str],
@@ -104,11 +110,16 @@ def incremental_run(
     time.sleep(1)  # the incremental key must be a later second than the one before
     key = new_sync_key(args.then)
     profiler = cProfile.Profile() if profile else None
+    sandbox_cpu, own_cpu = sandbox.cpu_s(), process_cpu_s()
     started = time.perf_counter()
     if profiler:
         profiler.enable()
     sync = harness.run_sync_here(env, args.then, key, sys.stderr)
     end_to_end = round(time.perf_counter() - started, 2)
+    cpu = {
+        "hubsync_cpu_s": round(process_cpu_s() - own_cpu, 2),
+        "sandbox_cpu_s": round(sandbox.cpu_s() - sandbox_cpu, 2),
+    }
     if profiler and profile:
         profiler.disable()
         profiler.dump_stats(profile)
@@ -117,6 +128,7 @@ def incremental_run(
         "step": step,
         "sync": sync,
         "end_to_end_s": end_to_end,
+        "cpu": cpu,
         "served": sandbox.request_counts(),
         "studip_routes": sandbox.route_counts("studip"),
     }
@@ -183,6 +195,8 @@ def main() -> None:
         "effective_mode": modes[runs.index(median)],
         "end_to_end_s": median["end_to_end_s"],
         "runs_end_to_end_s": [run["end_to_end_s"] for run in runs],
+        # on the same cores: hubsync's process, and the simulated systems serving it
+        "cpu_s": median["cpu"],
         "runs_effective_mode": modes,
         "stages": harness.stages(sync),
         "studip": studip_numbers(sync),
