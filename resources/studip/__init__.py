@@ -470,10 +470,7 @@ class StudipClient:
         ahead: Iterator[StudipPage] = iter(())
         earlier: dict[bytes, int] = {}  # digest of each page's collection -> its number
         while True:
-            page = next(ahead, None)
-            if page is None or page.params["offset"] != offset:
-                ahead = iter(())
-                page = read((page_nr, offset))
+            page = next(ahead, None) or read((page_nr, offset))
             if not page.found:
                 yield page
                 return
@@ -486,6 +483,8 @@ class StudipClient:
             page_nr += 1
             if count == 0 or offset >= page.total:
                 return
+            if count != limit:  # the pages read ahead start elsewhere: go on from offset
+                ahead = iter(())
             if read_ahead and page_nr == 1 and count == limit:
                 rest = [(page_nr + i, at) for i, at in enumerate(range(offset, page.total, limit))]
                 if rest[-1][0] >= self.max_pages:  # asks for no page more than it may read
