@@ -4,9 +4,11 @@ to known objects) and ``hub_delivery`` (refused items, messages finishing in tim
 ``hub_payload``'s are inline checks (``check_specs``): they run on its own connection at the
 end of its step. As steps of their own they cost an incremental sync about 70 ms each (a
 DuckDB connection and Dagster's step events) for queries of a few ms. A blocking check that
-fails fails the step, so nothing downstream runs."""
+fails fails the step, so nothing downstream runs. ``hub_delivery``'s share one step after
+``hub_acknowledgement`` (``hub_delivery_checks``)."""
 
 from collections import Counter
+from collections.abc import Iterator
 
 import dagster as dg
 import duckdb
@@ -193,24 +195,55 @@ def links_reference_known_objects(
     )
 
 
-@dg.asset_check(asset=HUB_DELIVERY, blocking=False, pool="duckdb")
-def hub_items_refused(
-    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-) -> dg.AssetCheckResult:
-    """WARN when the HUB answered items of this sync's batches with an error (getLog level
-    ``e``, not reconciled): they are not acknowledged and are sent again by the next sync."""
+HUB_ACKNOWLEDGEMENT = dg.AssetKey("hub_acknowledgement")
+# After hub_acknowledgement, whose wait is what lets a message count as processing longer than
+# HUB_ACK_TIMEOUT; together in one step (a step costs about 70 ms of events and connection).
+ITEMS_REFUSED = dg.AssetCheckSpec(
+    "hub_items_refused",
+    asset=HUB_DELIVERY,
+    additional_deps=[HUB_ACKNOWLEDGEMENT],
+    description="WARN when the HUB answered items of this sync's batches with an error (getLog "
+    "level ``e``, not reconciled): they are not acknowledged and are sent again by the next sync.",
+)
+MESSAGES_FINISH_IN_TIME = dg.AssetCheckSpec(
+    "hub_messages_finish_in_time",
+    asset=HUB_DELIVERY,
+    additional_deps=[HUB_ACKNOWLEDGEMENT],
+    description="WARN while messages are still processing at the HUB longer than HUB_ACK_TIMEOUT "
+    "after they were posted (their objects wait; past HUB_MESSAGE_MAX_AGE they are given up).",
+)
+
+
+@dg.multi_asset_check(
+    specs=[ITEMS_REFUSED, MESSAGES_FINISH_IN_TIME], can_subset=True, pool="duckdb"
+)
+def hub_delivery_checks(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, hub: HubResource
+) -> Iterator[dg.AssetCheckResult]:
+    """The checks of ``hub_delivery``, after ``hub_acknowledgement``: items the HUB refused,
+    messages still processing past HUB_ACK_TIMEOUT."""
     sync_key = context.run.tags.get("dagster/partition", "")
+    selected = {key.name for key in context.selected_asset_check_keys}
     with warehouse.connection() as conn:
-        rows = conn.execute(
-            "SELECT object_type, message, count(*) FROM hub_log WHERE sync_key = ? "
-            "AND outcome = 'failed' GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT 20",
-            [sync_key],
-        ).fetchall()
-        (total,) = conn.execute(
-            "SELECT count(*) FROM hub_log WHERE sync_key = ? AND outcome = 'failed'", [sync_key]
-        ).fetchall()[0]
+        if ITEMS_REFUSED.name in selected:
+            yield items_refused(conn, sync_key)
+        if MESSAGES_FINISH_IN_TIME.name in selected:
+            yield messages_finish_in_time(stuck_messages(conn, hub.ack_timeout_s), hub)
+
+
+def items_refused(conn: duckdb.DuckDBPyConnection, sync_key: str) -> dg.AssetCheckResult:
+    rows = conn.execute(
+        "SELECT object_type, message, count(*) FROM hub_log WHERE sync_key = ? "
+        "AND outcome = 'failed' GROUP BY ALL ORDER BY 3 DESC, 1, 2 LIMIT 20",
+        [sync_key],
+    ).fetchall()
+    (total,) = conn.execute(
+        "SELECT count(*) FROM hub_log WHERE sync_key = ? AND outcome = 'failed'", [sync_key]
+    ).fetchall()[0]
     failed = errors_by_type(Counter({(t, m): n for t, m, n in rows}))
     return dg.AssetCheckResult(
+        check_name=ITEMS_REFUSED.name,
+        asset_key=HUB_DELIVERY,
         passed=not total,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"items_failed": total, "by_type": dg.MetadataValue.json(failed)},
@@ -223,15 +256,10 @@ def hub_items_refused(
     )
 
 
-@dg.asset_check(asset=HUB_DELIVERY, blocking=False, pool="duckdb")
-def hub_messages_finish_in_time(
-    warehouse: WarehouseResource, hub: HubResource
-) -> dg.AssetCheckResult:
-    """WARN while messages are still processing at the HUB longer than HUB_ACK_TIMEOUT after
-    they were posted (their objects wait; past HUB_MESSAGE_MAX_AGE they are given up)."""
-    with warehouse.connection() as conn:
-        stuck = stuck_messages(conn, hub.ack_timeout_s)
+def messages_finish_in_time(stuck: list[tuple], hub: HubResource) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
+        check_name=MESSAGES_FINISH_IN_TIME.name,
+        asset_key=HUB_DELIVERY,
         passed=not stuck,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
@@ -253,6 +281,4 @@ def hub_messages_finish_in_time(
     )
 
 
-# Separate steps, not inline: they run after hub_acknowledgement, whose wait is what lets a
-# message count as processing longer than HUB_ACK_TIMEOUT.
-DELIVERY_CHECKS = [hub_items_refused, hub_messages_finish_in_time]
+DELIVERY_CHECKS = [hub_delivery_checks]
