@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -278,6 +279,22 @@ def test_mass_deletes_are_blocked_until_allowed(sandbox, warehouse, sync) -> Non
     assert sandbox.hub.state_snapshot()["sectionstudent"] == {}
 
 
+def add_dangling_link(conn: Any) -> None:
+    """A link to a section and a student nobody desires or holds."""
+    conn.execute("""INSERT INTO hub_desired VALUES ('sectionstudent', 'nowhere|nobody|2026W',
+                 'x', '{"sis_id": "x", "section": {"code": "nowhere"},
+                 "student": {"code": "nobody"}, "term_code": "2026W"}', NULL)""")
+
+
+def assert_blocked_by_duplicate_and_dangling_link(result: dg.ExecuteInProcessResult) -> None:
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["hub_desired_codes_unique"].passed is False
+    assert checks["hub_links_reference_known_objects"].passed is False
+    assert "nowhere" in json.dumps(
+        checks["hub_links_reference_known_objects"].metadata["dangling"].value
+    )
+
+
 def test_guards_block_duplicate_codes_and_dangling_links(sandbox, warehouse, sync) -> None:
     state = expected_hub_state(sandbox.world).state
     load_desired(warehouse, state)
@@ -285,16 +302,9 @@ def test_guards_block_duplicate_codes_and_dangling_links(sandbox, warehouse, syn
         conn.execute(
             "INSERT INTO hub_desired SELECT * FROM hub_desired WHERE object_type = 'user' LIMIT 1"
         )
-        conn.execute("""INSERT INTO hub_desired VALUES ('sectionstudent', 'nowhere|nobody|2026W',
-                     'x', '{"sis_id": "x", "section": {"code": "nowhere"},
-                     "student": {"code": "nobody"}, "term_code": "2026W"}', NULL)""")
+        add_dangling_link(conn)
     result = sync("full-20261123T100000Z", raise_on_error=False)
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert checks["hub_desired_codes_unique"].passed is False
-    assert checks["hub_links_reference_known_objects"].passed is False
-    assert "nowhere" in json.dumps(
-        checks["hub_links_reference_known_objects"].metadata["dangling"].value
-    )
+    assert_blocked_by_duplicate_and_dangling_link(result)
     assert sandbox.hub.messages() == []
 
 
@@ -330,16 +340,9 @@ def test_an_incremental_sync_checks_codes_and_links_of_what_it_sends(
             'json_merge_patch(payload, \'{"name": "Someone Else"}\'), origin FROM hub_desired '
             "WHERE object_type = 'user' ORDER BY key DESC LIMIT 1"
         )
-        conn.execute("""INSERT INTO hub_desired VALUES ('sectionstudent', 'nowhere|nobody|2026W',
-                     'x', '{"sis_id": "x", "section": {"code": "nowhere"},
-                     "student": {"code": "nobody"}, "term_code": "2026W"}', NULL)""")
+        add_dangling_link(conn)
     result = sync("incr-20261123T110000Z", raise_on_error=False)
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert checks["hub_desired_codes_unique"].passed is False
-    assert checks["hub_links_reference_known_objects"].passed is False
-    assert "nowhere" in json.dumps(
-        checks["hub_links_reference_known_objects"].metadata["dangling"].value
-    )
+    assert_blocked_by_duplicate_and_dangling_link(result)
     assert not result.asset_materializations_for_node("hub_delivery")
 
 
