@@ -245,6 +245,20 @@ def test_a_short_page_among_those_read_ahead_goes_on_from_where_it_ends() -> Non
 
 
 @responses.activate
+def test_a_course_deleted_while_its_pages_are_read_ahead_ends_as_gone() -> None:
+    """A 404 on a page read ahead ends the paging as one page after another would: the pages
+    before it, then an empty page with ``found=False``."""
+    client = resource(page_size=2, concurrency=4).client()
+    users = ids(6)
+    expect(0, 2, page([member(u) for u in users[:2]], 6, 0, 2))
+    expect(2, 2, {"collection": [], "pagination": {}}, status=404)
+    expect(4, 2, page([member(u) for u in users[4:]], 6, 4, 2))
+    pages = list(client.course_members(C1))
+    assert [(p.page_nr, p.found) for p in pages] == [(0, True), (1, False)]
+    assert [m.user_id for m in pages[0].records] == users[:2] and not pages[1].records
+
+
+@responses.activate
 def test_a_total_that_grew_while_reading_ahead_is_read_to_its_end() -> None:
     client = resource(page_size=2, concurrency=4).client()
     users = ids(8)
