@@ -13,6 +13,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
+from assets.graph import conflict_counts
 from assets.partitions import SyncMode, parse_sync_key, sync_runs_partitions
 from resources.warehouse import WarehouseResource, transaction
 
@@ -145,10 +146,8 @@ def _identity_conflicts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
     }
     if len(tables) < 2:
         return {}
-    conflicts, blocked = conn.execute(
-        "SELECT (SELECT count(*) FROM person_conflicts), (SELECT count(*) FROM person_blocks)"
-    ).fetchone() or (0, 0)
-    return {"identity_conflicts": int(conflicts), "blocked_persons": int(blocked)}
+    conflicts, blocked = conflict_counts(conn)
+    return {"identity_conflicts": conflicts, "blocked_persons": blocked}
 
 
 def finish_sync_run(

@@ -7,7 +7,8 @@ Settings are read at import, so an invalid environment fails the code location l
 import dagster as dg
 
 from assets.graph import GRAPH_ASSETS, GraphSettings
-from assets.hub import HUB_ASSETS, HUB_CHECKS
+from assets.hub import HUB_ASSETS
+from assets.hub.checks import DELIVERY_CHECKS
 from assets.maintenance import RetentionSettings, sync_retention
 from assets.sync import build_sync_summary, sync_run
 from pipelines.jobs import (
@@ -68,7 +69,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         # (seconds per step on a busy host). Runs from the daemon and the UI then execute like
         # the CLI's, in the run worker's process; pools still apply.
         executor=dg.in_process_executor,
-        asset_checks=HUB_CHECKS,
+        asset_checks=DELIVERY_CHECKS,
         jobs=[
             sync_job,
             hub_acknowledgement_job,

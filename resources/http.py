@@ -346,17 +346,24 @@ def page_errors(page: str) -> Iterator[None]:
 MAX_TEXT_CHARS = 10_000  # longer values of a record's fields are refused, not stored
 
 
+def bad_text(value: str) -> str | None:
+    """Why a record's text field is refused: invalid UTF-8 (decoded as U+FFFD) or more than
+    ``MAX_TEXT_CHARS``; None when it is fine."""
+    if "\ufffd" in value:
+        return "holds invalid UTF-8 bytes"
+    if len(value) > MAX_TEXT_CHARS:
+        return f"is longer than {MAX_TEXT_CHARS} characters"
+    return None
+
+
 def reject_bad_text(data: Any, fields: Iterable[str]) -> Any:
     """For a record model's ``mode="before"`` validator: refuse the record when one of its
-    ``fields`` (``field_names(cls)``) holds invalid UTF-8 (decoded as U+FFFD) or an oversized
-    string."""
+    ``fields`` (``field_names(cls)``) holds ``bad_text``."""
     if isinstance(data, dict):
         for name in fields:
             value = data.get(name)
-            if isinstance(value, str) and ("\ufffd" in value or len(value) > MAX_TEXT_CHARS):
-                if "\ufffd" in value:
-                    raise ValueError(f"{name} holds invalid UTF-8 bytes")
-                raise ValueError(f"{name} is longer than {MAX_TEXT_CHARS} characters")
+            if isinstance(value, str) and (why := bad_text(value)):
+                raise ValueError(f"{name} {why}")
     return data
 
 

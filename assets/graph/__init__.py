@@ -900,8 +900,11 @@ UNMATCHED_AND_CONFLICTING = dg.AssetCheckSpec(
 )
 
 
-def unmatched_and_conflicting(conn: duckdb.DuckDBPyConnection) -> dg.AssetCheckResult:
-    """The result of ``UNMATCHED_AND_CONFLICTING`` for the persons just resolved."""
+def unmatched_and_conflicting(
+    conn: duckdb.DuckDBPyConnection, n_conflicts: int, n_blocked: int
+) -> dg.AssetCheckResult:
+    """The result of ``UNMATCHED_AND_CONFLICTING`` for the persons just resolved
+    (``conflict_counts``: ``n_conflicts``, ``n_blocked``)."""
     rows = conn.execute(
         "SELECT system, rule, count(*) FROM person_links WHERE rule IN "
         "('own', 'conflict') GROUP BY ALL ORDER BY 1, 2"
@@ -914,7 +917,6 @@ def unmatched_and_conflicting(conn: duckdb.DuckDBPyConnection) -> dg.AssetCheckR
     blocked = conn.execute(
         "SELECT person_key, reason FROM person_blocks ORDER BY 1 LIMIT ?", [CONFLICTS_LISTED]
     ).fetchall()
-    n_conflicts, n_blocked = conflict_counts(conn)
     counts = {f"{system}_{rule}": n for system, rule, n in rows}
     listed = [
         {
@@ -963,7 +965,7 @@ def persons(
         )
         total = conn.execute("SELECT count(*) FROM persons").fetchall()[0][0]
         conflicts, blocked = conflict_counts(conn)
-        check = unmatched_and_conflicting(conn)
+        check = unmatched_and_conflicting(conn, conflicts, blocked)
     if conflicts:
         context.log.warning(
             f"{conflicts} identity conflict(s): the weaker claims stay unlinked; {blocked} "

@@ -48,7 +48,6 @@ from assets.hub.acknowledgement import (
 )
 from assets.hub.checks import (
     ALLOW_DELETES_TAG,
-    DELIVERY_CHECKS,
     PAYLOAD_CHECKS,
     payload_check_results,
 )
@@ -292,4 +291,3 @@ def hub_acknowledgement(
 
 
 HUB_ASSETS = [hub_payload, hub_delivery, hub_acknowledgement]
-HUB_CHECKS = DELIVERY_CHECKS

@@ -50,11 +50,11 @@ from requests_oauthlib import OAuth1
 
 from resources.http import (
     DEFAULT_MAX_PAGES,
-    MAX_TEXT_CHARS,
     MB,
     ApiError,
     HttpClient,
     RetryPolicy,
+    bad_text,
     field_names,
     page_errors,
     reject_bad_text,
@@ -725,7 +725,7 @@ _HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _plain_text(value: Any) -> bool:
-    return type(value) is str and "\ufffd" not in value and len(value) <= MAX_TEXT_CHARS
+    return type(value) is str and bad_text(value) is None
 
 
 def plain_member(raw: Any) -> CourseMember | None:

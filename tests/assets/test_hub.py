@@ -18,7 +18,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from assets.hub import HUB_ASSETS, HUB_CHECKS, payload
+from assets.hub import HUB_ASSETS, payload
+from assets.hub.checks import DELIVERY_CHECKS
 from assets.hub.delivery import deliver
 from assets.hub.diff import PHASES, Change, compute_diff, read_diff
 from assets.hub.payload import MAX_BATCH_BYTES, envelope_text, iter_batches
@@ -84,7 +85,7 @@ def sync(sandbox, warehouse: WarehouseResource):
         ) -> dg.ExecuteInProcessResult:
             instance.add_dynamic_partitions("sync_runs", [key])
             return dg.materialize(
-                [*HUB_ASSETS, *HUB_CHECKS],
+                [*HUB_ASSETS, *DELIVERY_CHECKS],
                 partition_key=key,
                 instance=instance,
                 tags=tags,
