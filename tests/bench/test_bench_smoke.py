@@ -58,8 +58,9 @@ def test_full_sync_reports_stages_and_a_floor_of_the_same_requests(tmp_path: Pat
 @slow
 def test_incremental_sends_only_the_changes(tmp_path: Path) -> None:
     result = run_bench(
-        "incremental.py", "--students", "40", "--changes", "10", "--runs", "2", results=tmp_path
-    )
+        "incremental.py", "--students", "40", "--changes", "10", "--runs", "2", "--floor",
+        results=tmp_path,
+    )  # fmt: skip
     assert result["success"] and result["effective_mode"] == "incremental"
     assert result["runs_effective_mode"] == ["incremental", "incremental"]
     assert result["end_to_end_s"] in result["runs_end_to_end_s"]
@@ -67,6 +68,27 @@ def test_incremental_sends_only_the_changes(tmp_path: Path) -> None:
     assert 0 < result["events"] < result["full_sync_before"]["events"]
     assert result["changes"] >= 5
     assert 0 < result["requests_served"]["studip"]
+    for source, floor in result["request_floor"].items():
+        # the floor replayed exactly what the sandbox served the median sync, all successfully
+        assert floor["requests"] == result["requests_served"][source], source
+        assert set(floor["statuses"]) <= {"200"}, source
+    assert result["request_floor_s"] > 0
+
+
+def test_the_dagster_floor_runs_the_sync_jobs_shape_doing_nothing(tmp_path: Path) -> None:
+    result = run_bench("dagster_floor.py", "--runs", "1", results=tmp_path)
+    from pipelines.definitions import defs
+
+    job = defs.resolve_job_def("sync_job")
+    assert result["steps"] == len(job.graph.nodes)
+    assert result["assets"] == len(job.asset_layer.executable_asset_keys)
+    events = result["events_per_run"]
+    assert events["ASSET_MATERIALIZATION"] == result["assets"]
+    assert events["STEP_SUCCESS"] == result["steps"] == events["HOOK_SKIPPED"]
+    checks = job.asset_layer.asset_graph.asset_check_keys
+    assert events["ASSET_CHECK_EVALUATION"] == len(checks)
+    assert result["median_wall_s"] == result["runs_wall_s"][0] > 0
+    assert 0 < result["before_first_request_s"]["import_dagster"]
 
 
 def test_diff_finds_exactly_the_changes_built(tmp_path: Path) -> None:
