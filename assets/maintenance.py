@@ -26,7 +26,7 @@ from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import fail_sync_run
-from resources.warehouse import WarehouseResource, transaction
+from resources.warehouse import WAREHOUSE_POOL, WarehouseResource, transaction
 
 # How long a key that no run used is kept: time enough to launch a key added in the UI.
 UNLAUNCHED_KEY_GRACE = timedelta(days=1)
@@ -177,7 +177,7 @@ def _delete(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
 @dg.asset(
     group_name="maintenance",
     kinds={"duckdb"},
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
 )
 def sync_retention(
     context: dg.AssetExecutionContext,
@@ -227,7 +227,7 @@ class SyncFailure(dg.Config):
     error: str
 
 
-@dg.op(pool="duckdb")
+@dg.op(pool=WAREHOUSE_POOL)
 def record_sync_failure(config: SyncFailure, warehouse: WarehouseResource) -> None:
     """Marks the sync's sync_runs row failed with the error, if it is still 'running' (a step
     failure was already recorded, with its own error, by the sync jobs' failure hook)."""

@@ -15,7 +15,7 @@ import duckdb
 
 from assets.graph import conflict_counts
 from assets.partitions import SyncMode, parse_sync_key, sync_runs_partitions
-from resources.warehouse import WarehouseResource, transaction
+from resources.warehouse import WAREHOUSE_POOL, WarehouseResource, transaction
 
 # Run tags of the sync job: dagster.yaml limits runs tagged SYNC_TAG to one at a time, and
 # SYNC_MODE_TAG says which mode the run's key is (sync_run sets it on runs launched without it).
@@ -211,7 +211,7 @@ def has_successful_full_sync(conn: duckdb.DuckDBPyConnection) -> bool:
 
 @dg.asset(
     partitions_def=sync_runs_partitions,
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
     group_name="sync",
     kinds={"duckdb"},
 )
@@ -248,7 +248,7 @@ def build_sync_summary(sources: Iterable[dg.AssetsDefinition] = ()) -> dg.Assets
 
     @dg.asset(
         partitions_def=sync_runs_partitions,
-        pool="duckdb",
+        pool=WAREHOUSE_POOL,
         group_name="sync",
         kinds={"duckdb"},
         deps=[sync_run, dg.AssetKey("hub_acknowledgement"), *sorted(keys - upstream)],

@@ -199,7 +199,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     return sandbox_main(list(args.args))
 
 
-# A sync holds DuckDB's one lock while a step runs; an export waits that long for it.
+# A sync run holds DuckDB's one lock while it runs (RunHold); an export waits that long for it.
 EXPORT_LOCK_WAIT_S = 120.0
 
 

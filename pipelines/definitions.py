@@ -64,10 +64,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     ]
     return dg.Definitions(
         assets=dg.map_asset_specs(with_table_schema, assets),
-        # Every step opens DuckDB and is in pool "duckdb" (limit 1), so steps run one at a time
-        # anyway: a process per step (the multiprocess default) would only add its start-up
-        # (seconds per step on a busy host). Runs from the daemon and the UI then execute like
-        # the CLI's, in the run worker's process; pools still apply.
+        # Every step opens DuckDB and is in pool "duckdb" (WAREHOUSE_POOL, limit 1), so steps
+        # run one at a time anyway: a process per step (the multiprocess default) would only
+        # add its start-up (seconds per step on a busy host) and close the warehouse a run
+        # holds open (RunHold). Runs from the daemon and the UI then execute like the CLI's,
+        # in the run worker's process; pools still apply.
         executor=dg.in_process_executor,
         asset_checks=DELIVERY_CHECKS,
         jobs=[

@@ -35,7 +35,7 @@ from resources.campusonline.schema import (
 )
 from resources.change_detection import current_state_build
 from resources.graph_changes import note_changed_rows, note_rebuild
-from resources.warehouse import PageWriter, WarehouseResource, transaction
+from resources.warehouse import WAREHOUSE_POOL, PageWriter, WarehouseResource, transaction
 
 GROUP = "campusonline"
 FULL_REQUEST_KEYS = {
@@ -184,7 +184,7 @@ def _fresh_writer(conn: duckdb.DuckDBPyConnection, table: str, key: str) -> Page
 @dg.multi_asset(
     specs=raw_specs,
     partitions_def=sync_runs_partitions,
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
     can_subset=False,
     name="co_raw_pages",
 )
@@ -444,7 +444,7 @@ def column_schema(conn: duckdb.DuckDBPyConnection, table: str) -> dg.TableSchema
 @dg.multi_asset(
     specs=current_specs,
     partitions_def=sync_runs_partitions,
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
     can_subset=False,
     name="co_current_state",
 )

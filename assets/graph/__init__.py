@@ -54,7 +54,7 @@ import duckdb
 from pydantic import Field
 
 from resources.graph_changes import REBUILD, note_changes, note_rebuild
-from resources.warehouse import WarehouseResource, transaction
+from resources.warehouse import WAREHOUSE_POOL, WarehouseResource, transaction
 
 MATCH_RULES = ("studid", "email", "login")  # the default order
 
@@ -946,7 +946,7 @@ def unmatched_and_conflicting(
 @dg.asset(
     group_name="graph",
     kinds={"duckdb"},
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
     deps=SOURCE_TABLES,
     check_specs=[UNMATCHED_AND_CONFLICTING],
 )
@@ -985,7 +985,7 @@ def persons(
     )
 
 
-@dg.asset(group_name="graph", kinds={"duckdb"}, pool="duckdb", deps=[persons])
+@dg.asset(group_name="graph", kinds={"duckdb"}, pool=WAREHOUSE_POOL, deps=[persons])
 def hub_desired(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, graph_settings: GraphSettings
 ) -> dg.MaterializeResult:

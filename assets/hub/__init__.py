@@ -57,7 +57,7 @@ from assets.partitions import parse_sync_key, sync_runs_partitions
 from assets.sync import sync_run
 from resources.hub import HubClient, HubResource
 from resources.hub.identity import HubIdentity, HubIdentityError, check_hub_identity
-from resources.warehouse import WarehouseResource
+from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
 
 # Delivery and acknowledgement list the messageIds left processing; hub_log_sensor polls them.
 PENDING_MESSAGES_METADATA = "pending_message_ids"
@@ -76,7 +76,7 @@ def _errors_table(outcomes: ItemOutcomes) -> str:
     partitions_def=sync_runs_partitions,
     group_name="hub",
     kinds={"duckdb"},
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
     deps=[sync_run, HUB_DESIRED],
     check_specs=PAYLOAD_CHECKS,
 )
@@ -150,7 +150,7 @@ def hub_payload(
     partitions_def=sync_runs_partitions,
     group_name="hub",
     kinds={"api", "duckdb"},
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
     deps=[hub_payload],
 )
 def hub_delivery(
@@ -266,7 +266,7 @@ def hub_notes(summary: DeliverySummary, stuck: list[tuple], hub: HubResource) ->
     return notes
 
 
-@dg.asset(group_name="hub", kinds={"api", "duckdb"}, pool="duckdb", deps=[hub_delivery])
+@dg.asset(group_name="hub", kinds={"api", "duckdb"}, pool=WAREHOUSE_POOL, deps=[hub_delivery])
 def hub_acknowledgement(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, hub: HubResource
 ) -> dg.MaterializeResult:

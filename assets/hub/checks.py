@@ -15,7 +15,7 @@ import duckdb
 
 from assets.hub.acknowledgement import errors_by_type, stuck_messages, stuck_metadata
 from resources.hub import OBJECT_TYPES, HubResource
-from resources.warehouse import WarehouseResource
+from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
 
 ALLOW_DELETES_TAG = "hubsync/allow-deletes"
 # The assets the checks guard (keys: the assets are defined beside, in assets/hub/__init__.py).
@@ -215,7 +215,7 @@ MESSAGES_FINISH_IN_TIME = dg.AssetCheckSpec(
 
 
 @dg.multi_asset_check(
-    specs=[ITEMS_REFUSED, MESSAGES_FINISH_IN_TIME], can_subset=True, pool="duckdb"
+    specs=[ITEMS_REFUSED, MESSAGES_FINISH_IN_TIME], can_subset=True, pool=WAREHOUSE_POOL
 )
 def hub_delivery_checks(
     context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, hub: HubResource

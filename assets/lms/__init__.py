@@ -41,7 +41,7 @@ from resources.lms import (
     validate_registration,
 )
 from resources.quarantine import quarantine
-from resources.warehouse import PageWriter, WarehouseResource, transaction
+from resources.warehouse import WAREHOUSE_POOL, PageWriter, WarehouseResource, transaction
 
 SOURCE = "lms"
 GROUP = "lms"
@@ -338,7 +338,7 @@ def _raw_metadata(landing: EndpointLanding) -> dict[str, Any]:
         for endpoint, table in RAW_TABLES.items()
     ],
     partitions_def=sync_runs_partitions,
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
 )
 def lms_registration_pages(
     context: dg.AssetExecutionContext, lms: LmsResource, warehouse: WarehouseResource
@@ -673,7 +673,7 @@ def update_current_state(
         )
     ],
     partitions_def=sync_runs_partitions,
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
 )
 def lms_current_state(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, lms: LmsResource

@@ -66,7 +66,7 @@ from resources.studip import (
     is_user_id,
     select_semesters,
 )
-from resources.warehouse import PageWriter, WarehouseResource, deflate, transaction
+from resources.warehouse import WAREHOUSE_POOL, PageWriter, WarehouseResource, deflate, transaction
 
 RAW_TABLE = "raw_studip_pages"
 GROUP = "studip"
@@ -684,7 +684,7 @@ def _needed_routes(seed_users: Sequence[str]) -> tuple[str, ...]:
 
 @dg.asset(
     partitions_def=sync_runs_partitions,
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
     group_name=GROUP,
     kinds={"api", "duckdb"},
     # an incremental crawl re-reads the persons the other sources changed in this sync
@@ -1100,7 +1100,7 @@ def _column_schema(conn: Sql, table: str) -> dg.TableSchema:
         for table in STATE_TABLES
     ],
     partitions_def=sync_runs_partitions,
-    pool="duckdb",
+    pool=WAREHOUSE_POOL,
 )
 def studip_current_state(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource

@@ -56,10 +56,12 @@ def duckdb_refused(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def evaluate_log_sensor(
     defs: dg.Definitions, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> SensorExecutionData:
-    context = dg.build_sensor_context(
-        instance=instance, definitions=defs, resources=dict(defs.resources or {})
-    )
-    with duckdb_refused(monkeypatch):
+    with (
+        dg.build_sensor_context(
+            instance=instance, definitions=defs, resources=dict(defs.resources or {})
+        ) as context,
+        duckdb_refused(monkeypatch),
+    ):
         return defs.resolve_sensor_def("hub_log_sensor").evaluate_tick(context)
 
 

@@ -84,13 +84,13 @@ def add_sync_run(
 
 def evaluate(defs: dg.Definitions, name: str, instance: dg.DagsterInstance) -> SensorExecutionData:
     sensor = defs.resolve_sensor_def(name)
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance,
         instance_ref=instance.get_ref(),
         definitions=defs,
         resources=dict(defs.resources or {}),
-    )
-    return sensor.evaluate_tick(context)
+    ) as context:
+        return sensor.evaluate_tick(context)
 
 
 # -- incremental_sync_sensor ----------------------------------------------------------------------

@@ -4,23 +4,29 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
 from resources.hub import schema as hub_schema
 from resources.migrations import Migration, raw_page_table_ddl
 from resources.warehouse import (
+    CHECKPOINT_WAL_BYTES,
+    WAREHOUSE_POOL,
+    RunHold,
     WarehouseError,
     WarehouseResource,
     all_migrations,
     applied_migrations,
     ensure_schema,
+    other_runs_in_pool,
 )
 
 MIGRATIONS = all_migrations()
@@ -416,3 +422,172 @@ def test_the_per_type_hub_views_follow_the_object_types_on_every_start(
     assert "hub_state_summary" in views, "a view someone made themselves stays"
     conn.execute("INSERT INTO hub_desired (object_type, key, payload) VALUES ('widget', 'w', '{}')")
     assert conn.execute("SELECT key FROM hub_desired_widgets").fetchall() == [("w",)]
+
+
+# -- a run holds the warehouse open between its steps ------------------------------------------
+
+OPENS_FROM_ANOTHER_PROCESS = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
+
+
+def another_process_can_open(path: Path) -> bool:
+    done = subprocess.run(
+        [sys.executable, "-c", OPENS_FROM_ANOTHER_PROCESS, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 or "lock" in done.stderr.lower(), done.stderr
+    return done.returncode == 0
+
+
+def default_order(conn: duckdb.DuckDBPyConnection) -> str:
+    (order,) = conn.execute("SELECT current_setting('default_order')").fetchone() or ("",)
+    return str(order).upper()
+
+
+@dg.asset
+def orders_descending(warehouse: WarehouseResource) -> None:
+    with warehouse.connection() as conn:
+        conn.execute("SET GLOBAL default_order = 'DESC'")  # lives as long as the database
+
+
+@dg.asset(deps=[orders_descending])
+def order_seen(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    with warehouse.connection() as conn:
+        return dg.MaterializeResult(metadata={"order": default_order(conn)})
+
+
+def order_seen_by_a_run(warehouse: WarehouseResource, instance: dg.DagsterInstance) -> str:
+    result = dg.materialize(
+        [orders_descending, order_seen], instance=instance, resources={"warehouse": warehouse}
+    )
+    (materialization,) = result.asset_materializations_for_node("order_seen")
+    return str(materialization.metadata["order"].value)
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "ephemeral"])
+def test_a_run_keeps_the_database_open_between_its_steps_and_closes_it_at_its_end(
+    warehouse: WarehouseResource, warehouse_path: Path, storage: str
+) -> None:
+    instance = dg.instance_for_test() if storage == "sqlite" else dg.DagsterInstance.ephemeral()
+    with instance as dagster_instance:
+        # the second step sees what the first set in the database: it was not closed between
+        assert order_seen_by_a_run(warehouse, dagster_instance) == "DESC"
+    assert another_process_can_open(warehouse_path)  # let go at the run's end
+    with warehouse.connection() as conn:  # so the next connection opens it anew
+        assert default_order(conn) == "ASCENDING"
+
+
+def test_outside_a_run_each_connection_opens_and_closes_the_database(
+    warehouse: WarehouseResource, warehouse_path: Path
+) -> None:
+    with warehouse.connection() as conn:
+        conn.execute("SET GLOBAL default_order = 'DESC'")
+        assert default_order(conn) == "DESC"
+    assert another_process_can_open(warehouse_path)
+    with warehouse.connection() as conn:
+        assert default_order(conn) == "ASCENDING"
+
+
+def test_a_hold_lets_go_as_soon_as_another_run_waits(warehouse_path: Path) -> None:
+    waiting = threading.Event()
+    hold = RunHold(warehouse_path, waiting.is_set)
+    try:
+        with duckdb.connect(str(warehouse_path)):
+            hold.keep()
+        assert not another_process_can_open(warehouse_path)  # held between steps
+        waiting.set()
+        deadline = time.monotonic() + 5
+        while not another_process_can_open(warehouse_path):
+            assert time.monotonic() < deadline, "the hold did not let go for the other run"
+        assert hold.let_go_for_another_run
+        with duckdb.connect(str(warehouse_path)):
+            hold.keep()  # for the rest of the run it holds nothing
+        assert another_process_can_open(warehouse_path)
+    finally:
+        hold.release()
+
+
+def test_a_hold_that_cannot_tell_whether_others_wait_lets_go(warehouse_path: Path) -> None:
+    def broken() -> bool:
+        raise RuntimeError("the instance's storage is gone")
+
+    hold = RunHold(warehouse_path, broken)
+    try:
+        with duckdb.connect(str(warehouse_path)):
+            hold.keep()
+        deadline = time.monotonic() + 5
+        while not another_process_can_open(warehouse_path):
+            assert time.monotonic() < deadline
+    finally:
+        hold.release()
+
+
+def test_other_runs_are_seen_holding_or_waiting_for_the_pool() -> None:
+    with dg.instance_for_test() as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots(WAREHOUSE_POOL, 1)
+        storage.claim_concurrency_slot(WAREHOUSE_POOL, "mine", "step_a")
+        assert not other_runs_in_pool(instance, "mine")
+        storage.claim_concurrency_slot(WAREHOUSE_POOL, "other", "step_b")  # waits: limit 1
+        assert other_runs_in_pool(instance, "mine")
+        storage.free_concurrency_slots_for_run("other")
+        assert not other_runs_in_pool(instance, "mine")
+        assert other_runs_in_pool(instance, "someone")  # "mine" holds the slot
+
+
+def test_a_run_waiting_for_the_pool_gets_the_warehouse_another_run_held(tmp_path: Path) -> None:
+    """The first run holds the warehouse open and keeps the pool's slot for a while without
+    using it; the second waits for the slot, and once it has it, for DuckDB's lock. The first
+    run's hold must let go while the second waits: otherwise the second gives up on the lock
+    (LOCK_TIMEOUT_S), while the first waits for the slot behind it."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(
+        "concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n"
+    )
+    warehouse = tmp_path / "warehouse.duckdb"
+
+    def start(which: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.resources.warehouse_runs", which, str(home),
+             str(warehouse)],
+            cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    first = start("first")
+    assert first.stdout is not None
+    assert first.stdout.readline().strip() == "first wrote", first.communicate()
+    second = start("second")  # while the first run holds the warehouse and has the slot
+    outcomes = [process.communicate(timeout=120) for process in (first, second)]
+    assert [out.strip().splitlines()[-1] for out, _ in outcomes] == ["success", "success"], [
+        err[-2000:] for _, err in outcomes
+    ]
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        order = [
+            who for (who,) in conn.execute("SELECT who FROM writes ORDER BY written_at").fetchall()
+        ]
+    assert order == ["first", "second", "first again"]  # the second got in between
+
+
+@dg.asset
+def writes_much(warehouse: WarehouseResource) -> None:
+    with warehouse.connection() as conn:  # about 8 MB of log, under DuckDB's own threshold
+        conn.execute("CREATE TABLE much (m VARCHAR)")  # (fewer rows than a row group: logged)
+        conn.execute("INSERT INTO much SELECT repeat(md5(i::VARCHAR), 12) FROM range(20000) t(i)")
+
+
+@dg.asset(deps=[writes_much])
+def log_size_seen(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    wal = Path(warehouse.path + ".wal")
+    return dg.MaterializeResult(metadata={"wal": wal.stat().st_size if wal.exists() else 0})
+
+
+def test_a_step_that_wrote_much_is_checkpointed_after_it(warehouse: WarehouseResource) -> None:
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [writes_much, log_size_seen], instance=instance, resources={"warehouse": warehouse}
+        )
+    (seen,) = result.asset_materializations_for_node("log_size_seen")
+    assert seen.metadata["wal"].value < CHECKPOINT_WAL_BYTES  # else it stays in memory

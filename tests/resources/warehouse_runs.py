@@ -1,0 +1,64 @@
+"""Two runs of one Dagster instance sharing the warehouse, each in its own process (the test
+of a run's hold on the warehouse: tests/resources/test_warehouse.py).
+
+    python -m tests.resources.warehouse_runs first|second DAGSTER_HOME WAREHOUSE
+
+``first`` writes, keeps the pool's one slot for ``FIRST_PAUSE_S`` without the warehouse, then
+writes again; ``second``, started meanwhile, waits for the slot and then writes once, giving up
+on the warehouse's lock after ``LOCK_TIMEOUT_S``. Prints the run's success.
+"""
+
+import sys
+import time
+
+import dagster as dg
+
+from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
+
+FIRST_PAUSE_S = 4.0
+LOCK_TIMEOUT_S = 2.0
+
+
+def write(warehouse: WarehouseResource, who: str) -> None:
+    with warehouse.connection() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS writes (who VARCHAR, written_at TIMESTAMPTZ)")
+        conn.execute("INSERT INTO writes VALUES (?, now())", [who])
+
+
+@dg.asset(pool=WAREHOUSE_POOL)
+def first_write(warehouse: WarehouseResource) -> None:
+    write(warehouse, "first")
+    print("first wrote", flush=True)  # the test starts the second run now
+
+
+@dg.asset(pool=WAREHOUSE_POOL, deps=[first_write])
+def first_pause() -> None:
+    time.sleep(FIRST_PAUSE_S)  # the slot, not the warehouse: the second run waits for it
+
+
+@dg.asset(pool=WAREHOUSE_POOL, deps=[first_pause])
+def first_write_again(warehouse: WarehouseResource) -> None:
+    write(warehouse, "first again")
+
+
+@dg.asset(pool=WAREHOUSE_POOL)
+def second_write(warehouse: WarehouseResource) -> None:
+    write(warehouse, "second")
+
+
+RUNS = {"first": [first_write, first_pause, first_write_again], "second": [second_write]}
+
+
+def main() -> None:
+    which, home, path = sys.argv[1:4]
+    warehouse = WarehouseResource(path=path, lock_timeout_s=LOCK_TIMEOUT_S)
+    with dg.DagsterInstance.from_config(home) as instance:
+        result = dg.materialize(
+            RUNS[which], instance=instance, resources={"warehouse": warehouse},
+            raise_on_error=False,
+        )  # fmt: skip
+    print("success" if result.success else "failed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
