@@ -504,6 +504,7 @@ class WarehouseResource(dg.ConfigurableResource):
         "HUBSYNC_WAREHOUSE_MEMORY_MB",
         "What DuckDB may hold in memory before it spills to <file>.tmp/",
     )
+    _hold: RunHold | None = PrivateAttr(default=None)  # set while a run executes
 
     @classmethod
     def of(cls, settings: Settings, **overrides: Any) -> "WarehouseResource":
@@ -513,8 +514,6 @@ class WarehouseResource(dg.ConfigurableResource):
             memory_mb=settings.warehouse_memory_mb,
             **overrides,
         )
-
-    _hold: RunHold | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """In a run (once per run with the in-process executor), hold the warehouse open
