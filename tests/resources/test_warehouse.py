@@ -537,8 +537,8 @@ def test_other_runs_are_seen_holding_or_waiting_for_the_pool() -> None:
 
 
 def test_a_run_waiting_for_the_pool_gets_the_warehouse_another_run_held(tmp_path: Path) -> None:
-    """The first run holds the warehouse open and keeps the pool's slot for a while without
-    using it; the second waits for the slot, and once it has it, for DuckDB's lock. The first
+    """The first run holds the warehouse open and keeps the pool's slot without using it until
+    the second waits for the slot; the second then gets it, and waits for DuckDB's lock. The first
     run's hold must let go while the second waits: otherwise the second gives up on the lock
     (LOCK_TIMEOUT_S), while the first waits for the slot behind it."""
     home = tmp_path / "dagster_home"

@@ -3,9 +3,10 @@ of a run's hold on the warehouse: tests/resources/test_warehouse.py).
 
     python -m tests.resources.warehouse_runs first|second DAGSTER_HOME WAREHOUSE
 
-``first`` writes, keeps the pool's one slot for ``FIRST_PAUSE_S`` without the warehouse, then
-writes again; ``second``, started meanwhile, waits for the slot and then writes once, giving up
-on the warehouse's lock after ``LOCK_TIMEOUT_S``. Prints the run's success.
+``first`` writes, keeps the pool's one slot without the warehouse until another run waits for it
+(at most ``FIRST_PAUSE_MAX_S``), then writes again; ``second``, started meanwhile, waits for the
+slot and then writes once, giving up on the warehouse's lock after ``LOCK_TIMEOUT_S``. Prints the
+run's success.
 """
 
 import sys
@@ -15,7 +16,7 @@ import dagster as dg
 
 from resources.warehouse import WAREHOUSE_POOL, WarehouseResource
 
-FIRST_PAUSE_S = 4.0
+FIRST_PAUSE_MAX_S = 60.0
 LOCK_TIMEOUT_S = 2.0
 
 
@@ -32,8 +33,14 @@ def first_write(warehouse: WarehouseResource) -> None:
 
 
 @dg.asset(pool=WAREHOUSE_POOL, deps=[first_write])
-def first_pause() -> None:
-    time.sleep(FIRST_PAUSE_S)  # the slot, not the warehouse: the second run waits for it
+def first_pause(context: dg.AssetExecutionContext) -> None:
+    """Holds the slot, not the warehouse, until the second run waits for the slot."""
+    storage = context.instance.event_log_storage
+    deadline = time.monotonic() + FIRST_PAUSE_MAX_S
+    while not storage.get_concurrency_info(WAREHOUSE_POOL).pending_run_ids - {context.run_id}:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the second run never waited for the pool")
+        time.sleep(0.1)
 
 
 @dg.asset(pool=WAREHOUSE_POOL, deps=[first_pause])
