@@ -30,8 +30,9 @@ from typing import Any
 import dagster as dg
 import harness
 
+from cli.runs import QUIET_CONSOLE  # the run config of ``hubsync sync``
+
 ROOT = harness.ROOT
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # as the CLI's
 
 
 def noop_copy(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:

@@ -25,7 +25,7 @@ from assets.partitions import SyncMode, sync_runs_partitions
 from assets.sync import SYNC_MODE_TAG
 from pipelines.sensors import HOST_TAG, PID_TAG, reap_dead_runs
 
-_QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}  # prints its own
 _STEP_WRAPPER = dg.DagsterExecutionStepExecutionError.__name__
 _CHECK_FAILED = "DagsterAssetCheckFailedError"  # a blocking check of the step did not pass
 _NOT_EXECUTING = "Dependencies for step "
@@ -209,7 +209,7 @@ def run_sync(
             instance=instance,
             partition_key=key,
             run_id=report.run_id,
-            run_config=_QUIET_CONSOLE,
+            run_config=QUIET_CONSOLE,
             tags={
                 PID_TAG: str(os.getpid()),
                 HOST_TAG: socket.gethostname(),

@@ -180,14 +180,31 @@ def test_the_lock_is_waited_for(warehouse: WarehouseResource, warehouse_path: Pa
         assert other.wait(timeout=5) == 0  # it let go after half a second, then we got in
 
 
+OPENS_FROM_ANOTHER_PROCESS = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
+
+
+def another_process_can_open(path: Path) -> bool:
+    done = subprocess.run(
+        [sys.executable, "-c", OPENS_FROM_ANOTHER_PROCESS, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 or "lock" in done.stderr.lower(), done.stderr
+    return done.returncode == 0
+
+
+def default_order(conn: duckdb.DuckDBPyConnection) -> str:
+    (order,) = conn.execute("SELECT current_setting('default_order')").fetchone() or ("",)
+    return str(order).upper()
+
+
 def test_connections_are_closed(warehouse: WarehouseResource, warehouse_path: Path) -> None:
     with warehouse.connection() as conn:
         pass
     with pytest.raises(duckdb.ConnectionException):
         conn.execute("SELECT 1")
-    # another process can open the file right away
-    check = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
-    subprocess.run([sys.executable, "-c", check, str(warehouse_path)], check=True, timeout=30)
+    assert another_process_can_open(warehouse_path)  # right away
 
 
 # -- raw page landing -------------------------------------------------------------------------
@@ -425,24 +442,6 @@ def test_the_per_type_hub_views_follow_the_object_types_on_every_start(
 
 
 # -- a run holds the warehouse open between its steps ------------------------------------------
-
-OPENS_FROM_ANOTHER_PROCESS = "import duckdb, sys; duckdb.connect(sys.argv[1]).close()"
-
-
-def another_process_can_open(path: Path) -> bool:
-    done = subprocess.run(
-        [sys.executable, "-c", OPENS_FROM_ANOTHER_PROCESS, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0 or "lock" in done.stderr.lower(), done.stderr
-    return done.returncode == 0
-
-
-def default_order(conn: duckdb.DuckDBPyConnection) -> str:
-    (order,) = conn.execute("SELECT current_setting('default_order')").fetchone() or ("",)
-    return str(order).upper()
 
 
 @dg.asset
